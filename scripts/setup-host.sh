@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs everything vkmsremote's tests, benchmarks and VM runner need on a fresh Debian machine:
+# Debian packages (qemu, kernel build tools, DRM tools, VNC peers, Xorg) and a Python venv with the
+# project and its dev dependencies. Idempotent; run as root (or with sudo for the apt part).
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+venv=${VKMSREMOTE_VENV:-$top/.venv}
+stamp_dir=${XDG_CACHE_HOME:-$HOME/.cache}/vkmsremote
+mkdir -p "$stamp_dir"
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+debs=(
+  # test kernel build (scripts/build-kernel.sh)
+  build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils kmod
+  # VM runner (virtme-ng runs over the host rootfs) and udev inside the VM
+  qemu-system-x86 udev busybox-static
+  # DRM tools and libraries
+  libdrm2 libdrm-tests drm-info
+  # real VNC peers and display servers for tests and benchmarks
+  xvfb x11vnc vncsnapshot tigervnc-viewer xserver-xorg-core xserver-xorg-input-libinput
+  x11-utils xdotool xterm imagemagick libjpeg62-turbo
+  # browser client
+  novnc chromium chromium-driver
+)
+
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  say "installing Debian packages: ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+else
+  say "Debian packages present"
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating venv $venv"
+  python3 -m venv "$venv"
+fi
+hash=$(cat "$top/pyproject.toml" | sha256sum | cut -c1-16)
+if [ ! -f "$venv/.installed-$hash" ]; then
+  say "installing Python packages into $venv"
+  "$venv/bin/pip" install -q --upgrade pip >&2
+  "$venv/bin/pip" install -q -e "$top[dev]" >&2
+  rm -f "$venv"/.installed-*
+  touch "$venv/.installed-$hash"
+else
+  say "Python packages present"
+fi

@@ -1,0 +1,93 @@
+"""What the server serves: a FrameSource yields frames (with damage) and a cursor.
+
+Both the real CRTC reader (vkmsremote.capture) and the synthetic pattern source implement this
+protocol, so the server cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+Pixels = npt.NDArray[np.uint8]
+"""(height, width, 4) uint8 in DRM_FORMAT_XRGB8888 memory order: B, G, R, X (rfb.pixelformat.NATIVE)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rect:
+    x: int
+    y: int
+    w: int
+    h: int
+
+    @property
+    def area(self) -> int:
+        return self.w * self.h
+
+    def clip(self, width: int, height: int) -> Rect | None:
+        """This rectangle cut to a width x height screen, or None if nothing of it is left."""
+        x0, y0 = max(self.x, 0), max(self.y, 0)
+        x1, y1 = min(self.x + self.w, width), min(self.y + self.h, height)
+        if x1 <= x0 or y1 <= y0:
+            return None
+        return Rect(x0, y0, x1 - x0, y1 - y0)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One captured frame.
+
+    ``pixels`` is owned by the source and must not be written; it stays valid and unchanged until the
+    source returns its next frame. ``damage`` lists what changed since the previous frame the source
+    returned (None: unknown, treat as all changed). ``serial`` increases by one per frame.
+    """
+
+    pixels: Pixels
+    serial: int
+    damage: tuple[Rect, ...] | None
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """The pointer image. ``pixels`` is (h, w, 4) uint8 B, G, R, A (DRM_FORMAT_ARGB8888, straight alpha)."""
+
+    pixels: Pixels
+    hot_x: int
+    hot_y: int
+    x: int
+    y: int
+    visible: bool
+    serial: int
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    @property
+    def desktop_name(self) -> str:
+        """Shown to VNC clients, e.g. 'XR-0 (card0 Virtual-1, connector 36, CRTC 35)'."""
+        ...
+
+    async def next_frame(self) -> Frame:
+        """Wait for the next frame whose content differs from the previous one and return it.
+
+        Pacing is the source's business (vblank for the CRTC reader, a clock for the pattern).
+        The first call returns the current frame at once with damage None.
+        """
+        ...
+
+    def cursor(self) -> Cursor | None:
+        """The current cursor, or None if the source has none (the client draws its own)."""
+        ...
+
+    async def close(self) -> None: ...
