@@ -72,6 +72,22 @@ class ProtocolError(VkmsRemoteError):
     """A VNC peer sent bytes that violate RFB (RFC 6143) or exceed a cap. The connection is closed."""
 
 
+class HttpRequestError(ProtocolError):
+    """A web peer sent an HTTP request the web server refuses; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, *, status: int, hint: str = "") -> None:
+        self.status = status
+        super().__init__(message, hint=hint)
+
+
+class WebSocketError(ProtocolError):
+    """A WebSocket peer broke RFC 6455 or a cap; ``close_code`` is the close status to fail it with (7.4.1)."""
+
+    def __init__(self, message: str, *, close_code: int, hint: str = "") -> None:
+        self.close_code = close_code
+        super().__init__(message, hint=hint)
+
+
 class AuthenticationError(VkmsRemoteError):
     """A VNC peer failed authentication."""
 
