@@ -1,0 +1,234 @@
+"""Pure construction of the vng command line and of the script the guest runs.
+
+Nothing here starts a process, so all of it is unit-tested on the host.
+
+Theory of operation: the host writes ``guest.sh`` into a results directory that is shared read-write
+with the guest (``vng --rwdir``), and asks vng to run ``bash <results>/guest.sh``. The script prepares
+the guest (private tmpfs /tmp, writable HOME and caches, loopback + forwarding NIC), prints a marker
+line on stderr when the command starts (that is how the host measures boot time), runs the command
+and records its exit status in ``<results>/exit-status``, which the host reads back. The exit status
+file is the source of truth: it does not depend on virtme-ng's own return-code channel.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vkmsremote.errors import VmError
+from vkmsremote.vm.accel import Accel
+
+GUEST_ADDR = "10.0.2.15"
+"""qemu user networking's default guest address; forwarded connections arrive there."""
+GUEST_NET = "10.0.2.15/24"
+
+IN_VM_ENV = "VKMSREMOTE_IN_VM"
+RESULTS_ENV = "VKMSREMOTE_VM_RESULTS"
+GUEST_ADDR_ENV = "VKMSREMOTE_VM_GUEST_ADDR"
+
+SCRIPT_NAME = "guest.sh"
+STATUS_NAME = "exit-status"
+READY_MARKER = "vkmsremote-vm: guest ready"
+"""Printed by the guest on stderr just before the command starts: ``<marker> uptime=<seconds>``."""
+
+DEFAULT_APPEND = ("vkms.create_default_dev=0",)
+
+# vng assembles its virtme-run call as one shell string without quoting paths, so refuse anything
+# the shell would split or interpret rather than pass it on.
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._+@%/=,:-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A TCP port on the host's loopback forwarded to a port of the guest."""
+
+    host_port: int
+    guest_port: int
+
+    def __post_init__(self) -> None:
+        for name, port in (("host", self.host_port), ("guest", self.guest_port)):
+            if not 1 <= port <= 65535:
+                raise VmError(f"{name} port {port} is outside 1-65535")
+
+    @classmethod
+    def parse(cls, text: str) -> Forward:
+        """``HOST:GUEST`` or ``PORT`` (same number on both sides)."""
+        host, sep, guest = text.partition(":")
+        try:
+            return cls(int(host), int(guest if sep else host))
+        except ValueError:
+            raise VmError(
+                f"bad port forward {text!r}", hint="write HOST_PORT:GUEST_PORT, e.g. 5900:5900"
+            ) from None
+
+    def hostfwd(self) -> str:
+        # Bound to 127.0.0.1 only: nothing outside this host may reach the guest.
+        return f"hostfwd=tcp:127.0.0.1:{self.host_port}-:{self.guest_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class VmSpec:
+    """Everything one VM run needs; built by vkmsremote.vm.runner.run()."""
+
+    kernel: Path
+    argv: tuple[str, ...]
+    results_dir: Path
+    cwd: Path
+    accel: Accel = Accel.TCG
+    env: tuple[tuple[str, str], ...] = ()
+    forwards: tuple[Forward, ...] = ()
+    rwdirs: tuple[Path, ...] = ()
+    memory: str = "2G"
+    cpus: int = 2
+    append: tuple[str, ...] = DEFAULT_APPEND
+    share_host_tmp: bool = False
+    verbose: bool = False
+    extra_qemu: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.argv:
+            raise VmError("no command given to run in the VM")
+        for path in (self.kernel, self.results_dir, self.cwd, *self.rwdirs):
+            if not _SAFE_PATH.match(str(path)):
+                raise VmError(
+                    f"path {str(path)!r} cannot be passed through vng",
+                    hint="use an absolute path made of letters, digits and ._+@%/=,:- only",
+                )
+        for name, _ in self.env:
+            if not _ENV_NAME.match(name):
+                raise VmError(f"bad environment variable name {name!r}")
+        if not self.share_host_tmp:
+            for path in (self.results_dir, *self.rwdirs):
+                if path == Path("/tmp") or Path("/tmp") in path.parents:
+                    raise VmError(
+                        f"{path} is under /tmp, which the guest replaces with a private tmpfs",
+                        hint="put shared directories elsewhere, or share the host's /tmp (share_host_tmp=True)",
+                    )
+        ports = [f.host_port for f in self.forwards]
+        if len(ports) != len(set(ports)):
+            raise VmError(f"host port forwarded twice in {ports}")
+        if self.cpus < 1:
+            raise VmError(f"cpus must be at least 1, not {self.cpus}")
+
+    @property
+    def script_path(self) -> Path:
+        return self.results_dir / SCRIPT_NAME
+
+    @property
+    def status_path(self) -> Path:
+        return self.results_dir / STATUS_NAME
+
+
+def env_tuple(env: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((env or {}).items()))
+
+
+def qemu_opts(spec: VmSpec) -> list[str]:
+    """Extra qemu arguments: the forwarding NIC (user networking, isolated from the outside)."""
+    opts: list[str] = []
+    if spec.forwards:
+        # restrict=on: the guest cannot open connections out of the VM; hostfwd still works.
+        netdev = ",".join(["user", "id=vkfwd", "restrict=on", *(f.hostfwd() for f in spec.forwards)])
+        opts += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=vkfwd"]
+    opts += list(spec.extra_qemu)
+    return opts
+
+
+def vng_command(spec: VmSpec, vng: str = "vng") -> list[str]:
+    """The argv that boots ``spec.kernel`` and runs the guest script."""
+    cmd = [vng, "--run", str(spec.kernel)]
+    if spec.accel is Accel.TCG:
+        cmd.append("--disable-kvm")
+    cmd += ["--memory", spec.memory, "--cpus", str(spec.cpus)]
+    rwdirs = [spec.results_dir, *spec.rwdirs]
+    if spec.share_host_tmp:
+        rwdirs.append(Path("/tmp"))
+    seen: set[Path] = set()
+    for d in rwdirs:
+        if d not in seen:
+            seen.add(d)
+            cmd += ["--rwdir", str(d)]
+    append = list(spec.append)
+    if spec.forwards:
+        append.append("net.ifnames=0")  # keep the NIC named eth0 when udev runs in the guest
+    cmd += ["--append", " ".join(append)]
+    if spec.verbose:
+        cmd.append("--verbose")
+    cmd += ["--exec", f"bash {spec.script_path}"]
+    opts = qemu_opts(spec)
+    if opts:
+        # One "--qemu-opts=" value: vng pastes it, space-separated, at the end of its shell command.
+        cmd.append("--qemu-opts=" + " ".join(opts))
+    return cmd
+
+
+def guest_environment(spec: VmSpec) -> list[tuple[str, str]]:
+    """Variables exported in the guest before the command (the caller's ``env`` last, so it wins)."""
+    home = "/tmp/vkmsremote-home"
+    base = [
+        (IN_VM_ENV, "1"),
+        (RESULTS_ENV, str(spec.results_dir)),
+        ("HOME", home),
+        ("TMPDIR", "/tmp"),
+        ("XDG_CACHE_HOME", f"{home}/.cache"),
+        ("XDG_RUNTIME_DIR", "/run/user/0"),
+        # The repository and the venv come from the host's root fs, read-only in the guest.
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+        ("HYPOTHESIS_STORAGE_DIRECTORY", f"{home}/.hypothesis"),
+        ("PYTHONUNBUFFERED", "1"),
+    ]
+    if spec.forwards:
+        base.append((GUEST_ADDR_ENV, GUEST_ADDR))
+    return base + list(spec.env)
+
+
+def guest_script(spec: VmSpec) -> str:
+    """The bash script run as root in the guest (see the module docstring)."""
+    q = shlex.quote
+    lines = [
+        "# Generated by vkmsremote.vm; runs as root inside the test VM.",
+        "set -u",
+        f"status_file={q(str(spec.status_path))}",
+        'fail() { echo "vkmsremote-vm: $*" >&2; echo 125 > "$status_file"; exit 125; }',
+    ]
+    if not spec.share_host_tmp:
+        lines.append("mount -t tmpfs -o mode=1777 vkmsremote-tmp /tmp || fail 'cannot mount a tmpfs on /tmp'")
+    lines += [
+        "mkdir -p /tmp/vkmsremote-home /run/user/0",
+        "chmod 700 /run/user/0",
+        "mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config 2>/dev/null",
+    ]
+    for name, value in guest_environment(spec):
+        lines.append(f"export {name}={q(value)}")
+    if spec.forwards:
+        lines += [
+            "ip link set lo up",
+            "nic=",
+            'for d in /sys/bus/virtio/drivers/virtio_net/virtio*/net/*; do [ -e "$d" ] && nic=${d##*/}; done',
+            '[ -n "$nic" ] || fail "no virtio network interface for port forwarding"',
+            f'ip link set "$nic" up && ip addr add {GUEST_NET} dev "$nic" || fail "cannot configure $nic"',
+        ]
+    lines += [
+        f"cd {q(str(spec.cwd))} || fail 'cannot cd to {spec.cwd}'",
+        f'echo "{READY_MARKER} uptime=$(cut -d" " -f1 /proc/uptime)" >&2',
+        shlex.join(spec.argv),
+        "rc=$?",
+        'echo "$rc" > "$status_file"',
+        "sync",
+        'exit "$rc"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_status(text: str) -> int | None:
+    """The exit status the guest recorded, or None if it never finished writing one."""
+    text = text.strip()
+    return int(text) if text.isdigit() else None
+
+
+def describe(argv: Sequence[str]) -> str:
+    return shlex.join(argv)
