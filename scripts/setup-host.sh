@@ -16,7 +16,7 @@ debs=(
   # VM runner (virtme-ng runs over the host rootfs) and udev inside the VM
   qemu-system-x86 udev busybox-static
   # DRM tools and libraries
-  libdrm2 libdrm-tests drm-info
+  libdrm2 libdrm-tests drm-info libdrm-dev
   # real VNC peers and display servers for tests and benchmarks
   xvfb x11vnc vncsnapshot tigervnc-viewer xserver-xorg-core xserver-xorg-input-libinput
   x11-utils xdotool xterm imagemagick libjpeg62-turbo
