@@ -55,8 +55,15 @@ class VmResult:
         return self.stdout + self.stderr
 
 
+VNG_ENV = "VKMSREMOTE_VNG"
+"""Path of the vng program to use (tests point it at a stand-in)."""
+
+
 def find_vng() -> str:
-    """vng from the running interpreter's venv, else from $PATH."""
+    """$VKMSREMOTE_VNG, else vng from the running interpreter's venv, else from $PATH."""
+    explicit = os.environ.get(VNG_ENV)
+    if explicit:
+        return explicit
     beside = Path(sys.executable).parent / "vng"
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# vkmsremote's test command. On a fresh Debian machine it does everything:
+#   1. scripts/setup-host.sh     Debian packages + .venv with the project and its dev tools
+#   2. scripts/build-kernel.sh   the VKMS test kernel (cached in ~/.cache/vkmsremote/kernel)
+#   3. ruff check, mypy vkmsremote
+#   4. host tests:  pytest -m "not vm" tests
+#   5. VM tests:    pytest -m vm tests, all in ONE boot of the test kernel (python -m vkmsremote.vm)
+# Every stage runs even if an earlier one failed (unless it depends on it); the exit status is
+# non-zero if any stage failed. Extra arguments go to both pytest runs (e.g. -k name, -x).
+# Guest artefacts and the VM tests' JUnit XML land in build/vm-results/.
+set -uo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+py=$top/.venv/bin/python
+vm_timeout=${VKMSREMOTE_VM_TIMEOUT:-3600}
+results_dir=$top/build/vm-results
+
+bold() { printf '\033[1m%s\033[0m\n' "$*" >&2; }
+t_all=$(date +%s)
+summary=()
+failed=0
+
+# stage NAME COMMAND...: run it, time it, record PASS/FAIL. pytest's 5 (nothing collected) is a failure.
+stage() {
+  local name=$1; shift
+  bold "==> $name: $*"
+  local t0 rc
+  t0=$(date +%s)
+  "$@"
+  rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  if [ "$rc" -eq 0 ]; then
+    summary+=("PASS $name (${dt}s)")
+  else
+    [ "$rc" -eq 5 ] && bold "$name: pytest collected no tests"
+    summary+=("FAIL $name (exit $rc, ${dt}s)")
+    failed=1
+  fi
+  return "$rc"
+}
+skip() { summary+=("SKIP $1 ($2)"); failed=1; bold "==> $1: not run: $2"; }
+
+finish() {
+  bold "==> summary"
+  local line
+  for line in "${summary[@]}"; do bold "  $line"; done
+  local total=$(( $(date +%s) - t_all ))
+  if [ "$failed" -eq 0 ]; then
+    bold "test.sh: ALL PASSED in ${total}s"
+  else
+    bold "test.sh: FAILED in ${total}s"
+  fi
+  exit "$failed"
+}
+
+if ! stage setup scripts/setup-host.sh; then
+  skip kernel "set-up failed"; finish
+fi
+
+kernel=
+kernel_out=$(mktemp)
+if stage kernel bash -c 'scripts/build-kernel.sh > "$1"' _ "$kernel_out"; then
+  kernel=$(tail -1 "$kernel_out")
+fi
+rm -f "$kernel_out"
+
+stage ruff "$top/.venv/bin/ruff" check .
+stage mypy "$top/.venv/bin/mypy" vkmsremote
+stage host-tests "$py" -m pytest -m "not vm" tests "$@"
+
+if [ -n "$kernel" ]; then
+  rm -rf "$results_dir"; mkdir -p "$results_dir"
+  stage vm-tests "$py" -m vkmsremote.vm --kernel "$kernel" --timeout "$vm_timeout" \
+    --results-dir "$results_dir" -- \
+    "$py" -m pytest -m vm tests --junitxml="$results_dir/junit-vm.xml" "$@"
+else
+  skip vm-tests "no test kernel"
+fi
+finish

@@ -1,0 +1,347 @@
+"""Host tests of vkmsremote.vm: command building, the guest script, timeouts and exit status.
+
+Fast tests use a stand-in for vng ($VKMSREMOTE_VNG) that never boots anything. One test really
+boots the test kernel (marked ``slow``, not ``vm``: it runs on the host and is the proof the runner
+works, including exit-status propagation and a port forward into the guest).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from vkmsremote.errors import VmError
+from vkmsremote.vm import Accel, Forward, VmSpec, run
+from vkmsremote.vm.__main__ import VM_FAILED, main
+from vkmsremote.vm.accel import ACCEL_ENV, choose_accel, kvm_device_usable
+from vkmsremote.vm.command import READY_MARKER, guest_script, parse_status, vng_command
+from vkmsremote.vm.kernel import KERNEL_ENV, kernel_image
+
+RESULTS = Path("/var/lib/vkmsremote-test/results")  # only used in pure command-building tests
+
+
+def spec(**kw: object) -> VmSpec:
+    base: dict[str, object] = dict(
+        kernel=Path("/k/bzImage"), argv=("echo", "hi"), results_dir=RESULTS, cwd=Path("/work/main")
+    )
+    base.update(kw)
+    return VmSpec(**base)  # type: ignore[arg-type]
+
+
+def value_after(cmd: list[str], flag: str) -> list[str]:
+    return [cmd[i + 1] for i, a in enumerate(cmd) if a == flag]
+
+
+# -- vng command line -----------------------------------------------------------------------------
+
+
+def test_tcg_command_line() -> None:
+    cmd = vng_command(spec(), vng="/venv/bin/vng")
+    assert cmd[:3] == ["/venv/bin/vng", "--run", "/k/bzImage"]
+    assert "--disable-kvm" in cmd
+    assert value_after(cmd, "--memory") == ["2G"]
+    assert value_after(cmd, "--cpus") == ["2"]
+    assert value_after(cmd, "--rwdir") == [str(RESULTS)]
+    assert value_after(cmd, "--append") == ["vkms.create_default_dev=0"]
+    assert value_after(cmd, "--exec") == [f"bash {RESULTS}/guest.sh"]
+    assert not [a for a in cmd if a.startswith("--qemu-opts")]
+
+
+def test_kvm_command_line_keeps_kvm() -> None:
+    assert "--disable-kvm" not in vng_command(spec(accel=Accel.KVM))
+
+
+def test_rwdirs_and_shared_tmp() -> None:
+    cmd = vng_command(spec(rwdirs=(Path("/srv/out"), RESULTS), share_host_tmp=True))
+    assert value_after(cmd, "--rwdir") == [str(RESULTS), "/srv/out", "/tmp"]
+
+
+def test_forwards_become_one_restricted_user_netdev() -> None:
+    cmd = vng_command(spec(forwards=(Forward(5901, 5900), Forward(8080, 80))))
+    [opts] = [a for a in cmd if a.startswith("--qemu-opts=")]
+    assert opts == (
+        "--qemu-opts=-netdev user,id=vkfwd,restrict=on,"
+        "hostfwd=tcp:127.0.0.1:5901-:5900,hostfwd=tcp:127.0.0.1:8080-:80 "
+        "-device virtio-net-pci,netdev=vkfwd"
+    )
+    assert cmd[-1] == opts, "vng must get --qemu-opts last"
+    assert value_after(cmd, "--append") == ["vkms.create_default_dev=0 net.ifnames=0"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("5900:5901", Forward(5900, 5901)), ("6000", Forward(6000, 6000))]
+)
+def test_forward_parse(text: str, expected: Forward) -> None:
+    assert Forward.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "x:1", "1:", "0:5900", "5900:65536", "1:2:3"])
+def test_forward_parse_rejects(text: str) -> None:
+    with pytest.raises(VmError):
+        Forward.parse(text)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"argv": ()},
+        {"results_dir": Path("/srv/with space")},
+        {"kernel": Path("relative/bzImage")},
+        {"cwd": Path("/a;rm -rf b")},
+        {"results_dir": Path("/tmp/results")},  # hidden by the guest's tmpfs /tmp
+        {"rwdirs": (Path("/tmp"),)},
+        {"env": (("BAD-NAME", "1"),)},
+        {"forwards": (Forward(1, 2), Forward(1, 3))},
+        {"cpus": 0},
+    ],
+)
+def test_spec_rejects(kw: dict[str, object]) -> None:
+    with pytest.raises(VmError):
+        spec(**kw)
+
+
+def test_results_under_tmp_allowed_when_tmp_is_shared() -> None:
+    assert spec(results_dir=Path("/tmp/results"), share_host_tmp=True).status_path == Path(
+        "/tmp/results/exit-status"
+    )
+
+
+# -- guest script ---------------------------------------------------------------------------------
+
+
+def test_guest_script_is_valid_bash_and_quotes_argv() -> None:
+    argv = ("sh", "-c", "echo 'a b' \"$HOME\"; exit 3", "--", "x;y", "")
+    script = guest_script(spec(argv=argv, env=(("FOO", "it's"),)))
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    lines = script.splitlines()
+    marker = next(i for i, line in enumerate(lines) if READY_MARKER in line)
+    assert tuple(shlex.split(lines[marker + 1])) == argv
+    assert "export VKMSREMOTE_IN_VM=1" in lines
+    assert "export PYTHONDONTWRITEBYTECODE=1" in lines
+    assert "export FOO='it'\"'\"'s'" in lines
+    assert any(line.startswith("mount -t tmpfs") for line in lines)
+    assert not any("ip addr" in line for line in lines)
+
+
+def test_guest_script_runs_in_a_private_mount_namespace() -> None:
+    # Run the real script on the host, isolated by unshare so its tmpfs /tmp stays private to it.
+    # The results directory must not be under /tmp (the script hides /tmp behind the tmpfs).
+    results = Path(tempfile.mkdtemp(prefix="vkmsremote-test-", dir="/var/tmp"))
+    marker = f"vkmsremote-test-{os.getpid()}"
+    try:
+        s = spec(
+            argv=("sh", "-c", f'echo "$VKMSREMOTE_IN_VM $HOME $(pwd)"; touch /tmp/{marker}; exit 3'),
+            results_dir=results,
+            cwd=results,
+        )
+        (results / "guest.sh").write_text(guest_script(s))
+        proc = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "bash", str(results / "guest.sh")],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert proc.returncode == 3, proc.stderr
+        assert proc.stdout == f"1 /tmp/vkmsremote-home {results}\n"
+        assert READY_MARKER in proc.stderr
+        assert parse_status((results / "exit-status").read_text()) == 3
+        assert not Path("/tmp", marker).exists(), "the script wrote to the host's /tmp"
+    finally:
+        shutil.rmtree(results, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("text", "status"), [("0\n", 0), ("42", 42), ("", None), ("x\n", None)])
+def test_parse_status(text: str, status: int | None) -> None:
+    assert parse_status(text) == status
+
+
+# -- runner with a stand-in vng -------------------------------------------------------------------
+
+FAKE_VNG = r"""#!{python}
+import json, os, subprocess, sys, time
+args = sys.argv[1:]
+script = args[args.index("--exec") + 1].split(" ", 1)[1]
+results = os.path.dirname(script)
+with open(os.path.join(results, "argv.json"), "w") as f:
+    json.dump(sys.argv, f)
+mode = os.environ["FAKE_VNG_MODE"]
+if mode == "hang":
+    child = subprocess.Popen(["sleep", "300"])
+    with open(os.environ["FAKE_VNG_PIDFILE"], "w") as f:
+        f.write(str(child.pid))
+    time.sleep(300)
+if mode == "crash":
+    print("qemu: something broke", file=sys.stderr)
+    sys.exit(1)
+print("booting noise", file=sys.stderr)
+print("{marker} uptime=1.23", file=sys.stderr, flush=True)
+print("hello from the command")
+with open(os.path.join(results, "exit-status"), "w") as f:
+    f.write("7\n")
+"""
+
+
+@pytest.fixture
+def fake_vng(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "vng"
+    path.write_text(FAKE_VNG.replace("{python}", sys.executable).replace("{marker}", READY_MARKER))
+    path.chmod(0o755)
+    monkeypatch.setenv("VKMSREMOTE_VNG", str(path))
+    (tmp_path / "bzImage").write_bytes(b"not a kernel")
+    return tmp_path
+
+
+def fake_run(tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch, **kw: object) -> object:
+    monkeypatch.setenv("FAKE_VNG_MODE", mode)
+    return run(
+        ["echo", "hi"],
+        kernel=tmp_path / "bzImage",
+        accel=Accel.TCG,
+        results_dir=tmp_path / "results",
+        share_host_tmp=True,
+        stream=False,
+        progress=None,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_run_reports_status_output_and_boot_time(fake_vng: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = fake_run(fake_vng, "ok", monkeypatch, env={"A": "1"}, forward=[(5901, 5900)])
+    assert result.exit_code == 7  # type: ignore[attr-defined]
+    assert result.stdout == "hello from the command\n"  # type: ignore[attr-defined]
+    assert result.stderr == "booting noise\n"  # type: ignore[attr-defined]  # marker consumed
+    assert result.boot_seconds is not None and 0 <= result.boot_seconds < 30  # type: ignore[attr-defined]
+    argv = json.loads((fake_vng / "results" / "argv.json").read_text())
+    assert "--disable-kvm" in argv
+    assert argv[-1].startswith(
+        "--qemu-opts=-netdev user,id=vkfwd,restrict=on,hostfwd=tcp:127.0.0.1:5901-:5900"
+    )
+    assert "export A=1" in (fake_vng / "results" / "guest.sh").read_text()
+
+
+def test_run_timeout_kills_the_whole_vm(fake_vng: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pidfile = fake_vng / "child.pid"
+    monkeypatch.setenv("FAKE_VNG_PIDFILE", str(pidfile))
+    start = time.monotonic()
+    with pytest.raises(VmError, match=r"did not finish within 2 s \(still in the boot\)"):
+        fake_run(fake_vng, "hang", monkeypatch, timeout=2)
+    assert time.monotonic() - start < 15
+    child = int(pidfile.read_text())
+    for _ in range(50):  # the zombie is reaped by init shortly after the kill
+        if not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"child {child} of the VM's process group survived the timeout")
+
+
+def test_run_without_status_is_an_error(fake_vng: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(
+        VmError, match=r"vng exit status 1\) before the command finished \(it never started\)"
+    ):
+        fake_run(fake_vng, "crash", monkeypatch)
+
+
+def test_cli_exit_status(fake_vng: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_VNG_MODE", "ok")
+    common = ["--kernel", str(fake_vng / "bzImage"), "--accel", "tcg", "--share-host-tmp"]
+    assert main([*common, "--results-dir", str(fake_vng / "r"), "--", "true"]) == 7
+    monkeypatch.setenv("FAKE_VNG_MODE", "crash")
+    assert main([*common, "--results-dir", str(fake_vng / "r"), "--", "true"]) == VM_FAILED
+    with pytest.raises(SystemExit):
+        main([*common, "--forward", "nope", "--", "true"])
+
+
+# -- accelerator and kernel lookup ----------------------------------------------------------------
+
+
+def test_accel_forced_by_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(ACCEL_ENV, "tcg")
+    assert choose_accel(tmp_path / "unused")[0] is Accel.TCG
+    monkeypatch.setenv(ACCEL_ENV, "kvm")
+    assert choose_accel(tmp_path / "unused")[0] is Accel.KVM
+    monkeypatch.setenv(ACCEL_ENV, "hvf")
+    with pytest.raises(VmError, match="not one of"):
+        choose_accel(tmp_path / "unused")
+
+
+def test_missing_kvm_device_is_unusable(tmp_path: Path) -> None:
+    assert not kvm_device_usable(tmp_path / "kvm")
+
+
+def test_kernel_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"k")
+    monkeypatch.setenv(KERNEL_ENV, str(image))
+    assert kernel_image() == image
+    monkeypatch.setenv(KERNEL_ENV, str(tmp_path / "missing"))
+    with pytest.raises(VmError, match="is not a file"):
+        kernel_image()
+
+
+# -- one real boot --------------------------------------------------------------------------------
+
+GUEST_SERVER = """
+import os, socket, sys
+addr = os.environ["VKMSREMOTE_VM_GUEST_ADDR"]
+with socket.create_server((addr, int(sys.argv[1]))) as srv:
+    srv.settimeout(240)
+    conn, _ = srv.accept()
+    with conn:
+        conn.sendall(b"hello-through-forward " + os.environ["VKMSREMOTE_IN_VM"].encode() + b"\\n")
+print("hello-from-vm", os.uname().release, flush=True)
+sys.exit(42)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_real_boot_exit_status_output_and_forward() -> None:
+    host_port = free_port()
+    received: list[bytes] = []
+
+    def client() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not received:
+            try:
+                with socket.create_connection(("127.0.0.1", host_port), timeout=5) as c:
+                    data = c.recv(100)
+                    if data:
+                        received.append(data)
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    result = run(
+        [sys.executable, "-c", GUEST_SERVER, "7000"],
+        forward=[(host_port, 7000)],
+        timeout=600,
+        stream=False,
+    )
+    t.join(10)
+    assert result.exit_code == 42, result.output
+    assert "hello-from-vm" in result.stdout
+    assert os.uname().release not in result.stdout, "the command ran on the host kernel, not the VM's"
+    assert received == [b"hello-through-forward 1\n"]
+    assert result.boot_seconds is not None
+    print(
+        f"boot to command: {result.boot_seconds:.1f} s, total {result.elapsed:.1f} s ({result.accel.value})"
+    )
