@@ -94,3 +94,7 @@ class AuthenticationError(VkmsRemoteError):
 
 class VmError(VkmsRemoteError):
     """The test VM could not be built, booted, or did not finish in time."""
+
+
+class InputDeviceError(VkmsRemoteError):
+    """A uinput keyboard or pointer could not be created or written (no /dev/uinput, device gone)."""
