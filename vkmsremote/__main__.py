@@ -1,0 +1,5 @@
+"""``python -m vkmsremote``: the same as the ``vkmsremote`` command."""
+
+from vkmsremote.cli import main
+
+raise SystemExit(main())

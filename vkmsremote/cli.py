@@ -1,0 +1,273 @@
+"""``vkmsremote`` command line: parses arguments and calls the library; nothing else.
+
+Errors are printed as one line, ``vkmsremote: <what went wrong> (<what to do>)``, and mapped to an
+exit status by EXIT_CODES (the most specific class in an exception's MRO wins).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+from vkmsremote import __version__
+from vkmsremote.errors import (
+    DeviceStateError,
+    DrmError,
+    PermissionDeniedError,
+    ProfileError,
+    TimeoutError_,
+    UsageError,
+    VkmsRemoteError,
+    VkmsUnavailableError,
+)
+
+EXIT_CODES: dict[type[BaseException], int] = {
+    VkmsRemoteError: 1,
+    UsageError: 2,  # also argparse's own status for bad arguments
+    ProfileError: 3,
+    PermissionDeniedError: 4,
+    VkmsUnavailableError: 5,
+    DeviceStateError: 6,
+    TimeoutError_: 7,
+    DrmError: 8,
+    KeyboardInterrupt: 130,
+}
+"""Exception class -> exit status. Subclasses not listed use their nearest listed base."""
+
+SERVE_MODULE = "vkmsremote.server.app"
+_GLOBAL_VALUE_OPTIONS = ("--configfs-root", "--state-dir")
+
+
+def exit_code(exc: BaseException) -> int:
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 1
+
+
+def _serve_module(load: bool) -> ModuleType | bool | None:
+    """The serve app module if ``load``; else whether it exists (without importing its dependencies)."""
+    try:
+        if importlib.util.find_spec(SERVE_MODULE) is None:
+            return None
+    except ModuleNotFoundError:
+        return None
+    return importlib.import_module(SERVE_MODULE) if load else True
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in _GLOBAL_VALUE_OPTIONS:
+            skip = True
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
+def build_parser(*, load_serve: bool = False) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vkmsremote",
+        description="A real KMS connector (XR-0) made with VKMS through configfs, served over VNC.",
+    )
+    p.add_argument("--version", action="version", version=f"vkmsremote {__version__}")
+    p.add_argument("--configfs-root", metavar="DIR",
+                   help="configfs mount point (default: $VKMSREMOTE_CONFIGFS_ROOT or /sys/kernel/config)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="where up records what it made (default: $VKMSREMOTE_STATE_DIR or /run/vkmsremote)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    up = sub.add_parser("up", help="create and enable the VKMS device of a profile; print the connector mapping",
+                        description="Create the profile's VKMS device in configfs (loading vkms and mounting "
+                        "configfs if needed), enable it, wait for its DRM card and print which DRM connector "
+                        "each configfs connector became. Running it again changes nothing.")
+    up.add_argument("--profile", "-p", metavar="NAME|FILE",
+                    help="profile name (xr-0, xr-dual) or TOML file (default: xr-0)")
+    up.add_argument("--replace", action="store_true",
+                    help="rebuild a device of the same name that has a different layout")
+    up.add_argument("--dry-run", "-n", action="store_true", help="print the equivalent shell commands; change nothing")
+    up.add_argument("--timeout", type=float, default=20.0, metavar="S",
+                    help="seconds to wait for the DRM card (default 20)")
+    up.add_argument("--json", action="store_true", help="print the mapping as JSON")
+
+    down = sub.add_parser("down", help="remove exactly what up made, in the kernel's order",
+                          description="Disable, unlink, remove items, remove the device: only what "
+                          "`vkmsremote up` recorded making (all recorded devices unless one is named).")
+    down.add_argument("device", nargs="?", help="device name (default: every device up made)")
+    down.add_argument("--force", action="store_true",
+                      help="remove the whole device even if vkmsremote did not make it")
+    down.add_argument("--dry-run", "-n", action="store_true", help="print the equivalent shell commands; change nothing")
+
+    st = sub.add_parser("status", help="configfs and DRM views of the VKMS devices, side by side")
+    st.add_argument("device", nargs="?", help="only this device")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+
+    hp = sub.add_parser("hotplug", help="connect or disconnect a connector (writes its configfs status)",
+                        description="Write the connector's configfs status and wait for the udev change "
+                        "event on its card; then check that DRM reports the new status.")
+    hp.add_argument("connector", help="configfs connector name, e.g. XR-0")
+    how = hp.add_mutually_exclusive_group(required=True)
+    how.add_argument("--disconnect", dest="connect", action="store_false", help="unplug it")
+    how.add_argument("--connect", dest="connect", action="store_true", help="plug it back in")
+    hp.add_argument("--device", help="the device holding the connector (needed only if several have it)")
+    hp.add_argument("--timeout", type=float, default=20.0, metavar="S",
+                    help="seconds to wait for the udev event (default 20)")
+    hp.add_argument("--json", action="store_true", help="print the connector's mapping as JSON")
+
+    serve = _serve_module(load_serve)
+    if serve:
+        help_text = "serve a connector's CRTC over VNC"
+        if isinstance(serve, ModuleType):
+            sp = sub.add_parser("serve", help=help_text, description=(serve.__doc__ or "").strip() or None)
+            serve.add_arguments(sp)
+        else:  # listed in --help; its own options are built when it is the command
+            sub.add_parser("serve", help=help_text, add_help=False)
+    return p
+
+
+def _configfs(args: argparse.Namespace) -> Any:
+    from vkmsremote.vkms.configfs import Configfs
+
+    return Configfs(args.configfs_root)
+
+
+def _state(args: argparse.Namespace, cfs: Any) -> Any:
+    from vkmsremote.vkms.state import StateStore
+
+    return StateStore(args.state_dir, configfs=cfs)
+
+
+def _print_mapping(m: Any, out: Any) -> None:
+    for c in m.connectors:
+        if c.connector_id is None:
+            print(f"{c.name} -> (no DRM connector: {m.note})", file=out)
+            continue
+        crtc = f"CRTC {c.crtc_id}" if c.crtc_id is not None else "CRTC ?"
+        modes = f"{c.preferred_mode or '-'} ({len(c.modes)} modes)"
+        print(f"{c.name} -> {m.card}  {c.drm_name}  connector {c.connector_id}  {crtc}  {c.drm_status}  {modes}",
+              file=out)
+
+
+def _print_status(devices: list[Any], out: Any) -> None:
+    if not devices:
+        print("no VKMS devices in configfs (create one with `vkmsremote up`)", file=out)
+    for m in devices:
+        lay = m.observed.layout
+        state = "enabled" if m.enabled else "disabled"
+        owner = "made by vkmsremote up" if m.managed else "not made by vkmsremote"
+        print(f"{m.name}: {m.configfs_path} ({state}, {owner})  card: {m.card or '-'}", file=out)
+        print("  configfs                                      | DRM", file=out)
+        for k, c in zip(lay.connectors, m.connectors, strict=True):
+            left = f"connectors/{k.name} {c.configfs_status} -> {','.join(k.possible_encoders)}"
+            if c.connector_id is None:
+                right = "-"
+            else:
+                crtc = c.crtc_id if c.crtc_id is not None else "?"
+                right = (f"{c.drm_name} id {c.connector_id} {c.drm_status} CRTC {crtc} "
+                         f"{c.preferred_mode or '-'} (+{max(len(c.modes) - 1, 0)} modes)")
+            print(f"  {left:<45} | {right}", file=out)
+        planes = ", ".join(f"{p.name}({p.type.name.lower()}->{','.join(p.possible_crtcs)})" for p in lay.planes)
+        crtcs = ", ".join(f"{c.name}{'(writeback)' if c.writeback else ''}" for c in lay.crtcs)
+        encs = ", ".join(f"{e.name}->{','.join(e.possible_crtcs)}" for e in lay.encoders)
+        print(f"  planes: {planes}\n  crtcs: {crtcs}\n  encoders: {encs}", file=out)
+        if m.note:
+            print(f"  note: {m.note}", file=out)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from vkmsremote.vkms.device import preview_up, up
+    from vkmsremote.vkms.profile import load_profile
+
+    spec = load_profile(args.profile)
+    cfs = _configfs(args)
+    if args.dry_run:
+        sys.stdout.write(preview_up(spec, configfs=cfs, replace=args.replace))
+        return 0
+    result = up(spec, configfs=cfs, state=_state(args, cfs), replace=args.replace, timeout=args.timeout)
+    if args.json:
+        print(json.dumps({"changed": result.changed, "device": result.device.to_json()}, indent=2))
+    else:
+        what = f"made {spec.name} ({len(result.applied)} configfs operations)" if result.changed \
+            else f"{spec.name} already up: nothing changed"
+        print(what)
+        _print_mapping(result.device, sys.stdout)
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from vkmsremote.vkms.device import down, plan_down
+    from vkmsremote.vkms.plan import as_shell
+
+    cfs = _configfs(args)
+    store = _state(args, cfs)
+    if args.dry_run:
+        for name, ops in plan_down(args.device, configfs=cfs, state=store, force=args.force):
+            sys.stdout.write(as_shell(ops) if ops else f"# {name}: nothing left to remove\n")
+        return 0
+    results = down(args.device, configfs=cfs, state=store, force=args.force)
+    if not results:
+        print("nothing to remove: no device made by vkmsremote up is recorded")
+    for r in results:
+        print(f"removed {r.device} ({len(r.applied)} configfs operations)" if r.applied
+              else f"{r.device}: nothing left to remove")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from vkmsremote.vkms.device import status
+
+    cfs = _configfs(args)
+    devices = status(args.device, configfs=cfs, state=_state(args, cfs))
+    if args.json:
+        print(json.dumps({"configfs": str(cfs.vkms), "devices": [d.to_json() for d in devices]}, indent=2))
+    else:
+        _print_status(devices, sys.stdout)
+    return 0
+
+
+def _cmd_hotplug(args: argparse.Namespace) -> int:
+    from vkmsremote.vkms.device import hotplug
+
+    cfs = _configfs(args)
+    c = hotplug(args.connector, args.connect, device=args.device, configfs=cfs, state=_state(args, cfs),
+                timeout=args.timeout)
+    if args.json:
+        print(json.dumps(c.to_json(), indent=2))
+    else:
+        drm = f" ({c.drm_name} id {c.connector_id}: DRM reports {c.drm_status})" if c.connector_id else ""
+        print(f"{c.name} {c.configfs_status}{drm}")
+    return 0
+
+
+COMMANDS = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "hotplug": _cmd_hotplug}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(load_serve=_command_word(argv) == "serve")
+        args = parser.parse_args(argv)
+        # The global options are the environment variables' equivalents (serve reads them too).
+        if args.configfs_root:
+            os.environ["VKMSREMOTE_CONFIGFS_ROOT"] = args.configfs_root
+        if args.state_dir:
+            os.environ["VKMSREMOTE_STATE_DIR"] = args.state_dir
+        if args.command == "serve":
+            serve = _serve_module(True)
+            assert isinstance(serve, ModuleType)
+            return int(serve.run(args))
+        return COMMANDS[args.command](args)
+    except (VkmsRemoteError, KeyboardInterrupt) as exc:
+        message = str(exc) if isinstance(exc, VkmsRemoteError) else "interrupted"
+        print("vkmsremote: " + " ".join(message.split()), file=sys.stderr)
+        return exit_code(exc)
