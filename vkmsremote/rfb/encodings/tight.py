@@ -1,0 +1,242 @@
+"""Tight encoding (rfbproto "Tight Encoding"), with TigerVNC's JPEG quality mapping.
+
+A rectangle is cut into column strips at most 2048 pixels wide (the spec's limit) and each strip into
+bands of at most :data:`BAND_AREA` pixels. Each band is sent as the cheapest of:
+
+* FillCompression (one TPIXEL) when it is one colour;
+* BasicCompression with the PaletteFilter when it has 2..256 colours: 1-bit rows on zlib stream 1
+  for two colours, one index byte per pixel on stream 2 otherwise;
+* JpegCompression when the client advertised a JPEG quality (quality-level or fine-quality
+  pseudo-encoding) and uses 16 or 32 bits per pixel; consecutive JPEG bands are merged into one
+  rectangle, so full-motion video goes out as few large JPEGs, compressed straight from the B, G, R, X
+  frame by libjpeg-turbo;
+* BasicCompression with the CopyFilter (TPIXELs on zlib stream 0) otherwise.
+
+Colours are counted on a strided sample (about 1024 pixels) first; only bands whose sample has few
+colours get an exact palette (a searchsorted over the band against the sample's colours).
+
+Data shorter than 12 bytes is sent without zlib, as the spec requires. The zlib streams live as long
+as the encoder (the connection); when the compression level changes a stream is replaced and the
+client is told to reset it with the low bits of the next compression-control byte.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import simplejpeg
+
+from vkmsremote.rfb.constants import Encoding
+from vkmsremote.rfb.convert import (
+    Values,
+    pixel_values,
+    tpixel_bytes,
+    tpixel_bytes_from_frame,
+    tpixel_size,
+)
+from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings
+from vkmsremote.rfb.pixelformat import PixelFormat
+from vkmsremote.server.source import Pixels, Rect
+
+MAX_WIDTH = 2048
+BAND_AREA = 65536
+MAX_JPEG_AREA = 2048 * 2048
+MIN_TO_COMPRESS = 12
+MAX_COMPACT_LENGTH = 4194303
+MAX_PALETTE = 256
+SAMPLE_SIDE = 32  # about SAMPLE_SIDE**2 pixels sampled per band
+SAMPLE_PALETTE_LIMIT = 128  # a sample with more colours than this is treated as photo-like
+
+FILL = 0x80
+JPEG = 0x90
+READ_FILTER_ID = 0x40
+FILTER_PALETTE = 1
+STREAM_FULL, STREAM_MONO, STREAM_INDEXED = 0, 1, 2
+
+# TigerVNC's TightJPEGEncoder table: quality level -> (libjpeg quality, chroma subsampling)
+JPEG_QUALITY_LEVELS: tuple[tuple[int, str], ...] = (
+    (15, "420"), (29, "420"), (41, "420"), (42, "422"), (62, "422"),
+    (77, "422"), (79, "444"), (86, "444"), (92, "444"), (100, "444"),
+)
+# EncoderSettings.subsampling (TigerVNC's subsampling pseudo-encoding - SUBSAMPLING_1X) -> libjpeg-turbo
+SUBSAMPLING = ("444", "420", "422", "Gray", "411", "411")
+DEFAULT_SUBSAMPLING = "420"
+DEFAULT_ZLIB_LEVEL = 1
+
+
+def compact_length(n: int) -> bytes:
+    """Tight's 1-3 byte length: 7 bits per byte, high bit = more follows; the third byte has 8 bits."""
+    if not 0 <= n <= MAX_COMPACT_LENGTH:
+        raise ValueError(f"Tight compact length {n} out of range 0..{MAX_COMPACT_LENGTH}")
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes((0x80 | (n & 0x7F), n >> 7))
+    return bytes((0x80 | (n & 0x7F), 0x80 | ((n >> 7) & 0x7F), n >> 14))
+
+
+def jpeg_parameters(settings: EncoderSettings, pf: PixelFormat) -> tuple[int, str] | None:
+    """(libjpeg quality, subsampling) for this client, or None when JPEG must not be used."""
+    if pf.bits_per_pixel not in (16, 32):
+        return None
+    level = settings.quality_level
+    if level is not None:
+        level = min(9, max(0, level))
+    if settings.fine_quality is not None:
+        quality = min(100, max(1, settings.fine_quality))
+    elif level is not None:
+        quality = JPEG_QUALITY_LEVELS[level][0]
+    else:
+        return None
+    if settings.subsampling is not None and 0 <= settings.subsampling < len(SUBSAMPLING):
+        sub = SUBSAMPLING[settings.subsampling]
+    elif level is not None:
+        sub = JPEG_QUALITY_LEVELS[level][1]
+    else:
+        sub = DEFAULT_SUBSAMPLING
+    return quality, sub
+
+
+def _native_values(pixels: Pixels) -> Values:
+    return pixels.view(np.uint32).reshape(pixels.shape[:-1]) & np.uint32(0x00FFFFFF)
+
+
+def _strips(rect: Rect) -> list[Rect]:
+    """Column strips of at most MAX_WIDTH pixels, of near-equal widths."""
+    count = -(-rect.w // MAX_WIDTH)
+    edges = [rect.x + rect.w * i // count for i in range(count + 1)]
+    return [Rect(edges[i], rect.y, edges[i + 1] - edges[i], rect.h) for i in range(count)]
+
+
+class TightEncoder:
+    def __init__(self, settings: EncoderSettings) -> None:
+        self.settings = settings
+        self._streams: list[zlib._Compress | None] = [None, None, None, None]
+        self._levels: list[int] = [0, 0, 0, 0]
+        self._pending_reset = 0
+
+    # -- zlib streams ------------------------------------------------------------------------------
+    def _zlib_level(self) -> int:
+        level = self.settings.compress_level
+        return DEFAULT_ZLIB_LEVEL if level is None else min(9, max(0, level))
+
+    def _sync_levels(self) -> None:
+        level = self._zlib_level()
+        for i, stream in enumerate(self._streams):
+            if stream is not None and self._levels[i] != level:
+                self._streams[i] = None
+                self._pending_reset |= 1 << i
+
+    def _control(self, bits: int) -> bytes:
+        byte = bits | self._pending_reset
+        self._pending_reset = 0
+        return bytes((byte,))
+
+    def _compressed(self, stream: int, data: bytes) -> bytes:
+        if len(data) < MIN_TO_COMPRESS:
+            return data
+        deflate = self._streams[stream]
+        if deflate is None:
+            self._levels[stream] = self._zlib_level()
+            deflate = self._streams[stream] = zlib.compressobj(self._levels[stream])
+        out = deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH)
+        return compact_length(len(out)) + out
+
+    # -- rectangles --------------------------------------------------------------------------------
+    def encode(self, frame: Pixels, rect: Rect, pf: PixelFormat) -> list[EncodedRect]:
+        self._sync_levels()
+        jpeg = jpeg_parameters(self.settings, pf)
+        out: list[EncodedRect] = []
+        for strip in _strips(rect):
+            band_h = max(1, BAND_AREA // strip.w)
+            jpeg_from: int | None = None  # start row of a pending run of JPEG bands
+            for y in range(strip.y, strip.y + strip.h, band_h):
+                band = Rect(strip.x, y, strip.w, min(band_h, strip.y + strip.h - y))
+                pixels = frame[band.y:band.y + band.h, band.x:band.x + band.w]
+                encoded = self._encode_lossless(pixels, band, pf, try_palette_only=jpeg is not None)
+                if encoded is None:  # photo-like and JPEG allowed
+                    if jpeg_from is None:
+                        jpeg_from = band.y
+                    if (band.y + band.h - jpeg_from) * strip.w > MAX_JPEG_AREA:
+                        out.extend(self._jpeg(frame, Rect(strip.x, jpeg_from, strip.w, band.y - jpeg_from), jpeg))
+                        jpeg_from = band.y
+                    continue
+                if jpeg_from is not None:
+                    out.extend(self._jpeg(frame, Rect(strip.x, jpeg_from, strip.w, band.y - jpeg_from), jpeg))
+                    jpeg_from = None
+                out.append(encoded)
+            if jpeg_from is not None:
+                out.extend(self._jpeg(frame, Rect(strip.x, jpeg_from, strip.w, strip.y + strip.h - jpeg_from), jpeg))
+        return out
+
+    def _encode_lossless(self, pixels: Pixels, rect: Rect, pf: PixelFormat,
+                         try_palette_only: bool) -> EncodedRect | None:
+        """Fill, palette, or (unless ``try_palette_only``) full colour; None means "use JPEG"."""
+        sy = max(1, rect.h // SAMPLE_SIDE)
+        sx = max(1, rect.w // SAMPLE_SIDE)
+        sample = pixels[::sy, ::sx]
+        sample_colours = np.unique(_native_values(sample))
+        if sample_colours.size == 1 and bool((_native_values(pixels) == sample_colours[0]).all()):
+            value = pixel_values(pixels[:1, :1], pf).reshape(1)
+            return rect, Encoding.TIGHT, self._control(FILL) + tpixel_bytes(value, pf).tobytes()
+        if sample_colours.size <= SAMPLE_PALETTE_LIMIT:
+            values = pixel_values(pixels, pf)
+            palette = self._palette(values, pixel_values(sample, pf))
+            if palette is not None:
+                encoded = self._palette_rect(values, palette, rect, pf)
+                if encoded is not None:
+                    return encoded
+        if try_palette_only:
+            return None
+        return self._full_colour(pixels, rect, pf)
+
+    @staticmethod
+    def _palette(values: Values, sample: Values) -> Values | None:
+        """The exact sorted set of values if it has at most MAX_PALETTE entries, else None."""
+        palette = np.unique(sample)
+        index = np.searchsorted(palette, values).clip(max=palette.size - 1)
+        missing = palette[index] != values
+        if missing.any():
+            palette = np.union1d(palette, values[missing])
+        return palette if palette.size <= MAX_PALETTE else None
+
+    def _palette_rect(self, values: Values, palette: Values, rect: Rect, pf: PixelFormat) -> EncodedRect | None:
+        tp = tpixel_size(pf)
+        if palette.size == 1:
+            return rect, Encoding.TIGHT, self._control(FILL) + tpixel_bytes(palette, pf).tobytes()
+        mono = palette.size == 2
+        data_size = (-(-rect.w // 8) * rect.h) if mono else rect.area
+        if 2 + palette.size * tp + data_size >= rect.area * tp:
+            return None
+        index = np.searchsorted(palette, values).astype(np.uint8)
+        if mono:
+            data = np.packbits(index, axis=1).tobytes()  # 1 bit per pixel, MSB first, rows padded
+            stream = STREAM_MONO
+        else:
+            data = index.tobytes()
+            stream = STREAM_INDEXED
+        head = self._control((stream << 4) | READ_FILTER_ID) + bytes((FILTER_PALETTE, palette.size - 1))
+        body = tpixel_bytes(palette, pf).tobytes() + self._compressed(stream, data)
+        return rect, Encoding.TIGHT, head + body
+
+    def _full_colour(self, pixels: Pixels, rect: Rect, pf: PixelFormat) -> EncodedRect:
+        data = tpixel_bytes_from_frame(pixels, pf).tobytes()
+        head = self._control(STREAM_FULL << 4)
+        return rect, Encoding.TIGHT, head + self._compressed(STREAM_FULL, data)
+
+    def _jpeg(self, frame: Pixels, rect: Rect, params: tuple[int, str] | None) -> list[EncodedRect]:
+        assert params is not None
+        quality, subsampling = params
+        pixels = frame[rect.y:rect.y + rect.h, rect.x:rect.x + rect.w]
+        data = simplejpeg.encode_jpeg(pixels, quality, "BGRX", subsampling, True)
+        if len(data) > MAX_COMPACT_LENGTH:
+            if rect.h == 1:
+                raise ValueError(f"a one-row JPEG of {rect.w} pixels exceeds Tight's length limit")
+            half = rect.h // 2
+            return (self._jpeg(frame, Rect(rect.x, rect.y, rect.w, half), params)
+                    + self._jpeg(frame, Rect(rect.x, rect.y + half, rect.w, rect.h - half), params))
+        return [(rect, Encoding.TIGHT, self._control(JPEG) + compact_length(len(data)) + data)]
+
+
+__all__ = ["TightEncoder", "compact_length", "jpeg_parameters"]
