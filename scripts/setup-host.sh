@@ -22,6 +22,8 @@ debs=(
   x11-utils xdotool xterm imagemagick libjpeg62-turbo
   # browser client
   novnc chromium chromium-driver
+  # US keymap check (tests/test_keymap.py regenerates vkmsremote/input/tables.py from libxkbcommon)
+  libxkbcommon0 xkb-data
 )
 
 missing=()
