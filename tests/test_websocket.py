@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vkmsremote.errors import HttpRequestError, WebSocketError
+from vkmsremote.server.tls import generate_self_signed, server_context
 from vkmsremote.web import http
 from vkmsremote.web.server import WebConfig, WebServer, start_web_server
 from vkmsremote.web.websocket import (
@@ -362,8 +365,9 @@ class WsClient:
         self.conn = WebSocketConnection(Role.CLIENT)
 
     @classmethod
-    async def connect(cls, port: int, *, origin: str | None = None, protocols: str | None = None) -> WsClient:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def connect(cls, port: int, *, origin: str | None = None, protocols: str | None = None,
+                      tls: ssl.SSLContext | None = None) -> WsClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
         key = base64.b64encode(os.urandom(16)).decode()
         extra = (f"Origin: {origin}\r\n" if origin else "") + (
             f"Sec-WebSocket-Protocol: {protocols}\r\n" if protocols else "")
@@ -487,4 +491,67 @@ def test_bad_frames_fail_one_connection_not_the_other(name: str) -> None:
             good.send_raw(good.conn.send(Data(b"2")))
             assert await good.next() == Data(b"echo:2", True)
             assert len(web.clients) == 1
+    run(body)
+
+
+def test_wss_with_a_configured_certificate(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    generate_self_signed(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))  # verifies the chain and 127.0.0.1
+
+    async def body() -> None:
+        async with await start_web_server(echo_handler, "127.0.0.1", 0, ssl=server_context(cert, key)) as web:
+            port = port_of(web)
+            assert web.url == f"https://127.0.0.1:{port}/"
+            client = await WsClient.connect(port, origin=f"https://127.0.0.1:{port}", tls=client_ctx)
+            client.send_raw(client.conn.send(Data(b"secret")))
+            assert await client.next() == Data(b"echo:secret", True)
+            assert client.writer.get_extra_info("ssl_object").version() in ("TLSv1.2", "TLSv1.3")
+            # an http:// page may not drive a wss:// socket into this server: the origin's scheme differs
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
+            writer.write((f"GET /websockify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                          f"Origin: http://127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+            assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 403 ")
+            writer.close()
+    run(body)
+
+
+def test_frame_sent_with_the_handshake_is_not_lost() -> None:
+    async def body() -> None:
+        async with await start_web_server(echo_handler, "127.0.0.1", 0) as web:
+            port = port_of(web)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"GET /websockify HTTP/1.1\r\nHost: localhost:{port}\r\nUpgrade: websocket\r\n"
+                         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+                         + encode_frame(Opcode.BINARY, b"early", mask=MASK))  # same TCP segment
+            await reader.readuntil(b"\r\n\r\n")
+            client = WsClient(reader, writer)
+            assert await client.next() == Data(b"echo:early", True)
+    run(body)
+
+
+def test_large_server_writes_arrive_whole() -> None:
+    blob = os.urandom(6 << 20)
+
+    async def bulk_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(1)
+        for i in range(0, len(blob), 1 << 20):
+            writer.write(blob[i:i + (1 << 20)])
+            await writer.drain()  # flow control reaches the session through the WebSocket transport
+        writer.close()
+        await writer.wait_closed()
+
+    async def body() -> None:
+        async with await start_web_server(bulk_handler, "127.0.0.1", 0) as web:
+            client = await WsClient.connect(port_of(web))
+            client.send_raw(client.conn.send(Data(b"go")))
+            got = bytearray()
+            while isinstance(ev := await client.next(), Data):
+                got += ev.payload
+            assert ev == Close(1000, "")  # the session's writer.close() becomes a clean Close
+            assert bytes(got) == blob
+            client.send_raw(client.conn.send(Close(1000)))
+            assert await client.next() == EndOfStream(clean=True)
     run(body)

@@ -149,6 +149,9 @@ class _HttpProtocol(asyncio.Protocol):
             self._timer = None
 
     def _on_timeout(self) -> None:
+        if not self._buffer and self._transport is not None:
+            self._transport.close()  # an idle keep-alive connection: nothing to answer
+            return
         self._respond_error(HttpRequestError("request head not received in time", status=Status.REQUEST_TIMEOUT))
 
     def _process(self) -> None:
