@@ -123,6 +123,12 @@ class Configfs:
     # -- availability ------------------------------------------------------------------------
 
     def available(self) -> bool:
+        try:
+            os.stat(self.vkms)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise configfs_error(f"looking at {self.vkms}", e) from None
         return self.vkms.is_dir()
 
     def missing_steps(self) -> list[str]:

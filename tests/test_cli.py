@@ -1,0 +1,241 @@
+"""The ``vkmsremote`` command line on the host: a fake configfs directory stands in for the kernel.
+
+Every bad input must give one line naming the cause and the fix, a non-zero exit status from the
+EXIT_CODES table, and no change to configfs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from vkmsremote import cli
+from vkmsremote.errors import (
+    DeviceStateError,
+    PermissionDeniedError,
+    ProfileError,
+    ProtocolError,
+    UsageError,
+    VkmsUnavailableError,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "configfs"
+    (root / "vkms").mkdir(parents=True)
+    monkeypatch.setenv("VKMSREMOTE_CONFIGFS_ROOT", str(root))
+    monkeypatch.setenv("VKMSREMOTE_STATE_DIR", str(tmp_path / "state"))
+    return root
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got {err!r}"
+    assert lines[0].startswith("vkmsremote: ")
+    return lines[0]
+
+
+def test_dry_run_prints_shell_and_changes_nothing(fake: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "up", "--dry-run")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"mkdir {fake}/vkms/vkmsremote"
+    assert f"ln -s {fake}/vkms/vkmsremote/encoders/enc0 {fake}/vkms/vkmsremote/connectors/XR-0/possible_encoders/enc0" in lines
+    assert lines[-1].startswith(f"echo 1 > {fake}/vkms/vkmsremote/enabled")
+    assert tree(fake) == ["vkms"]
+
+
+def test_up_status_hotplug_down_cycle(fake: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "up", "--profile", "xr-dual")
+    assert code == 0 and out.startswith("made vkmsremote (")
+    code, out, _ = run(capsys, "up", "-p", "xr-dual")
+    assert code == 0 and out.startswith("vkmsremote already up: nothing changed")
+    code, out, _ = run(capsys, "up", "--dry-run", "-p", "xr-dual")
+    assert out.startswith("# nothing to do")
+    code, out, _ = run(capsys, "status", "--json")
+    doc = json.loads(out)
+    (dev,) = doc["devices"]
+    assert dev["name"] == "vkmsremote" and dev["configfs"]["enabled"] is True and dev["managed"] is True
+    assert [c["name"] for c in dev["connectors"]] == ["XR-0", "XR-1"]
+    assert [c["connector_id"] for c in dev["connectors"]] == [None, None]  # a fake has no DRM
+    code, out, _ = run(capsys, "hotplug", "XR-1", "--disconnect")
+    assert code == 0 and out.strip() == "XR-1 disconnected"
+    code, out, _ = run(capsys, "status")
+    assert "connectors/XR-1 disconnected -> enc1" in out
+    code, out, _ = run(capsys, "down", "--dry-run")
+    assert out.splitlines()[0].startswith(f"echo 0 > {fake}/vkms/vkmsremote/enabled")
+    assert tree(fake / "vkms") != []
+    code, out, _ = run(capsys, "down")
+    assert code == 0 and out.startswith("removed vkmsremote")
+    assert tree(fake / "vkms") == []
+    code, out, _ = run(capsys, "down")
+    assert code == 0 and "nothing to remove" in out
+
+
+def test_malformed_profile(fake: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[device\nname = 1\n")
+    code, _, err = run(capsys, "up", "--profile", str(bad))
+    line = one_line_error(err)
+    assert code == cli.EXIT_CODES[ProfileError] == 3
+    assert f"{bad}: not valid TOML" in line and "fix the profile" in line
+    assert tree(fake) == ["vkms"]
+
+
+def test_invalid_profile_names_the_rule(fake: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "two-primaries.toml"
+    bad.write_text(textwrap.dedent("""\
+        [device]
+        name = "d"
+        [planes.a]
+        type = "primary"
+        possible_crtcs = ["c"]
+        [planes.b]
+        type = "primary"
+        possible_crtcs = ["c"]
+        [crtcs.c]
+        [encoders.e]
+        possible_crtcs = ["c"]
+        [connectors.XR-0]
+        possible_encoders = ["e"]
+        """))
+    code, _, err = run(capsys, "up", "-p", str(bad))
+    assert code == 3
+    assert "crtcs.c: 2 primary planes (a, b); exactly one allowed" in one_line_error(err)
+    assert tree(fake) == ["vkms"]
+
+
+def test_unknown_connector(fake: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "up")[0] == 0
+    before = tree(fake)
+    code, _, err = run(capsys, "hotplug", "XR-9", "--connect")
+    line = one_line_error(err)
+    assert code == cli.EXIT_CODES[UsageError] == 2
+    assert "no connector named 'XR-9'" in line and "known connectors: XR-0 (vkmsremote)" in line
+    assert tree(fake) == before
+
+
+def test_different_layout_is_refused_until_replace(fake: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "up", "-p", "xr-dual")[0] == 0
+    before = tree(fake)
+    code, _, err = run(capsys, "up", "-p", "xr-0")
+    line = one_line_error(err)
+    assert code == cli.EXIT_CODES[DeviceStateError]
+    assert "already exists with a different layout" in line and "--replace" in line
+    assert tree(fake) == before
+    assert run(capsys, "up", "-p", "xr-0", "--replace")[0] == 0
+    assert "XR-1" not in "".join(tree(fake))
+
+
+def test_no_vkms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("VKMSREMOTE_STATE_DIR", str(tmp_path / "state"))
+    code, _, err = run(capsys, "--configfs-root", str(tmp_path), "up")
+    line = one_line_error(err)
+    assert code == cli.EXIT_CODES[VkmsUnavailableError] == 5
+    assert "no VKMS configfs directory" in line and "modprobe vkms" in line and "6.19" in line
+    assert run(capsys, "--configfs-root", str(tmp_path), "status")[0] == 5
+    assert list(tmp_path.iterdir()) == []
+
+
+def _as_nobody(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON, "-m", "vkmsremote", *argv],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **env}, cwd="/",
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")
+def test_not_root_on_the_system_configfs(tmp_path: Path) -> None:
+    env = {"VKMSREMOTE_CONFIGFS_ROOT": "", "VKMSREMOTE_STATE_DIR": str(tmp_path)}
+    for argv in (["up"], ["down"], ["hotplug", "XR-0", "--disconnect"]):
+        proc = _as_nobody(argv, env)
+        if argv[0] == "hotplug" and proc.returncode == 2:
+            continue  # no such connector on this machine: refused before needing root, also fine
+        assert proc.returncode == cli.EXIT_CODES[PermissionDeniedError] == 4, proc.stderr
+        line = one_line_error(proc.stderr)
+        assert "needs root" in line and "run as root or with sudo" in line
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")
+def test_not_root_on_a_root_owned_fake() -> None:
+    top = Path(tempfile.mkdtemp(prefix="vkmsremote-cli-"))
+    try:
+        os.chmod(top, 0o755)
+        (top / "vkms").mkdir()
+        env = {"VKMSREMOTE_CONFIGFS_ROOT": str(top), "VKMSREMOTE_STATE_DIR": str(top / "state")}
+        proc = _as_nobody(["up"], env)
+        assert proc.returncode == 4, proc.stderr
+        line = one_line_error(proc.stderr)
+        assert f"mkdir {top}/vkms/vkmsremote: Permission denied" in line and "run as root or with sudo" in line
+        assert tree(top) == ["vkms"]
+        os.chmod(top, 0o700)  # now nobody cannot even look
+        proc = _as_nobody(["status"], env)
+        assert proc.returncode == 4, proc.stderr
+        assert "run as root or with sudo" in one_line_error(proc.stderr)
+    finally:
+        shutil.rmtree(top)
+
+
+def test_exit_codes_follow_the_table() -> None:
+    assert cli.exit_code(ProfileError("x")) == 3
+    assert cli.exit_code(ProtocolError("x")) == 1  # not listed: its nearest listed base, VkmsRemoteError
+    assert cli.exit_code(KeyboardInterrupt()) == 130
+    assert len(set(cli.EXIT_CODES.values())) == len(cli.EXIT_CODES)
+
+
+def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["hotplug", "XR-0"])  # neither --connect nor --disconnect
+    assert info.value.code == 2
+    assert "one of the arguments --disconnect --connect is required" in capsys.readouterr().err
+
+
+def test_serve_is_registered_only_when_its_module_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "SERVE_MODULE", "vkmsremote_test_missing_app")
+    assert not re.search(r"^ +serve ", cli.build_parser().format_help(), re.M)
+    (tmp_path / "fake_serve_app.py").write_text(textwrap.dedent('''\
+        """Serve it."""
+        def add_arguments(parser):
+            parser.add_argument("--port", type=int, required=True)
+        def run(args):
+            print("serving", args.port, args.command)
+            return 7
+        '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "SERVE_MODULE", "fake_serve_app")
+    assert re.search(r"^ +serve +serve a connector", cli.build_parser().format_help(), re.M)
+    assert cli.main(["serve", "--port", "5900"]) == 7
+    assert capsys.readouterr().out == "serving 5900 serve\n"
+
+
+def test_python_dash_m_and_help() -> None:
+    proc = subprocess.run([PYTHON, "-m", "vkmsremote", "--help"], capture_output=True, text=True, timeout=60,
+                          cwd=REPO)
+    assert proc.returncode == 0
+    for word in ("up", "down", "status", "hotplug"):
+        assert word in proc.stdout
