@@ -24,6 +24,8 @@ debs=(
   novnc chromium chromium-driver
   # US keymap check (tests/test_keymap.py regenerates vkmsremote/input/tables.py from libxkbcommon)
   libxkbcommon0 xkb-data
+  # mode changes and checks on Xorg in the VM (tests/vm/test_compositor_vm.py)
+  x11-xserver-utils
 )
 
 missing=()
