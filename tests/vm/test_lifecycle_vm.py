@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyudev
 import pytest
+import pyudev
 
 from vkmsremote.errors import DeviceStateError, VkmsRemoteError
 from vkmsremote.vkms.configfs import Configfs
