@@ -91,3 +91,17 @@ class FrameSource(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ResizableSource(Protocol):
+    """A FrameSource that can change its size when a VNC client asks (RFB SetDesktopSize).
+
+    Optional: the server answers "resize prohibited" for sources without it.
+    """
+
+    def request_resize(self, width: int, height: int) -> int:
+        """Start a change to ``width`` x ``height``. Returns an ExtendedDesktopSize status code
+        (rfbproto "ExtendedDesktopSize"): 0 if the change is made (frames of the new size follow),
+        1 prohibited, 2 out of resources, 3 invalid size, 4 forwarded (may complete later)."""
+        ...

@@ -1,0 +1,137 @@
+"""RFB security: VNC authentication (DES), the vncpasswd file format, and the server's security policy.
+
+VNC authentication (RFC 6143 7.2.2): the client DES-encrypts a 16-byte challenge in ECB mode with the
+password as key, truncated or zero-padded to 8 bytes. The spec's DES takes "the lowest bit of each byte
+as the first bit", the reverse of standard DES, so every key byte is bit-reversed before a standard DES
+(here ``cryptography``'s decrepit TripleDES with K|K|K, which is single DES) is used.
+
+VeNCrypt (rfbproto "VeNCrypt") wraps the stream in TLS and then runs None, VNC or Plain authentication
+inside it; only the X509 subtypes (a real certificate, see vkmsremote.server.tls) are offered.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
+from vkmsremote.errors import UsageError
+from vkmsremote.rfb.constants import SecurityType, VeNCryptSubtype
+
+CHALLENGE_SIZE = 16
+VNC_PASSWORD_BYTES = 8
+"""Only the first 8 bytes of a VNC-auth password matter (RFC 6143 7.2.2)."""
+
+_VNCPASSWD_KEY = bytes([23, 82, 107, 6, 35, 78, 88, 7])
+"""The fixed key (in VNC bit order) vncpasswd files are obfuscated with (TigerVNC, RealVNC, vncsnapshot)."""
+
+_REVERSED = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
+
+
+def _des_ecb(key8: bytes, data: bytes, *, decrypt: bool = False) -> bytes:
+    cipher = Cipher(TripleDES(key8 * 3), modes.ECB())
+    ctx = cipher.decryptor() if decrypt else cipher.encryptor()
+    return ctx.update(data) + ctx.finalize()
+
+
+def vnc_des_key(password: bytes) -> bytes:
+    """The standard-DES key for a VNC password: 8 bytes, zero padded, each byte bit-reversed."""
+    return password[:VNC_PASSWORD_BYTES].ljust(VNC_PASSWORD_BYTES, b"\0").translate(_REVERSED)
+
+
+def vnc_auth_response(password: bytes, challenge: bytes) -> bytes:
+    """What a client answers to ``challenge`` (16 bytes) when it knows ``password``."""
+    if len(challenge) != CHALLENGE_SIZE:
+        raise ValueError(f"a VNC-auth challenge has {CHALLENGE_SIZE} bytes, not {len(challenge)}")
+    return _des_ecb(vnc_des_key(password), challenge)
+
+
+def vnc_auth_ok(password: bytes, challenge: bytes, response: bytes) -> bool:
+    """True if ``response`` proves knowledge of ``password`` (constant-time comparison)."""
+    return hmac.compare_digest(vnc_auth_response(password, challenge), response)
+
+
+def obfuscate_vnc_password(password: bytes) -> bytes:
+    """The 8 bytes a vncpasswd file holds for ``password`` (fixed-key DES, as TigerVNC's vncpasswd writes)."""
+    return _des_ecb(_VNCPASSWD_KEY.translate(_REVERSED), password[:8].ljust(8, b"\0"))
+
+
+def deobfuscate_vnc_password(data: bytes) -> bytes:
+    """Inverse of :func:`obfuscate_vnc_password`, trailing NULs removed."""
+    if len(data) < 8:
+        raise UsageError("a vncpasswd file holds at least 8 bytes", hint="create it with vncpasswd")
+    return _des_ecb(_VNCPASSWD_KEY.translate(_REVERSED), data[:8], decrypt=True).rstrip(b"\0")
+
+
+PlainChecker = Callable[[str, str], bool]
+"""Checks a VeNCrypt Plain username and password."""
+
+
+def plain_checker(username: str, password: str) -> PlainChecker:
+    """A checker accepting exactly one username/password pair (constant-time comparisons)."""
+    user_b, pass_b = username.encode(), password.encode()
+
+    def check(user: str, pw: str) -> bool:
+        ok_user = hmac.compare_digest(user.encode(), user_b)
+        ok_pass = hmac.compare_digest(pw.encode(), pass_b)
+        return ok_user and ok_pass
+
+    return check
+
+
+_TLS_SUBTYPES = frozenset({VeNCryptSubtype.X509_NONE, VeNCryptSubtype.X509_VNC, VeNCryptSubtype.X509_PLAIN})
+_VNC_SUBTYPES = frozenset({VeNCryptSubtype.X509_VNC})
+_PLAIN_SUBTYPES = frozenset({VeNCryptSubtype.X509_PLAIN})
+_AUTHENTICATING_SUBTYPES = _VNC_SUBTYPES | _PLAIN_SUBTYPES
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityPolicy:
+    """Which security types a server offers, in order of preference, and what they need.
+
+    ``types`` are RFB security types (None, VNC authentication, VeNCrypt); ``vencrypt_subtypes`` the
+    VeNCrypt subtypes offered when VeNCrypt is. VNC authentication (plain or inside TLS) checks
+    ``vnc_password``; Plain checks with ``check_plain``; TLS uses ``tls_context`` (server side).
+    """
+
+    types: tuple[SecurityType, ...] = (SecurityType.NONE,)
+    vnc_password: bytes | None = None
+    vencrypt_subtypes: tuple[VeNCryptSubtype, ...] = ()
+    tls_context: ssl.SSLContext | None = None
+    check_plain: PlainChecker | None = None
+
+    def __post_init__(self) -> None:
+        if not self.types:
+            raise UsageError("no security type is enabled", hint="enable at least one, e.g. None or VncAuth")
+        if len(set(self.types)) != len(self.types):
+            raise UsageError("a security type is listed twice")
+        for t in self.types:
+            if t not in (SecurityType.NONE, SecurityType.VNC_AUTH, SecurityType.VENCRYPT):
+                raise UsageError(f"security type {t!r} is not supported")
+        uses_vnc = SecurityType.VNC_AUTH in self.types or any(s in _VNC_SUBTYPES for s in self.vencrypt_subtypes)
+        if uses_vnc and not self.vnc_password:
+            raise UsageError("VNC authentication needs a password", hint="give --password or --password-file")
+        if SecurityType.VENCRYPT in self.types:
+            if not self.vencrypt_subtypes:
+                raise UsageError("VeNCrypt is enabled without any subtype")
+            for s in self.vencrypt_subtypes:
+                if s not in _TLS_SUBTYPES:
+                    raise UsageError(f"VeNCrypt subtype {s!r} is not supported (only X509None/X509Vnc/X509Plain)")
+            if self.tls_context is None:
+                raise UsageError("VeNCrypt needs a TLS certificate", hint="give --tls-cert/--tls-key or let one be made")
+            if any(s in _PLAIN_SUBTYPES for s in self.vencrypt_subtypes) and self.check_plain is None:
+                raise UsageError("X509Plain needs a username and password", hint="give --username with --password")
+
+    @property
+    def authenticates(self) -> bool:
+        """True when every offered way in checks a secret (no None, no X509None)."""
+        for t in self.types:
+            if t == SecurityType.NONE:
+                return False
+            if t == SecurityType.VENCRYPT and any(s not in _AUTHENTICATING_SUBTYPES for s in self.vencrypt_subtypes):
+                return False
+        return True

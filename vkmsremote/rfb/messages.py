@@ -1,0 +1,573 @@
+"""RFB messages as data: RFC 6143 sections 7.1-7.6 and the rfbproto/rfbproto extensions.
+
+Every message is a frozen, slotted dataclass named as in the spec. Client-to-server messages know how to
+read themselves (``HEADER`` is the fixed leading part, ``tail_length(header)`` says how many bytes follow,
+``from_bytes(whole message)``) and how to write themselves (``to_bytes``: tests and the benchmark client
+use it). Server-to-client messages only write themselves. Every peer-supplied length is checked against a
+cap here, before anything is buffered; a lie gets a :class:`ProtocolError` naming the field.
+
+Pseudo-rectangles (DesktopSize, ExtendedDesktopSize, Cursor, ...) are :class:`Rectangle` values built by
+the ``*_rect`` functions at the bottom; the session puts them into a :class:`FramebufferUpdate`.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+from vkmsremote.errors import ProtocolError
+from vkmsremote.rfb.constants import ClientMessage, Encoding, QemuSubtype, ServerMessage
+from vkmsremote.rfb.pixelformat import PixelFormat
+
+# --- caps on peer-supplied lengths --------------------------------------------------------------------
+MAX_ENCODINGS = 1024
+"""SetEncodings: real clients send a few dozen (TigerVNC ~30); the U16 field would allow 65535."""
+MAX_FENCE_PAYLOAD = 64
+"""ClientFence: rfbproto "ClientFence" limits the payload to 64 bytes."""
+MAX_CUT_TEXT_LENGTH = 0x7FFF_FFFF
+"""ClientCutText: a length with the top bit set is the Extended Clipboard format (a negative S32), which
+this server never announces; anything above this is a protocol error. Smaller but still too long texts are
+skipped by the protocol (see ServerConnection ``max_cut_text``)."""
+MAX_PLAIN_CREDENTIAL = 1024
+"""VeNCrypt Plain: cap on the username and on the password length."""
+MAX_DESKTOP_DIMENSION = 16384
+"""SetDesktopSize: no sane screen is larger; also keeps width*height far from overflow territory."""
+
+
+class ClientMessageType(Protocol):
+    """What the protocol needs to parse one client message class."""
+
+    TYPE: ClassVar[int]
+    HEADER: ClassVar[struct.Struct]
+
+    @classmethod
+    def tail_length(cls, header: bytes) -> int: ...
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> object: ...
+
+
+# --- handshake (RFC 6143 7.1) ---------------------------------------------------------------------------
+
+_VERSION_RE = re.compile(rb"RFB (\d{3})\.(\d{3})\n")
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolVersion:
+    """``RFB xxx.yyy\\n`` (RFC 6143 7.1.1): 12 ASCII bytes."""
+
+    major: int
+    minor: int
+
+    SIZE: ClassVar[int] = 12
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ProtocolVersion:
+        m = _VERSION_RE.fullmatch(data)
+        if m is None:
+            raise ProtocolError(f"not an RFB ProtocolVersion message: {data[:12]!r}")
+        return cls(int(m.group(1)), int(m.group(2)))
+
+    def to_bytes(self) -> bytes:
+        return b"RFB %03d.%03d\n" % (self.major, self.minor)
+
+
+@dataclass(frozen=True, slots=True)
+class Screen:
+    """The SCREEN structure of ExtendedDesktopSize / SetDesktopSize (rfbproto "ExtendedDesktopSize")."""
+
+    id: int
+    x: int
+    y: int
+    width: int
+    height: int
+    flags: int = 0
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct(">IHHHHI")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Screen:
+        return cls(*cls.STRUCT.unpack(data))
+
+    def to_bytes(self) -> bytes:
+        return self.STRUCT.pack(self.id, self.x, self.y, self.width, self.height, self.flags)
+
+
+# --- client to server (RFC 6143 7.5, rfbproto "Client to Server Messages") ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SetPixelFormat:
+    pixel_format: PixelFormat
+
+    TYPE: ClassVar[int] = ClientMessage.SET_PIXEL_FORMAT
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">B3x16s")  # type, padding, PIXEL_FORMAT
+
+    @classmethod
+    def tail_length(cls, header: bytes) -> int:
+        return 0
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SetPixelFormat:
+        _, pf = cls.HEADER.unpack(data)
+        return cls(PixelFormat.from_bytes(pf))
+
+    def to_bytes(self) -> bytes:
+        return self.HEADER.pack(self.TYPE, self.pixel_format.to_bytes())
+
+
+@dataclass(frozen=True, slots=True)
+class SetEncodings:
+    encodings: tuple[int, ...]
+
+    TYPE: ClassVar[int] = ClientMessage.SET_ENCODINGS
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">BxH")  # type, padding, number-of-encodings
+
+    @classmethod
+    def tail_length(cls, header: bytes) -> int:
+        _, count = cls.HEADER.unpack(header)
+        if count > MAX_ENCODINGS:
+            raise ProtocolError(f"SetEncodings lists {count} encodings, more than the {MAX_ENCODINGS} accepted")
+        return 4 * int(count)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SetEncodings:
+        _, count = cls.HEADER.unpack_from(data)
+        return cls(struct.unpack_from(f">{count}i", data, cls.HEADER.size))
+
+    def to_bytes(self) -> bytes:
+        n = len(self.encodings)
+        return self.HEADER.pack(self.TYPE, n) + struct.pack(f">{n}i", *self.encodings)
+
+
+@dataclass(frozen=True, slots=True)
+class FramebufferUpdateRequest:
+    incremental: bool
+    x: int
+    y: int
+    width: int
+    height: int
+
+    TYPE: ClassVar[int] = ClientMessage.FRAMEBUFFER_UPDATE_REQUEST
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">BBHHHH")
+
+    @classmethod
+    def tail_length(cls, header: bytes) -> int:
+        return 0
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FramebufferUpdateRequest:
+        _, inc, x, y, w, h = cls.HEADER.unpack(data)
+        return cls(inc != 0, x, y, w, h)
+
+    def to_bytes(self) -> bytes:
+        return self.HEADER.pack(self.TYPE, int(self.incremental), self.x, self.y, self.width, self.height)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEvent:
+    down: bool
+    key: int  # X11 keysym
+
+    TYPE: ClassVar[int] = ClientMessage.KEY_EVENT
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">BBxxI")
+
+    @classmethod
+    def tail_length(cls, header: bytes) -> int:
+        return 0
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> KeyEvent:
+        _, down, key = cls.HEADER.unpack(data)
+        return cls(down != 0, key)
+
+    def to_bytes(self) -> bytes:
+        return self.HEADER.pack(self.TYPE, int(self.down), self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class PointerEvent:
+    button_mask: int
+    x: int
+    y: int
+
+    TYPE: ClassVar[int] = ClientMessage.POINTER_EVENT
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">BBHH")
+
+    @classmethod
+    def tail_length(cls, header: bytes) -> int:
+        return 0
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PointerEvent:
+        _, mask, x, y = cls.HEADER.unpack(data)
+        return cls(mask, x, y)
+
+    def to_bytes(self) -> bytes:
+        return self.HEADER.pack(self.TYPE, self.button_mask, self.x, self.y)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCutText:
+    text: bytes  # ISO 8859-1 per RFC 6143 7.5.6; kept as bytes, decoding cannot fail later
+
+    TYPE: ClassVar[int] = ClientMessage.CLIENT_CUT_TEXT
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">B3xI")
+
+    @classmethod
+    def tail_length(cls, header: bytes) -> int:
+        _, length = cls.HEADER.unpack(header)
+        if length > MAX_CUT_TEXT_LENGTH:
+            raise ProtocolError(
+                f"ClientCutText length 0x{length:08x} is an Extended Clipboard message, which was not negotiated"
+            )
+        return int(length)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ClientCutText:
+        return cls(bytes(data[cls.HEADER.size:]))
+
+    def to_bytes(self) -> bytes:
+        return self.HEADER.pack(self.TYPE, len(self.text)) + self.text
+
+
+@dataclass(frozen=True, slots=True)
+class EnableContinuousUpdates:
+    enable: bool
+    x: int
+    y: int
+    width: int
+    height: int
+
+    TYPE: ClassVar[int] = ClientMessage.ENABLE_CONTINUOUS_UPDATES
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">BBHHHH")
+
+    @classmethod
+    def tail_length(cls, header: bytes) -> int:
+        return 0
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EnableContinuousUpdates:
+        _, enable, x, y, w, h = cls.HEADER.unpack(data)
+        return cls(enable != 0, x, y, w, h)
+
+    def to_bytes(self) -> bytes:
+        return self.HEADER.pack(self.TYPE, int(self.enable), self.x, self.y, self.width, self.height)
+
+
+class FenceFlag:
+    """Bits of ClientFence / ServerFence *flags* (rfbproto "ClientFence")."""
+
+    BLOCK_BEFORE = 1 << 0
+    BLOCK_AFTER = 1 << 1
+    SYNC_NEXT = 1 << 2
+    REQUEST = 1 << 31
+    KNOWN = BLOCK_BEFORE | BLOCK_AFTER | SYNC_NEXT
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFence:
+    flags: int
+    payload: bytes
+
+    TYPE: ClassVar[int] = ClientMessage.CLIENT_FENCE
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">B3xIB")
+
+    @classmethod
+    def tail_length(cls, header: bytes) -> int:
+        _, _, length = cls.HEADER.unpack(header)
+        if length > MAX_FENCE_PAYLOAD:
+            raise ProtocolError(f"ClientFence payload of {length} bytes exceeds the {MAX_FENCE_PAYLOAD} allowed")
+        return int(length)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ClientFence:
+        _, flags, _ = cls.HEADER.unpack_from(data)
+        return cls(flags, bytes(data[cls.HEADER.size:]))
+
+    def to_bytes(self) -> bytes:
+        return self.HEADER.pack(self.TYPE, self.flags, len(self.payload)) + self.payload
+
+    @property
+    def is_request(self) -> bool:
+        return bool(self.flags & FenceFlag.REQUEST)
+
+
+@dataclass(frozen=True, slots=True)
+class SetDesktopSize:
+    width: int
+    height: int
+    screens: tuple[Screen, ...]
+
+    TYPE: ClassVar[int] = ClientMessage.SET_DESKTOP_SIZE
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">BxHHBx")  # type, pad, width, height, n-screens, pad
+
+    @classmethod
+    def tail_length(cls, header: bytes) -> int:
+        _, _, _, count = cls.HEADER.unpack(header)
+        return Screen.STRUCT.size * int(count)  # a U8 count: at most 255 * 16 bytes
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SetDesktopSize:
+        _, w, h, count = cls.HEADER.unpack_from(data)
+        size, base = Screen.STRUCT.size, cls.HEADER.size
+        screens = tuple(Screen.from_bytes(data[base + i * size: base + (i + 1) * size]) for i in range(count))
+        return cls(w, h, screens)
+
+    def to_bytes(self) -> bytes:
+        head = self.HEADER.pack(self.TYPE, self.width, self.height, len(self.screens))
+        return head + b"".join(s.to_bytes() for s in self.screens)
+
+
+@dataclass(frozen=True, slots=True)
+class QemuExtendedKeyEvent:
+    """QEMU client message, submessage 0 (rfbproto "QEMU Extended Key Event Message")."""
+
+    down: bool
+    keysym: int
+    keycode: int  # XT scancode; 0xE0-prefixed codes have the high bit set
+
+    TYPE: ClassVar[int] = ClientMessage.QEMU
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">BB")  # type, submessage-type
+    STRUCT: ClassVar[struct.Struct] = struct.Struct(">BBHII")
+
+    @classmethod
+    def tail_length(cls, header: bytes) -> int:
+        _, sub = cls.HEADER.unpack(header)
+        if sub != QemuSubtype.EXTENDED_KEY_EVENT:
+            raise ProtocolError(f"QEMU client message with submessage-type {sub}, which was not negotiated")
+        return cls.STRUCT.size - cls.HEADER.size
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> QemuExtendedKeyEvent:
+        _, _, down, keysym, keycode = cls.STRUCT.unpack(data)
+        return cls(down != 0, keysym, keycode)
+
+    def to_bytes(self) -> bytes:
+        return self.STRUCT.pack(self.TYPE, QemuSubtype.EXTENDED_KEY_EVENT, int(self.down), self.keysym, self.keycode)
+
+
+CLIENT_MESSAGES: dict[int, type[ClientMessageType]] = {
+    cls.TYPE: cls
+    for cls in (SetPixelFormat, SetEncodings, FramebufferUpdateRequest, KeyEvent, PointerEvent, ClientCutText,
+                EnableContinuousUpdates, ClientFence, SetDesktopSize, QemuExtendedKeyEvent)
+}
+"""Client message-type byte -> the class that parses it. Any other type byte is a protocol error: without
+knowing a message's length the stream cannot be resynchronised."""
+
+ClientEvent = (SetPixelFormat | SetEncodings | FramebufferUpdateRequest | KeyEvent | PointerEvent | ClientCutText
+               | EnableContinuousUpdates | ClientFence | SetDesktopSize | QemuExtendedKeyEvent)
+
+
+# --- server to client (RFC 6143 7.3.2, 7.6) --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInit:
+    width: int
+    height: int
+    pixel_format: PixelFormat
+    name: str  # sent as UTF-8 (rfbproto "String Encodings")
+
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">HH16sI")
+
+    def to_bytes(self) -> bytes:
+        name = self.name.encode("utf-8")
+        return self.HEADER.pack(self.width, self.height, self.pixel_format.to_bytes(), len(name)) + name
+
+
+@dataclass(frozen=True, slots=True)
+class Rectangle:
+    """One rectangle of a FramebufferUpdate: header fields plus the already-encoded payload."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    encoding: int
+    payload: bytes = b""
+
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">HHHHi")
+
+    def header_bytes(self) -> bytes:
+        return self.HEADER.pack(self.x, self.y, self.width, self.height, self.encoding)
+
+
+@dataclass(frozen=True, slots=True)
+class FramebufferUpdate:
+    rectangles: Sequence[Rectangle] = field(default_factory=tuple)
+
+    TYPE: ClassVar[int] = ServerMessage.FRAMEBUFFER_UPDATE
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">BxH")
+    MAX_RECTANGLES: ClassVar[int] = 0xFFFF
+
+    def chunks(self) -> list[bytes]:
+        """The message as a list of byte strings (so a large payload is not copied to build it)."""
+        n = len(self.rectangles)
+        if n > self.MAX_RECTANGLES:
+            raise ProtocolError(f"a FramebufferUpdate cannot carry {n} rectangles (at most 65535)")
+        out = [self.HEADER.pack(self.TYPE, n)]
+        for r in self.rectangles:
+            out.append(r.header_bytes())
+            if r.payload:
+                out.append(r.payload)
+        return out
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self.chunks())
+
+
+@dataclass(frozen=True, slots=True)
+class SetColourMapEntries:
+    first_colour: int
+    colours: tuple[tuple[int, int, int], ...]  # 16-bit red, green, blue
+
+    TYPE: ClassVar[int] = ServerMessage.SET_COLOUR_MAP_ENTRIES
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">BxHH")
+
+    def to_bytes(self) -> bytes:
+        n = len(self.colours)
+        flat = [c for rgb in self.colours for c in rgb]
+        return self.HEADER.pack(self.TYPE, self.first_colour, n) + struct.pack(f">{3 * n}H", *flat)
+
+
+@dataclass(frozen=True, slots=True)
+class Bell:
+    TYPE: ClassVar[int] = ServerMessage.BELL
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">B")
+
+    def to_bytes(self) -> bytes:
+        return self.HEADER.pack(self.TYPE)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCutText:
+    text: bytes  # ISO 8859-1 (RFC 6143 7.6.4)
+
+    TYPE: ClassVar[int] = ServerMessage.SERVER_CUT_TEXT
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">B3xI")
+
+    @classmethod
+    def from_str(cls, text: str) -> ServerCutText:
+        """Latin-1 as the spec says; characters outside it become '?'."""
+        return cls(text.replace("\r\n", "\n").encode("latin-1", errors="replace"))
+
+    def to_bytes(self) -> bytes:
+        return self.HEADER.pack(self.TYPE, len(self.text)) + self.text
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfContinuousUpdates:
+    TYPE: ClassVar[int] = ServerMessage.END_OF_CONTINUOUS_UPDATES
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">B")
+
+    def to_bytes(self) -> bytes:
+        return self.HEADER.pack(self.TYPE)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFence:
+    flags: int
+    payload: bytes = b""
+
+    TYPE: ClassVar[int] = ServerMessage.SERVER_FENCE
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">B3xIB")
+
+    def to_bytes(self) -> bytes:
+        if len(self.payload) > MAX_FENCE_PAYLOAD:
+            raise ProtocolError(f"fence payload of {len(self.payload)} bytes exceeds {MAX_FENCE_PAYLOAD}")
+        return self.HEADER.pack(self.TYPE, self.flags, len(self.payload)) + self.payload
+
+
+ServerMessageValue = (ServerInit | FramebufferUpdate | SetColourMapEntries | Bell | ServerCutText
+                      | EndOfContinuousUpdates | ServerFence)
+
+
+# --- pseudo-rectangles (rfbproto "Pseudo-encodings") -------------------------------------------------------
+
+
+class ExtendedDesktopSizeReason:
+    """x-position of an ExtendedDesktopSize rectangle."""
+
+    SERVER = 0
+    THIS_CLIENT = 1
+    OTHER_CLIENT = 2
+
+
+class ExtendedDesktopSizeStatus:
+    """y-position of an ExtendedDesktopSize rectangle."""
+
+    OK = 0
+    PROHIBITED = 1
+    OUT_OF_RESOURCES = 2
+    INVALID_LAYOUT = 3
+    FORWARDED = 4
+
+
+def desktop_size_rect(width: int, height: int) -> Rectangle:
+    return Rectangle(0, 0, width, height, Encoding.DESKTOP_SIZE)
+
+
+_EDS_HEAD = struct.Struct(">B3x")
+
+
+def extended_desktop_size_rect(reason: int, status: int, width: int, height: int,
+                               screens: Sequence[Screen]) -> Rectangle:
+    if not 1 <= len(screens) <= 255:
+        raise ProtocolError(f"an ExtendedDesktopSize rectangle needs 1..255 screens, not {len(screens)}")
+    payload = _EDS_HEAD.pack(len(screens)) + b"".join(s.to_bytes() for s in screens)
+    return Rectangle(reason, status, width, height, Encoding.EXTENDED_DESKTOP_SIZE, payload)
+
+
+_NAME_HEAD = struct.Struct(">I")
+
+
+def desktop_name_rect(name: str) -> Rectangle:
+    data = name.encode("utf-8")
+    return Rectangle(0, 0, 0, 0, Encoding.DESKTOP_NAME, _NAME_HEAD.pack(len(data)) + data)
+
+
+def qemu_extended_key_event_rect() -> Rectangle:
+    return Rectangle(0, 0, 0, 0, Encoding.QEMU_EXTENDED_KEY_EVENT)
+
+
+def cursor_rect(hot_x: int, hot_y: int, width: int, height: int, pixels: bytes, alpha: np.ndarray) -> Rectangle:
+    """Cursor pseudo-rectangle: ``pixels`` already in the client's format; ``alpha`` is (h, w) uint8 and
+    becomes the 1-bit mask (set where alpha >= 128), rows padded to whole bytes, MSB = leftmost pixel."""
+    mask = np.packbits(alpha >= 128, axis=1).tobytes() if width and height else b""
+    return Rectangle(hot_x, hot_y, width, height, Encoding.CURSOR, pixels + mask)
+
+
+_ENCODING_HEAD = struct.Struct(">i")
+
+
+def cursor_with_alpha_rect(hot_x: int, hot_y: int, bgra: np.ndarray) -> Rectangle:
+    """Cursor With Alpha pseudo-rectangle, Raw-encoded: R, G, B, A bytes with alpha premultiplied.
+    ``bgra`` is (h, w, 4) uint8 B, G, R, A with straight alpha (source.Cursor)."""
+    h, w = int(bgra.shape[0]), int(bgra.shape[1])
+    a = bgra[:, :, 3].astype(np.uint16)
+    rgba = np.empty((h, w, 4), dtype=np.uint8)
+    for dst, src in ((0, 2), (1, 1), (2, 0)):
+        rgba[:, :, dst] = (bgra[:, :, src].astype(np.uint16) * a + 127) // 255
+    rgba[:, :, 3] = bgra[:, :, 3]
+    return Rectangle(hot_x, hot_y, w, h, Encoding.CURSOR_WITH_ALPHA,
+                     _ENCODING_HEAD.pack(Encoding.RAW) + rgba.tobytes())
+
+
+# --- the fixed colour map for 8-bit colour-map clients ---------------------------------------------------------
+
+BGR233 = PixelFormat(8, 8, False, True, 7, 7, 3, 0, 3, 6)
+"""The true-colour format a colour-map client's pixel indices are produced in: index = b<<6 | g<<3 | r."""
+
+
+def bgr233_colour_map() -> SetColourMapEntries:
+    """The 256 entries that make a colour-map client show BGR233 indices as the colours they stand for."""
+    colours = tuple(
+        ((i & 7) * 0xFFFF // 7, ((i >> 3) & 7) * 0xFFFF // 7, ((i >> 6) & 3) * 0xFFFF // 3) for i in range(256)
+    )
+    return SetColourMapEntries(0, colours)

@@ -1,0 +1,345 @@
+"""The VNC server as a library (:class:`VncServer`, :func:`serve`) and as the ``vkmsremote serve`` command.
+
+Library use, e.g. from ``vkmsremote up`` with the CRTC reader and a uinput sink::
+
+    server = VncServer(source, sink, host="127.0.0.1", port=5900, policy=security_policy(password="..."))
+    await server.start()          # listening; server.port is the bound port
+    await server.serve_forever()  # until cancelled; then: await server.close()
+
+or simply ``await serve(source, sink, host=..., port=..., password=...)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from vkmsremote.errors import UsageError
+from vkmsremote.rfb.auth import SecurityPolicy, plain_checker
+from vkmsremote.rfb.constants import SecurityType, VeNCryptSubtype
+from vkmsremote.server.blacklist import Blacklist
+from vkmsremote.server.hub import Hub
+from vkmsremote.server.input import InputSink, NullSink
+from vkmsremote.server.session import Session, SessionContext, SessionRecord
+from vkmsremote.server.source import FrameSource
+from vkmsremote.server.tls import ensure_certificate, server_context
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 5900
+SECURITY_NAMES: dict[str, SecurityType | VeNCryptSubtype] = {
+    "none": SecurityType.NONE,
+    "vncauth": SecurityType.VNC_AUTH,
+    "x509none": VeNCryptSubtype.X509_NONE,
+    "x509vnc": VeNCryptSubtype.X509_VNC,
+    "x509plain": VeNCryptSubtype.X509_PLAIN,
+}
+"""Names accepted by --security (TigerVNC's SecurityTypes spelling, case-insensitive)."""
+
+
+def security_policy(
+    *,
+    password: str | None = None,
+    username: str | None = None,
+    types: list[str] | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_dir: Path | None = None,
+) -> SecurityPolicy:
+    """A SecurityPolicy from user-level choices.
+
+    Without ``types``: VeNCrypt X509Vnc (plus X509Plain when a username is given) and plain VNC auth when
+    a password is set, else None. VeNCrypt types make (or load) the TLS certificate.
+    """
+    if types is None:
+        types = ["x509vnc", *(["x509plain"] if username else []), "vncauth"] if password else ["none"]
+    rfb_types: list[SecurityType] = []
+    subtypes: list[VeNCryptSubtype] = []
+    for name in types:
+        value = SECURITY_NAMES.get(name.strip().lower())
+        if value is None:
+            raise UsageError(f"unknown security type {name!r}", hint=f"choose from {', '.join(SECURITY_NAMES)}")
+        if isinstance(value, VeNCryptSubtype):
+            subtypes.append(value)
+            if SecurityType.VENCRYPT not in rfb_types:
+                rfb_types.append(SecurityType.VENCRYPT)
+        elif value not in rfb_types:
+            rfb_types.append(value)
+    tls = None
+    if subtypes:
+        cert, key = ensure_certificate(tls_cert, tls_key, directory=tls_dir)
+        tls = server_context(cert, key)
+    check_plain = plain_checker(username, password) if username and password else None
+    return SecurityPolicy(
+        types=tuple(rfb_types),
+        vnc_password=password.encode() if password else None,
+        vencrypt_subtypes=tuple(dict.fromkeys(subtypes)),
+        tls_context=tls,
+        check_plain=check_plain,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """True if every address ``host`` names is a loopback address."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    if not host:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
+
+
+class VncServer:
+    """Serves one FrameSource to any number of VNC clients; input goes to ``sink``."""
+
+    def __init__(
+        self,
+        source: FrameSource,
+        sink: InputSink | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        policy: SecurityPolicy | None = None,
+        view_only: bool = False,
+        always_shared: bool = False,
+        insecure_listen: bool = False,
+        max_connections: int = 32,
+        blacklist: Blacklist | None = None,
+        handshake_timeout: float = 120.0,
+    ) -> None:
+        policy = policy or SecurityPolicy()
+        if not is_loopback(host) and not policy.authenticates and not insecure_listen:
+            raise UsageError(
+                f"refusing to listen on {host or 'all addresses'} without authentication",
+                hint="set a password (--password) or pass --insecure-listen if the network is trusted",
+            )
+        self.source = source
+        self.host = host
+        self.requested_port = port
+        self.max_connections = max_connections
+        self.hub = Hub(source)
+        self.ctx = SessionContext(
+            hub=self.hub,
+            policy=policy,
+            sink=sink if sink is not None else NullSink(),
+            view_only=view_only,
+            always_shared=always_shared,
+            blacklist=blacklist or Blacklist(),
+            handshake_timeout=handshake_timeout,
+        )
+        self.records: deque[SessionRecord] = deque(maxlen=256)
+        """Every session so far (newest last, bounded), live while the session runs."""
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful with port 0)."""
+        if self._server is None or not self._server.sockets:
+            return self.requested_port
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def sessions(self) -> tuple[Session, ...]:
+        return tuple(self.ctx.sessions)
+
+    async def start(self) -> None:
+        try:
+            self._server = await asyncio.start_server(self._on_client, self.host, self.requested_port,
+                                                      reuse_address=True, limit=1 << 16)
+        except OSError as e:
+            raise UsageError(f"cannot listen on {self.host}:{self.requested_port}: {e.strerror or e}",
+                             hint="choose another --port or stop the program using it") from e
+        self.hub.start()
+        log.info("VNC server listening on %s port %d (%s)", self.host, self.port,
+                 ", ".join(t.name for t in self.ctx.policy.types))
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for s in list(self.ctx.sessions):
+            s.abort("server shutting down")
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), timeout=5)
+            self._server = None
+        await self.hub.close()
+
+    def bell(self) -> None:
+        """Ring the bell on every client."""
+        for s in list(self.ctx.sessions):
+            s.send_bell()
+
+    def send_clipboard(self, text: str) -> None:
+        """Give every client new clipboard text (ServerCutText, Latin-1)."""
+        for s in list(self.ctx.sessions):
+            s.send_cut_text(text)
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.ctx.sessions) >= self.max_connections:
+            log.warning("refusing %s: %d connections already", writer.get_extra_info("peername"),
+                        self.max_connections)
+            writer.transport.abort()
+            return
+        session = Session(self.ctx, reader, writer)
+        self.records.append(session.record)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await session.run()
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+
+async def serve(
+    source: FrameSource,
+    sink: InputSink | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    password: str | None = None,
+    username: str | None = None,
+    security: list[str] | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    view_only: bool = False,
+    always_shared: bool = False,
+    insecure_listen: bool = False,
+    ready: Callable[[VncServer], None] | None = None,
+) -> None:
+    """Serve ``source`` until cancelled (the ``vkmsremote up`` entry point)."""
+    policy = security_policy(password=password, username=username, types=security, tls_cert=tls_cert,
+                             tls_key=tls_key)
+    server = VncServer(source, sink, host=host, port=port, policy=policy, view_only=view_only,
+                       always_shared=always_shared, insecure_listen=insecure_listen)
+    await server.start()
+    if ready is not None:
+        ready(server)
+    try:
+        await server.serve_forever()
+    finally:
+        await server.close()
+
+
+# --- the `vkmsremote serve` command -----------------------------------------------------------------------
+
+SourceFactory = Callable[[argparse.Namespace], FrameSource]
+SOURCES: dict[str, SourceFactory] = {}
+"""--source name -> factory. 'pattern' is built in; other modules may register more at import time."""
+
+
+def _pattern_source(args: argparse.Namespace) -> FrameSource:
+    from vkmsremote.server.pattern import PatternSource
+
+    width, height = args.size
+    return PatternSource(width, height, fps=args.fps, full_motion=args.full_motion)
+
+
+SOURCES["pattern"] = _pattern_source
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxHEIGHT") from None
+    return w, h
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``vkmsremote serve``."""
+    parser.add_argument("--source", default="pattern", choices=sorted(SOURCES),
+                        help="what to serve (default: pattern, an animated test picture)")
+    parser.add_argument("--size", type=_size, default=(1920, 1080), metavar="WxH",
+                        help="pattern source size (default 1920x1080)")
+    parser.add_argument("--fps", type=float, default=30.0, help="pattern source frame rate (default 30)")
+    parser.add_argument("--full-motion", action="store_true", help="pattern source: change every pixel every frame")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    parser.add_argument("--password", help="password for VNC authentication (prefer --password-file or "
+                        "$VKMSREMOTE_PASSWORD: a command line is visible to other users)")
+    parser.add_argument("--password-file", type=Path, help="file whose first line is the password")
+    parser.add_argument("--username", help="username for VeNCrypt X509Plain")
+    parser.add_argument("--security", help="comma-separated security types in order of preference: "
+                        + ", ".join(SECURITY_NAMES) + " (default: X509Vnc,VncAuth with a password, else None)")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate for VeNCrypt (default: a self-signed one, "
+                        "made on first use under ~/.config/vkmsremote/tls)")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    parser.add_argument("--view-only", action="store_true", help="ignore keyboard, pointer and clipboard input")
+    parser.add_argument("--always-shared", action="store_true",
+                        help="never disconnect other clients when one asks for exclusive access")
+    parser.add_argument("--insecure-listen", action="store_true",
+                        help="allow a non-loopback --host without authentication")
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    if args.password_file is not None:
+        try:
+            lines = args.password_file.read_text().splitlines()
+        except OSError as e:
+            raise UsageError(f"cannot read the password file {args.password_file}: {e.strerror}") from e
+        if not lines or not lines[0]:
+            raise UsageError(f"the password file {args.password_file} is empty")
+        return str(lines[0])
+    if args.password is not None:
+        return str(args.password)
+    return os.environ.get("VKMSREMOTE_PASSWORD") or None
+
+
+def run(args: argparse.Namespace) -> int:
+    """``vkmsremote serve``: serve until interrupted. Errors are raised as VkmsRemoteError subclasses."""
+    password = _password(args)
+    if password is not None and len(password.encode()) > 8:
+        log.warning("VNC authentication uses only the first 8 bytes of the password")
+    types = [t for t in args.security.split(",") if t.strip()] if args.security else None
+    policy = security_policy(password=password, username=args.username, types=types,
+                             tls_cert=args.tls_cert, tls_key=args.tls_key)
+    source = SOURCES[args.source](args)
+    server = VncServer(source, NullSink(), host=args.host, port=args.port, policy=policy,
+                       view_only=args.view_only, always_shared=args.always_shared,
+                       insecure_listen=args.insecure_listen)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        await server.start()
+        print(f"vkmsremote: serving {source.desktop_name} on {args.host}:{server.port}", flush=True)
+        try:
+            await server.serve_forever()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await server.close()
+            await source.close()
+
+    asyncio.run(main())
+    return 0

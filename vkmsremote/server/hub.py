@@ -1,0 +1,191 @@
+"""One frame loop per FrameSource, fanned out to every session watching it.
+
+The hub is the only caller of ``source.next_frame()``. Each frame is copied once into an immutable
+:class:`Snapshot` (a source may overwrite its buffer as soon as it is asked for the next frame, and
+sessions encode in worker threads at their own pace); the snapshot and the frame's damage are then handed
+to every session, which merges the damage into its own tile grid. Nothing is queued per session: a slow
+client simply finds more damage and a newer snapshot when it is ready again.
+
+When no session is attached the hub stops asking the source for frames (the source can sleep); the next
+``attach`` wakes it. Resize requests from clients (SetDesktopSize) go through :meth:`Hub.request_resize`
+to a source that implements :class:`~vkmsremote.server.source.ResizableSource`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from vkmsremote.rfb.messages import MAX_DESKTOP_DIMENSION, ExtendedDesktopSizeStatus, Screen
+from vkmsremote.server.source import Cursor, Frame, FrameSource, Pixels, Rect, ResizableSource
+
+log = logging.getLogger(__name__)
+
+SCREEN_ID = 0x564B4D53  # 'VKMS': the id of the single screen this server reports (rfbproto "Screen Model")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A frame the hub owns: never written after creation, safe to read from any thread."""
+
+    pixels: Pixels
+    serial: int
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+class HubClient(Protocol):
+    """What the hub calls on a session (all on the event loop thread)."""
+
+    def frame_ready(self, snapshot: Snapshot, damage: tuple[Rect, ...] | None, resized_by: object | None) -> None:
+        """A new snapshot; ``damage`` None means everything; ``resized_by`` is the session whose
+        SetDesktopSize caused a size change (None if the size did not change or the server changed it)."""
+        ...
+
+    def cursor_changed(self, cursor: Cursor | None) -> None: ...
+
+    def name_changed(self, name: str) -> None: ...
+
+
+class Hub:
+    def __init__(self, source: FrameSource) -> None:
+        self.source = source
+        self.snapshot: Snapshot | None = None
+        self.cursor: Cursor | None = None
+        self.desktop_name: str = source.desktop_name
+        self.screens: tuple[Screen, ...] = ()
+        self.frames = 0
+        self._clients: list[HubClient] = []
+        self._watched = asyncio.Event()
+        self._first = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._resize_by: object | None = None
+        self._error: BaseException | None = None
+
+    # --- life cycle ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="vkmsremote-hub")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The exception that stopped the frame loop, if it stopped."""
+        return self._error
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not self._clients:
+                    self._watched.clear()
+                    await self._watched.wait()
+                frame = await self.source.next_frame()
+                self._publish(frame)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # the source died: sessions must learn it rather than wait forever
+            log.error("frame source failed: %s", e)
+            self._error = e
+            self._first.set()
+            for c in list(self._clients):
+                closer = getattr(c, "abort", None)
+                if closer is not None:
+                    closer(f"frame source failed: {e}")
+            raise
+
+    def _publish(self, frame: Frame) -> None:
+        pixels = np.array(frame.pixels, dtype=np.uint8, copy=True)
+        if pixels.ndim != 3 or pixels.shape[2] != 4:
+            raise ValueError(f"frame source delivered an array of shape {pixels.shape}, not (h, w, 4)")
+        pixels.flags.writeable = False
+        old = self.snapshot
+        snap = Snapshot(pixels, frame.serial)
+        resized = old is None or (old.width, old.height) != (snap.width, snap.height)
+        damage: tuple[Rect, ...] | None = None
+        if not resized and frame.damage is not None:
+            damage = tuple(r for r in (d.clip(snap.width, snap.height) for d in frame.damage) if r is not None)
+        resized_by = None
+        if resized:
+            resized_by, self._resize_by = self._resize_by, None
+            if not self.screens or resized_by is None:
+                self.screens = (Screen(SCREEN_ID, 0, 0, snap.width, snap.height),)
+        self.snapshot = snap
+        self.frames += 1
+        for c in list(self._clients):
+            c.frame_ready(snap, damage, resized_by if old is not None else None)
+        cursor = self.source.cursor()
+        if cursor is not self.cursor and (cursor is None or self.cursor is None or cursor.serial != self.cursor.serial):
+            self.cursor = cursor
+            for c in list(self._clients):
+                c.cursor_changed(cursor)
+        name = self.source.desktop_name
+        if name != self.desktop_name:
+            self.desktop_name = name
+            for c in list(self._clients):
+                c.name_changed(name)
+        self._first.set()
+
+    # --- sessions ----------------------------------------------------------------------------------------
+
+    async def attach(self, client: HubClient) -> Snapshot:
+        """Register a session and return the current snapshot (waiting for the very first frame)."""
+        self.start()
+        self._clients.append(client)
+        self._watched.set()
+        await self._first.wait()
+        if self._error is not None:
+            self.detach(client)
+            raise self._error
+        assert self.snapshot is not None
+        return self.snapshot
+
+    def detach(self, client: HubClient) -> None:
+        if client in self._clients:
+            self._clients.remove(client)
+        if self._resize_by is client:
+            self._resize_by = None
+
+    @property
+    def clients(self) -> tuple[HubClient, ...]:
+        return tuple(self._clients)
+
+    # --- resizing (SetDesktopSize) --------------------------------------------------------------------------
+
+    def request_resize(self, client: HubClient, width: int, height: int, screens: tuple[Screen, ...]) -> int:
+        """Ask the source for a new size; an ExtendedDesktopSize status code (0 = done or under way)."""
+        snap = self.snapshot
+        if snap is None:
+            return ExtendedDesktopSizeStatus.OUT_OF_RESOURCES
+        if not (1 <= width <= MAX_DESKTOP_DIMENSION and 1 <= height <= MAX_DESKTOP_DIMENSION):
+            return ExtendedDesktopSizeStatus.INVALID_LAYOUT
+        # Only one screen covering the whole framebuffer is supported (the source is one CRTC).
+        if len(screens) != 1 or (screens[0].x, screens[0].y, screens[0].width, screens[0].height) != (0, 0, width, height):
+            return ExtendedDesktopSizeStatus.INVALID_LAYOUT
+        if (width, height) == (snap.width, snap.height):
+            self.screens = screens
+            return ExtendedDesktopSizeStatus.OK
+        if not isinstance(self.source, ResizableSource):
+            return ExtendedDesktopSizeStatus.PROHIBITED
+        status = int(self.source.request_resize(width, height))
+        if status == ExtendedDesktopSizeStatus.OK:
+            self._resize_by = client
+            self.screens = screens
+        return status
