@@ -159,3 +159,17 @@ def tpixel_bytes_from_frame(pixels: Pixels, pf: PixelFormat) -> npt.NDArray[np.u
     if tpixel_is_rgb(pf):
         return np.ascontiguousarray(pixels[..., 2::-1])  # B, G, R -> R, G, B
     return value_bytes(pixel_values(pixels, pf), pf)
+
+
+# 8-bit colour-map clients (true-colour flag 0): the server may load this 3-3-2 colour cube with
+# SetColourMapEntries (RFC 6143 7.6.2) and then encode for BGR233, whose pixel value is the map index.
+BGR233 = PixelFormat(8, 8, False, True, 7, 7, 3, 0, 3, 6)
+
+
+def bgr233_colour_map() -> list[tuple[int, int, int]]:
+    """The 256 (red, green, blue) 16-bit entries matching :data:`BGR233`: entry i = pixel value i."""
+    entries = []
+    for i in range(256):
+        r, g, b = i & 7, (i >> 3) & 7, i >> 6
+        entries.append((r * 65535 // 7, g * 65535 // 7, b * 65535 // 3))
+    return entries

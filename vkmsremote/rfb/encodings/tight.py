@@ -12,8 +12,8 @@ bands of at most :data:`BAND_AREA` pixels. Each band is sent as the cheapest of:
   frame by libjpeg-turbo;
 * BasicCompression with the CopyFilter (TPIXELs on zlib stream 0) otherwise.
 
-Colours are counted on a strided sample (about 1024 pixels) first; only bands whose sample has few
-colours get an exact palette (a searchsorted over the band against the sample's colours).
+Colours are counted on a strided sample (about 256 pixels) first; only bands whose sample has few
+colours are counted exactly (one integer sort of the band).
 
 Data shorter than 12 bytes is sent without zlib, as the spec requires. The zlib streams live as long
 as the encoder (the connection); when the compression level changes a stream is replaced and the
@@ -45,8 +45,8 @@ MAX_JPEG_AREA = 2048 * 2048
 MIN_TO_COMPRESS = 12
 MAX_COMPACT_LENGTH = 4194303
 MAX_PALETTE = 256
-SAMPLE_SIDE = 32  # about SAMPLE_SIDE**2 pixels sampled per band
-SAMPLE_PALETTE_LIMIT = 128  # a sample with more colours than this is treated as photo-like
+SAMPLE_SIDE = 16  # about SAMPLE_SIDE**2 pixels sampled per band
+SAMPLE_PALETTE_LIMIT = 64  # a sample with more colours than this is treated as photo-like
 
 FILL = 0x80
 JPEG = 0x90
@@ -182,7 +182,7 @@ class TightEncoder:
             return rect, Encoding.TIGHT, self._control(FILL) + tpixel_bytes(value, pf).tobytes()
         if sample_colours.size <= SAMPLE_PALETTE_LIMIT:
             values = pixel_values(pixels, pf)
-            palette = self._palette(values, pixel_values(sample, pf))
+            palette = self._palette(values)
             if palette is not None:
                 encoded = self._palette_rect(values, palette, rect, pf)
                 if encoded is not None:
@@ -192,14 +192,13 @@ class TightEncoder:
         return self._full_colour(pixels, rect, pf)
 
     @staticmethod
-    def _palette(values: Values, sample: Values) -> Values | None:
-        """The exact sorted set of values if it has at most MAX_PALETTE entries, else None."""
-        palette = np.unique(sample)
-        index = np.searchsorted(palette, values).clip(max=palette.size - 1)
-        missing = palette[index] != values
-        if missing.any():
-            palette = np.union1d(palette, values[missing])
-        return palette if palette.size <= MAX_PALETTE else None
+    def _palette(values: Values) -> Values | None:
+        """The sorted distinct values if there are at most MAX_PALETTE of them, else None."""
+        ordered = np.sort(values, axis=None)  # radix sort for integers: cheaper than np.unique
+        changes = np.flatnonzero(ordered[1:] != ordered[:-1])
+        if changes.size >= MAX_PALETTE:
+            return None
+        return np.concatenate((ordered[:1], ordered[changes + 1]))
 
     def _palette_rect(self, values: Values, palette: Values, rect: Rect, pf: PixelFormat) -> EncodedRect | None:
         tp = tpixel_size(pf)
@@ -209,12 +208,12 @@ class TightEncoder:
         data_size = (-(-rect.w // 8) * rect.h) if mono else rect.area
         if 2 + palette.size * tp + data_size >= rect.area * tp:
             return None
-        index = np.searchsorted(palette, values).astype(np.uint8)
         if mono:
-            data = np.packbits(index, axis=1).tobytes()  # 1 bit per pixel, MSB first, rows padded
+            # 1 bit per pixel (1 = palette[1]), most significant bit first, rows padded to a byte
+            data = np.packbits(values == palette[1], axis=1).tobytes()
             stream = STREAM_MONO
         else:
-            data = index.tobytes()
+            data = np.searchsorted(palette, values).astype(np.uint8).tobytes()
             stream = STREAM_INDEXED
         head = self._control((stream << 4) | READ_FILTER_ID) + bytes((FILTER_PALETTE, palette.size - 1))
         body = tpixel_bytes(palette, pf).tobytes() + self._compressed(stream, data)
