@@ -1,0 +1,69 @@
+"""DamageGrid: damage rounded to tiles, clipped, merged into few rectangles, bounded."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vkmsremote.rfb.region import DamageGrid
+from vkmsremote.server.source import Rect
+
+
+def covered(rects: list[Rect], w: int, h: int) -> np.ndarray:
+    m = np.zeros((h, w), dtype=int)
+    for r in rects:
+        m[r.y:r.y + r.h, r.x:r.x + r.w] += 1
+    return m
+
+
+def test_add_rounds_to_tiles_and_take_forgets() -> None:
+    g = DamageGrid(100, 50, tile=16)
+    assert not g
+    g.add(Rect(20, 5, 3, 3))  # inside tile column 1, row 0
+    assert g.take(Rect(0, 0, 100, 50)) == [Rect(16, 0, 16, 16)]
+    assert not g
+    assert g.take(Rect(0, 0, 100, 50)) == []
+
+
+def test_clipping_of_damage_and_of_the_edge_tiles() -> None:
+    g = DamageGrid(100, 50, tile=16)
+    g.add(Rect(90, 40, 500, 500))  # runs off the screen
+    g.add(Rect(-10, -10, 5, 5))    # entirely off screen: ignored
+    rects = g.take(Rect(0, 0, 100, 50))
+    assert rects == [Rect(80, 32, 20, 18)]  # last tiles are cut at the screen edge
+
+
+def test_merging_horizontal_then_vertical() -> None:
+    g = DamageGrid(64, 64, tile=16)
+    for x in (0, 16, 32):  # a 3x2 block of tiles
+        for y in (16, 32):
+            g.add(Rect(x, y, 16, 16))
+    g.add(Rect(48, 0, 1, 1))
+    rects = g.take(Rect(0, 0, 64, 64))
+    assert sorted(rects, key=lambda r: (r.y, r.x)) == [Rect(48, 0, 16, 16), Rect(0, 16, 48, 32)]
+
+
+def test_take_only_inside_area_keeps_the_rest() -> None:
+    g = DamageGrid(64, 64, tile=16)
+    g.add_all()
+    assert g.take(Rect(8, 8, 16, 16)) == [Rect(8, 8, 16, 16)]  # clipped to the requested area
+    # tiles only partly inside the area stay marked
+    assert g.tile_count() == 16
+    assert g.take(Rect(0, 0, 32, 32)) == [Rect(0, 0, 32, 32)]
+    assert g.tile_count() == 12
+    rest = g.take(Rect(0, 0, 64, 64))
+    assert covered(rest, 64, 64).sum() == 64 * 64 - 32 * 32
+    assert covered(rest, 64, 64).max() == 1
+
+
+def test_rect_count_is_bounded() -> None:
+    g = DamageGrid(1920, 1080, tile=16)
+    for y in range(0, 1080, 32):  # a checkerboard of 2000 separate tiles
+        for x in range(0, 1920, 32):
+            g.add(Rect(x, y, 1, 1))
+    rects = g.take(Rect(0, 0, 1920, 1080), max_rects=50)
+    assert 1 <= len(rects) <= 50
+    m = covered(rects, 1920, 1080)
+    assert m.max() == 1
+    for y in range(0, 1080, 32):  # everything damaged is covered
+        for x in range(0, 1920, 32):
+            assert m[y, x] == 1
