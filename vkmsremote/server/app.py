@@ -179,10 +179,12 @@ class VncServer:
             self._server.close()
         for s in list(self.ctx.sessions):
             s.abort("server shutting down")
-        for t in list(self._tasks):
-            t.cancel()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, pending = await asyncio.wait(list(self._tasks), timeout=5)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=5)
@@ -212,6 +214,8 @@ class VncServer:
             self._tasks.add(task)
         try:
             await session.run()
+        except asyncio.CancelledError:
+            pass  # server shutdown; asyncio's start_server callback must not see a cancelled task
         finally:
             if task is not None:
                 self._tasks.discard(task)

@@ -662,7 +662,9 @@ class Session:
         if alpha_first == Encoding.CURSOR_WITH_ALPHA:
             return cursor_with_alpha_rect(hot_x, hot_y, pixels)
         h, w = int(pixels.shape[0]), int(pixels.shape[1])
-        return cursor_rect(hot_x, hot_y, w, h, convert(pixels, pf), pixels[:, :, 3])
+        bgrx = pixels.copy()
+        bgrx[:, :, 3] = 0  # alpha is not a colour: the unused bits of a pixel stay zero
+        return cursor_rect(hot_x, hot_y, w, h, convert(bgrx, pf), pixels[:, :, 3])
 
     def _consume_request(self) -> None:
         self._requested = False
