@@ -349,7 +349,7 @@ def test_vencrypt_wrong_version_and_subtype(tls_context: ssl.SSLContext) -> None
                             tls_context=tls_context)
     conn = server(policy)
     conn.receive_data(b"RFB 003.008\n" + bytes([19, 0, 1]))  # VeNCrypt 0.1
-    with pytest.raises(ProtocolError, match="0.1"):
+    with pytest.raises(ProtocolError, match=r"0\.1"):
         conn.next_event()
     assert conn.data_to_send().endswith(bytes([1]))  # non-zero ack: refused
     conn = server(policy)

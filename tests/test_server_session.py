@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from clients.support import ControlledSource, RawClient, rgb_of, screens_of
+
 from vkmsremote.errors import UsageError
 from vkmsremote.rfb.auth import SecurityPolicy
 from vkmsremote.rfb.constants import Encoding, SecurityType
@@ -156,7 +156,7 @@ def test_slow_client_does_not_delay_others_or_grow_memory() -> None:
             assert max_buffer <= frame_bytes + WRITE_HIGH + 4096, max_buffer
             assert slow_session.record.updates < got
             # once the slow client reads, it gets a recent, complete frame
-            slow.reader._limit = 1 << 24  # noqa: SLF001 - let readexactly take whole updates
+            slow.reader._limit = 1 << 24
             for _ in range(100):
                 try:
                     await slow.read_update(timeout=1)
@@ -290,7 +290,7 @@ def test_resize_prohibited_for_fixed_sources() -> None:
         async with serving(ControlledSource(IMG)) as srv:
             c = await client(srv, Encoding.RAW, Encoding.EXTENDED_DESKTOP_SIZE)
             c.send(SetDesktopSize(200, 100, (Screen(SCREEN_ID, 0, 0, 200, 100),)))
-            [(x, y, w, h, enc, _)] = (await c.read_update()).rects
+            [(x, y, _w, _h, enc, _)] = (await c.read_update()).rects
             assert (x, y, enc) == (1, 1, Encoding.EXTENDED_DESKTOP_SIZE)  # prohibited
     run(main())
 

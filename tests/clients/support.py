@@ -5,6 +5,7 @@ cannot be made to show, e.g. fences or a client that stops reading)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import threading
 from collections.abc import Coroutine
@@ -212,10 +213,8 @@ class RawClient:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
     async def read_message(self, timeout: float = 5) -> ServerMsg:
         return await asyncio.wait_for(self._read_message(), timeout)
@@ -298,7 +297,7 @@ class RawClient:
         if not pf.true_colour:
             lut = np.array([self.colour_map.get(i, (0, 0, 0)) for i in range(256)], dtype=np.uint32) >> 8
             return lut[v & 0xFF].astype(np.uint8)
-        out = np.empty(v.shape + (3,), dtype=np.uint8)
+        out = np.empty((*v.shape, 3), dtype=np.uint8)
         for i, (mx, sh) in enumerate(((pf.red_max, pf.red_shift), (pf.green_max, pf.green_shift),
                                       (pf.blue_max, pf.blue_shift))):
             out[..., i] = ((v >> sh) & mx) * 255 // mx
