@@ -20,6 +20,8 @@ debs=(
   # real VNC peers and display servers for tests and benchmarks
   xvfb x11vnc vncsnapshot tigervnc-viewer xserver-xorg-core xserver-xorg-input-libinput
   x11-utils xdotool xterm imagemagick libjpeg62-turbo
+  # LibVNCClient headers: tests/test_encodings_libvncclient.py builds a tiny decoding client
+  libvncserver-dev
   # browser client
   novnc chromium chromium-driver
   # US keymap check (tests/test_keymap.py regenerates vkmsremote/input/tables.py from libxkbcommon)

@@ -97,6 +97,11 @@ def test_cpixel_layout() -> None:
     assert cpixel_slice(NATIVE) == slice(0, 3)  # little-endian, colour in the low 3 bytes: first 3 bytes
     assert cpixel_slice(NATIVE_BE) == slice(1, 4)  # big-endian: the low bytes come last
     assert cpixel_slice(RGB_HIGH_LE) == slice(1, 4)
+    assert cpixel_slice(PixelFormat(32, 24, True, True, 255, 255, 255, 24, 16, 8)) == slice(0, 3)
+    # colour only in the middle two bytes fits both halves: the first 3 bytes in memory (TigerVNC's "24A")
+    middle_be = PixelFormat(32, 16, True, True, 31, 63, 31, 19, 13, 8)
+    assert cpixel_slice(middle_be) == slice(0, 3)
+    assert cpixel_slice(PixelFormat(32, 16, False, True, 31, 63, 31, 19, 13, 8)) == slice(0, 3)
     assert cpixel_size(PixelFormat(32, 32, False, True, 255, 255, 255, 16, 8, 0)) == 4  # depth 32: full pixel
     assert cpixel_size(RGB565_LE) == 2
     assert cpixel_size(BGR233) == 1

@@ -105,17 +105,21 @@ def cpixel_slice(pf: PixelFormat) -> slice:
     """Which bytes of a PIXEL (in wire order) make up ZRLE's CPIXEL (RFC 6143 7.7.6).
 
     CPIXEL is 3 bytes when the format is true colour, 32 bpp, depth <= 24 and all colour bits fit in
-    the least (preferred) or the most significant 3 bytes of the pixel; otherwise it is the PIXEL.
+    the least or the most significant 3 bytes of the pixel; otherwise it is the whole PIXEL. When both
+    would do (depth <= 16 in the middle bytes), the first 3 bytes in memory are sent, as TigerVNC's and
+    libvncserver's encoders and decoders agree ("24A": the least significant bytes for little-endian,
+    the most significant for big-endian).
     """
     if not (pf.true_colour and pf.bits_per_pixel == 32 and pf.depth <= 24):
         return slice(0, pf.bytes_per_pixel)
     top = max(mx.bit_length() + shift for mx, shift in (
         (pf.red_max, pf.red_shift), (pf.green_max, pf.green_shift), (pf.blue_max, pf.blue_shift)))
-    bottom = min(pf.red_shift, pf.green_shift, pf.blue_shift)
-    if top <= 24:  # in the least significant 3 bytes: first 3 in little-endian memory, last 3 in big
-        return slice(1, 4) if pf.big_endian else slice(0, 3)
-    if bottom >= 8:  # in the most significant 3 bytes
-        return slice(0, 3) if pf.big_endian else slice(1, 4)
+    fits_low = top <= 24
+    fits_high = min(pf.red_shift, pf.green_shift, pf.blue_shift) >= 8
+    if (fits_low and not pf.big_endian) or (fits_high and pf.big_endian):
+        return slice(0, 3)
+    if fits_low or fits_high:
+        return slice(1, 4)
     return slice(0, 4)
 
 
