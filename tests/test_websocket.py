@@ -555,3 +555,89 @@ def test_large_server_writes_arrive_whole() -> None:
             client.send_raw(client.conn.send(Close(1000)))
             assert await client.next() == EndOfStream(clean=True)
     run(body)
+
+
+class RfbOverWs:
+    """Just enough of an RFB 3.8 client (security None) over a WsClient to prove a session runs."""
+
+    def __init__(self, ws: WsClient) -> None:
+        self.ws = ws
+        self.buffer = bytearray()
+
+    async def read(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            ev = await self.ws.next()
+            assert isinstance(ev, Data), ev
+            self.buffer += ev.payload
+        out = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return out
+
+    def write(self, data: bytes) -> None:
+        self.ws.send_raw(self.ws.conn.send(Data(data)))
+
+    async def handshake(self) -> tuple[int, int]:
+        assert await self.read(12) == b"RFB 003.008\n"
+        self.write(b"RFB 003.008\n")
+        count = (await self.read(1))[0]
+        assert 1 in await self.read(count)  # security type None offered on loopback without a password
+        self.write(b"\x01")
+        assert await self.read(4) == b"\x00\x00\x00\x00"  # SecurityResult OK
+        self.write(b"\x01")  # ClientInit: shared
+        width, height = struct.unpack(">HH", await self.read(4))
+        await self.read(16)  # pixel format
+        (name_len,) = struct.unpack(">I", await self.read(4))
+        await self.read(name_len)
+        self.write(struct.pack(">BxHi", 2, 1, 0))  # SetEncodings: Raw only
+        return width, height
+
+    async def full_update(self, width: int, height: int) -> bytes:
+        self.write(struct.pack(">BBHHHH", 3, 0, 0, 0, width, height))  # non-incremental request
+        msg_type, count = struct.unpack(">BxH", await self.read(4))
+        assert msg_type == 0
+        screen = bytearray(width * height * 4)
+        for _ in range(count):
+            x, y, w, h, enc = struct.unpack(">HHHHi", await self.read(12))
+            assert enc == 0 and x + w <= width and y + h <= height
+            rect = await self.read(w * h * 4)
+            for row in range(h):
+                start = ((y + row) * width + x) * 4
+                screen[start:start + w * 4] = rect[row * w * 4:(row + 1) * w * 4]
+        return bytes(screen)
+
+
+def test_bad_frame_on_one_rfb_session_leaves_the_other_running() -> None:
+    from vkmsremote.server.app import VncServer
+    from vkmsremote.server.pattern import PatternSource
+    from vkmsremote.server.session import Session
+
+    async def body() -> None:
+        vnc = VncServer(PatternSource(64, 48, animate=False), host="127.0.0.1", port=0)
+        await vnc.start()
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await Session(vnc.ctx, reader, writer).run()
+
+        try:
+            async with await start_web_server(handler, "127.0.0.1", 0) as web:
+                port = port_of(web)
+                good = RfbOverWs(await WsClient.connect(port))
+                bad = RfbOverWs(await WsClient.connect(port))
+                size = await good.handshake()
+                assert size == await bad.handshake() == (64, 48)
+                first = await good.full_update(*size)
+                assert len(first) == 64 * 48 * 4
+                assert len(vnc.sessions) == 2
+                bad.ws.send_raw(bytes([0x82, 0xFF]) + struct.pack(">Q", 1 << 40))  # a masked 1 TiB frame
+                ev = await bad.ws.next()
+                assert ev == Close(CloseCode.MESSAGE_TOO_BIG, "frame of 1099511627776 bytes exceeds the "
+                                   "1048576-byte cap")
+                assert await good.full_update(*size) == first  # the other session carries on
+                for _ in range(50):
+                    if len(vnc.sessions) == 1:
+                        break
+                    await asyncio.sleep(0.05)
+                assert len(vnc.sessions) == 1  # and the failed one's session has ended
+        finally:
+            await vnc.close()
+    run(body)

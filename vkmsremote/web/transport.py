@@ -174,7 +174,11 @@ class WebSocketTransport(asyncio.Transport):
             self._inner.write(self._conn.send(Close(err.close_code, err.message)))
         self._closing = True
         self._inner.close()
-        self._report_lost(err)
+        # the session sees what a broken TCP connection gives it (a ConnectionError from read, drain and
+        # wait_closed), with the WebSocket reason attached
+        lost = ConnectionAbortedError(f"WebSocket closed with {err.close_code}: {err}")
+        lost.__cause__ = err
+        self._report_lost(lost)
 
     def _report_eof(self) -> None:
         if not self._lost_reported:
