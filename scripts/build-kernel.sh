@@ -17,7 +17,7 @@ say() { printf '\033[1m[kernel]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31m[kernel] error:\033[0m %s\n' "$*" >&2; exit 1; }
 
 fragment=$top/scripts/kernel.config
-config_hash=$(sha256sum "$fragment" "$0" | sha256sum | cut -c1-12)
+config_hash=$(cat "$fragment" "$0" | sha256sum | cut -c1-12)
 
 # 1. Find the newest linux-source-7.x through a private apt state.
 aptdir=$cache/apt
