@@ -29,7 +29,8 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from vkmsremote.rfb.constants import Encoding
+from vkmsremote.rfb.auth import SecurityPolicy
+from vkmsremote.rfb.constants import Encoding, SecurityType
 from vkmsremote.server.app import VncServer
 from vkmsremote.server.input import RecordingSink
 from vkmsremote.server.session import Session
@@ -94,6 +95,9 @@ class WebDriver:
     def click(self, element: str) -> None:
         self.s("POST", f"/element/{element}/click", {})
 
+    def send_keys(self, element: str, text: str) -> None:
+        self.s("POST", f"/element/{element}/value", {"text": text})
+
     def element_screenshot(self, element: str) -> bytes:
         return base64.b64decode(self.s("GET", f"/element/{element}/screenshot"))
 
@@ -130,9 +134,10 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0, interva
         time.sleep(interval)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    """chromedriver + a fresh headless Chromium profile, torn down whatever happens."""
+    """chromedriver + a fresh headless Chromium profile, torn down whatever happens (one per module:
+    each test's server has its own port, hence its own origin and noVNC settings)."""
     for tool in (CHROMIUM, CHROMEDRIVER):
         if not tool.exists():
             pytest.fail(f"{tool} missing: run scripts/setup-host.sh (Debian chromium, chromium-driver)")
@@ -224,7 +229,8 @@ class BlockSource:
 class ServerThread:
     """Our VNC server (hub + sessions) and web listener on an event loop in a background thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, policy: SecurityPolicy | None = None) -> None:
+        self.policy = policy
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="vkmsremote-test-server", daemon=True)
         self.source = BlockSource(self.loop)
@@ -236,7 +242,7 @@ class ServerThread:
 
     def start(self) -> None:
         self.thread.start()
-        self.vnc = VncServer(self.source, self.sink, host="127.0.0.1", port=0)
+        self.vnc = VncServer(self.source, self.sink, host="127.0.0.1", port=0, policy=self.policy)
         self.call(self.vnc.start())
 
         async def rfb_over_websocket(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -256,9 +262,16 @@ class ServerThread:
             self.loop.close()
 
 
-@pytest.fixture
-def server() -> Iterator[ServerThread]:
-    srv = ServerThread()
+PASSWORD = "s3cret"
+
+
+@pytest.fixture(params=["none", "vncauth"])
+def server(request: pytest.FixtureRequest) -> Iterator[ServerThread]:
+    """Security None (the loopback default), and VNC authentication as with --password."""
+    policy = None
+    if request.param == "vncauth":
+        policy = SecurityPolicy(types=(SecurityType.VNC_AUTH,), vnc_password=PASSWORD.encode())
+    srv = ServerThread(policy)
     srv.start()
     try:
         yield srv
@@ -286,8 +299,18 @@ def test_novnc_shows_xr0_and_types_into_it(browser: WebDriver, server: ServerThr
     started = time.monotonic()
     browser.navigate(server.web.url)
     assert "/vnc.html?autoconnect=1" in browser.execute("return location.href")
-    wait_for("noVNC to connect", lambda: "Connected" in browser.execute(
-        "return document.getElementById('noVNC_status').textContent"))
+    if server.policy is not None:  # noVNC's credentials dialog, filled in like a user would
+        wait_for("the password prompt", lambda: browser.execute(
+            "return document.getElementById('noVNC_credentials_dlg').classList.contains('noVNC_open')"))
+        browser.send_keys(browser.find("#noVNC_password_input"), PASSWORD)
+        browser.click(browser.find("#noVNC_credentials_button"))
+    status = "return document.getElementById('noVNC_status').textContent"
+    try:
+        wait_for("noVNC to connect", lambda: browser.execute(  # ui.js updateVisualState('connected')
+            "return document.documentElement.classList.contains('noVNC_connected')"))
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; noVNC says {browser.execute(status)!r}; "
+                             f"sessions: {[s.record for s in server.sessions]}") from None
     canvas = browser.find("#noVNC_container canvas")
     size = browser.execute("const c = arguments[0]; return [c.width, c.height];", {W3C_ELEMENT: canvas})
     assert size == [WIDTH, HEIGHT]  # the canvas is the framebuffer; resize=scale only scales its CSS box
@@ -295,6 +318,7 @@ def test_novnc_shows_xr0_and_types_into_it(browser: WebDriver, server: ServerThr
     # what noVNC 1.3 asked for, and what the session made of it
     wait_for("the WebSocket session", lambda: server.sessions and server.sessions[0].record.client_encodings)
     record = server.sessions[0].record
+    assert record.security_type == (SecurityType.VNC_AUTH if server.policy else SecurityType.NONE)
     assert record.client_encodings[:6] == (Encoding.COPY_RECT, Encoding.TIGHT, -260, Encoding.HEXTILE,
                                            Encoding.RRE, Encoding.RAW)
     assert Encoding.ZRLE not in record.client_encodings and Encoding.ZLIB not in record.client_encodings
@@ -303,6 +327,7 @@ def test_novnc_shows_xr0_and_types_into_it(browser: WebDriver, server: ServerThr
 
     screenshot = wait_for("the blocks on screen", lambda: _shot_if(browser, canvas, BLOCK_RGB))
     assert screenshot.shape[1] > WIDTH  # scaled up to the 900x700 window: the check survived scaling
+    assert not blocks_match(screenshot[..., ::-1], BLOCK_RGB)  # the check tells red from blue
     first_frame_s = time.monotonic() - started
 
     # a change at the source reaches the page (incremental updates over the WebSocket)
