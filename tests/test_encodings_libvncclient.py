@@ -18,6 +18,7 @@ import socket
 import struct
 import subprocess
 import threading
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -329,4 +330,27 @@ def test_tight_resets_streams_when_the_level_changes(client_binary: Path) -> Non
     assert used, "the first update should use zlib streams"
     reset_bits = sent[1][0][2][0] & 0x0F
     assert reset_bits == sum(1 << s for s in used)
+    assert_exact(framebuffer, frame, Rect(0, 0, width, height), NATIVE)
+
+
+@pytest.mark.parametrize(("colours", "subencoding"), [(2, 2), (3, 3), (5, 5)])
+def test_zrle_packed_palette_rows_are_padded(client_binary: Path, colours: int, subencoding: int) -> None:
+    # tiles 13 and 37 pixels wide: rows of 1, 2 and 4-bit indices end mid-byte (RFC 6143 7.7.5)
+    height, width = 9, 50
+    rng = np.random.default_rng(colours)
+    palette = np.array([(0, 0, 0, 0), (255, 255, 255, 0), (0, 0, 200, 0), (0, 150, 0, 0), (90, 10, 200, 0)],
+                       dtype=np.uint8)
+    frame = palette[rng.integers(0, colours, size=(height, width))]
+    sent: list[EncodedRect] = []
+
+    def make_updates(pf: PixelFormat, settings: EncoderSettings) -> list[list[EncodedRect]]:
+        encoder = make_encoder(Encoding.ZRLE, settings)
+        assert encoder is not None
+        sent.extend(encoder.encode(frame, Rect(0, 0, 13, height), pf) + encoder.encode(frame, Rect(13, 0, 37, height), pf))
+        return [sent]
+
+    framebuffer, _ = run_client(client_binary, width, height, NATIVE, make_updates, updates=1)
+    inflate = zlib.decompressobj()
+    for _, _, payload in sent:
+        assert inflate.decompress(payload[4:])[0] == subencoding
     assert_exact(framebuffer, frame, Rect(0, 0, width, height), NATIVE)

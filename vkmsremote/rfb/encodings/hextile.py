@@ -25,6 +25,7 @@ FOREGROUND_SPECIFIED = 4
 ANY_SUBRECTS = 8
 SUBRECTS_COLOURED = 16
 MAX_SUBRECTS = 255
+MAX_RUNS = TILE * TILE // 2
 
 
 class HextileEncoder:
@@ -35,7 +36,8 @@ class HextileEncoder:
         region = frame[rect.y:rect.y + rect.h, rect.x:rect.x + rect.w]
         bpp = pf.bytes_per_pixel
         values = pixel_values(region, pf)
-        sub = decompose(values, TILE, TILE, max_runs=MAX_SUBRECTS)
+        # A tile with more than half of its pixels starting runs is photo-like: raw, not analysed.
+        sub = decompose(values, TILE, TILE, max_runs=MAX_RUNS)
         pixels = convert_array(region, pf)
         background = sub.background.tolist()
         bg_bytes = value_bytes(sub.background, pf)

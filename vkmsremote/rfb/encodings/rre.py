@@ -30,9 +30,9 @@ class RREEncoder:
     def encode(self, frame: Pixels, rect: Rect, pf: PixelFormat) -> list[EncodedRect]:
         bpp = pf.bytes_per_pixel
         raw_size = rect.area * bpp
-        # Each subrectangle costs bpp + 8 bytes: more than raw_size / (bpp + 8) runs cannot pay off
-        # unless merged, and photo-like content (a run per pixel) is cut off here cheaply.
-        max_runs = max(1, raw_size // (bpp + 8) * 4)
+        # Each subrectangle costs bpp + 8 bytes: more than raw_size / (bpp + 8) runs rarely pay off
+        # (only if merged vertically), and photo-like content (a run per pixel) is cut off cheaply.
+        max_runs = max(1, raw_size // (bpp + 8))
         values = pixel_values(frame[rect.y:rect.y + rect.h, rect.x:rect.x + rect.w], pf)
         sub = decompose(values, rect.w, rect.h, max_runs)
         n = sub.x.size
