@@ -25,6 +25,7 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+import numpy.typing as npt
 import simplejpeg
 
 from vkmsremote.rfb.constants import Encoding
@@ -102,6 +103,18 @@ def _native_values(pixels: Pixels) -> Values:
     return pixels.view(np.uint32).reshape(pixels.shape[:-1]) & np.uint32(0x00FFFFFF)
 
 
+def _sample_colour_counts(frame: Pixels, bands: list[Rect]) -> npt.NDArray[np.int64]:
+    """Distinct colours among SAMPLE_SIDE x SAMPLE_SIDE pixels spread over each band (one numpy pass)."""
+    steps = np.arange(SAMPLE_SIDE)
+    rows = np.array([b.y + (steps * b.h) // SAMPLE_SIDE for b in bands])  # (bands, side)
+    first = bands[0]
+    cols = first.x + (steps * first.w) // SAMPLE_SIDE  # all bands of a strip share x and width
+    sample = _native_values(frame[rows[:, :, None], cols[None, None, :]]).reshape(len(bands), -1)
+    sample.sort(axis=1)
+    counts: npt.NDArray[np.int64] = 1 + np.count_nonzero(sample[:, 1:] != sample[:, :-1], axis=1)
+    return counts
+
+
 def _strips(rect: Rect) -> list[Rect]:
     """Column strips of at most MAX_WIDTH pixels, of near-equal widths."""
     count = -(-rect.w // MAX_WIDTH)
@@ -150,11 +163,13 @@ class TightEncoder:
         out: list[EncodedRect] = []
         for strip in _strips(rect):
             band_h = max(1, BAND_AREA // strip.w)
+            bands = [Rect(strip.x, y, strip.w, min(band_h, strip.y + strip.h - y))
+                     for y in range(strip.y, strip.y + strip.h, band_h)]
+            sample_colours = _sample_colour_counts(frame, bands)
             jpeg_from: int | None = None  # start row of a pending run of JPEG bands
-            for y in range(strip.y, strip.y + strip.h, band_h):
-                band = Rect(strip.x, y, strip.w, min(band_h, strip.y + strip.h - y))
+            for band, colours in zip(bands, sample_colours.tolist(), strict=True):
                 pixels = frame[band.y:band.y + band.h, band.x:band.x + band.w]
-                encoded = self._encode_lossless(pixels, band, pf, try_palette_only=jpeg is not None)
+                encoded = self._encode_lossless(pixels, band, pf, colours, try_palette_only=jpeg is not None)
                 if encoded is None:  # photo-like and JPEG allowed
                     if jpeg_from is None:
                         jpeg_from = band.y
@@ -170,17 +185,15 @@ class TightEncoder:
                 out.extend(self._jpeg(frame, Rect(strip.x, jpeg_from, strip.w, strip.y + strip.h - jpeg_from), jpeg))
         return out
 
-    def _encode_lossless(self, pixels: Pixels, rect: Rect, pf: PixelFormat,
+    def _encode_lossless(self, pixels: Pixels, rect: Rect, pf: PixelFormat, sample_colours: int,
                          try_palette_only: bool) -> EncodedRect | None:
         """Fill, palette, or (unless ``try_palette_only``) full colour; None means "use JPEG"."""
-        sy = max(1, rect.h // SAMPLE_SIDE)
-        sx = max(1, rect.w // SAMPLE_SIDE)
-        sample = pixels[::sy, ::sx]
-        sample_colours = np.unique(_native_values(sample))
-        if sample_colours.size == 1 and bool((_native_values(pixels) == sample_colours[0]).all()):
-            value = pixel_values(pixels[:1, :1], pf).reshape(1)
-            return rect, Encoding.TIGHT, self._control(FILL) + tpixel_bytes(value, pf).tobytes()
-        if sample_colours.size <= SAMPLE_PALETTE_LIMIT:
+        if sample_colours == 1:
+            native = _native_values(pixels)
+            if bool((native == native[0, 0]).all()):
+                value = pixel_values(pixels[:1, :1], pf).reshape(1)
+                return rect, Encoding.TIGHT, self._control(FILL) + tpixel_bytes(value, pf).tobytes()
+        if sample_colours <= SAMPLE_PALETTE_LIMIT:
             values = pixel_values(pixels, pf)
             palette = self._palette(values)
             if palette is not None:
