@@ -50,6 +50,7 @@ def test_tcg_command_line() -> None:
     cmd = vng_command(spec(), vng="/venv/bin/vng")
     assert cmd[:3] == ["/venv/bin/vng", "--run", "/k/bzImage"]
     assert "--disable-kvm" in cmd
+    assert "--force-9p" in cmd
     assert value_after(cmd, "--memory") == ["2G"]
     assert value_after(cmd, "--cpus") == ["2"]
     assert value_after(cmd, "--rwdir") == [str(RESULTS)]
@@ -99,6 +100,8 @@ def test_forward_parse_rejects(text: str) -> None:
         {"results_dir": Path("/srv/with space")},
         {"kernel": Path("relative/bzImage")},
         {"cwd": Path("/a;rm -rf b")},
+        {"rwdirs": (Path("/srv/~/x"),)},  # a shell would expand this tilde
+        {"rwdirs": (Path("/srv/x=~"),)},
         {"results_dir": Path("/tmp/results")},  # hidden by the guest's tmpfs /tmp
         {"rwdirs": (Path("/tmp"),)},
         {"env": (("BAD-NAME", "1"),)},
@@ -109,6 +112,11 @@ def test_forward_parse_rejects(text: str) -> None:
 def test_spec_rejects(kw: dict[str, object]) -> None:
     with pytest.raises(VmError):
         spec(**kw)
+
+
+def test_debian_version_tilde_is_accepted() -> None:
+    k = Path("/root/.cache/vkmsremote/kernel/7.3.4-1~bpo13+1-69fa3c6befee/bzImage")
+    assert vng_command(spec(kernel=k))[2] == str(k)
 
 
 def test_results_under_tmp_allowed_when_tmp_is_shared() -> None:

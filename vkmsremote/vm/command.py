@@ -38,7 +38,9 @@ DEFAULT_APPEND = ("vkms.create_default_dev=0",)
 
 # vng assembles its virtme-run call as one shell string without quoting paths, so refuse anything
 # the shell would split or interpret rather than pass it on.
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._+@%/=,:-]*$")
+# "~" is allowed only after a letter or digit (Debian versions such as 7.3.4-1~bpo13+1), where no
+# shell expands it.
+_SAFE_PATH = re.compile(r"^/(?:[A-Za-z0-9._+@%/=,:-]|(?<=[A-Za-z0-9])~)*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -96,7 +98,7 @@ class VmSpec:
             if not _SAFE_PATH.match(str(path)):
                 raise VmError(
                     f"path {str(path)!r} cannot be passed through vng",
-                    hint="use an absolute path made of letters, digits and ._+@%/=,:- only",
+                    hint="use an absolute path made of letters, digits and ._+@%/=,:-~ only",
                 )
         for name, _ in self.env:
             if not _ENV_NAME.match(name):
@@ -143,7 +145,9 @@ def vng_command(spec: VmSpec, vng: str = "vng") -> list[str]:
     cmd = [vng, "--run", str(spec.kernel)]
     if spec.accel is Accel.TCG:
         cmd.append("--disable-kvm")
-    cmd += ["--memory", spec.memory, "--cpus", str(spec.cpus)]
+    # --force-9p: virtio-fs would be faster, but Debian 12's virtiofsd rejects virtme-ng's arguments,
+    # and each failed attempt costs seconds before virtme falls back to 9p anyway.
+    cmd += ["--force-9p", "--memory", spec.memory, "--cpus", str(spec.cpus)]
     rwdirs = [spec.results_dir, *spec.rwdirs]
     if spec.share_host_tmp:
         rwdirs.append(Path("/tmp"))
