@@ -24,6 +24,8 @@ debs=(
   libvncserver-dev
   # browser client
   novnc chromium chromium-driver
+  # node runs noVNC's decoders in tests/test_encodings_novnc.py
+  nodejs
   # US keymap check (tests/test_keymap.py regenerates vkmsremote/input/tables.py from libxkbcommon)
   libxkbcommon0 xkb-data
   # mode changes and checks on Xorg in the VM (tests/vm/test_compositor_vm.py)
