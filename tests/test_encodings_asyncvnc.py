@@ -43,7 +43,7 @@ async def decode(width: int, height: int, pf: PixelFormat, rects: list[EncodedRe
     sink = Sink()
     name = b"zlib test"
     reader.feed_data(struct.pack(">HH", width, height) + pf.to_bytes() + struct.pack(">I", len(name)) + name)
-    video = await Video.create(reader, sink)  # type: ignore[arg-type]
+    video = await Video.create(reader, sink)
     for r, encoding, payload in rects:
         reader.feed_data(struct.pack(">HHHHi", r.x, r.y, r.w, r.h, encoding) + payload)
         await video.read()

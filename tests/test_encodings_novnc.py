@@ -19,6 +19,7 @@ import shutil
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -109,7 +110,8 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def novnc_decode(harness: Path, width: int, height: int, rects: list[EncodedRect]) -> tuple[np.ndarray, list[dict]]:
+def novnc_decode(harness: Path, width: int, height: int,
+                 rects: list[EncodedRect]) -> tuple[np.ndarray, list[dict[str, Any]]]:
     stream = [struct.pack(">HHI", width, height, len(rects))]
     for r, encoding, payload in rects:
         stream.append(struct.pack(">HHHHi", r.x, r.y, r.w, r.h, encoding) + payload)
@@ -123,7 +125,7 @@ def novnc_decode(harness: Path, width: int, height: int, rects: list[EncodedRect
 
 def test_fixture_runs_novncs_decoders(harness: Path) -> None:
     # a rectangle with a bad Tight compression-control byte must be rejected by noVNC's real decoder
-    bad = [(Rect(0, 0, 1, 1), Encoding.TIGHT, bytes((0xF0,)))]
+    bad: list[EncodedRect] = [(Rect(0, 0, 1, 1), Encoding.TIGHT, bytes((0xF0,)))]
     with pytest.raises(AssertionError, match="Illegal tight compression"):
         novnc_decode(harness, 1, 1, bad)
 

@@ -148,7 +148,8 @@ def _tile(kind: str) -> np.ndarray:
     if kind == "solid":
         return samples.solid(64, 64)
     if kind == "packed2":  # checkerboard: a run per pixel, two colours
-        return colours[(np.indices((64, 64)).sum(axis=0) % 2)]
+        checkerboard: np.ndarray = colours[np.indices((64, 64)).sum(axis=0) % 2]
+        return checkerboard
     if kind == "packed4":
         return colours[rng.integers(0, 3, size=(64, 64))]
     if kind == "packed16":

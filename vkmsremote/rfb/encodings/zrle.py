@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -55,8 +56,9 @@ def pack_indices(indices: Bytes, bits: int) -> Bytes:
     return packed
 
 
-@lru_cache(maxsize=8)
-def _tiling(width: int, height: int) -> tuple[npt.NDArray[np.intp], Ints, Ints, Ints, npt.NDArray[np.int32]]:
+@lru_cache(maxsize=4)
+def _tiling(width: int, height: int) -> tuple[npt.NDArray[np.signedinteger[Any]], Ints, Ints, Ints,
+                                              npt.NDArray[np.int32]]:
     """For a width x height rectangle: (raster index of each tile-major position, tile start offsets
     (tiles + 1), tile widths, tile heights, tile of each tile-major position)."""
     tiles_x, tiles_y = -(-width // TILE), -(-height // TILE)
@@ -69,8 +71,9 @@ def _tiling(width: int, height: int) -> tuple[npt.NDArray[np.intp], Ints, Ints, 
     y, x = np.indices((height, width))
     tile = (y // TILE) * tiles_x + x // TILE
     local = (y % TILE) * widths[tile] + x % TILE
-    perm = np.empty(width * height, dtype=np.intp)
-    perm[(starts[tile] + local).reshape(-1)] = np.arange(width * height)
+    index_type = np.int32 if width * height < 2**31 else np.int64  # half the memory for real screens
+    perm: npt.NDArray[np.signedinteger[Any]] = np.empty(width * height, dtype=index_type)
+    perm[(starts[tile] + local).reshape(-1)] = np.arange(width * height, dtype=index_type)
     tile_of = np.repeat(np.arange(tiles_x * tiles_y, dtype=np.int32), widths * heights)
     return perm, starts, widths, heights, tile_of
 
