@@ -3,6 +3,7 @@ coverage, and Tight's choice of compression per content (its bytes read back by 
 
 from __future__ import annotations
 
+import itertools
 import zlib
 
 import numpy as np
@@ -158,12 +159,22 @@ def test_tight_jpeg_psnr(quality: int, floor_db: float) -> None:
     assert 10 * np.log10(255.0 ** 2 / mse) >= floor_db
 
 
-def test_tight_merges_photo_bands_into_one_jpeg() -> None:
-    frame = samples.photo_like(200, 1000)  # several 65536-pixel bands
+def test_tight_merges_photo_bands_into_one_jpeg_per_strip() -> None:
+    frame = samples.photo_like(300, 1000)  # two strips of 500 columns, three 65536-pixel bands each
     encoder = make_encoder(Encoding.TIGHT, EncoderSettings(quality_level=6))
     assert encoder is not None
-    out = encoder.encode(frame, Rect(0, 0, 1000, 200), NATIVE)
-    assert [(r, p[0]) for r, _, p in out] == [(Rect(0, 0, 1000, 200), 0x90)]
+    out = encoder.encode(frame, Rect(0, 0, 1000, 300), NATIVE)
+    assert [(r, p[0]) for r, _, p in out] == [(Rect(0, 0, 500, 300), 0x90), (Rect(500, 0, 500, 300), 0x90)]
+
+
+def test_tight_keeps_ui_beside_a_video_lossless() -> None:
+    frame = samples.text_like(400, 1200)
+    frame[100:300, 400:800] = samples.photo_like(200, 400)
+    encoder = make_encoder(Encoding.TIGHT, EncoderSettings(quality_level=6))
+    assert encoder is not None
+    out = encoder.encode(frame, Rect(0, 0, 1200, 400), NATIVE)
+    jpeg_area = sum(r.area for r, _, p in out if p[0] == 0x90)
+    assert 200 * 400 <= jpeg_area <= 2 * 200 * 400
 
 
 def test_tight_strips_are_at_most_2048_wide() -> None:
@@ -172,4 +183,6 @@ def test_tight_strips_are_at_most_2048_wide() -> None:
     assert encoder is not None
     out = encoder.encode(frame, Rect(0, 0, 4100, 4), NATIVE)
     assert max(r.w for r, _, _ in out) <= MAX_WIDTH
-    assert sorted({r.x for r, _, _ in out}) == [0, 1366, 2733]
+    xs = sorted({(r.x, r.w) for r, _, _ in out})
+    assert xs[0][0] == 0 and all(a + w == b for (a, w), (b, _) in itertools.pairwise(xs))
+    assert xs[-1][0] + xs[-1][1] == 4100

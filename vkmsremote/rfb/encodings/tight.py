@@ -1,15 +1,16 @@
 """Tight encoding (rfbproto "Tight Encoding"), with TigerVNC's JPEG quality mapping.
 
-A rectangle is cut into column strips at most 2048 pixels wide (the spec's limit) and each strip into
-bands of at most :data:`BAND_AREA` pixels. Each band is sent as the cheapest of:
+A rectangle is cut into column strips at most :data:`STRIP_WIDTH` (512) pixels wide (the spec allows
+2048) and each strip into bands of at most :data:`BAND_AREA` pixels. Each band is sent as the cheapest of:
 
 * FillCompression (one TPIXEL) when it is one colour;
 * BasicCompression with the PaletteFilter when it has 2..256 colours: 1-bit rows on zlib stream 1
   for two colours, one index byte per pixel on stream 2 otherwise;
 * JpegCompression when the client advertised a JPEG quality (quality-level or fine-quality
-  pseudo-encoding) and uses 16 or 32 bits per pixel; consecutive JPEG bands are merged into one
-  rectangle, so full-motion video goes out as few large JPEGs, compressed straight from the B, G, R, X
-  frame by libjpeg-turbo;
+  pseudo-encoding) and uses 16 or 32 bits per pixel; consecutive JPEG bands of a strip are merged
+  into one rectangle, so full-motion video goes out as a few large JPEGs (four for 1920x1080),
+  compressed straight from the B, G, R, X frame by libjpeg-turbo, while UI beside a video stays
+  lossless;
 * BasicCompression with the CopyFilter (TPIXELs on zlib stream 0) otherwise.
 
 Colours are counted on a strided sample (about 256 pixels) first; only bands whose sample has few
@@ -40,7 +41,8 @@ from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings
 from vkmsremote.rfb.pixelformat import PixelFormat
 from vkmsremote.server.source import Pixels, Rect
 
-MAX_WIDTH = 2048
+MAX_WIDTH = 2048  # the spec's limit for any Tight rectangle
+STRIP_WIDTH = 512  # narrower strips keep UI beside a video lossless
 BAND_AREA = 65536
 MAX_JPEG_AREA = 2048 * 2048
 MIN_TO_COMPRESS = 12
@@ -116,8 +118,8 @@ def _sample_colour_counts(frame: Pixels, bands: list[Rect]) -> npt.NDArray[np.in
 
 
 def _strips(rect: Rect) -> list[Rect]:
-    """Column strips of at most MAX_WIDTH pixels, of near-equal widths."""
-    count = -(-rect.w // MAX_WIDTH)
+    """Column strips of near-equal widths, at most STRIP_WIDTH (<= MAX_WIDTH) pixels each."""
+    count = -(-rect.w // STRIP_WIDTH)
     edges = [rect.x + rect.w * i // count for i in range(count + 1)]
     return [Rect(edges[i], rect.y, edges[i + 1] - edges[i], rect.h) for i in range(count)]
 
