@@ -102,6 +102,11 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     """A server-side context: TLS 1.2 or later, the given certificate, no client certificates."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # No session tickets: VNC never resumes sessions, and TigerVNC 1.12's viewer stalls when TLS 1.3
+    # NewSessionTicket records arrive together with the first application data (measured here: it waits
+    # forever for the VNC-auth challenge that is already in its buffer).
+    ctx.options |= ssl.OP_NO_TICKET
+    ctx.num_tickets = 0
     try:
         ctx.load_cert_chain(str(cert), str(key))
     except (OSError, ssl.SSLError) as e:
