@@ -70,7 +70,7 @@ CONSTANTS: dict[str, int] = {
 
 def _fields(cls: Any, prefix: str = "") -> list[tuple[str, Any]]:
     out = []
-    for name, ctype in cls._fields_:
+    for name, _ctype in cls._fields_:
         out.append((prefix + name, getattr(cls, name)))
     return out
 

@@ -4,10 +4,12 @@ that belongs to a device (a configfs VKMS device appears as /sys/devices/faux/<n
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -46,9 +48,14 @@ class Card:
         self.property_ids: dict[int, dict[str, int]] = {}
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, atomic: bool = True, writeback: bool = False) -> Card:
+    def open(cls, path: str | os.PathLike[str], *, atomic: bool = True, writeback: bool = False,
+             master: bool = False) -> Card:
         """Open ``path`` and set client caps: UNIVERSAL_PLANES always, ATOMIC if ``atomic``,
-        WRITEBACK_CONNECTORS if ``writeback`` (which needs ``atomic``)."""
+        WRITEBACK_CONNECTORS if ``writeback`` (which needs ``atomic``).
+
+        The kernel makes the first opener of a card DRM master implicitly; unless ``master`` is asked
+        for, that is given up at once so a compositor started later can still take the card.
+        """
         path = os.fspath(path)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -65,6 +72,10 @@ class Card:
                 card.set_client_cap(ClientCap.ATOMIC, 1)
             if writeback:
                 card.set_client_cap(ClientCap.WRITEBACK_CONNECTORS, 1)
+            if master:
+                card.set_master()
+            else:
+                card._give_up_implicit_master()
         except BaseException:
             card.close()
             raise
@@ -151,6 +162,30 @@ class Card:
     def drop_master(self) -> None:
         self.ioctl(k.DRM_IOCTL_DROP_MASTER, None, "DRM_IOCTL_DROP_MASTER")
         self._is_master = False
+
+    @contextlib.contextmanager
+    def master_if_free(self) -> Iterator[bool]:
+        """Be DRM master inside the block if no other client is (yields whether we are), then give it
+        back. The kernel re-probes connectors (modes, status) only for the master."""
+        if self._is_master:
+            yield True
+            return
+        try:
+            self.ioctl(k.DRM_IOCTL_SET_MASTER, None, "DRM_IOCTL_SET_MASTER")
+        except DrmError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self._give_up_implicit_master()
+
+    def _give_up_implicit_master(self) -> None:
+        try:
+            self.ioctl(k.DRM_IOCTL_DROP_MASTER, None, "DRM_IOCTL_DROP_MASTER")
+        except DrmError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EACCES, errno.EPERM):  # EINVAL: we were not master
+                raise
 
     def gem_close(self, handle: int) -> None:
         if handle:

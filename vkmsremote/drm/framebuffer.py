@@ -90,6 +90,7 @@ class DmaBufMapping:
     def __init__(self, fd: int, *, writable: bool = False) -> None:
         self.fd = fd
         self.writable = writable
+        self._inode = os.fstat(fd).st_ino
         self.size = os.lseek(fd, 0, os.SEEK_END)
         os.lseek(fd, 0, os.SEEK_SET)
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
@@ -105,6 +106,11 @@ class DmaBufMapping:
     @property
     def closed(self) -> bool:
         return self.mmap is None
+
+    @property
+    def inode(self) -> int:
+        """The dma-buf's inode number: the same buffer gives the same number on every export."""
+        return self._inode
 
     def begin(self, write: bool = False) -> None:
         dma_buf_sync(self.fd, DmaBufSync.START | (DmaBufSync.RW if write else DmaBufSync.READ))
@@ -142,6 +148,12 @@ class MappedFramebuffer:
         self.info = info
         self._buffers = buffers  # keyed by the GEM handle the buffer was exported from
         self._plane_buffer = plane_buffer  # plane index -> key into _buffers
+
+    @property
+    def identity(self) -> tuple[int, ...]:
+        """The dma-buf inode of each plane: compare with :func:`framebuffer_identity` to detect that an fb id
+        now names a different buffer (ids are reused after RMFB)."""
+        return tuple(self._buffers[h].inode for h in self._plane_buffer)
 
     def plane_bytes(self, plane: int = 0) -> npt.NDArray[np.uint8]:
         """The plane's bytes from its offset on (1-D uint8 view; ``pitches[plane]`` bytes per row)."""
@@ -217,6 +229,29 @@ def map_framebuffer(card: Card, fb_id: int, *, require_linear: bool = True) -> M
                 buf.close()
             raise
         return MappedFramebuffer(info, buffers, tuple(plane_buffer))
+    finally:
+        release_handles(card, info)
+
+
+def framebuffer_identity(card: Card, fb_id: int) -> tuple[FramebufferInfo, tuple[int, ...]]:
+    """GETFB2 and the dma-buf inode of each plane's buffer, without mapping anything.
+
+    Exporting a GEM object that is already exported returns the same dma-buf, so the inodes identify the
+    buffers behind ``fb_id`` at this moment.
+    """
+    info = get_framebuffer(card, fb_id)
+    try:
+        inodes = []
+        for plane in range(info.num_planes):
+            if info.handles[plane] == 0:
+                raise DrmError("DRM_IOCTL_MODE_GETFB2 returned no buffer handle", 13, object_id=fb_id,
+                               hint="reading another client's framebuffer needs root (CAP_SYS_ADMIN) or DRM master")
+            fd = prime_export(card, info.handles[plane])
+            try:
+                inodes.append(os.fstat(fd).st_ino)
+            finally:
+                os.close(fd)
+        return info, tuple(inodes)
     finally:
         release_handles(card, info)
 

@@ -412,8 +412,9 @@ def get_encoder(card: Card, encoder_id: int) -> Encoder:
 
 
 def get_connector(card: Card, connector_id: int, *, probe: bool = True, with_properties: bool = True) -> Connector:
-    """DRM_IOCTL_MODE_GETCONNECTOR. ``probe`` re-probes modes (the kernel's fill_modes); False reads the
-    current list only."""
+    """DRM_IOCTL_MODE_GETCONNECTOR. ``probe`` asks for a re-probe of status and modes (the kernel's
+    fill_modes), which the kernel does only for the DRM master (see Card.master_if_free); False reads
+    the current list only."""
     for _ in range(_FILL_RETRIES):
         arg = k.drm_mode_get_connector(connector_id=connector_id)
         scratch = k.drm_mode_modeinfo()
@@ -516,6 +517,16 @@ class Resources:
 
     @classmethod
     def fetch(cls, card: Card, *, probe: bool = True) -> Resources:
+        """Everything on the card. With ``probe``, connectors are re-probed (status, modes); the kernel
+        does that only for the DRM master, so the card is master for the call if no other client is.
+        Otherwise (or without ``probe``) connectors show what the last probe by a master found."""
+        if probe:
+            with card.master_if_free():
+                return cls._fetch(card, probe)
+        return cls._fetch(card, probe)
+
+    @classmethod
+    def _fetch(cls, card: Card, probe: bool) -> Resources:
         res = k.drm_mode_card_res()
         fbs, crtc_ids, conn_ids, enc_ids = _fill_ids(card, "MODE_GETRESOURCES", res, [
             ("count_fbs", "fb_id_ptr"), ("count_crtcs", "crtc_id_ptr"),
