@@ -5,7 +5,7 @@ Used by RRE (one tile: the whole rectangle) and Hextile (16x16 tiles). Pipeline,
 1. horizontal runs of equal pixel values, broken at tile column boundaries;
 2. per tile, the background = the value covering the most pixels (sum of run lengths per (tile, value));
 3. runs that are not background are merged vertically when the same (x, width, value) run continues on
-   the next row of the same tile; each merged group is one subrectangle.
+   the next row of the same tile; each merged chain is one subrectangle.
 
 Tiles with more than ``max_runs`` runs are not analysed (the caller sends them raw); this keeps photo-like
 content from producing millions of runs to sort.
@@ -64,39 +64,49 @@ def decompose(values: Values, tile_w: int, tile_h: int, max_runs: int) -> Subrec
     if not keep.all():
         ry, rx, rval, rtile, run_len = ry[keep], rx[keep], rval[keep], rtile[keep], run_len[keep]
 
-    # 2. background per tile: the value with the largest total run length.
+    # 2. background per tile: the value with the largest total run length. One argsort of
+    #    (tile << 32 | value) keys groups the runs; reduceat sums each group.
     background = np.zeros(ntiles, dtype=np.uint32)
     if rtile.size:
-        order = np.lexsort((rval, rtile))
-        t_sorted, v_sorted, l_sorted = rtile[order], rval[order], run_len[order]
-        group = np.empty(t_sorted.size, dtype=bool)
+        key = (rtile.astype(np.uint64) << np.uint64(32)) | rval.astype(np.uint64)
+        order = np.argsort(key)
+        skey = key[order]
+        group = np.empty(skey.size, dtype=bool)
         group[0] = True
-        group[1:] = (t_sorted[1:] != t_sorted[:-1]) | (v_sorted[1:] != v_sorted[:-1])
+        np.not_equal(skey[1:], skey[:-1], out=group[1:])
         gstart = np.flatnonzero(group)
-        gsum = np.add.reduceat(l_sorted, gstart)
-        gtile, gval = t_sorted[gstart], v_sorted[gstart]
-        best = np.lexsort((-gsum, gtile))  # by tile, largest sum first
-        first_of_tile = np.ones(best.size, dtype=bool)
-        first_of_tile[1:] = gtile[best][1:] != gtile[best][:-1]
-        chosen = best[first_of_tile]
-        background[gtile[chosen]] = gval[chosen]
+        gsum = np.add.reduceat(run_len[order], gstart)
+        gtile = (skey[gstart] >> np.uint64(32)).astype(np.int64)
+        gval = (skey[gstart] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        tile_first = np.flatnonzero(np.concatenate(([True], gtile[1:] != gtile[:-1])))
+        best_sum = np.maximum.reduceat(gsum, tile_first)
+        is_best = gsum == np.repeat(best_sum, np.diff(tile_first, append=gsum.size))
+        best = np.flatnonzero(is_best)
+        first_best = best[np.concatenate(([True], gtile[best][1:] != gtile[best][:-1]))]
+        background[gtile[first_best]] = gval[first_best]
 
-    # 3. non-background runs, merged vertically within a tile.
-    fg = rval != background[rtile]
-    ry, rx, rval, rtile, run_len = ry[fg], rx[fg], rval[fg], rtile[fg], run_len[fg]
-    if ry.size:
-        order = np.lexsort((ry, rval, run_len, rx, rtile))
-        ry, rx, rval, rtile, run_len = ry[order], rx[order], rval[order], rtile[order], run_len[order]
-        new = np.empty(ry.size, dtype=bool)
-        new[0] = True
-        new[1:] = ((rtile[1:] != rtile[:-1]) | (rx[1:] != rx[:-1]) | (run_len[1:] != run_len[:-1])
-                   | (rval[1:] != rval[:-1]) | (ry[1:] != ry[:-1] + 1))
-        gstart = np.flatnonzero(new)
-        sh = np.diff(gstart, append=ry.size)
-        stile, sx, sy, sw, sval = rtile[gstart], rx[gstart], ry[gstart], run_len[gstart], rval[gstart]
-        # stable sort by tile keeps the order above; the order of subrects within a tile is free
-        by_tile = np.argsort(stile, kind="stable")
-        stile, sx, sy, sw, sh, sval = (a[by_tile] for a in (stile, sx, sy, sw, sh, sval))
+    # 3. merge vertically: a run continues the run directly above it (same tile, start, length, value).
+    #    Chains are resolved by pointer jumping (a few passes), not by sorting.
+    nruns = ry.size
+    if nruns:
+        starts_kept = ry * width + rx
+        above = np.searchsorted(starts_kept, starts_kept - width, side="right") - 1
+        above_ok = (ry % tile_h != 0) & (above >= 0)
+        above = np.where(above_ok, above, 0)
+        cont = (above_ok & (starts_kept[above] == starts_kept - width) & (run_len[above] == run_len)
+                & (rval[above] == rval))
+        head = np.where(cont, above, np.arange(nruns))
+        while True:
+            jumped = head[head]
+            if np.array_equal(jumped, head):
+                break
+            head = jumped
+        heights = np.bincount(head, minlength=nruns)
+        heads = np.flatnonzero(~cont & (rval != background[rtile]))
+        by_tile = np.argsort(rtile[heads], kind="stable")
+        heads = heads[by_tile]
+        stile, sx, sy, sw, sh, sval = (rtile[heads], rx[heads], ry[heads], run_len[heads], heights[heads],
+                                       rval[heads])
     else:
         stile = sx = sy = sw = sh = np.zeros(0, dtype=np.int64)
         sval = np.zeros(0, dtype=np.uint32)
