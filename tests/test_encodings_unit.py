@@ -186,3 +186,15 @@ def test_tight_strips_are_at_most_2048_wide() -> None:
     xs = sorted({(r.x, r.w) for r, _, _ in out})
     assert xs[0][0] == 0 and all(a + w == b for (a, w), (b, _) in itertools.pairwise(xs))
     assert xs[-1][0] + xs[-1][1] == 4100
+
+
+@pytest.mark.parametrize("encoding", [Encoding.RRE, Encoding.ZRLE, Encoding.TIGHT], ids=lambda e: e.name)
+def test_x_byte_does_not_change_the_encoding(encoding: int) -> None:
+    # sources need not zero the X byte of XRGB8888; encoders that analyse colours must ignore it
+    frame = samples.text_like(40, 70)
+    noisy = frame.copy()
+    noisy[..., 3] = np.random.default_rng(1).integers(0, 256, size=noisy.shape[:2], dtype=np.uint8)
+    a = make_encoder(encoding, EncoderSettings())
+    b = make_encoder(encoding, EncoderSettings())
+    assert a is not None and b is not None
+    assert a.encode(frame, Rect(0, 0, 70, 40), NATIVE) == b.encode(noisy, Rect(0, 0, 70, 40), NATIVE)
