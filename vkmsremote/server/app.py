@@ -1,12 +1,7 @@
-"""The VNC server as a library (:class:`VncServer`, :func:`serve`) and as the ``vkmsremote serve`` command.
+"""Serve a frame source over VNC (RFB): the ``vkmsremote serve`` command and the server's library API.
 
-Library use, e.g. from ``vkmsremote up`` with the CRTC reader and a uinput sink::
-
-    server = VncServer(source, sink, host="127.0.0.1", port=5900, policy=security_policy(password="..."))
-    await server.start()          # listening; server.port is the bound port
-    await server.serve_forever()  # until cancelled; then: await server.close()
-
-or simply ``await serve(source, sink, host=..., port=..., password=...)``.
+Without options it serves an animated test picture on 127.0.0.1:5900 without authentication; give a
+password (and get VeNCrypt/TLS with a self-signed certificate by default) before listening elsewhere.
 """
 
 from __future__ import annotations
@@ -32,6 +27,7 @@ from vkmsremote.server.input import InputSink, NullSink
 from vkmsremote.server.session import Session, SessionContext, SessionRecord
 from vkmsremote.server.source import FrameSource
 from vkmsremote.server.tls import ensure_certificate, server_context
+from vkmsremote.web import DEFAULT_WEB_PORT, WebServer
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +99,30 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
 
 
+SinkFactory = Callable[[int, int], InputSink]
+"""Makes the InputSink of one session, given the framebuffer width and height at connection time."""
+
+
 class VncServer:
-    """Serves one FrameSource to any number of VNC clients; input goes to ``sink``."""
+    """Serves one FrameSource to any number of VNC clients.
+
+    ``sink`` receives every client's input: either one InputSink shared by all sessions, or a
+    :data:`SinkFactory` called once per session (e.g. a ``UinputSink`` per client over shared uinput
+    devices); a per-session sink with a ``close()`` method is closed when its client leaves, one with
+    ``set_screen(w, h)`` is told about desktop size changes. Library use::
+
+        server = VncServer(source, sink, host="127.0.0.1", port=5900, policy=security_policy(password="..."))
+        await server.start()          # listening; server.port is the bound port
+        await server.serve_forever()  # until cancelled; then: await server.close()
+
+    ``handle_client(reader, writer)`` serves one already-accepted connection (the web listener uses it
+    for RFB over WebSocket).
+    """
 
     def __init__(
         self,
         source: FrameSource,
-        sink: InputSink | None = None,
+        sink: InputSink | SinkFactory | None = None,
         *,
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
@@ -132,10 +145,13 @@ class VncServer:
         self.requested_port = port
         self.max_connections = max_connections
         self.hub = Hub(source)
+        if sink is None:
+            sink = NullSink()
         self.ctx = SessionContext(
             hub=self.hub,
             policy=policy,
-            sink=sink if sink is not None else NullSink(),
+            sink=sink if isinstance(sink, InputSink) else None,
+            sink_factory=None if isinstance(sink, InputSink) else sink,
             view_only=view_only,
             always_shared=always_shared,
             blacklist=blacklist or Blacklist(),
@@ -159,7 +175,7 @@ class VncServer:
 
     async def start(self) -> None:
         try:
-            self._server = await asyncio.start_server(self._on_client, self.host, self.requested_port,
+            self._server = await asyncio.start_server(self.handle_client, self.host, self.requested_port,
                                                       reuse_address=True, limit=1 << 16)
         except OSError as e:
             raise UsageError(f"cannot listen on {self.host}:{self.requested_port}: {e.strerror or e}",
@@ -201,7 +217,8 @@ class VncServer:
         for s in list(self.ctx.sessions):
             s.send_cut_text(text)
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection until it ends (the callback of asyncio.start_server)."""
         if len(self.ctx.sessions) >= self.max_connections:
             log.warning("refusing %s: %d connections already", writer.get_extra_info("peername"),
                         self.max_connections)
@@ -223,7 +240,7 @@ class VncServer:
 
 async def serve(
     source: FrameSource,
-    sink: InputSink | None = None,
+    sink: InputSink | SinkFactory | None = None,
     *,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
@@ -235,27 +252,48 @@ async def serve(
     view_only: bool = False,
     always_shared: bool = False,
     insecure_listen: bool = False,
+    web_port: int | None = None,
     ready: Callable[[VncServer], None] | None = None,
 ) -> None:
-    """Serve ``source`` until cancelled (the ``vkmsremote up`` entry point)."""
+    """Serve ``source`` until cancelled (the ``vkmsremote up`` entry point).
+
+    ``web_port``: also serve noVNC and RFB over WebSocket on that port (0: any free one), https when a
+    TLS certificate was given. ``ready`` is called once the listeners are up.
+    """
     policy = security_policy(password=password, username=username, types=security, tls_cert=tls_cert,
                              tls_key=tls_key)
     server = VncServer(source, sink, host=host, port=port, policy=policy, view_only=view_only,
                        always_shared=always_shared, insecure_listen=insecure_listen)
     await server.start()
-    if ready is not None:
-        ready(server)
+    web = None
     try:
+        if web_port is not None:
+            web = await start_web(server, web_port, tls_cert=tls_cert, tls_key=tls_key)
+        if ready is not None:
+            ready(server)
         await server.serve_forever()
     finally:
+        if web is not None:
+            await web.close()
         await server.close()
+
+
+async def start_web(server: VncServer, port: int, *, tls_cert: Path | None = None,
+                    tls_key: Path | None = None) -> WebServer:
+    """The noVNC page and RFB-over-WebSocket listener next to ``server`` (same host, same sessions)."""
+    from vkmsremote.web import start_web_server
+
+    web_ssl = server_context(*ensure_certificate(tls_cert, tls_key)) if tls_cert is not None else None
+    web = await start_web_server(server.handle_client, server.host, port, ssl=web_ssl)
+    log.info("noVNC at %s", web.url)
+    return web
 
 
 # --- the `vkmsremote serve` command -----------------------------------------------------------------------
 
 SourceFactory = Callable[[argparse.Namespace], FrameSource]
 SOURCES: dict[str, SourceFactory] = {}
-"""--source name -> factory. 'pattern' is built in; other modules may register more at import time."""
+"""--source name -> factory. Other modules may register more at import time."""
 
 
 def _pattern_source(args: argparse.Namespace) -> FrameSource:
@@ -265,7 +303,17 @@ def _pattern_source(args: argparse.Namespace) -> FrameSource:
     return PatternSource(width, height, fps=args.fps, full_motion=args.full_motion)
 
 
+def _crtc_source(args: argparse.Namespace) -> FrameSource:
+    from vkmsremote.capture.crtc import CrtcReader
+
+    connector: int | str | None = args.connector
+    if isinstance(connector, str) and connector.isdigit():
+        connector = int(connector)
+    return CrtcReader.open(args.card, crtc_id=args.crtc, connector=connector)
+
+
 SOURCES["pattern"] = _pattern_source
+SOURCES["crtc"] = _crtc_source
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -278,28 +326,38 @@ def _size(text: str) -> tuple[int, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``vkmsremote serve``."""
-    parser.add_argument("--source", default="pattern", choices=sorted(SOURCES),
-                        help="what to serve (default: pattern, an animated test picture)")
-    parser.add_argument("--size", type=_size, default=(1920, 1080), metavar="WxH",
-                        help="pattern source size (default 1920x1080)")
-    parser.add_argument("--fps", type=float, default=30.0, help="pattern source frame rate (default 30)")
-    parser.add_argument("--full-motion", action="store_true", help="pattern source: change every pixel every frame")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
-    parser.add_argument("--password", help="password for VNC authentication (prefer --password-file or "
-                        "$VKMSREMOTE_PASSWORD: a command line is visible to other users)")
-    parser.add_argument("--password-file", type=Path, help="file whose first line is the password")
-    parser.add_argument("--username", help="username for VeNCrypt X509Plain")
-    parser.add_argument("--security", help="comma-separated security types in order of preference: "
-                        + ", ".join(SECURITY_NAMES) + " (default: X509Vnc,VncAuth with a password, else None)")
-    parser.add_argument("--tls-cert", type=Path, help="PEM certificate for VeNCrypt (default: a self-signed one, "
-                        "made on first use under ~/.config/vkmsremote/tls)")
-    parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
-    parser.add_argument("--view-only", action="store_true", help="ignore keyboard, pointer and clipboard input")
-    parser.add_argument("--always-shared", action="store_true",
-                        help="never disconnect other clients when one asks for exclusive access")
-    parser.add_argument("--insecure-listen", action="store_true",
-                        help="allow a non-loopback --host without authentication")
+    src = parser.add_argument_group("what to serve")
+    src.add_argument("--source", default="pattern", choices=sorted(SOURCES),
+                     help="pattern: an animated test picture (default); crtc: what a DRM CRTC scans out")
+    src.add_argument("--size", type=_size, default=(1920, 1080), metavar="WxH",
+                     help="pattern: picture size (default 1920x1080)")
+    src.add_argument("--fps", type=float, default=30.0, help="pattern: frames per second (default 30)")
+    src.add_argument("--full-motion", action="store_true", help="pattern: change every pixel every frame")
+    src.add_argument("--card", default="/dev/dri/card0", help="crtc: DRM card (default /dev/dri/card0)")
+    src.add_argument("--connector", help="crtc: connector name (e.g. Virtual-1) or id whose CRTC to serve")
+    src.add_argument("--crtc", type=int, help="crtc: CRTC id (default: the connector's, or the only one)")
+    src.add_argument("--input", choices=("none", "uinput"),
+                     help="where keyboard and pointer go (default: uinput for crtc, none for pattern)")
+    net = parser.add_argument_group("network and security")
+    net.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    net.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    net.add_argument("--web", type=int, nargs="?", const=DEFAULT_WEB_PORT, metavar="PORT",
+                     help=f"also serve noVNC in a browser on PORT (default {DEFAULT_WEB_PORT})")
+    net.add_argument("--password", help="password (prefer --password-file or $VKMSREMOTE_PASSWORD: a command "
+                     "line is visible to other users); VNC authentication uses its first 8 bytes")
+    net.add_argument("--password-file", type=Path, help="file whose first line is the password")
+    net.add_argument("--username", help="username for VeNCrypt X509Plain (which uses the whole password)")
+    net.add_argument("--security", help="comma-separated security types in order of preference: "
+                     + ", ".join(SECURITY_NAMES) + " (default: x509vnc,vncauth with a password, else none)")
+    net.add_argument("--tls-cert", type=Path, help="PEM certificate for VeNCrypt and the web page (default: a "
+                     "self-signed one, made on first use under ~/.config/vkmsremote/tls)")
+    net.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    net.add_argument("--insecure-listen", action="store_true",
+                     help="allow a non-loopback --host without authentication")
+    beh = parser.add_argument_group("behaviour")
+    beh.add_argument("--view-only", action="store_true", help="ignore keyboard, pointer and clipboard input")
+    beh.add_argument("--always-shared", action="store_true",
+                     help="never disconnect other clients when one asks for exclusive access")
 
 
 def _password(args: argparse.Namespace) -> str | None:
@@ -316,6 +374,18 @@ def _password(args: argparse.Namespace) -> str | None:
     return os.environ.get("VKMSREMOTE_PASSWORD") or None
 
 
+def _uinput_sinks() -> tuple[SinkFactory, Callable[[], None]]:
+    """A SinkFactory giving each client its own UinputSink over one shared pair of uinput devices."""
+    from vkmsremote.input import UinputDevices, UinputSink
+
+    devices = UinputDevices.open("vkmsremote")
+
+    def factory(width: int, height: int) -> InputSink:
+        return UinputSink(devices, width, height)
+
+    return factory, devices.close
+
+
 def run(args: argparse.Namespace) -> int:
     """``vkmsremote serve``: serve until interrupted. Errors are raised as VkmsRemoteError subclasses."""
     password = _password(args)
@@ -325,7 +395,12 @@ def run(args: argparse.Namespace) -> int:
     policy = security_policy(password=password, username=args.username, types=types,
                              tls_cert=args.tls_cert, tls_key=args.tls_key)
     source = SOURCES[args.source](args)
-    server = VncServer(source, NullSink(), host=args.host, port=args.port, policy=policy,
+    input_kind = args.input or ("uinput" if args.source == "crtc" else "none")
+    sink: InputSink | SinkFactory = NullSink()
+    close_input: Callable[[], None] = lambda: None  # noqa: E731
+    if input_kind == "uinput" and not args.view_only:
+        sink, close_input = _uinput_sinks()
+    server = VncServer(source, sink, host=args.host, port=args.port, policy=policy,
                        view_only=args.view_only, always_shared=args.always_shared,
                        insecure_listen=args.insecure_listen)
 
@@ -336,14 +411,23 @@ def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
         await server.start()
-        print(f"vkmsremote: serving {source.desktop_name} on {args.host}:{server.port}", flush=True)
+        web = None
         try:
+            print(f"vkmsremote: serving {source.desktop_name} on {args.host} port {server.port}", flush=True)
+            if args.web is not None:
+                web = await start_web(server, args.web, tls_cert=args.tls_cert, tls_key=args.tls_key)
+                print(f"vkmsremote: open {web.url} in a browser", flush=True)
             await server.serve_forever()
         except asyncio.CancelledError:
             pass
         finally:
+            if web is not None:
+                await web.close()
             await server.close()
             await source.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        close_input()
     return 0

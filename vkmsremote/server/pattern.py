@@ -1,7 +1,7 @@
 """PatternSource: an animated synthetic FrameSource, so ``vkmsremote serve --source pattern`` runs anywhere.
 
 The picture is a colour gradient with a bouncing square and a frame counter; damage covers exactly what
-moved. With ``full_motion`` the gradient also scrolls, so every pixel changes in every frame (the worst
+moved. With ``full_motion`` the gradient also scrolls and every pixel changes in every frame (the worst
 case for a VNC server, used by scripts/bench_server.py). It offers an arrow cursor and can be resized by
 clients (SetDesktopSize) unless made with ``resizable=False``.
 """
@@ -73,6 +73,7 @@ class PatternSource:
     async def next_frame(self) -> Frame:
         if self._serial == 0:
             self._serial = 1
+            self._draw(1)
             self._next_deadline = time.monotonic() + 1 / self.fps
             return Frame(self._buf, self._serial, None)
         while not self.animate and self._pending_size is None:
@@ -140,6 +141,11 @@ class PatternSource:
         self._box = box
         self._draw_counter(n)
         if self.full_motion:
+            # Guarantee that every pixel differs from the previous frame, even where the picture is flat:
+            # the lowest blue bit carries the frame parity.
+            blue = buf[:, :, 0]
+            np.bitwise_and(blue, 0xFE, out=blue)
+            np.bitwise_or(blue, n & 1, out=blue)
             return (Rect(0, 0, self.width, self.height),)
         return (old_box, box, self._counter)
 

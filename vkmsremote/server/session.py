@@ -80,7 +80,7 @@ from vkmsremote.rfb.protocol import (
 from vkmsremote.rfb.region import DamageGrid
 from vkmsremote.server.blacklist import Blacklist
 from vkmsremote.server.hub import Hub, Snapshot
-from vkmsremote.server.input import InputSink
+from vkmsremote.server.input import InputSink, NullSink
 from vkmsremote.server.source import Cursor, Pixels, Rect
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,10 @@ class SessionContext:
 
     hub: Hub
     policy: SecurityPolicy
-    sink: InputSink
+    sink: InputSink | None = None
+    """One sink shared by every session, or None to use ``sink_factory``."""
+    sink_factory: Callable[[int, int], InputSink] | None = None
+    """Makes a session's own sink from the framebuffer size (closed with the session if it has close())."""
     view_only: bool = False
     always_shared: bool = False
     blacklist: Blacklist = field(default_factory=Blacklist)
@@ -210,7 +213,9 @@ class Session:
         self._release_after_next = False
         self._closing = False
 
-        # input held down by this client, released when it leaves
+        # input: this client's sink, and what the client holds down (released when it leaves)
+        self.sink: InputSink = NullSink()
+        self._own_sink = False
         self._keys_down: set[int] = set()
         self._scancodes_down: dict[int, int] = {}
         self._buttons = 0
@@ -243,6 +248,11 @@ class Session:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await updater
             self._release_input()
+            if self._own_sink:
+                closer = getattr(self.sink, "close", None)
+                if closer is not None:
+                    with contextlib.suppress(Exception):
+                        closer()
             if self._attached:
                 self.ctx.hub.detach(self)
             await self._close_transport()
@@ -341,6 +351,11 @@ class Session:
                     other.abort("another client asked for exclusive access")
         snap = await self.ctx.hub.attach(self)
         self._attached = True
+        if self.ctx.sink is not None:
+            self.sink = self.ctx.sink
+        elif self.ctx.sink_factory is not None:
+            self.sink = self.ctx.sink_factory(snap.width, snap.height)
+            self._own_sink = True
         self._fb_size = (snap.width, snap.height)
         self._damage = DamageGrid(snap.width, snap.height)
         self._damage.add_all()
@@ -415,7 +430,7 @@ class Session:
             self._on_set_desktop_size(ev)
         elif isinstance(ev, ClientCutText):
             if not self.ctx.view_only:
-                self.ctx.sink.clipboard(ev.text.decode("latin-1"))
+                self.sink.clipboard(ev.text.decode("latin-1"))
         elif isinstance(ev, ClientCutTextDiscarded):
             log.warning("%s: ignored a ClientCutText of %d bytes (limit %d)", self.record.peer, ev.length,
                         self.ctx.max_cut_text)
@@ -445,7 +460,7 @@ class Session:
         x, y = min(ev.x, max(w - 1, 0)), min(ev.y, max(h - 1, 0))
         self._pointer, self._buttons = (x, y), ev.button_mask
         if not self.ctx.view_only:
-            self.ctx.sink.pointer(x, y, ev.button_mask)
+            self.sink.pointer(x, y, ev.button_mask)
 
     def _on_key(self, ev: KeyEvent) -> None:
         if self.ctx.view_only:
@@ -454,7 +469,7 @@ class Session:
             self._keys_down.add(ev.key)
         else:
             self._keys_down.discard(ev.key)
-        self.ctx.sink.key(ev.key, ev.down)
+        self.sink.key(ev.key, ev.down)
 
     def _on_qemu_key(self, ev: QemuExtendedKeyEvent) -> None:
         if self.ctx.view_only:
@@ -463,13 +478,13 @@ class Session:
             self._scancodes_down[ev.keycode] = ev.keysym
         else:
             self._scancodes_down.pop(ev.keycode, None)
-        self.ctx.sink.key_scancode(ev.keysym, ev.keycode, ev.down)
+        self.sink.key_scancode(ev.keysym, ev.keycode, ev.down)
 
     def _release_input(self) -> None:
         """Release whatever this client still holds down (it left without key-up events)."""
         if self.ctx.view_only:
             return
-        sink = self.ctx.sink
+        sink = self.sink
         try:
             for keysym in sorted(self._keys_down):
                 sink.key(keysym, False)
@@ -621,6 +636,9 @@ class Session:
             self._fb_size = (w, h)
             self._damage = DamageGrid(w, h)
             self._damage.add_all()
+            set_screen = getattr(self.sink, "set_screen", None)
+            if self._own_sink and set_screen is not None:
+                set_screen(w, h)  # the pointer maps framebuffer pixels onto the new size
             if self._cu_area is not None:
                 self._cu_area = self._cu_area.clip(w, h) or Rect(0, 0, w, h)
             self._req_area = Rect(0, 0, w, h) if self._requested else None
