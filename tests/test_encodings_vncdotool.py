@@ -195,3 +195,13 @@ def test_zrle_stream_continues_across_rectangles() -> None:
     # the second rectangle continues the first one's deflate stream: a fresh inflater cannot read it
     with pytest.raises(zlib.error):
         zlib.decompressobj().decompress(payloads[1][4:])
+
+
+@pytest.mark.parametrize(("encoding", "height"), [(Encoding.HEXTILE, 300), (Encoding.ZRLE, 600)],
+                         ids=["HEXTILE", "ZRLE"])
+def test_tall_rectangles_cross_the_encoders_chunks(encoding: Encoding, height: int) -> None:
+    # Hextile analyses 256 rows and ZRLE 512 rows at a time; the tile stream must not notice
+    frame = samples.text_like(height, 45)
+    frame[250:262, 5:40] = (0, 0, 255, 0)  # a solid block across Hextile's chunk boundary
+    out = roundtrip(encoding, frame, Rect(0, 0, 45, height), NATIVE)
+    assert [e for _, e, _ in out] == [encoding]

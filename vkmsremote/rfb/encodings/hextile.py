@@ -26,6 +26,7 @@ ANY_SUBRECTS = 8
 SUBRECTS_COLOURED = 16
 MAX_SUBRECTS = 255
 MAX_RUNS = TILE * TILE // 2
+CHUNK_ROWS = 16 * TILE
 
 
 class HextileEncoder:
@@ -33,7 +34,17 @@ class HextileEncoder:
         self.settings = settings
 
     def encode(self, frame: Pixels, rect: Rect, pf: PixelFormat) -> list[EncodedRect]:
-        region = frame[rect.y:rect.y + rect.h, rect.x:rect.x + rect.w]
+        out: list[bytes] = []
+        state: list[int | None] = [None, None]  # carried-over background and foreground, if valid
+        # CHUNK_ROWS rows of tiles at a time bound the analysis arrays for very large rectangles.
+        for y0 in range(rect.y, rect.y + rect.h, CHUNK_ROWS):
+            chunk = Rect(rect.x, y0, rect.w, min(CHUNK_ROWS, rect.y + rect.h - y0))
+            self._encode_tiles(frame[chunk.y:chunk.y + chunk.h, chunk.x:chunk.x + chunk.w], pf, state, out)
+        return [(rect, Encoding.HEXTILE, b"".join(out))]
+
+    @staticmethod
+    def _encode_tiles(region: Pixels, pf: PixelFormat, state: list[int | None], out: list[bytes]) -> None:
+        height, width = region.shape[:2]
         bpp = pf.bytes_per_pixel
         values = pixel_values(region, pf)
         # A tile with more than half of its pixels starting runs is photo-like: raw, not analysed.
@@ -54,14 +65,12 @@ class HextileEncoder:
         analysed = sub.analysed.tolist()
         mono = sub.mono.tolist()
 
-        out: list[bytes] = []
-        prev_bg: int | None = None  # valid carried-over background, if any
-        prev_fg: int | None = None
+        prev_bg, prev_fg = state
         t = 0
-        for y0 in range(0, rect.h, TILE):
-            th = min(TILE, rect.h - y0)
-            for x0 in range(0, rect.w, TILE):
-                tw = min(TILE, rect.w - x0)
+        for y0 in range(0, height, TILE):
+            th = min(TILE, height - y0)
+            for x0 in range(0, width, TILE):
+                tw = min(TILE, width - x0)
                 n = first[t + 1] - first[t]
                 raw_size = tw * th * bpp
                 encoded: bytes | None = None
@@ -97,4 +106,4 @@ class HextileEncoder:
                     prev_bg = prev_fg = None
                 out.append(encoded)
                 t += 1
-        return [(rect, Encoding.HEXTILE, b"".join(out))]
+        state[:] = [prev_bg, prev_fg]

@@ -33,7 +33,13 @@ class RREEncoder:
         # Each subrectangle costs bpp + 8 bytes: more than raw_size / (bpp + 8) runs rarely pay off
         # (only if merged vertically), and photo-like content (a run per pixel) is cut off cheaply.
         max_runs = max(1, raw_size // (bpp + 8))
-        values = pixel_values(frame[rect.y:rect.y + rect.h, rect.x:rect.x + rect.w], pf)
+        region = frame[rect.y:rect.y + rect.h, rect.x:rect.x + rect.w]
+        # Estimate the runs from every 8th row first, so a big photo-like rectangle goes Raw cheaply.
+        sample = pixel_values(region[::8], pf)
+        sampled_runs = sample.shape[0] + np.count_nonzero(sample[:, 1:] != sample[:, :-1])
+        if sampled_runs * rect.h > 2 * max_runs * sample.shape[0]:
+            return [raw_rect(frame, rect, pf)]
+        values = pixel_values(region, pf)
         sub = decompose(values, rect.w, rect.h, max_runs)
         n = sub.x.size
         if not sub.analysed[0] or 4 + bpp + n * (bpp + 8) >= raw_size:

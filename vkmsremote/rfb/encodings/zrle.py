@@ -36,6 +36,7 @@ TILE = 64
 RAW, SOLID, PLAIN_RLE = 0, 1, 128
 MAX_PACKED_PALETTE = 16
 MAX_RLE_PALETTE = 127
+CHUNK_ROWS = 8 * TILE
 _U32 = struct.Struct(">I")
 Bytes = npt.NDArray[np.uint8]
 Ints = npt.NDArray[np.int64]
@@ -219,6 +220,11 @@ class ZRLEEncoder:
         self._stream = ZlibStream()
 
     def encode(self, frame: Pixels, rect: Rect, pf: PixelFormat) -> list[EncodedRect]:
-        values = pixel_values(frame[rect.y:rect.y + rect.h, rect.x:rect.x + rect.w], pf)
-        data = self._stream.compress(encode_tiles(values, pf), zlib_level(self.settings))
+        # Tiles go row of tiles by row of tiles, so CHUNK_ROWS rows at a time give the same stream
+        # while bounding the analysis arrays (and the cached tilings) for very large rectangles.
+        chunks = []
+        for y in range(rect.y, rect.y + rect.h, CHUNK_ROWS):
+            h = min(CHUNK_ROWS, rect.y + rect.h - y)
+            chunks.append(encode_tiles(pixel_values(frame[y:y + h, rect.x:rect.x + rect.w], pf), pf))
+        data = self._stream.compress(b"".join(chunks), zlib_level(self.settings))
         return [(rect, Encoding.ZRLE, _U32.pack(len(data)) + data)]
