@@ -188,3 +188,23 @@ def test_keyboard_and_mouse_through_the_viewer(display: dict[str, str]) -> None:
     # TigerVNC announced QEMU extended key events, the server confirmed them, so keys come with scancodes
     assert keys == [("scancode", ord("o"), 0x18, True), ("scancode", ord("o"), 0x18, False),
                     ("scancode", ord("k"), 0x25, True), ("scancode", ord("k"), 0x25, False)]
+
+
+def test_viewer_resizes_the_desktop(display: dict[str, str]) -> None:
+    from vkmsremote.server.pattern import PatternSource
+
+    src = PatternSource(320, 200, animate=False)  # resizable, and still between resizes
+    with ServerThread(src) as srv, viewer(display, srv.port, "-SecurityTypes", "None",
+                                          "-DesktopSize", "400x300") as proc:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            snap = srv.server.hub.snapshot if srv.server else None
+            if snap is not None and (snap.width, snap.height) == (400, 300):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the viewer's SetDesktopSize did not resize the source")
+        wait_for(display, snap.pixels, proc)
+        [rec] = srv.records()
+    # the layout rectangle on the first request, then the answer to SetDesktopSize
+    assert rec.rect_encodings[Encoding.EXTENDED_DESKTOP_SIZE] >= 2

@@ -6,8 +6,10 @@ sessions encode in worker threads at their own pace); the snapshot and the frame
 to every session, which merges the damage into its own tile grid. Nothing is queued per session: a slow
 client simply finds more damage and a newer snapshot when it is ready again.
 
-When no session is attached the hub stops asking the source for frames (the source can sleep); the next
-``attach`` wakes it. Resize requests from clients (SetDesktopSize) go through :meth:`Hub.request_resize`
+The hub asks the source for a frame only when some session wants one (``want_frame``: it has a request
+outstanding, or continuous updates on, and has sent everything it had), so frames nobody would see are
+neither fetched nor copied, and an idle server lets its source sleep. Nothing is lost by not fetching: a
+source reports the damage since the frame it returned last. Resize requests from clients (SetDesktopSize) go through :meth:`Hub.request_resize`
 to a source that implements :class:`~vkmsremote.server.source.ResizableSource`.
 """
 
@@ -68,6 +70,8 @@ class Hub:
         self.frames = 0
         self._clients: list[HubClient] = []
         self._watched = asyncio.Event()
+        self._demand = asyncio.Event()
+        self._demand.set()  # the first frame is always fetched
         self._first = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._resize_by: object | None = None
@@ -97,8 +101,11 @@ class Hub:
                 if not self._clients:
                     self._watched.clear()
                     await self._watched.wait()
+                await self._demand.wait()
+                self._demand.clear()
                 frame = await self.source.next_frame()
                 self._publish(frame)
+                await asyncio.sleep(0)  # a source that never suspends must not starve the sessions
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # the source died: sessions must learn it rather than wait forever
@@ -157,6 +164,10 @@ class Hub:
         assert self.snapshot is not None
         return self.snapshot
 
+    def want_frame(self) -> None:
+        """A session is ready for a newer frame than the current snapshot."""
+        self._demand.set()
+
     def detach(self, client: HubClient) -> None:
         if client in self._clients:
             self._clients.remove(client)
@@ -188,4 +199,5 @@ class Hub:
         if status == ExtendedDesktopSizeStatus.OK:
             self._resize_by = client
             self.screens = screens
+            self._demand.set()  # the frame of the new size answers the request
         return status

@@ -79,8 +79,7 @@ class PatternSource:
         while not self.animate and self._pending_size is None:
             await asyncio.sleep(1 / self.fps)
         delay = self._next_deadline - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await asyncio.sleep(max(delay, 0))  # always suspend, even when behind schedule
         now = time.monotonic()
         self._next_deadline = max(self._next_deadline + 1 / self.fps, now)
         self._serial += 1

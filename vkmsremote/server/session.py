@@ -708,7 +708,10 @@ class Session:
         pf = self._encode_pf
         pseudo = self._pseudo_rects(pf)
         if not rects and not pseudo:
+            self.ctx.hub.want_frame()  # everything sent: the next frame is welcome
             return False
+        # Fetch the next frame while this one is encoded and sent (the source and the encoder overlap).
+        self.ctx.hub.want_frame()
         if self._colour_map_pending:
             self._colour_map_pending = False
             self._send(bgr233_colour_map())
