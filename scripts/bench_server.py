@@ -32,12 +32,9 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vkmsremote.rfb.constants import Encoding  # noqa: E402
+from vkmsremote.rfb.constants import Encoding
 
 ENCODINGS = {
     "raw": [Encoding.RAW],
