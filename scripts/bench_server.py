@@ -36,7 +36,7 @@ from typing import Any
 
 from vkmsremote.rfb.constants import Encoding
 
-ENCODINGS = {
+ENCODINGS: dict[str, list[int]] = {
     "raw": [Encoding.RAW],
     "rre": [Encoding.RRE],
     "hextile": [Encoding.HEXTILE],
