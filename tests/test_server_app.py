@@ -105,3 +105,35 @@ def test_pattern_source_moves_and_reports_damage() -> None:
         assert f2.pixels.shape == (300, 400, 4) and f2.damage is None
         assert PatternSource(64, 32, resizable=False).request_resize(100, 100) == 1
     asyncio.run(main())
+
+
+def test_source_failure_ends_sessions_and_serve_forever() -> None:
+    from clients.support import RawClient
+
+    from vkmsremote.errors import DrmError
+    from vkmsremote.rfb.messages import FramebufferUpdateRequest
+    from vkmsremote.server.app import VncServer
+
+    class DyingSource(PatternSource):
+        async def next_frame(self):  # type: ignore[no-untyped-def]
+            frame = await super().next_frame()
+            if frame.serial > 2:
+                raise DrmError("GETFB2", 19)  # ENODEV: the card went away
+            return frame
+
+    async def main() -> None:
+        server = VncServer(DyingSource(64, 32, fps=50), port=0)
+        await server.start()
+        forever = asyncio.ensure_future(server.serve_forever())
+        c = RawClient()
+        await c.connect(server.port)
+        c.send(FramebufferUpdateRequest(False, 0, 0, 64, 32))
+        with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+            for _ in range(10):  # keep asking, so that the hub keeps fetching frames
+                await c.read_message(5)
+                c.send(FramebufferUpdateRequest(True, 0, 0, 64, 32))
+        with pytest.raises(DrmError, match="GETFB2"):
+            await asyncio.wait_for(forever, 10)
+        assert "frame source failed" in server.records[0].outcome
+        await server.close()
+    asyncio.run(main())

@@ -185,10 +185,21 @@ class VncServer:
                  ", ".join(t.name for t in self.ctx.policy.types))
 
     async def serve_forever(self) -> None:
+        """Serve until cancelled; raises the frame source's exception if the source fails."""
         if self._server is None:
             await self.start()
         assert self._server is not None
-        await self._server.serve_forever()
+        serving = asyncio.ensure_future(self._server.serve_forever())
+        try:
+            await asyncio.wait([serving, self.hub.done], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not serving.done():
+                serving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
+        if self.hub.failed is not None:
+            raise self.hub.failed
+        serving.result()
 
     async def close(self) -> None:
         if self._server is not None:

@@ -86,9 +86,16 @@ class Hub:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(BaseException):  # a failure was already reported (``failed``)
                 await self._task
             self._task = None
+
+    @property
+    def done(self) -> asyncio.Future[None]:
+        """Completes when the frame loop stops (only by failure or close)."""
+        if self._task is None:
+            raise RuntimeError("the hub has not been started")
+        return self._task
 
     @property
     def failed(self) -> BaseException | None:

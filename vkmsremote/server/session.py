@@ -240,6 +240,9 @@ class Session:
             self._end("handshake timeout")
         except (ConnectionError, OSError) as e:
             self._end(f"connection lost: {e}")
+        except Exception as e:  # e.g. the per-session input sink could not be made: end this session only
+            log.exception("%s: session failed", self.record.peer)
+            self._end(f"internal error: {e}")
         finally:
             self._closing = True
             self.ctx.sessions.discard(self)
