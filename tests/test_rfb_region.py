@@ -42,17 +42,17 @@ def test_merging_horizontal_then_vertical() -> None:
     assert sorted(rects, key=lambda r: (r.y, r.x)) == [Rect(48, 0, 16, 16), Rect(0, 16, 48, 32)]
 
 
-def test_take_only_inside_area_keeps_the_rest() -> None:
+def test_take_widens_the_area_to_whole_tiles() -> None:
     g = DamageGrid(64, 64, tile=16)
     g.add_all()
-    assert g.take(Rect(8, 8, 16, 16)) == [Rect(8, 8, 16, 16)]  # clipped to the requested area
-    # tiles only partly inside the area stay marked
-    assert g.tile_count() == 16
-    assert g.take(Rect(0, 0, 32, 32)) == [Rect(0, 0, 32, 32)]
+    # an unaligned area: the tiles it touches are sent whole and forgotten, the others kept
+    assert g.take(Rect(8, 8, 16, 16)) == [Rect(0, 0, 32, 32)]
     assert g.tile_count() == 12
+    assert g.take(Rect(8, 8, 16, 16)) == []  # asked again: nothing left there, nothing resent
     rest = g.take(Rect(0, 0, 64, 64))
     assert covered(rest, 64, 64).sum() == 64 * 64 - 32 * 32
     assert covered(rest, 64, 64).max() == 1
+    assert g.take(Rect(100, 100, 5, 5)) == []  # outside the screen
 
 
 def test_rect_count_is_bounded() -> None:

@@ -4,7 +4,7 @@ A slow client must not make the server remember every change it missed: whatever
 :class:`DamageGrid` holds one bit per TILE x TILE pixel tile, so memory and the number of rectangles an
 update can carry stay bounded. Adding damage rounds it out to whole tiles (and clips it to the screen);
 ``take(area)`` hands back rectangles (merged horizontally, then vertically) covering the marked tiles
-inside ``area`` and forgets them.
+that ``area`` touches and forgets them.
 """
 
 from __future__ import annotations
@@ -53,44 +53,29 @@ class DamageGrid:
         return int(self._grid.sum())
 
     def take(self, area: Rect, *, max_rects: int = 256) -> list[Rect]:
-        """Rectangles covering the damage inside ``area`` (clipped to it); that damage is forgotten.
+        """Rectangles covering the damage in the tiles ``area`` touches; that damage is forgotten.
 
-        Tiles only partly inside ``area`` stay marked (their outside part has not been sent). If the
-        damage would need more than ``max_rects`` rectangles, each tile row is sent as one span, and
-        failing that the bounding box: fewer, larger rectangles rather than an unbounded list.
+        ``area`` is widened to whole tiles: a client receives a little more than it asked for (it keeps
+        the whole framebuffer anyway, RFC 6143 7.5.3), and no half-sent tile stays marked, so an
+        unaligned incremental request is not answered again and again with unchanged pixels. If the damage
+        would need more than ``max_rects`` rectangles, each tile row is sent as one span, and failing that
+        the bounding box: fewer, larger rectangles rather than an unbounded list.
         """
-        clipped = area.clip(self.width, self.height)
-        if clipped is None:
+        bounds = self._tiles(area)
+        if bounds is None:
             return []
-        c0, r0, c1, r1 = self._tiles(clipped) or (0, 0, 0, 0)
+        c0, r0, c1, r1 = bounds
         sub = self._grid[r0:r1, c0:c1]
         if not sub.any():
             return []
-        tile_rects = _runs_to_rects(sub, max_rects)
         t = self.tile
         out: list[Rect] = []
-        for (tc0, tr0, tc1, tr1) in tile_rects:
-            px = Rect((c0 + tc0) * t, (r0 + tr0) * t, (tc1 - tc0) * t, (tr1 - tr0) * t)
-            r = _intersect(px, clipped)
+        for (tc0, tr0, tc1, tr1) in _runs_to_rects(sub, max_rects):
+            r = Rect((c0 + tc0) * t, (r0 + tr0) * t, (tc1 - tc0) * t, (tr1 - tr0) * t).clip(self.width, self.height)
             if r is not None:
                 out.append(r)
-        # Forget the tiles that lie wholly inside the area; keep partly covered ones.
-        fc0 = -(-clipped.x // t)
-        fr0 = -(-clipped.y // t)
-        x1, y1 = clipped.x + clipped.w, clipped.y + clipped.h
-        fc1 = x1 // t if x1 < self.width else self._cols
-        fr1 = y1 // t if y1 < self.height else self._rows
-        if fc1 > fc0 and fr1 > fr0:
-            self._grid[fr0:fr1, fc0:fc1] = False
+        sub[:, :] = False
         return out
-
-
-def _intersect(a: Rect, b: Rect) -> Rect | None:
-    x0, y0 = max(a.x, b.x), max(a.y, b.y)
-    x1, y1 = min(a.x + a.w, b.x + b.w), min(a.y + a.h, b.y + b.h)
-    if x1 <= x0 or y1 <= y0:
-        return None
-    return Rect(x0, y0, x1 - x0, y1 - y0)
 
 
 def _row_runs(row: np.ndarray) -> list[tuple[int, int]]:
