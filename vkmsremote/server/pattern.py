@@ -142,9 +142,10 @@ class PatternSource:
         if self.full_motion:
             # Guarantee that every pixel differs from the previous frame, even where the picture is flat:
             # the lowest blue bit carries the frame parity.
-            blue = buf[:, :, 0]
-            np.bitwise_and(blue, 0xFE, out=blue)
-            np.bitwise_or(blue, n & 1, out=blue)
+            words = buf.view(np.uint32)  # little-endian B, G, R, X: bit 0 is blue's lowest bit
+            np.bitwise_and(words, np.uint32(0xFFFFFFFE), out=words)
+            if n & 1:
+                np.bitwise_or(words, np.uint32(1), out=words)
             return (Rect(0, 0, self.width, self.height),)
         return (old_box, box, self._counter)
 
