@@ -6,7 +6,8 @@ Theory of operation:
   (vkmsremote.drm.events.EventReader). No timers while the CRTC runs.
 - Each vblank: GETCRTC gives the mode and the primary plane's current framebuffer id, so page flips
   are followed (compositors and ``modetest -v`` alternate between buffers). Buffers are mapped once per
-  fb id and reused (capture.fbcache); reads are bracketed with DMA_BUF_IOCTL_SYNC.
+  fb id and reused (capture.fbcache); since the kernel reuses fb ids after RMFB, the id's buffer identity
+  (dma-buf inode, a few cheap ioctls) is checked every frame. Reads are bracketed with DMA_BUF_IOCTL_SYNC.
 - The framebuffer is converted to B, G, R, X if needed and compared with the previous frame
   (capture.damage); a frame is returned only when pixels or the cursor changed.
 - While the CRTC is off the kernel has no vblanks to wait for: the reader returns one "no signal" frame,
@@ -96,13 +97,12 @@ class CrtcReader:
         self._cursor_fbs = FramebufferCache(card, max_entries=2)
         self._tracker: DamageTracker | None = None
         self._scratch: Pixels | None = None
-        self._last_fb_id = 0
+        self.fb_id = 0  # the framebuffer the last frame came from (0: none)
         self._serial = -1
         self._no_signal = False
         self._events: EventReader | None = None
         self._token = 0
         self._cursor: Cursor | None = None
-        self._cursor_fb_id = 0
         self.vblanks = 0  # vblank events waited for (stats, tests)
         self.frames = 0  # frames returned
 
@@ -182,6 +182,9 @@ class CrtcReader:
 
     async def _wait_vblank(self) -> str:
         """Wait for the CRTC's next vblank: _VBLANK, _OFF at once if the CRTC is off, or _TIMEOUT."""
+        if self._events is not None and self._events.loop is not asyncio.get_running_loop():
+            self._events.close()  # called from a new event loop (asyncio.run per call): start afresh
+            self._events = None
         if self._events is None:
             self._events = EventReader(self.card)
         self._token = (self._token + 1) & 0xFFFFFFFF
@@ -207,8 +210,8 @@ class CrtcReader:
         state = read_crtc_state(self.card, self.crtc_id)
         if state is None:
             return self._show_no_signal()
-        entry = self._fbs.get(state.fb_id, validate=state.fb_id != self._last_fb_id)
-        self._last_fb_id = state.fb_id
+        entry = self._fbs.get(state.fb_id)
+        self.fb_id = state.fb_id
         info = entry.mapped.info
         w, h = state.width, state.height
         fresh = self._no_signal or self._tracker is None or (self._tracker.width, self._tracker.height) != (w, h)
@@ -249,7 +252,7 @@ class CrtcReader:
             self._tracker = DamageTracker(w, h, self._tile)
             self._tracker.reset(no_signal_frame(w, h))
             self._no_signal = True
-            self._last_fb_id = 0
+            self.fb_id = 0
             self._fbs.close()
             self._update_cursor()
         return self._tracker.frame, None
@@ -262,11 +265,9 @@ class CrtcReader:
         if self._no_signal or not plane.fb_id or plane.crtc_id != self.crtc_id:
             if old is not None and old.visible:
                 self._cursor = Cursor(old.pixels, old.hot_x, old.hot_y, old.x, old.y, False, old.serial + 1)
-            self._cursor_fb_id = 0
             return
         props = get_properties(self.card, self.cursor_plane_id, ObjectType.PLANE)
-        entry = self._cursor_fbs.get(plane.fb_id, validate=plane.fb_id != self._cursor_fb_id)
-        self._cursor_fb_id = plane.fb_id
+        entry = self._cursor_fbs.get(plane.fb_id)
         sx, sy = (props.value("SRC_X", 0) or 0) >> 16, (props.value("SRC_Y", 0) or 0) >> 16
         sw, sh = (props.value("SRC_W", 0) or 0) >> 16, (props.value("SRC_H", 0) or 0) >> 16
         info = entry.mapped.info

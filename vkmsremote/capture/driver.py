@@ -220,6 +220,10 @@ class PatternDriver:
         self.started = False
         if not self.card.closed:
             req = AtomicRequest(self.card)
+            # Every connector on the CRTC, writeback ones included, must leave it before it goes off.
+            for conn in Resources.fetch(self.card, probe=False).connectors:
+                if conn.crtc_id == self.crtc_id and conn.id != self.connector.id:
+                    req.add(conn, "CRTC_ID", 0)
             req.add(self.connector, "CRTC_ID", 0)
             req.add(self.crtc_id, "ACTIVE", 0).add(self.crtc_id, "MODE_ID", 0)
             req.add_many(self.plane_id, {"FB_ID": 0, "CRTC_ID": 0})

@@ -1,8 +1,9 @@
 """Mapped framebuffers by fb id: each buffer is exported and mapped once and reused across page flips.
 
-Framebuffer ids are reused by the kernel after RMFB, so an id is checked against the dma-buf inode of
-its buffer whenever it becomes current again (``validate=True``); a mismatch or a vanished id drops the
-stale mapping (munmap + close). When a new buffer is mapped, every other cached id is checked the same
+Framebuffer ids are reused by the kernel after RMFB (a client may remove fb 40 and make a new fb 40
+between two of our reads), so each use checks the id against the dma-buf inode of its buffer
+(``validate=True``, GETFB2 + PRIME export + fstat); a mismatch or a vanished id drops the stale mapping
+(munmap + close). When a new buffer is mapped, every other cached id is checked the same
 way, so mappings of removed framebuffers do not pin their memory.
 """
 
@@ -39,7 +40,7 @@ class FramebufferCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, fb_id: int, *, validate: bool) -> CachedFramebuffer:
+    def get(self, fb_id: int, *, validate: bool = True) -> CachedFramebuffer:
         """The mapping of ``fb_id``; with ``validate``, first check the id still names the same buffer."""
         entry = self._entries.get(fb_id)
         if entry is not None:

@@ -149,6 +149,10 @@ class EventReader:
         self._fd = card.fd
         self._loop.add_reader(self._fd, self._on_readable)
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
     def _on_readable(self) -> None:
         try:
             self._queue.extend(read_events(self.card))
@@ -183,5 +187,6 @@ class EventReader:
 
     def close(self) -> None:
         if self._fd >= 0:
-            self._loop.remove_reader(self._fd)
+            if not self._loop.is_closed():
+                self._loop.remove_reader(self._fd)
             self._fd = -1
