@@ -31,7 +31,7 @@ from vkmsremote.errors import DeviceStateError, DrmError, UsageError
 def test_fourcc_packs_first_char_in_low_byte() -> None:
     # drm_fourcc.h: #define DRM_FORMAT_XRGB8888 fourcc_code('X', 'R', '2', '4') = 0x34325258
     assert fourcc("XR24") == 0x34325258
-    assert DrmFormat.XRGB8888 == 0x34325258
+    assert int(DrmFormat.XRGB8888) == 0x34325258
     assert ord("R") | ord("G") << 8 | ord("1") << 16 | ord("6") << 24 == DrmFormat.RGB565
 
 
