@@ -508,9 +508,7 @@ class Session:
         old = set(self._encodings)
         self._encodings = ev.encodings
         self.record.client_encodings = ev.encodings
-        self._settings = EncoderSettings.from_encodings(ev.encodings)
-        for enc in self._encoders.values():
-            enc.settings = self._settings
+        self._settings = EncoderSettings.from_encodings(ev.encodings)  # applied between encodes
         chosen = next((e for e in ev.encodings if e in SUPPORTED), Encoding.RAW)
         encoder = self._encoders.get(chosen)
         if encoder is None:
@@ -720,6 +718,11 @@ class Session:
             self._send(bgr233_colour_map())
         encoded: list[Rectangle] = []
         if rects:
+            # New quality/compression settings reach the encoders here, never during an encode (which
+            # runs in a worker thread while the reader may be handling a SetEncodings).
+            for enc in self._encoders.values():
+                if enc.settings != self._settings:
+                    enc.settings = self._settings
             encoder = self._encoder
             if encoder is None:
                 encoder = make_encoder(Encoding.RAW, self._settings)
