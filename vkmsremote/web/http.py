@@ -31,7 +31,7 @@ MAX_TARGET_BYTES = 2048
 
 _HEAD_END = b"\r\n\r\n"
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_REQUEST_LINE = re.compile(rb"^([A-Z]+) (\S+) HTTP/(1\.[01])$")
+_REQUEST_LINE = re.compile(rb"^([A-Z]+) ([\x21-\x7e]+) HTTP/(1\.[01])$")  # RFC 9112 3.2: target is visible ASCII
 _FIELD_VALUE = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")
 
 

@@ -1,0 +1,820 @@
+#!/usr/bin/env python3
+"""Fuzz everything a peer can send: the RFB handshake and security negotiation (None, VNC auth, VeNCrypt
+with a real TLS session), every client message and what the server does with it, WebSocket framing, and
+the HTTP request heads of the web listener.
+
+Usage: .venv/bin/python scripts/fuzz.py [--runs 1000000] [--targets rfb-handshake,...] [--engine atheris]
+                                        [--timeout 2] [--rss-limit-mb 1024] [--json] [--keep DIR]
+
+Each target is a function of one byte string that may raise only ProtocolError (and its subclasses
+HttpRequestError, WebSocketError); anything else is a crash. The default engine is atheris (libFuzzer,
+coverage-guided over the vkmsremote modules): each target runs in its own child process with a seed
+corpus and a dictionary, libFuzzer's ``-timeout`` turns an input that runs longer than ``--timeout``
+seconds into a reported hang, and ``-rss_limit_mb`` a memory blow-up into a reported crash. The
+``random`` engine (no coverage feedback: seeds mutated at random) needs nothing beyond the standard
+library and prints the same summary. The run ends with the figures: inputs, inputs/s, crashes, hangs,
+slowest input, peak RSS per target and in all.
+
+The targets are importable (tests/test_fuzz_campaign.py drives them with hypothesis, under tracemalloc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import ssl
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Nothing of vkmsremote is imported at module level: a fuzzing child must import it under atheris's
+# instrumentation first (see _child); the targets reach the modules through env().
+
+Target = Callable[[bytes], None]
+
+MAX_EVENTS_PER_BYTE = 2
+"""A parser that returns more events than this per input byte (plus a constant) is looping: a hang."""
+MAX_OUTBOX = 64 * 1024
+"""The server's own output for one input (handshake replies, TLS records) must stay below this."""
+FRAME_W, FRAME_H = 48, 32
+MAX_ENCODES = 3
+
+
+# --- the targets (module state is made once per process by env()) -----------------------------------------
+
+
+class _Env:
+    """Everything the targets share: imported modules, a TLS context, a frame, a static root."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        from vkmsremote import errors
+        from vkmsremote.input import keymap
+        from vkmsremote.rfb import auth, constants, convert, messages, protocol
+        from vkmsremote.rfb.encodings import SUPPORTED, EncoderSettings, make_encoder
+        from vkmsremote.rfb.pixelformat import NATIVE
+        from vkmsremote.server import source, tls
+        from vkmsremote.web import http, server, websocket
+
+        self.np, self.errors, self.keymap = np, errors, keymap
+        self.auth, self.constants, self.convert, self.messages, self.protocol = auth, constants, convert, messages, protocol
+        self.SUPPORTED, self.EncoderSettings, self.make_encoder, self.NATIVE = SUPPORTED, EncoderSettings, make_encoder, NATIVE
+        self.source, self.http, self.web_server, self.websocket = source, http, server, websocket
+        self.tmp = Path(tempfile.mkdtemp(prefix="vkmsremote-fuzz-"))
+        cert, key = self.tmp / "cert.pem", self.tmp / "key.pem"
+        tls.generate_self_signed(cert, key)
+        self.tls_context = tls.server_context(cert, key)
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.check_hostname = False
+        client.verify_mode = ssl.CERT_NONE
+        self.tls_client = client
+        rng = np.random.default_rng(7)
+        frame = np.zeros((FRAME_H, FRAME_W, 4), np.uint8)
+        frame[:, :, :3] = 40
+        frame[8:20, 10:30, :3] = (200, 10, 90)
+        frame[:, 36:, :3] = rng.integers(0, 256, (FRAME_H, FRAME_W - 36, 3), dtype=np.uint8)
+        self.frame = frame
+        self.frame.flags.writeable = False
+        root = self.tmp / "novnc"
+        (root / "core").mkdir(parents=True)
+        (root / "vnc.html").write_text("<html></html>")
+        (root / "core" / "rfb.js").write_text("//")
+        self.novnc_root = root
+        ST, VS = constants.SecurityType, constants.VeNCryptSubtype
+        pw = b"fuzzpw"
+        self.password = pw
+        plain = auth.plain_checker("user", "fuzzpw")
+        SP = auth.SecurityPolicy
+        self.policies = [
+            SP(),
+            SP(types=(ST.VNC_AUTH,), vnc_password=pw),
+            SP(types=(ST.NONE, ST.VNC_AUTH), vnc_password=pw),
+            SP(types=(ST.VENCRYPT, ST.VNC_AUTH), vnc_password=pw, tls_context=self.tls_context, check_plain=plain,
+               vencrypt_subtypes=(VS.X509_VNC, VS.X509_PLAIN, VS.X509_NONE)),
+            SP(types=(ST.VENCRYPT,), tls_context=self.tls_context, vencrypt_subtypes=(VS.X509_NONE,)),
+        ]
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+_env: _Env | None = None
+
+
+def env() -> _Env:
+    global _env
+    if _env is None:
+        _env = _Env()
+    return _env
+
+
+def _chunks(data: bytes, seed: int) -> Iterator[bytes]:
+    """``data`` cut into pieces whose sizes come from ``seed``: 0 means whole, else a size pattern (1..255
+    byte pieces, varying), so each input is also a test of parsing across arbitrary boundaries."""
+    if seed == 0 or not data:
+        yield data
+        return
+    state = seed
+    pos = 0
+    while pos < len(data):
+        state = (state * 1103515245 + 12345) & 0x7FFFFFFF
+        n = 1 + (state >> 8) % max(seed, 1)
+        yield data[pos:pos + n]
+        pos += n
+
+
+def _fixed_challenge(n: int) -> bytes:
+    return bytes(range(n))
+
+
+def _drain_rfb(conn: Any, budget: int) -> list[Any]:
+    """Events until NEED_DATA (or the end); a stream producing more than ``budget`` events is a hang."""
+    e = env()
+    out: list[Any] = []
+    while True:
+        ev = conn.next_event()
+        if ev is e.protocol.NEED_DATA:
+            return out
+        out.append(ev)
+        if isinstance(ev, e.protocol.ConnectionClosed | e.protocol.AuthenticationFailed | e.protocol.ConnectionRefused):
+            return out
+        if len(out) > budget:
+            raise AssertionError(f"parser produced more than {budget} events: looping")
+
+
+def _check_outbox(data: bytes) -> None:
+    if len(data) > MAX_OUTBOX:
+        raise AssertionError(f"server produced {len(data)} bytes for one input")
+
+
+class _MessageSink:
+    """What the server does with each client message after parsing, minus the sockets (see session.py)."""
+
+    def __init__(self) -> None:
+        e = env()
+        self.e = e
+        self.pf = e.NATIVE
+        self.settings = e.EncoderSettings()
+        self.encoder = e.make_encoder(e.constants.Encoding.RAW, self.settings)
+        self.encodes = 0
+        self.lock_state = e.keymap.State(0)
+
+    def handle(self, ev: Any) -> None:
+        e, m = self.e, self.e.messages
+        if isinstance(ev, m.SetPixelFormat):
+            pf = ev.pixel_format  # validated by the protocol
+            self.pf = pf if pf.true_colour else m.BGR233
+            out = e.convert.convert(e.frame[:4, :4], self.pf)
+            if len(out) != 16 * self.pf.bytes_per_pixel:
+                raise AssertionError(f"convert gave {len(out)} bytes for 16 pixels of {self.pf}")
+        elif isinstance(ev, m.SetEncodings):
+            self.settings = e.EncoderSettings.from_encodings(ev.encodings)
+            chosen = next((x for x in ev.encodings if x in e.SUPPORTED), e.constants.Encoding.RAW)
+            self.encoder = e.make_encoder(chosen, self.settings)
+            if self.encoder is None:
+                raise AssertionError(f"SUPPORTED lists {chosen} but make_encoder has none")
+        elif isinstance(ev, m.FramebufferUpdateRequest | m.EnableContinuousUpdates):
+            rect = e.source.Rect(ev.x, ev.y, ev.width, ev.height).clip(FRAME_W, FRAME_H)
+            if rect is None or self.encodes >= MAX_ENCODES:
+                return
+            self.encodes += 1
+            assert self.encoder is not None
+            for sub, _enc, payload in self.encoder.encode(e.frame, rect, self.pf):
+                if not (rect.x <= sub.x and rect.y <= sub.y and sub.x + sub.w <= rect.x + rect.w
+                        and sub.y + sub.h <= rect.y + rect.h):
+                    raise AssertionError(f"encoder produced {sub} outside {rect}")
+                del payload
+        elif isinstance(ev, m.KeyEvent):
+            press = e.keymap.US.plan(ev.key, self.lock_state)
+            if press is not None and not 0 < press.code < 0x300:
+                raise AssertionError(f"keysym {ev.key:#x} planned as key code {press.code}")
+            if ev.down and ev.key in (0xFFE1, 0xFFE2):
+                self.lock_state |= e.keymap.State.SHIFT
+        elif isinstance(ev, m.QemuExtendedKeyEvent):
+            e.keymap.US.scancode(ev.keycode)
+        elif isinstance(ev, m.ClientFence):
+            if len(ev.payload) > m.MAX_FENCE_PAYLOAD:
+                raise AssertionError("fence payload over the cap")
+            m.ServerFence(ev.flags & m.FenceFlag.KNOWN, ev.payload).to_bytes()
+        elif isinstance(ev, m.SetDesktopSize):
+            for s in ev.screens:
+                e.source.Rect(s.x, s.y, s.width, s.height).clip(FRAME_W, FRAME_H)
+        elif isinstance(ev, m.ClientCutText):
+            ev.text.decode("latin-1")
+
+
+def _normal_connection() -> Any:
+    """A connection past the handshake (None security, RFB 3.8), ServerInit sent."""
+    e = env()
+    conn = e.protocol.ServerConnection(e.policies[0], random_bytes=_fixed_challenge, max_cut_text=4096)
+    conn.receive_data(b"RFB 003.008\n\x01\x01")
+    _drain_rfb(conn, 8)
+    conn.send(e.messages.ServerInit(FRAME_W, FRAME_H, e.NATIVE, "fuzz"))
+    conn.data_to_send()
+    return conn
+
+
+def _feed_rfb(conn: Any, data: bytes, seed: int, sink: _MessageSink | None) -> None:
+    e = env()
+    budget = MAX_EVENTS_PER_BYTE * len(data) + 16
+    try:
+        for piece in _chunks(data, seed):
+            conn.receive_data(piece)
+            for ev in _drain_rfb(conn, budget):
+                if isinstance(ev, e.protocol.ClientInit):
+                    conn.send(e.messages.ServerInit(FRAME_W, FRAME_H, e.NATIVE, "fuzz"))
+                elif sink is not None:
+                    sink.handle(ev)
+            _check_outbox(conn.data_to_send())
+            if conn.state in (e.protocol.State.CLOSED, e.protocol.State.ERROR):
+                return
+        conn.receive_data(b"")
+        _drain_rfb(conn, budget)
+    except e.errors.ProtocolError:
+        if conn.state is not e.protocol.State.ERROR:
+            raise AssertionError("ProtocolError raised but the connection is not in state ERROR") from None
+        _check_outbox(conn.data_to_send())
+
+
+def _handshake_prefix(policy_index: int, depth: int, version: bytes) -> bytes:
+    """Valid client bytes that take a connection ``depth`` steps into the handshake (non-TLS policies)."""
+    e = env()
+    ST = e.constants.SecurityType
+    policy = e.policies[policy_index]
+    out = version
+    if depth < 2:
+        return out
+    first = policy.types[0]
+    if version != b"RFB 003.003\n":
+        out += bytes([first])
+    if depth < 3:
+        return out
+    if first == ST.VNC_AUTH or (version == b"RFB 003.003\n" and ST.VNC_AUTH in policy.types and ST.NONE not in policy.types):
+        out += e.auth.vnc_auth_response(e.password, _fixed_challenge(16))
+    return out + b"\x01"  # ClientInit, shared
+
+
+VERSIONS = (b"RFB 003.008\n", b"RFB 003.007\n", b"RFB 003.003\n", b"RFB 003.005\n")
+
+
+def target_rfb_handshake(data: bytes) -> None:
+    """Byte 0: policy (of the three without TLS, plus the two VeNCrypt ones, whose TLS then sees the
+    fuzz bytes as its ClientHello), version and how much of a valid handshake precedes the fuzz bytes;
+    byte 1: chunking; the rest: what the client sends."""
+    if len(data) < 2:
+        return
+    e = env()
+    opt, seed, body = data[0], data[1], data[2:]
+    policy_index = opt % len(e.policies)
+    depth = (opt >> 3) & 3
+    refuse = "blocked for fuzzing" if opt == 0xFF else None
+    prefix = b""
+    if depth and policy_index < 3:
+        prefix = _handshake_prefix(policy_index, depth, VERSIONS[(opt >> 5) & 3])
+    conn = e.protocol.ServerConnection(e.policies[policy_index], refuse=refuse, random_bytes=_fixed_challenge,
+                                       max_cut_text=4096)
+    _check_outbox(conn.data_to_send())
+    _feed_rfb(conn, prefix + body, seed, _MessageSink())
+
+
+def target_rfb_messages(data: bytes) -> None:
+    """Client messages after the handshake, each acted on as the server would (pixel formats converted,
+    encoders made from the encodings list and run on the requested rectangle, keysyms looked up)."""
+    if not data:
+        return
+    _feed_rfb(_normal_connection(), data[1:], data[0], _MessageSink())
+
+
+def _tls_pump(conn: Any, client: ssl.SSLObject, c_in: ssl.MemoryBIO, c_out: ssl.MemoryBIO, skip: list[int]) -> None:
+    """Move bytes both ways between the in-memory client and the server connection once."""
+    if c_out.pending:
+        conn.receive_data(c_out.read())
+    _drain_rfb(conn, 64)
+    out = conn.data_to_send()
+    if skip[0]:
+        n = min(skip[0], len(out))
+        skip[0] -= n
+        out = out[n:]
+    if out:
+        c_in.write(out)
+
+
+def target_rfb_tls(data: bytes) -> None:
+    """VeNCrypt 0.2 with a real TLS 1.3 session (in-memory client), then the fuzz bytes sent encrypted:
+    Plain credentials and their lengths, the VNC-auth response, ClientInit and messages, all inside TLS.
+    Byte 0: subtype (X509Vnc, X509Plain, X509None) and whether a correct authentication precedes."""
+    if len(data) < 2:
+        return
+    e = env()
+    VS = e.constants.VeNCryptSubtype
+    policy = e.policies[3]
+    subtype = (VS.X509_VNC, VS.X509_PLAIN, VS.X509_NONE)[data[0] % 3]
+    authenticate = bool(data[0] & 0x80)
+    seed, body = data[1], data[2:]
+    conn = e.protocol.ServerConnection(policy, random_bytes=_fixed_challenge, max_cut_text=4096)
+    n_sub = len(policy.vencrypt_subtypes)
+    # plain-text part the server sends before TLS: version 12, types 1+n, VeNCrypt version 2,
+    # ack + count + subtypes 2+4n, subtype ack 1
+    skip = [12 + 1 + len(policy.types) + 2 + 2 + 4 * n_sub + 1]
+    conn.receive_data(b"RFB 003.008\n" + bytes([e.constants.SecurityType.VENCRYPT]) + b"\x00\x02"
+                      + struct.pack(">I", subtype))
+    c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = e.tls_client.wrap_bio(c_in, c_out)
+    for _ in range(20):
+        try:
+            client.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            _tls_pump(conn, client, c_in, c_out, skip)
+    else:
+        raise AssertionError("TLS handshake with the in-memory client did not finish")
+    _tls_pump(conn, client, c_in, c_out, skip)
+    prefix = b""
+    if authenticate:
+        if subtype == VS.X509_VNC:
+            prefix = e.auth.vnc_auth_response(e.password, _fixed_challenge(16))
+        elif subtype == VS.X509_PLAIN:
+            prefix = struct.pack(">II", 4, 6) + b"userfuzzpw"
+        prefix += b"\x01"
+    sink = _MessageSink()
+    budget = MAX_EVENTS_PER_BYTE * len(body) + 32
+    try:
+        for piece in _chunks(prefix + body, seed):
+            client.write(piece)
+            conn.receive_data(c_out.read())
+            for ev in _drain_rfb(conn, budget):
+                if isinstance(ev, e.protocol.ClientInit):
+                    conn.send(e.messages.ServerInit(FRAME_W, FRAME_H, e.NATIVE, "fuzz"))
+                else:
+                    sink.handle(ev)
+            _check_outbox(conn.data_to_send())
+            if conn.state in (e.protocol.State.CLOSED, e.protocol.State.ERROR):
+                return
+    except e.errors.ProtocolError:
+        if conn.state is not e.protocol.State.ERROR:
+            raise AssertionError("ProtocolError raised but the connection is not in state ERROR") from None
+
+
+def target_websocket(data: bytes) -> None:
+    """RFC 6455 frames from a client (byte 0: chunking; byte 1: small or default caps); each binary
+    message's payload goes on into an RFB connection, as in the web listener; pings are answered,
+    a Close is answered once, and a WebSocketError's close code must be one that may go on the wire."""
+    if len(data) < 2:
+        return
+    e = env()
+    ws_mod = e.websocket
+    small = bool(data[1] & 1)
+    ws = ws_mod.WebSocketConnection(ws_mod.Role.SERVER, max_frame_size=4096 if small else ws_mod.DEFAULT_MAX_FRAME,
+                                    max_message_size=16384 if small else ws_mod.DEFAULT_MAX_MESSAGE)
+    rfb = _normal_connection()
+    sink = _MessageSink()
+    budget = MAX_EVENTS_PER_BYTE * len(data) + 16
+    events = 0
+    try:
+        for piece in [*_chunks(data[2:], data[0]), b""]:
+            ws.receive_data(piece)
+            while True:
+                ev = ws.next_event()
+                if ev is ws_mod.NEED_DATA:
+                    break
+                events += 1
+                if events > budget:
+                    raise AssertionError("WebSocket parser is looping")
+                if isinstance(ev, ws_mod.Data):
+                    if rfb.state is e.protocol.State.NORMAL:
+                        with contextlib.suppress(e.errors.ProtocolError):
+                            _feed_rfb(rfb, ev.payload, 0, sink)
+                elif isinstance(ev, ws_mod.Ping):
+                    ws.send(ws_mod.Pong(ev.payload))
+                elif isinstance(ev, ws_mod.Close):
+                    if not ws.close_sent:
+                        code = ev.code if ev.code != ws_mod.CloseCode.NO_STATUS else ws_mod.CloseCode.NORMAL
+                        ws.send(ws_mod.Close(code, "bye"))
+                elif isinstance(ev, ws_mod.EndOfStream):
+                    return
+    except e.errors.WebSocketError as err:
+        if ws.state is not ws_mod.State.FAILED:
+            raise AssertionError("WebSocketError raised but the connection is not FAILED") from None
+        if not ws.close_sent:
+            ws.send(ws_mod.Close(err.close_code, err.message))  # must not raise: the code is sendable
+
+
+def target_http(data: bytes) -> None:
+    """Request heads (possibly pipelined) as the web listener reads them: head framing, parsing, the
+    WebSocket upgrade checks, the Host name, the static path resolution; errors become responses."""
+    if not data:
+        return
+    e = env()
+    http, server = e.http, e.web_server
+    buf = bytearray()
+    for piece in [*_chunks(data[1:], data[0])]:
+        buf += piece
+        while True:
+            try:
+                end = http.find_head_end(buf)
+                if end < 0:
+                    break
+                head = bytes(buf[:end])
+                del buf[:end]
+                request = http.parse_request_head(head)
+                host = request.header("host")
+                if host is not None:
+                    server._host_name(host)
+                request.keep_alive  # noqa: B018  (a property that parses Connection)
+                path = request.path
+                if e.websocket.is_upgrade_request(request):
+                    hs = e.websocket.accept_upgrade(request)
+                    if not hs.response.startswith(b"HTTP/1.1 101 "):
+                        raise AssertionError("upgrade accepted without a 101 response")
+                elif path != "/":
+                    found = http.resolve_static(e.novnc_root, path)
+                    if e.novnc_root.resolve() not in found.resolve().parents:
+                        raise AssertionError(f"{path!r} resolved outside the root: {found}")
+            except e.errors.HttpRequestError as err:
+                http.simple_response(http.Status(err.status), err.message)
+                return
+
+
+def target_canary(data: bytes) -> None:
+    """Not a real target: proves the harness reports what it must (a crash, a hang)."""
+    if data.startswith(b"CRASH"):
+        raise ValueError("canary crash")
+    if data.startswith(b"HANG"):
+        time.sleep(30)
+
+
+TARGETS: dict[str, Target] = {
+    "rfb-handshake": target_rfb_handshake,
+    "rfb-messages": target_rfb_messages,
+    "rfb-tls": target_rfb_tls,
+    "websocket": target_websocket,
+    "http": target_http,
+}
+CANARIES: dict[str, Target] = {"canary": target_canary}
+WEIGHTS = {"rfb-handshake": 0.25, "rfb-messages": 0.30, "rfb-tls": 0.05, "websocket": 0.20, "http": 0.20,
+           "canary": 1.0}
+"""Share of --runs per target (TLS inputs cost ~1 ms each for the handshake, hence fewer)."""
+
+
+# --- seeds and dictionary ---------------------------------------------------------------------------------
+
+
+def _ws_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    e = env()
+    frame: bytes = e.websocket.encode_frame(e.websocket.Opcode(opcode), payload, fin=fin, mask=b"\x11\x22\x33\x44")
+    return frame
+
+
+def _messages_sample() -> list[bytes]:
+    e = env()
+    m = e.messages
+    pf16 = e.NATIVE.__class__(16, 16, True, True, 31, 63, 31, 11, 5, 0)
+    return [
+        m.SetPixelFormat(pf16).to_bytes(),
+        m.SetPixelFormat(m.BGR233.__class__(8, 8, False, False, 0, 0, 0, 0, 0, 0)).to_bytes(),
+        m.SetEncodings((7, 16, 5, 2, 1, 0, -23, -250, -223, -224, -308, -309, -312, -313, -258)).to_bytes(),
+        m.FramebufferUpdateRequest(False, 0, 0, FRAME_W, FRAME_H).to_bytes(),
+        m.FramebufferUpdateRequest(True, 5, 3, 20, 9).to_bytes(),
+        m.KeyEvent(True, 0x61).to_bytes() + m.KeyEvent(False, 0x61).to_bytes(),
+        m.PointerEvent(1, 10, 10).to_bytes(),
+        m.ClientCutText(b"hello").to_bytes(),
+        m.EnableContinuousUpdates(True, 0, 0, 16, 16).to_bytes(),
+        m.ClientFence(0x80000007, b"abc").to_bytes(),
+        m.SetDesktopSize(64, 48, (m.Screen(1, 0, 0, 64, 48),)).to_bytes(),
+        m.QemuExtendedKeyEvent(True, 0x61, 0x1E).to_bytes(),
+    ]
+
+
+def seeds(name: str) -> list[bytes]:
+    """A few valid inputs per target, so the fuzzer starts inside each state instead of searching for it."""
+    msgs = _messages_sample()
+    all_msgs = b"".join(msgs)
+    if name == "rfb-handshake":
+        return [bytes([opt, seed]) + tail for opt in (0, 1, 2, 9, 10, 17, 18, 25, 26, 3, 0xFF)
+                for seed, tail in ((0, all_msgs), (7, msgs[2] + msgs[3]))] + [b"\x00\x00RFB 003.008\n\x01\x00"]
+    if name == "rfb-messages":
+        return [b"\x00" + m for m in msgs] + [b"\x00" + all_msgs, b"\x05" + all_msgs]
+    if name == "rfb-tls":
+        return [bytes([sub | auth, 0]) + tail for sub in (0, 1, 2) for auth in (0, 0x80)
+                for tail in (b"", all_msgs)] + [b"\x01\x00" + struct.pack(">II", 4, 6) + b"userfuzzpw\x01"]
+    if name == "websocket":
+        return [b"\x00\x00" + _ws_frame(2, all_msgs), b"\x03\x01" + _ws_frame(2, msgs[3], fin=False)
+                + _ws_frame(9, b"ping") + _ws_frame(0, msgs[5]) + _ws_frame(8, b"\x03\xe8bye"),
+                b"\x00\x00" + _ws_frame(2, b"x" * 300) + _ws_frame(10, b"")]
+    if name == "canary":
+        return [b"ok", b"CRASH" if os.environ.get("VKMSREMOTE_FUZZ_CANARY") == "crash" else b"HANG"]
+    if name == "http":
+        up = (b"GET /websockify HTTP/1.1\r\nHost: localhost:5800\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+              b"Sec-WebSocket-Protocol: binary\r\nOrigin: http://localhost:5800\r\n\r\n")
+        get = b"GET /vnc.html HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n"
+        return [b"\x00" + up, b"\x00" + get + get, b"\x09" + b"HEAD /core/rfb.js?x=1 HTTP/1.0\r\n\r\n" + up,
+                b"\x00GET /%2e%2e/etc/passwd HTTP/1.1\r\nHost: [::1]:80\r\n\r\n"]
+    raise KeyError(name)
+
+
+DICTIONARY = [
+    b"RFB 003.008\n", b"RFB 003.007\n", b"RFB 003.003\n", b"\x00\x02", b"\x00\x00\x01\x03", b"\x00\x00\x01\x04",
+    b"\x00\x00\x01\x05", b"\xff\xff\xff\xff", b"\x80\x00\x00\x00", b"\x00\x00\x00\x00",
+    b"GET ", b"HEAD ", b" HTTP/1.1\r\n", b"\r\n\r\n", b"Host: localhost\r\n", b"Upgrade: websocket\r\n",
+    b"Connection: Upgrade\r\n", b"Sec-WebSocket-Version: 13\r\n", b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    b"Sec-WebSocket-Protocol: binary\r\n", b"Origin: http://localhost\r\n", b"/websockify", b"%2e%2e", b"%00",
+    b"\x82\xfe", b"\x82\xff\x00\x00\x00\x00\x00\x01\x00\x00", b"\x88\x82", b"\x89\x80",
+]
+
+
+def write_dictionary(path: Path) -> None:
+    lines = []
+    for token in DICTIONARY:
+        lines.append('"' + "".join(f"\\x{b:02x}" for b in token) + '"')
+    path.write_text("\n".join(lines) + "\n")
+
+
+# --- engines -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    target: str
+    runs: int = 0
+    seconds: float = 0.0
+    crashes: int = 0
+    hangs: int = 0
+    ooms: int = 0
+    peak_rss_mb: float = 0.0
+    slowest_ms: float = 0.0
+    coverage: int = 0
+    artifacts: tuple[str, ...] = ()
+
+    @property
+    def rate(self) -> float:
+        return self.runs / self.seconds if self.seconds else 0.0
+
+
+class _Timing:
+    """Per-input wall time, kept in the child and written to a file now and then (libFuzzer ends the
+    process with exit(), so nothing runs after the last input)."""
+
+    def __init__(self, target: Target, path: str | None) -> None:
+        self.target = target
+        self.path = path
+        self.slowest = 0.0
+        self.count = 0
+
+    def __call__(self, data: bytes) -> None:
+        t0 = time.perf_counter()
+        self.target(data)
+        dt = time.perf_counter() - t0
+        self.count += 1
+        if dt > self.slowest:
+            self.slowest = dt
+            self._write()
+        elif self.count % 20000 == 0:
+            self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
+            Path(self.path).write_text(json.dumps({"slowest": self.slowest, "count": self.count}))
+
+
+def _child(name: str, libfuzzer_args: list[str]) -> None:
+    """Runs inside the fuzzing child: instrument vkmsremote, then hand control to libFuzzer."""
+    import atheris
+
+    with atheris.instrument_imports(include=["vkmsremote"]):
+        import vkmsremote.errors
+        import vkmsremote.input.keymap
+        import vkmsremote.rfb.convert
+        import vkmsremote.rfb.encodings
+        import vkmsremote.rfb.protocol
+        import vkmsremote.web.http
+        import vkmsremote.web.server
+        import vkmsremote.web.websocket
+        for mod in ("hextile", "raw", "rre", "tight", "zlibenc", "zrle", "_subrects"):
+            __import__(f"vkmsremote.rfb.encodings.{mod}")
+    env()  # TLS context, frame: made before the first input so the first input is not "slow"
+    timing = _Timing({**TARGETS, **CANARIES}[name], os.environ.get("VKMSREMOTE_FUZZ_TIMING"))
+    allowed = vkmsremote.errors.ProtocolError
+
+    def one_input(data: bytes) -> None:
+        with contextlib.suppress(allowed):
+            timing(data)
+
+    atheris.Setup([sys.argv[0], *libfuzzer_args], one_input)
+    atheris.Fuzz()
+
+
+_DONE = re.compile(r"Done (\d+) runs in (\d+) second")
+_UNITS = re.compile(r"stat::number_of_executed_units: (\d+)")
+_PEAK = re.compile(r"stat::peak_rss_mb:\s+(\d+)")
+_STATS = re.compile(r"#(\d+)\s+\w+\s+cov: (\d+).*?rss: (\d+)Mb")
+
+
+def run_atheris(name: str, runs: int, *, timeout: float, rss_limit_mb: int, workdir: Path,
+                log: Callable[[str], None]) -> Result:
+    """Run one target in children until ``runs`` inputs are done (a crash ends a child: it is counted,
+    its input kept, and a new child goes on with the corpus)."""
+    corpus = workdir / f"corpus-{name}"
+    corpus.mkdir(parents=True, exist_ok=True)
+    seed_dir = workdir / f"seeds-{name}"
+    seed_dir.mkdir(exist_ok=True)
+    for i, s in enumerate(seeds(name)):
+        (seed_dir / f"seed-{i}").write_bytes(s)
+    dict_path = workdir / "rfb.dict"
+    write_dictionary(dict_path)
+    res = Result(name)
+    artifacts: list[str] = []
+    timing_path = workdir / f"timing-{name}.json"
+    left = runs
+    restarts = 0
+    while left > 0 and restarts < 20:
+        art = workdir / f"artifacts-{name}"
+        art.mkdir(exist_ok=True)
+        before = set(art.iterdir())
+        args = [sys.executable, os.path.abspath(__file__), "--child", name, "--",
+                f"-runs={left}", f"-timeout={max(1, round(timeout))}", f"-rss_limit_mb={rss_limit_mb}",
+                "-max_len=4096", f"-dict={dict_path}", f"-artifact_prefix={art}/", "-print_final_stats=1",
+                str(corpus), str(seed_dir)]
+        t0 = time.monotonic()
+        proc = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ,
+                              VKMSREMOTE_FUZZ_TIMING=str(timing_path), PYTHONHASHSEED="0"))
+        elapsed = time.monotonic() - t0
+        out = proc.stderr
+        done = _DONE.search(out)
+        stats = _STATS.findall(out)
+        units = _UNITS.search(out)
+        executed = int(units.group(1)) if units else int(done.group(1)) if done else int(stats[-1][0]) if stats else 0
+        if stats:
+            res.coverage = max(res.coverage, int(stats[-1][1]))
+            res.peak_rss_mb = max(res.peak_rss_mb, max(float(s[2]) for s in stats))
+        for peak in _PEAK.findall(out):
+            res.peak_rss_mb = max(res.peak_rss_mb, float(peak))
+        res.runs += executed
+        res.seconds += elapsed
+        left -= max(executed, 1)
+        new = sorted(set(art.iterdir()) - before)
+        if proc.returncode != 0 or new:
+            restarts += 1
+            kind = "hang" if "timeout" in out.lower() and "ERROR: libFuzzer: timeout" in out else \
+                   "oom" if "out-of-memory" in out else "crash"
+            if kind == "hang":
+                res.hangs += 1
+            elif kind == "oom":
+                res.ooms += 1
+            else:
+                res.crashes += 1
+            artifacts += [str(p) for p in new]
+            tail = "\n".join(out.splitlines()[-40:])
+            log(f"{name}: child ended with {proc.returncode} ({kind}) after {executed} inputs:\n{tail}")
+            if executed == 0 and not new:
+                break  # it cannot even start: do not loop
+    with contextlib.suppress(OSError, ValueError):
+        res.slowest_ms = json.loads(timing_path.read_text())["slowest"] * 1000
+    res.artifacts = tuple(artifacts)
+    return res
+
+
+def _mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 6)):
+        op = rng.randrange(7)
+        pos = rng.randrange(len(buf) + 1)
+        if op == 0 and buf:
+            buf[min(pos, len(buf) - 1)] = rng.randrange(256)
+        elif op == 1:
+            buf[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        elif op == 2 and buf:
+            del buf[pos:pos + rng.randint(1, 16)]
+        elif op == 3:
+            buf[pos:pos] = rng.choice(DICTIONARY)
+        elif op == 4 and buf:
+            buf[min(pos, len(buf) - 1)] ^= 1 << rng.randrange(8)
+        elif op == 5:
+            other = rng.choice(pool)
+            buf[pos:] = other[rng.randrange(len(other) + 1):]
+        elif op == 6 and len(buf) >= 4:
+            p = rng.randrange(len(buf) - 3)
+            buf[p:p + 4] = struct.pack(">I", rng.choice((0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0x10000, 0x7FFFFFFF,
+                                                         0x80000000, 0xFFFFFFFF)))
+    return bytes(buf[:4096])
+
+
+def run_random(name: str, runs: int, *, timeout: float, seed: int = 1) -> Result:
+    """No coverage feedback: seeds mutated at random, in this process (hangs are measured, not killed)."""
+    from vkmsremote.errors import ProtocolError
+
+    rng = random.Random(seed)
+    pool = seeds(name)
+    target = {**TARGETS, **CANARIES}[name]
+    res = Result(name)
+    t0 = time.monotonic()
+    for _ in range(runs):
+        data = _mutate(rng, rng.choice(pool), pool)
+        s = time.perf_counter()
+        try:
+            target(data)
+        except ProtocolError:
+            pass
+        except Exception as err:
+            res.crashes += 1
+            print(f"{name}: crash on {data!r}: {err!r}", file=sys.stderr)
+        dt = time.perf_counter() - s
+        res.slowest_ms = max(res.slowest_ms, dt * 1000)
+        if dt > timeout:
+            res.hangs += 1
+        res.runs += 1
+    res.seconds = time.monotonic() - t0
+    res.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return res
+
+
+# --- command line ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--child"]:
+        name = argv[1]
+        _child(name, argv[3:] if argv[2:3] == ["--"] else argv[2:])
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=1_000_000, help="inputs in all, shared by the targets (default 1e6)")
+    p.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: " + ", ".join(TARGETS))
+    p.add_argument("--engine", choices=("atheris", "random"), default="atheris")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds one input may take (default 2)")
+    p.add_argument("--rss-limit-mb", type=int, default=1024, help="a child above this RSS is a crash (default 1024)")
+    p.add_argument("--keep", type=Path, help="keep corpora and crash inputs in this directory")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = p.parse_args(argv)
+    names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    for n in names:
+        if n not in TARGETS and n not in CANARIES:
+            p.error(f"unknown target {n!r}")
+    total_weight = sum(WEIGHTS[n] for n in names)
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="vkmsremote-fuzzrun-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    results: list[Result] = []
+    t0 = time.monotonic()
+    try:
+        for n in names:
+            share = max(1, round(args.runs * WEIGHTS[n] / total_weight))
+            if args.engine == "atheris":
+                r = run_atheris(n, share, timeout=args.timeout, rss_limit_mb=args.rss_limit_mb, workdir=workdir,
+                                log=log)
+            else:
+                r = run_random(n, share, timeout=args.timeout)
+            results.append(r)
+            if not args.json:
+                print(f"{n:<14} {r.runs:>9} inputs {r.seconds:>7.1f} s {r.rate:>8.0f}/s  crashes {r.crashes}"
+                      f"  hangs {r.hangs}  oom {r.ooms}  slowest {r.slowest_ms:.1f} ms  peak RSS {r.peak_rss_mb:.0f} MB"
+                      + (f"  cov {r.coverage}" if r.coverage else ""), flush=True)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if _env is not None:
+            _env.close()
+    wall = time.monotonic() - t0
+    total = sum(r.runs for r in results)
+    summary = {
+        "engine": args.engine,
+        "inputs": total,
+        "seconds": round(wall, 1),
+        "inputs_per_second": round(total / wall) if wall else 0,
+        "crashes": sum(r.crashes for r in results),
+        "hangs": sum(r.hangs for r in results),
+        "ooms": sum(r.ooms for r in results),
+        "slowest_ms": round(max((r.slowest_ms for r in results), default=0.0), 1),
+        "peak_rss_mb": max((r.peak_rss_mb for r in results), default=0.0),
+        "targets": {r.target: {"inputs": r.runs, "inputs_per_second": round(r.rate), "crashes": r.crashes,
+                               "hangs": r.hangs, "ooms": r.ooms, "slowest_ms": round(r.slowest_ms, 1),
+                               "peak_rss_mb": r.peak_rss_mb, "coverage": r.coverage,
+                               "artifacts": list(r.artifacts)} for r in results},
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"total: {total} inputs in {wall:.0f} s ({summary['inputs_per_second']}/s), crashes "
+              f"{summary['crashes']}, hangs {summary['hangs']}, out-of-memory {summary['ooms']}, slowest input "
+              f"{summary['slowest_ms']} ms, peak RSS {summary['peak_rss_mb']:.0f} MB")
+    return 0 if summary["crashes"] == summary["hangs"] == summary["ooms"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
