@@ -28,6 +28,20 @@ def key(code: int, value: int) -> list[tuple[int, int, int]]:
     return [(e.EV_KEY, code, value), SYN]
 
 
+def without_leds(events: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """The stream minus LED reports (packets the kernel's VT keyboard handler or a reader injected)."""
+    out: list[tuple[int, int, int]] = []
+    packet: list[tuple[int, int, int]] = []
+    for event in events:
+        if event == SYN:
+            if packet:
+                out += [*packet, SYN]
+            packet = []
+        elif event[0] != e.EV_LED:
+            packet.append(event)
+    return out + packet
+
+
 class Reader:
     """Reads one event node, as a compositor would."""
 
@@ -35,23 +49,32 @@ class Reader:
         self.device = InputDevice(path)
 
     def events(self, count: int, timeout: float = 10.0) -> list[tuple[int, int, int]]:
-        """Exactly ``count`` events (fails on fewer in ``timeout`` s), then checks nothing else follows."""
-        out: list[tuple[int, int, int]] = []
+        """Exactly ``count`` events besides LED reports (fails on fewer in ``timeout`` s or on more)."""
+        raw: list[tuple[int, int, int]] = []
         deadline = time.monotonic() + timeout
-        while len(out) < count:
+        while len(without_leds(raw)) < count:
             left = deadline - time.monotonic()
-            assert left > 0, f"only {len(out)} of {count} events arrived: {out}"
+            assert left > 0, f"only {len(without_leds(raw))} of {count} events arrived: {raw}"
             if select.select([self.device.fd], [], [], left)[0]:
-                out.extend((ev.type, ev.code, ev.value) for ev in self.device.read())
-        extra = self.drain(0.3)
-        assert not extra, f"unexpected events after the expected {count}: {extra}"
-        return out
+                raw.extend(self.read())
+        raw += self.drain(0.3)
+        got = without_leds(raw)
+        assert len(got) == count, f"unexpected events after the expected {count}: {got[count:]}"
+        return got
+
+    def read(self) -> list[tuple[int, int, int]]:
+        return [(ev.type, ev.code, ev.value) for ev in self.device.read()]
 
     def drain(self, quiet: float) -> list[tuple[int, int, int]]:
         out: list[tuple[int, int, int]] = []
         while select.select([self.device.fd], [], [], quiet)[0]:
-            out.extend((ev.type, ev.code, ev.value) for ev in self.device.read())
+            out.extend(self.read())
         return out
+
+    def set_led(self, led: int, on: bool) -> None:
+        """What libinput does when the compositor's lock state changes: EV_LED, then SYN_REPORT."""
+        self.device.write(e.EV_LED, led, int(on))
+        self.device.write(e.EV_SYN, e.SYN_REPORT, 0)
 
     def close(self) -> None:
         self.device.close()
@@ -125,17 +148,16 @@ def test_keys_with_shift_handling(devices: UinputDevices, keyboard: Reader) -> N
 
 def test_caps_lock_led_set_by_a_reader_reaches_the_sink(devices: UinputDevices, keyboard: Reader) -> None:
     sink = UinputSink(devices, 1024, 768)
-    keyboard.device.set_led(e.LED_CAPSL, 1)  # what Xorg/libinput do when Caps Lock turns on
+    keyboard.set_led(e.LED_CAPSL, True)  # as Xorg/libinput do when Caps Lock turns on
     deadline = time.monotonic() + 5
     while not devices.keyboard.state & devices.keyboard.state.CAPS_LOCK:
         assert time.monotonic() < deadline, "the LED write never came back through /dev/uinput"
         time.sleep(0.01)
-    keyboard.drain(0.2)  # the LED change itself
     sink.key(XK_a, True)  # with Caps Lock on, 'a' needs Shift
     sink.key(XK_a, False)
     expected = key(e.KEY_LEFTSHIFT, 1) + key(e.KEY_A, 1) + key(e.KEY_LEFTSHIFT, 0) + key(e.KEY_A, 0)
     assert keyboard.events(len(expected)) == expected
-    keyboard.device.set_led(e.LED_CAPSL, 0)
+    keyboard.set_led(e.LED_CAPSL, False)
 
 
 def test_keypad_and_scancodes(devices: UinputDevices, keyboard: Reader) -> None:
@@ -149,6 +171,8 @@ def test_keypad_and_scancodes(devices: UinputDevices, keyboard: Reader) -> None:
         + key(e.KEY_UP, 1) + key(e.KEY_UP, 0)
     )
     assert keyboard.events(len(expected)) == expected
+    assert devices.keyboard.state & devices.keyboard.state.NUM_LOCK  # we toggled it; the kernel's LED agrees
+    assert e.LED_NUML in keyboard.device.leds()
 
 
 def test_keys_held_at_disconnect_are_released(devices: UinputDevices, keyboard: Reader, pointer: Reader) -> None:
