@@ -87,10 +87,13 @@ def build_parser(*, load_serve: bool = False) -> argparse.ArgumentParser:
                    help="where up records what it made (default: $VKMSREMOTE_STATE_DIR or /run/vkmsremote)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    up = sub.add_parser("up", help="create and enable the VKMS device of a profile; print the connector mapping",
+    up = sub.add_parser("up", help="create XR-0 (the VKMS device of a profile), print the mapping and serve it",
                         description="Create the profile's VKMS device in configfs (loading vkms and mounting "
                         "configfs if needed), enable it, wait for its DRM card and print which DRM connector "
-                        "each configfs connector became. Running it again changes nothing.")
+                        "each configfs connector became; running it again changes nothing. Then serve the "
+                        "connector's CRTC over VNC until Ctrl-C (unless --no-serve): a small privileged "
+                        "capture broker exports the framebuffers, the network-facing process runs as --user "
+                        "without capabilities.")
     up.add_argument("--profile", "-p", metavar="NAME|FILE",
                     help="profile name (xr-0, xr-dual) or TOML file (default: xr-0)")
     up.add_argument("--replace", action="store_true",
@@ -99,6 +102,9 @@ def build_parser(*, load_serve: bool = False) -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=float, default=20.0, metavar="S",
                     help="seconds to wait for the DRM card (default 20)")
     up.add_argument("--json", action="store_true", help="print the mapping as JSON")
+    from vkmsremote.service.up import add_arguments as add_serving_arguments
+
+    add_serving_arguments(up)
 
     down = sub.add_parser("down", help="remove exactly what up made, in the kernel's order",
                           description="Disable, unlink, remove items, remove the device: only what "
@@ -185,9 +191,15 @@ def _print_status(devices: list[Any], out: Any) -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    from vkmsremote.service.up import check_options, serve_up
     from vkmsremote.vkms.device import preview_up, up
     from vkmsremote.vkms.profile import load_profile
 
+    check_options(args)
+    if args.vm:
+        from vkmsremote.service.vm import run_up_in_vm
+
+        return run_up_in_vm(args, args.argv)
     spec = load_profile(args.profile)
     cfs = _configfs(args)
     if args.dry_run:
@@ -201,7 +213,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
             else f"{spec.name} already up: nothing changed"
         print(what)
         _print_mapping(result.device, sys.stdout)
-    return 0
+    if args.no_serve:
+        return 0
+    if not cfs.is_system:  # a stand-in directory (tests): no kernel behind it, nothing to serve
+        print(f"not serving: {cfs.root} is not the kernel's configfs", file=sys.stderr)
+        return 0
+    return serve_up(args, result.device, out=sys.stderr if args.json else sys.stdout)
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
@@ -257,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser(load_serve=_command_word(argv) == "serve")
         args = parser.parse_args(argv)
+        args.argv = argv
         # The global options are the environment variables' equivalents (serve reads them too).
         if args.configfs_root:
             os.environ["VKMSREMOTE_CONFIGFS_ROOT"] = args.configfs_root

@@ -98,3 +98,7 @@ class VmError(VkmsRemoteError):
 
 class InputDeviceError(VkmsRemoteError):
     """A uinput keyboard or pointer could not be created or written (no /dev/uinput, device gone)."""
+
+
+class BrokerError(VkmsRemoteError):
+    """The privileged capture broker could not start, exited, or broke its protocol with the server."""

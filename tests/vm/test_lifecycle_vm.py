@@ -40,6 +40,8 @@ def env(vkms_clean: Path, tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 def vkmsremote(env: dict[str, str], *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    if argv[:1] == ("up",):
+        argv = (*argv, "--no-serve")  # `up` serves until stopped unless told not to (tests/vm/test_serve_vm.py)
     proc = subprocess.run([sys.executable, "-m", "vkmsremote", *argv], capture_output=True, text=True,
                           env=env, timeout=300, cwd=REPO)
     if check:

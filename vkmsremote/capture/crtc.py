@@ -1,24 +1,34 @@
-"""CrtcReader: a FrameSource that serves what a CRTC scans out, read from its primary plane's framebuffer.
+"""CrtcReader: a FrameSource that serves what a CRTC scans out, read from its primary plane's framebuffer
+(or, when vkmsremote drives the CRTC itself, from its writeback connector).
 
 Theory of operation:
-- Pacing: after each frame the reader queues a CRTC sequence event for the next vblank
-  (DRM_IOCTL_CRTC_QUEUE_SEQUENCE) and waits for it on the card fd through the asyncio loop
-  (vkmsremote.drm.events.EventReader). No timers while the CRTC runs.
-- Each vblank: GETCRTC gives the mode and the primary plane's current framebuffer id, so page flips
-  are followed (compositors and ``modetest -v`` alternate between buffers). Buffers are mapped once per
-  fb id and reused (capture.fbcache); since the kernel reuses fb ids after RMFB, the id's buffer identity
-  (dma-buf inode, a few cheap ioctls) is checked every frame. Reads are bracketed with DMA_BUF_IOCTL_SYNC.
+- Pacing: the reader queues a CRTC sequence event (DRM_IOCTL_CRTC_QUEUE_SEQUENCE) and waits for it on
+  the card fd through the asyncio loop (vkmsremote.drm.events.EventReader). No timers while the CRTC runs.
+  While frames change it looks at every vblank. After ``idle_after`` looks in a row found nothing new,
+  it is *idle*: it asks for an event only every ``idle_vblanks`` vblanks, and most idle looks are cheap
+  *probes* (GETCRTC: did the primary plane flip? the cursor plane's state; every ``PROBE_STRIDE``-th row
+  of the buffer compared with the last frame); every ``idle_full_every``-th idle look is a full check.
+  The first change found, or :meth:`wake` (called when a client sends input), makes it active again.
+- A full check: GETCRTC gives the mode and the primary plane's current framebuffer id, so page flips
+  are followed (compositors and ``modetest -v`` alternate between buffers). Buffers come from a
+  :class:`~vkmsremote.capture.exporter.FramebufferExporter` (this process's card fd, or the privileged
+  capture broker) and are mapped once per fb id and reused (capture.fbcache); since the kernel reuses fb
+  ids after RMFB, the id's buffer identity (dma-buf inodes) is checked on every full check. Reads are
+  bracketed with DMA_BUF_IOCTL_SYNC.
 - The framebuffer is converted to B, G, R, X if needed and compared with the previous frame
   (capture.damage); a frame is returned only when pixels or the cursor changed.
 - While the CRTC is off the kernel has no vblanks to wait for: the reader returns one "no signal" frame,
   then looks at the CRTC state every ``idle_poll`` seconds until it lights up again.
-- Only the primary and cursor planes are read (overlay planes are not composed; use
-  capture.writeback for the composed output when vkmsremote itself is DRM master).
+- Only the primary and cursor planes are read (overlay planes are not composed). With a
+  :class:`~vkmsremote.capture.exporter.WritebackExporter` the reader instead has the CRTC's writeback
+  connector compose each frame into a buffer (only possible for the DRM master: vkmsremote driving the
+  CRTC itself); the cursor is then part of the picture.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -26,9 +36,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vkmsremote.capture.convert import NATIVE_FORMATS, convert_to_xrgb
+from vkmsremote.capture.convert import NATIVE_FORMATS, check_readable, convert_to_xrgb
 from vkmsremote.capture.damage import DEFAULT_TILE, DamageTracker
-from vkmsremote.capture.fbcache import FramebufferCache
+from vkmsremote.capture.exporter import FramebufferExporter, LocalExporter, WritebackExporter, map_exported
+from vkmsremote.capture.fbcache import GONE_ERRNOS, CachedFramebuffer, FramebufferCache
 from vkmsremote.capture.nosignal import no_signal_frame
 from vkmsremote.drm import ioctl as k
 from vkmsremote.drm.card import Card
@@ -36,13 +47,16 @@ from vkmsremote.drm.events import CrtcSequenceEvent, EventReader, queue_sequence
 from vkmsremote.drm.fourcc import DrmFormat
 from vkmsremote.drm.ioctl import ObjectType
 from vkmsremote.drm.resources import Resources, get_plane_state, get_properties
-from vkmsremote.errors import DrmError, TimeoutError_, UsageError
+from vkmsremote.errors import DeviceStateError, DrmError, TimeoutError_, UsageError
 from vkmsremote.server.source import Cursor, Frame, Pixels, Rect
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = (1024, 768)
-_VBLANK, _OFF, _TIMEOUT = "vblank", "off", "timeout"
+PROBE_STRIDE = 8
+"""Idle probes compare every 8th row: any change at least 8 rows tall (a glyph, a text cursor, a window)
+is seen at once; smaller ones wait for the next full check."""
+_VBLANK, _OFF, _TIMEOUT, _WOKEN = "vblank", "off", "timeout", "woken"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,41 +84,66 @@ def _signed32(value: int) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
+class _Gone(Exception):
+    """The framebuffer GETCRTC named vanished before it could be read (its client removed it): look again."""
+
+
 class CrtcReader:
     """Implements vkmsremote.server.source.FrameSource for one CRTC of a card.
 
-    Owns ``card`` (closed by :meth:`close`) when made by :meth:`open`. Needs root: reading another
-    client's framebuffer (GETFB2 handles) requires CAP_SYS_ADMIN or DRM master.
+    Owns ``card`` (closed by :meth:`close`) when made by :meth:`open`, and ``exporter`` when one is given
+    (closed too). Without an exporter the card fd itself exports framebuffers, which needs root (GETFB2
+    hands out buffer handles only to CAP_SYS_ADMIN or the DRM master); with the capture broker's client
+    as exporter, ``card`` only needs to be an open (authenticated) fd: GETCRTC, GETPLANE and vblank events
+    work for any client.
     """
 
     def __init__(self, card: Card, crtc_id: int, *, desktop_name: str = "", tile: int = DEFAULT_TILE,
                  idle_poll: float = 0.25, vblank_timeout: float = 1.0, own_card: bool = False,
-                 default_size: tuple[int, int] = DEFAULT_SIZE) -> None:
+                 default_size: tuple[int, int] = DEFAULT_SIZE, exporter: FramebufferExporter | None = None,
+                 writeback: WritebackExporter | None = None, idle_after: int = 30, idle_vblanks: int = 6,
+                 idle_full_every: int = 5) -> None:
         res = Resources.fetch(card, probe=False)
         res.crtc(crtc_id)  # raises UsageError for a wrong id
+        if idle_after < 1 or idle_vblanks < 1 or idle_full_every < 1:
+            raise UsageError("idle_after, idle_vblanks and idle_full_every must be at least 1")
         self.card = card
         self.crtc_id = crtc_id
         self.primary_plane_id = res.primary_plane(crtc_id).id
         cursor = res.cursor_plane(crtc_id)
-        self.cursor_plane_id = cursor.id if cursor is not None else None
+        # With writeback the cursor plane is composed into the picture already.
+        self.cursor_plane_id = cursor.id if cursor is not None and writeback is None else None
         self._desktop_name = desktop_name or f"{os.path.basename(card.path)} CRTC {crtc_id}"
         self._tile = tile
         self._idle_poll = idle_poll
         self._vblank_timeout = vblank_timeout
         self._own_card = own_card
         self._default_size = default_size
-        self._fbs = FramebufferCache(card)
-        self._cursor_fbs = FramebufferCache(card, max_entries=2)
+        self._own_exporter = exporter is not None
+        self.exporter: FramebufferExporter = exporter if exporter is not None else LocalExporter(card)
+        self.writeback = writeback
+        self._fbs = FramebufferCache(self.exporter)
+        self._cursor_fbs = FramebufferCache(self.exporter, max_entries=2)
+        self._wb_entry: CachedFramebuffer | None = None
         self._tracker: DamageTracker | None = None
         self._scratch: Pixels | None = None
+        self._entry: CachedFramebuffer | None = None  # the buffer the last full check read
+        self._state: CrtcState | None = None  # GETCRTC at the last full check
         self.fb_id = 0  # the framebuffer the last frame came from (0: none)
         self._serial = -1
         self._no_signal = False
         self._events: EventReader | None = None
         self._token = 0
         self._cursor: Cursor | None = None
+        self._idle_after = idle_after
+        self._idle_vblanks = idle_vblanks
+        self._idle_full_every = idle_full_every
+        self._unchanged = 0  # looks in a row that found nothing new
+        self._wake: asyncio.Event | None = None
         self.vblanks = 0  # vblank events waited for (stats, tests)
         self.frames = 0  # frames returned
+        self.full_checks = 0  # looks that read the whole buffer
+        self.probes = 0  # cheap idle looks
 
     @classmethod
     def open(cls, card_path: str, *, crtc_id: int | None = None, connector: int | str | None = None,
@@ -137,29 +176,53 @@ class CrtcReader:
     def desktop_name(self) -> str:
         return self._desktop_name
 
+    @property
+    def idle(self) -> bool:
+        """Whether the reader is looking only every ``idle_vblanks`` vblanks (nothing changed lately)."""
+        return self._unchanged >= self._idle_after
+
     def cursor(self) -> Cursor | None:
         return self._cursor
 
+    def wake(self) -> None:
+        """Something will probably change soon (a client sent input): look at every vblank again."""
+        self._unchanged = 0
+        if self._wake is not None:
+            self._wake.set()
+
     async def next_frame(self) -> Frame:
         if self._serial < 0:
-            pixels, _ = self._grab()
-            return self._frame(pixels, None)
+            while True:
+                try:
+                    pixels, _ = await self._grab(probe=False)
+                except _Gone:
+                    await asyncio.sleep(self._idle_poll)
+                    continue
+                return self._frame(pixels, None)
         while True:
-            status = await self._wait_vblank()
+            idle_looks = self._unchanged - self._idle_after
+            status = await self._wait_vblank(self._idle_vblanks if idle_looks >= 0 else 1)
             if status == _OFF:
                 if self._no_signal:
                     await asyncio.sleep(self._idle_poll)  # no vblanks while off: look again later
                     continue
                 pixels, _ = self._show_no_signal()
+                self._unchanged = 0
                 return self._frame(pixels, None)
             was_no_signal = self._no_signal
             cursor_serial = self._cursor.serial if self._cursor else None
-            pixels, damage = self._grab()
+            probe = status == _VBLANK and idle_looks >= 0 and (idle_looks + 1) % self._idle_full_every != 0
+            try:
+                pixels, damage = await self._grab(probe=probe)
+            except _Gone:
+                continue
             if self._no_signal and was_no_signal:
                 continue
             cursor_changed = (self._cursor.serial if self._cursor else None) != cursor_serial
             if damage is None or damage or cursor_changed:
+                self._unchanged = 0
                 return self._frame(pixels, damage)
+            self._unchanged += 1
 
     async def close(self) -> None:
         self.close_sync()
@@ -170,6 +233,11 @@ class CrtcReader:
             self._events = None
         self._fbs.close()
         self._cursor_fbs.close()
+        self._drop_writeback_buffer()
+        self._entry = None
+        if self._own_exporter:
+            self.exporter.close()
+            self._own_exporter = False
         if self._own_card:
             self.card.close()
 
@@ -180,37 +248,79 @@ class CrtcReader:
         self.frames += 1
         return Frame(pixels, self._serial, damage)
 
-    async def _wait_vblank(self) -> str:
-        """Wait for the CRTC's next vblank: _VBLANK, _OFF at once if the CRTC is off, or _TIMEOUT."""
-        if self._events is not None and self._events.loop is not asyncio.get_running_loop():
+    async def _wait_vblank(self, count: int = 1) -> str:
+        """Wait ``count`` vblanks of the CRTC: _VBLANK, _OFF at once if the CRTC is off, _TIMEOUT, or
+        _WOKEN if :meth:`wake` cut the wait short."""
+        loop = asyncio.get_running_loop()
+        if self._events is not None and self._events.loop is not loop:
             self._events.close()  # called from a new event loop (asyncio.run per call): start afresh
             self._events = None
         if self._events is None:
             self._events = EventReader(self.card)
+            self._wake = asyncio.Event()
+        assert self._wake is not None
         self._token = (self._token + 1) & 0xFFFFFFFF
         token = self._token
         try:
-            queue_sequence(self.card, self.crtc_id, 1, user_data=token)
+            queue_sequence(self.card, self.crtc_id, count, user_data=token)
         except DrmError as exc:
             if exc.errno == errno.EINVAL:  # vblank is off: the CRTC is not active
                 return _OFF
             raise
-        try:
-            await self._events.wait_for(
-                lambda e: isinstance(e, CrtcSequenceEvent) and e.user_data == token, timeout=self._vblank_timeout)
-        except TimeoutError_:
-            log.debug("no vblank on CRTC %d within %.1f s", self.crtc_id, self._vblank_timeout)
-            return _TIMEOUT
-        self._events.pending()  # stale events (an earlier timeout's) are of no use
-        self.vblanks += 1
+        events = self._events
+        timeout = self._vblank_timeout * count
+        waiting = events.wait_for(
+            lambda e: isinstance(e, CrtcSequenceEvent) and e.user_data == token, timeout=timeout)
+        if count == 1:
+            try:
+                await waiting
+            except TimeoutError_:
+                log.debug("no vblank on CRTC %d within %.1f s", self.crtc_id, timeout)
+                return _TIMEOUT
+        else:
+            self._wake.clear()
+            vblank = asyncio.ensure_future(waiting)
+            woken = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait((vblank, woken), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (vblank, woken):
+                    if not t.done():
+                        t.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await t
+            if not vblank.done() or vblank.cancelled():
+                return _WOKEN
+            if isinstance(vblank.exception(), TimeoutError_):
+                return _TIMEOUT
+            vblank.result()
+        events.pending()  # stale events (an earlier timeout's or wake's) are of no use
+        self.vblanks += count
         return _VBLANK
 
-    def _grab(self) -> tuple[Pixels, tuple[Rect, ...] | None]:
-        """Read the CRTC now: the stable frame and its damage (None: everything)."""
+    async def _grab(self, *, probe: bool) -> tuple[Pixels, tuple[Rect, ...] | None]:
+        """Look at the CRTC now: the stable frame and its damage (None: everything). A probe compares only
+        a sample of rows of the buffer read last and falls back to a full check when anything differs."""
         state = read_crtc_state(self.card, self.crtc_id)
         if state is None:
             return self._show_no_signal()
-        entry = self._fbs.get(state.fb_id)
+        if probe and self._probe_unchanged(state):
+            self.probes += 1
+            self._update_cursor()
+            assert self._tracker is not None
+            return self._tracker.frame, ()
+        self.full_checks += 1
+        try:
+            if self.writeback is not None:
+                entry = await self._writeback_frame(state)
+            else:
+                entry = self._fbs.get(state.fb_id)
+        except DrmError as exc:
+            if exc.errno in GONE_ERRNOS:
+                raise _Gone from None
+            raise
+        except DeviceStateError:  # writeback: the CRTC went off under us
+            raise _Gone from None
         self.fb_id = state.fb_id
         info = entry.mapped.info
         w, h = state.width, state.height
@@ -221,9 +331,10 @@ class CrtcReader:
         tracker = self._tracker
         assert tracker is not None
         self._no_signal = False
+        x, y = (0, 0) if self.writeback is not None else (state.x, state.y)
         with entry.mapped.reading():
             src = entry.mapped.plane_rows(0, entry.bytes_per_pixel)
-            full_screen = (info.width, info.height, state.x, state.y) == (w, h, 0, 0)
+            full_screen = (info.width, info.height, x, y) == (w, h, 0, 0)
             if full_screen and info.format in NATIVE_FORMATS:
                 new = src
             else:
@@ -231,15 +342,57 @@ class CrtcReader:
                 if not full_screen:
                     new[...] = 0
                 # The visible part of the framebuffer: from the plane's source offset, clipped.
-                vis = src[state.y:state.y + h, state.x:state.x + w]
+                vis = src[y:y + h, x:x + w]
                 convert_to_xrgb(vis, info.format, new[:vis.shape[0], :vis.shape[1]])
             if fresh:
                 tracker.reset(new)
                 damage: tuple[Rect, ...] | None = None
             else:
                 damage = tracker.update(new)
+        self._entry, self._state = entry, state
         self._update_cursor()
         return tracker.frame, damage
+
+    def _probe_unchanged(self, state: CrtcState) -> bool:
+        """Whether an idle probe finds the picture as it was: same GETCRTC state, and for a buffer read
+        directly (native format, whole screen), the same pixels in every PROBE_STRIDE-th row."""
+        entry, tracker = self._entry, self._tracker
+        if (self.writeback is not None or self._no_signal or entry is None or tracker is None
+                or state != self._state or entry.mapped.info.format not in NATIVE_FORMATS):
+            return False
+        info = entry.mapped.info
+        if (info.width, info.height, state.x, state.y) != (state.width, state.height, 0, 0):
+            return False
+        with entry.mapped.reading():
+            rows = entry.mapped.plane_rows(0, entry.bytes_per_pixel)[::PROBE_STRIDE]
+            return bool(np.array_equal(rows, tracker.frame[::PROBE_STRIDE]))
+
+    async def _writeback_frame(self, state: CrtcState) -> CachedFramebuffer:
+        assert self.writeback is not None
+        old = self._wb_entry
+        exported = await self.writeback.writeback(self.crtc_id, old.mapped.identity if old is not None else None)
+        if exported.fds is None and old is not None:
+            entry = old
+        else:
+            self._drop_writeback_buffer()
+            mapped = map_exported(exported)
+            try:
+                entry = CachedFramebuffer(mapped, check_readable(mapped.info))
+            except BaseException:
+                mapped.close()
+                raise
+            self._wb_entry = entry
+        info = entry.mapped.info
+        if (info.width, info.height) != (state.width, state.height):
+            raise _Gone  # the mode changed between GETCRTC and the writeback: look again
+        return entry
+
+    def _drop_writeback_buffer(self) -> None:
+        if self._wb_entry is not None:
+            if self._entry is self._wb_entry:
+                self._entry = None
+            self._wb_entry.mapped.close()
+            self._wb_entry = None
 
     def _scratch_frame(self, w: int, h: int) -> Pixels:
         if self._scratch is None or self._scratch.shape[:2] != (h, w):
@@ -253,6 +406,7 @@ class CrtcReader:
             self._tracker.reset(no_signal_frame(w, h))
             self._no_signal = True
             self.fb_id = 0
+            self._entry, self._state = None, None
             self._fbs.close()
             self._update_cursor()
         return self._tracker.frame, None
@@ -267,7 +421,12 @@ class CrtcReader:
                 self._cursor = Cursor(old.pixels, old.hot_x, old.hot_y, old.x, old.y, False, old.serial + 1)
             return
         props = get_properties(self.card, self.cursor_plane_id, ObjectType.PLANE)
-        entry = self._cursor_fbs.get(plane.fb_id)
+        try:
+            entry = self._cursor_fbs.get(plane.fb_id)
+        except DrmError as exc:
+            if exc.errno in GONE_ERRNOS:  # replaced since GETPLANE: the next look sees the new one
+                return
+            raise
         sx, sy = (props.value("SRC_X", 0) or 0) >> 16, (props.value("SRC_Y", 0) or 0) >> 16
         sw, sh = (props.value("SRC_W", 0) or 0) >> 16, (props.value("SRC_H", 0) or 0) >> 16
         info = entry.mapped.info
@@ -287,4 +446,3 @@ class CrtcReader:
             return
         image.flags.writeable = False
         self._cursor = Cursor(image, hot_x, hot_y, x + hot_x, y + hot_y, True, old.serial + 1 if old else 0)
-

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from vkmsremote.capture.exporter import ExportedFramebuffer, export_dumb_framebuffer
 from vkmsremote.drm.atomic import AtomicRequest
 from vkmsremote.drm.card import Card
 from vkmsremote.drm.fourcc import DrmFormat, format_name
@@ -92,6 +93,11 @@ class WritebackCapture:
 
     def capture(self) -> Pixels:
         """Commit one writeback job, wait for its fence, return a copy of the frame (h, w, 4) B, G, R, X."""
+        return np.array(self.capture_into().pixels, copy=True)
+
+    def capture_into(self) -> DumbFramebuffer:
+        """Commit one writeback job and wait for its fence; the buffer now holding the frame (XRGB8888,
+        the CRTC's mode size). It is reused by the next capture (a new one only when the size changes)."""
         crtc = get_crtc(self.card, self.crtc_id, with_properties=False)
         if not crtc.active or crtc.mode is None:
             raise DeviceStateError(f"CRTC {self.crtc_id} is off: nothing to write back",
@@ -122,7 +128,7 @@ class WritebackCapture:
         finally:
             os.close(fence.value)
         self.captures += 1
-        return np.array(fb.pixels, copy=True)
+        return fb
 
     async def capture_async(self) -> Pixels:
         """:meth:`capture` in a worker thread (the commit and the fence wait block for about a frame)."""
@@ -132,3 +138,21 @@ class WritebackCapture:
         if self._fb is not None:
             self._fb.close()
             self._fb = None
+
+
+class LocalWritebackExporter:
+    """A :class:`~vkmsremote.capture.exporter.WritebackExporter` in this process (it must be the DRM
+    master): each call captures one frame in a worker thread and exports the buffer it landed in."""
+
+    def __init__(self, capture: WritebackCapture) -> None:
+        self.capture = capture
+
+    def writeback_sync(self, crtc_id: int, known: tuple[int, ...] | None = None) -> ExportedFramebuffer:
+        if crtc_id != self.capture.crtc_id:
+            raise UsageError(f"this writeback capture is for CRTC {self.capture.crtc_id}, not {crtc_id}")
+        fb = self.capture.capture_into()
+        return export_dumb_framebuffer(self.capture.card, fb.fb_id, fb.dumb.handle, fb.width, fb.height, fb.pitch,
+                                       fb.format, known)
+
+    async def writeback(self, crtc_id: int, known: tuple[int, ...] | None = None) -> ExportedFramebuffer:
+        return await asyncio.get_running_loop().run_in_executor(None, self.writeback_sync, crtc_id, known)

@@ -1,0 +1,353 @@
+"""``vkmsremote up`` serving: after the device is up, serve its connector's CRTC over VNC with privilege
+separation.
+
+Process layout (see docs/capture.md):
+
+    vkmsremote up (root) ── makes XR-0 in configfs, then forks ──▶ capture broker (uid 0, CAP_SYS_ADMIN
+        │                                                          only, no sockets but the socketpair;
+        │                                                          with --drive: DRM master, page flips)
+        ├─ opens the card (non-master), the uinput devices, builds TLS state
+        └─ drops to --user (no capabilities, no_new_privs) ─▶ listens, serves VNC/web, asks the broker
+                                                              for dma-buf fds over the socketpair
+
+Only argument definitions are imported by the CLI's parser; everything heavy is imported when serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import pkgutil
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from vkmsremote.errors import DeviceStateError, UsageError
+
+log = logging.getLogger("vkmsremote.up")
+
+DEFAULT_PORT = 5900
+DEFAULT_WEB_PORT = 5800
+DEFAULT_USER = "nobody"
+DEFAULT_DRIVE_FPS = 30.0
+ANNOUNCE_ENV = "VKMSREMOTE_ANNOUNCE"
+"""Set by ``up --vm``: the host address clients use (the guest prints it instead of its own address)."""
+SERVING_PACKAGES = ("vkmsremote.capture", "vkmsremote.drm", "vkmsremote.rfb", "vkmsremote.server",
+                    "vkmsremote.web", "vkmsremote.input", "vkmsremote.service")
+"""Everything the network-facing process may import after the privilege drop (see preload_modules)."""
+SECURITY_CHOICES = ("none", "vncauth", "x509none", "x509vnc", "x509plain")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxHEIGHT") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"size {text!r} is empty")
+    return w, h
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
+    return port
+
+
+def add_arguments(up: argparse.ArgumentParser) -> None:
+    """The serving options of ``vkmsremote up`` (the device options are the CLI's)."""
+    srv = up.add_argument_group("serving (after the device is up; Ctrl-C stops serving, the device stays)")
+    srv.add_argument("--no-serve", action="store_true", help="only create the device and print the mapping")
+    srv.add_argument("--connector", metavar="NAME",
+                     help="configfs connector to serve (default: the profile's first, XR-0)")
+    srv.add_argument("--listen", default="127.0.0.1", metavar="HOST",
+                     help="address to listen on (default 127.0.0.1; anything else needs a password or "
+                          "--insecure-listen)")
+    srv.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"VNC port (default {DEFAULT_PORT})")
+    srv.add_argument("--web", type=_port, nargs="?", const=DEFAULT_WEB_PORT, metavar="PORT",
+                     help=f"also serve noVNC in a browser on PORT (default {DEFAULT_WEB_PORT})")
+    srv.add_argument("--drive", choices=("pattern",),
+                     help="pattern: vkmsremote becomes DRM master and page-flips an animated test pattern onto "
+                          "the connector (demos, benchmarks); default: serve whatever a compositor shows")
+    srv.add_argument("--drive-size", type=_size, metavar="WxH", help="--drive: mode size (default: preferred)")
+    srv.add_argument("--drive-fps", type=float, default=DEFAULT_DRIVE_FPS, metavar="N",
+                     help=f"--drive: flips per second at most (default {DEFAULT_DRIVE_FPS:g}; 0: every vblank)")
+    srv.add_argument("--capture", choices=("getfb2", "writeback"), default="getfb2",
+                     help="getfb2: read the primary plane's framebuffer (default); writeback: the CRTC's "
+                          "writeback connector composes each frame (needs --drive)")
+    srv.add_argument("--input", choices=("uinput", "none"), default="uinput",
+                     help="where clients' keyboard and pointer go (default uinput)")
+    srv.add_argument("--user", default=DEFAULT_USER,
+                     help=f"unprivileged user the network-facing process becomes (default {DEFAULT_USER})")
+    srv.add_argument("--down-on-exit", action="store_true", help="remove the device when serving stops")
+    srv.add_argument("--vm", action="store_true",
+                     help="run all of this inside vkmsremote's test VM (for machines without VKMS) and forward "
+                          "the ports to this host's 127.0.0.1")
+    sec = up.add_argument_group("security (as for `vkmsremote serve`)")
+    sec.add_argument("--password", help="password (prefer --password-file or $VKMSREMOTE_PASSWORD: a command "
+                     "line is visible to other users); VNC authentication uses its first 8 bytes")
+    sec.add_argument("--password-file", type=Path, help="file whose first line is the password")
+    sec.add_argument("--username", help="username for VeNCrypt X509Plain (which uses the whole password)")
+    sec.add_argument("--security", help="comma-separated security types in order of preference: "
+                     + ", ".join(SECURITY_CHOICES) + " (default: x509vnc,vncauth with a password, else none)")
+    sec.add_argument("--tls-cert", type=Path, help="PEM certificate for VeNCrypt and the web page (default: a "
+                     "self-signed one, made on first use under ~/.config/vkmsremote/tls)")
+    sec.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    sec.add_argument("--insecure-listen", action="store_true",
+                     help="allow a non-loopback --listen without authentication")
+    sec.add_argument("--view-only", action="store_true", help="ignore keyboard, pointer and clipboard input")
+    sec.add_argument("--always-shared", action="store_true",
+                     help="never disconnect other clients when one asks for exclusive access")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeTarget:
+    """The connector being served and where it is in DRM."""
+
+    name: str  # configfs name, "XR-0"
+    device: str  # configfs device name
+    card: str  # "/dev/dri/card0"
+    drm_name: str  # "Virtual-1"
+    connector_id: int
+    crtc_id: int
+
+    @property
+    def desktop_name(self) -> str:
+        return (f"{self.name} ({os.path.basename(self.card)} {self.drm_name}, connector {self.connector_id}, "
+                f"CRTC {self.crtc_id})")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse combinations that cannot work, before anything is changed."""
+    if args.capture == "writeback" and not args.drive:
+        raise UsageError("--capture writeback needs --drive",
+                         hint="the writeback connector can only be used by the DRM master, i.e. when vkmsremote "
+                              "drives the CRTC itself")
+    if args.no_serve:
+        given = [flag for flag, on in (("--drive", args.drive), ("--web", args.web is not None),
+                                       ("--down-on-exit", args.down_on_exit)) if on]
+        if given:
+            raise UsageError(f"{', '.join(given)} cannot be used with --no-serve")
+    if args.drive_fps is not None and args.drive_fps < 0:
+        raise UsageError("--drive-fps must be 0 or more")
+    if args.web is not None and args.web == args.port and args.port:
+        raise UsageError(f"--web and --port are both {args.port}")
+
+
+def unprivileged_port_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
+
+
+def target_of(mapping: Any, connector: str | None) -> ServeTarget:
+    """The ServeTarget of ``connector`` (default: the first) in an ``up`` DeviceMapping."""
+    if not mapping.connectors:
+        raise DeviceStateError(f"device {mapping.name} has no connectors to serve")
+    c = mapping.connector(connector) if connector else mapping.connectors[0]
+    if mapping.card is None or c.connector_id is None or c.drm_name is None:
+        raise DeviceStateError(f"{c.name} has no DRM connector yet ({mapping.note or 'no card'})",
+                               hint="`vkmsremote status` shows the DRM side; `dmesg | tail` may say why")
+    crtc = c.crtc_id or next(iter(c.possible_crtc_ids), None)
+    if not crtc:
+        raise DeviceStateError(f"{c.name} ({c.drm_name}) cannot be driven by any CRTC")
+    return ServeTarget(c.name, mapping.name, mapping.card, c.drm_name, c.connector_id, crtc)
+
+
+def preload_modules() -> None:
+    """Import now everything serving may import later: after the privilege drop the interpreter's own
+    files may be unreadable (e.g. a Python under /root), and a lazy import would then fail mid-session."""
+    for package in SERVING_PACKAGES:
+        module = importlib.import_module(package)
+        for info in pkgutil.walk_packages(module.__path__, package + "."):
+            if info.name != "vkmsremote.input.generate_tables":
+                importlib.import_module(info.name)
+    for name in ("ssl", "hmac", "hashlib", "secrets", "zlib", "json", "base64", "html", "mimetypes",
+                 "email.utils", "encodings.idna", "encodings.latin_1", "encodings.ascii", "encodings.utf_8",
+                 "asyncio.sslproto", "asyncio.staggered", "asyncio.trsock", "concurrent.futures.thread",
+                 "simplejpeg", "evdev", "numpy.lib.stride_tricks", "logging.handlers", "traceback"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    import mimetypes
+
+    mimetypes.init()  # reads /etc/mime.types now, while it still can
+
+
+class WakingSink:
+    """An InputSink that tells the frame source input arrived (it then looks at every vblank again:
+    input is usually followed by a change on screen) before passing each event on."""
+
+    def __init__(self, inner: Any, wake: Callable[[], None]) -> None:
+        self.inner = inner
+        self._wake = wake
+
+    def key(self, keysym: int, down: bool) -> None:
+        self._wake()
+        self.inner.key(keysym, down)
+
+    def key_scancode(self, keysym: int, keycode: int, down: bool) -> None:
+        self._wake()
+        self.inner.key_scancode(keysym, keycode, down)
+
+    def pointer(self, x: int, y: int, buttons: int) -> None:
+        self._wake()
+        self.inner.pointer(x, y, buttons)
+
+    def clipboard(self, text: str) -> None:
+        self.inner.clipboard(text)
+
+    def set_screen(self, width: int, height: int) -> None:
+        set_screen = getattr(self.inner, "set_screen", None)
+        if set_screen is not None:
+            set_screen(width, height)
+
+    def release_all(self) -> None:
+        release = getattr(self.inner, "release_all", None)
+        if release is not None:
+            release()
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+
+def _say(out: TextIO, text: str) -> None:
+    print(f"vkmsremote: {text}", file=out, flush=True)
+
+
+def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -> int:
+    """Serve the connector ``up`` just made (or found) until SIGINT/SIGTERM. Runs as root: forks the
+    capture broker, drops privileges, serves. Returns the exit status."""
+    from vkmsremote.capture.broker import BrokerSpec, start_broker
+    from vkmsremote.errors import PermissionDeniedError
+    from vkmsremote.server.app import _password, security_policy
+    from vkmsremote.server.tls import ensure_certificate, server_context
+    from vkmsremote.service.privileges import drop_privileges, resolve_user
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="vkmsremote[%(process)d] %(levelname)s: %(message)s")
+    check_options(args)
+    target = target_of(mapping, args.connector)
+    root = os.geteuid() == 0
+    if not root:
+        raise PermissionDeniedError("serving needs root (to start the capture broker and open uinput)",
+                                    hint="run vkmsremote up as root, or use `vkmsremote serve` as a DRM master")
+    user = resolve_user(args.user)
+    low = unprivileged_port_start()
+    for flag, port in (("--port", args.port), ("--web", args.web)):
+        if port is not None and 0 < port < low:
+            raise UsageError(f"{flag} {port} is below {low}: only privileged processes may listen there, and the "
+                             "server gives up its privileges", hint=f"choose a port of {low} or more")
+    # Everything that needs root's files is read now: password file, TLS key and certificate.
+    password = _password(args)
+    if password is not None and len(password.encode()) > 8:
+        log.warning("VNC authentication uses only the first 8 bytes of the password")
+    types = [t for t in args.security.split(",") if t.strip()] if args.security else None
+    policy = security_policy(password=password, username=args.username, types=types,
+                             tls_cert=args.tls_cert, tls_key=args.tls_key)
+    web_ssl = server_context(*ensure_certificate(args.tls_cert, args.tls_key)) if (
+        args.web is not None and args.tls_cert is not None) else None
+    from vkmsremote.server.app import VncServer
+
+    if not policy.authenticates and not args.insecure_listen:
+        from vkmsremote.server.app import is_loopback
+
+        if not is_loopback(args.listen):
+            raise UsageError(f"refusing to listen on {args.listen} without authentication",
+                             hint="set a password (--password-file) or pass --insecure-listen if the network "
+                                  "is trusted")
+
+    spec = BrokerSpec(card_path=target.card, crtc_id=target.crtc_id,
+                      drive_connector=target.drm_name if args.drive == "pattern" else None,
+                      drive_size=args.drive_size, drive_fps=args.drive_fps or None,
+                      writeback=args.capture == "writeback",
+                      down_on_exit=target.device if args.down_on_exit else None)
+    broker = start_broker(spec)  # forks: nothing above may have started a thread or an event loop
+    devices: Any = None
+    try:
+        from vkmsremote.capture.crtc import CrtcReader
+        from vkmsremote.drm.card import Card
+
+        card = Card.open(target.card)  # authenticated as root at open: GETCRTC, GETPLANE, vblank events
+        if args.input == "uinput" and not args.view_only:
+            from vkmsremote.input import UinputDevices
+
+            devices = UinputDevices.open("vkmsremote")
+        preload_modules()
+        dropped = drop_privileges(user.pw_name)
+        log.info("serving as %s (uid %d, no capabilities); capture broker pid %s keeps CAP_SYS_ADMIN",
+                 dropped.user, dropped.uid, broker.pid)
+        reader = CrtcReader(card, target.crtc_id, desktop_name=target.desktop_name, own_card=True,
+                            exporter=broker, writeback=broker if args.capture == "writeback" else None)
+        sink: Any = None
+        if devices is not None:
+            from vkmsremote.input import UinputSink
+
+            def sink(width: int, height: int) -> Any:
+                return WakingSink(UinputSink(devices, width, height), reader.wake)
+
+        server = VncServer(reader, sink, host=args.listen, port=args.port, policy=policy,
+                           view_only=args.view_only, always_shared=args.always_shared,
+                           insecure_listen=args.insecure_listen)
+        asyncio.run(_serve(server, reader, target, args, web_ssl, out))
+    finally:
+        if devices is not None:
+            devices.close()  # releases anything still pressed
+        broker.close()
+    if args.down_on_exit:
+        status = "removed" if broker.exit_status == 0 else "could not remove (see the log)"
+        _say(out, f"{status} VKMS device {target.device}")
+    return 0
+
+
+async def _serve(server: Any, reader: Any, target: ServeTarget, args: argparse.Namespace, web_ssl: Any,
+                 out: TextIO) -> None:
+    from vkmsremote.web import WebConfig, start_web_server
+    from vkmsremote.web.server import LOOPBACK_NAMES
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    web = None
+    announce = os.environ.get(ANNOUNCE_ENV)
+    try:
+        await server.start()
+        if args.web is not None:
+            # Behind `up --vm` clients come through the host's loopback forward: accept only those names.
+            config = WebConfig(allowed_hosts=LOOPBACK_NAMES) if announce else WebConfig()
+            web = await start_web_server(server.handle_client, args.listen, args.web, ssl=web_ssl, config=config)
+        _say(out, f"serving {target.desktop_name} on {args.listen} port {server.port} "
+                  f"({', '.join(t.name for t in server.ctx.policy.types)})")
+        if announce:
+            host, _, _ = announce.rpartition(":")
+            _say(out, f"connect a VNC client to {host}:{server.port} on the host "
+                      f"(e.g. vncviewer {host}::{server.port})")
+            if web is not None:
+                _say(out, f"or open http://{host}:{args.web}/vnc.html in a browser on the host")
+        elif web is not None:
+            _say(out, f"open {web.url}vnc.html in a browser")
+        await server.serve_forever()
+    except asyncio.CancelledError:
+        _say(out, "stopping")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if web is not None:
+            await web.close()
+        await server.close()
+        await reader.close()
