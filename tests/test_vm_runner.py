@@ -25,7 +25,7 @@ from vkmsremote.errors import VmError
 from vkmsremote.vm import Accel, Forward, VmSpec, run
 from vkmsremote.vm.__main__ import VM_FAILED, main
 from vkmsremote.vm.accel import ACCEL_ENV, choose_accel, kvm_device_usable
-from vkmsremote.vm.command import READY_MARKER, guest_script, parse_status, vng_command
+from vkmsremote.vm.command import READY_MARKER, ROOT_9P_FLAGS, guest_script, parse_status, vng_command
 from vkmsremote.vm.kernel import KERNEL_ENV, kernel_image
 
 RESULTS = Path("/var/lib/vkmsremote-test/results")  # only used in pure command-building tests
@@ -54,7 +54,9 @@ def test_tcg_command_line() -> None:
     assert value_after(cmd, "--memory") == ["2G"]
     assert value_after(cmd, "--cpus") == ["2"]
     assert value_after(cmd, "--rwdir") == [str(RESULTS)]
-    assert value_after(cmd, "--append") == ["vkms.create_default_dev=0"]
+    [append] = value_after(cmd, "--append")
+    assert append.split() == [ROOT_9P_FLAGS, "vkms.create_default_dev=0"]
+    assert ROOT_9P_FLAGS.startswith("rootflags=") and ",cache=loose" in ROOT_9P_FLAGS
     assert value_after(cmd, "--exec") == [f"bash {RESULTS}/guest.sh"]
     assert not [a for a in cmd if a.startswith("--qemu-opts")]
 
@@ -77,7 +79,7 @@ def test_forwards_become_one_restricted_user_netdev() -> None:
         "-device virtio-net-pci,netdev=vkfwd"
     )
     assert cmd[-1] == opts, "vng must get --qemu-opts last"
-    assert value_after(cmd, "--append") == ["vkms.create_default_dev=0 net.ifnames=0"]
+    assert value_after(cmd, "--append") == [f"{ROOT_9P_FLAGS} vkms.create_default_dev=0 net.ifnames=0"]
 
 
 @pytest.mark.parametrize(
@@ -104,6 +106,7 @@ def test_forward_parse_rejects(text: str) -> None:
         {"rwdirs": (Path("/srv/x=~"),)},
         {"results_dir": Path("/tmp/results")},  # hidden by the guest's tmpfs /tmp
         {"rwdirs": (Path("/tmp"),)},
+        {"cwd": Path("/tmp/somewhere")},
         {"env": (("BAD-NAME", "1"),)},
         {"forwards": (Forward(1, 2), Forward(1, 3))},
         {"cpus": 0},

@@ -36,6 +36,12 @@ READY_MARKER = "vkmsremote-vm: guest ready"
 
 DEFAULT_APPEND = ("vkms.create_default_dev=0",)
 
+ROOT_9P_FLAGS = "rootflags=version=9p2000.L,trans=virtio,access=any,msize=512000,cache=loose"
+"""Overrides virtme-ng's rootflags (the last one on the command line wins) to add cache=loose: the
+guest's root is read-only, and caching it halves the time Python takes to import numpy and pytest
+under TCG (measured 92 s -> 49 s). Files the host changes during a run may look stale in the guest;
+the shared results directory is a separate mount without caching."""
+
 # vng assembles its virtme-run call as one shell string without quoting paths, so refuse anything
 # the shell would split or interpret rather than pass it on.
 # "~" is allowed only after a letter or digit (Debian versions such as 7.3.4-1~bpo13+1), where no
@@ -104,7 +110,7 @@ class VmSpec:
             if not _ENV_NAME.match(name):
                 raise VmError(f"bad environment variable name {name!r}")
         if not self.share_host_tmp:
-            for path in (self.results_dir, *self.rwdirs):
+            for path in (self.results_dir, self.cwd, *self.rwdirs):
                 if path == Path("/tmp") or Path("/tmp") in path.parents:
                     raise VmError(
                         f"{path} is under /tmp, which the guest replaces with a private tmpfs",
@@ -156,7 +162,7 @@ def vng_command(spec: VmSpec, vng: str = "vng") -> list[str]:
         if d not in seen:
             seen.add(d)
             cmd += ["--rwdir", str(d)]
-    append = list(spec.append)
+    append = [ROOT_9P_FLAGS, *spec.append]
     if spec.forwards:
         append.append("net.ifnames=0")  # keep the NIC named eth0 when udev runs in the guest
     cmd += ["--append", " ".join(append)]
@@ -201,11 +207,8 @@ def guest_script(spec: VmSpec) -> str:
     ]
     if not spec.share_host_tmp:
         lines.append("mount -t tmpfs -o mode=1777 vkmsremote-tmp /tmp || fail 'cannot mount a tmpfs on /tmp'")
-    lines += [
-        "mkdir -p /tmp/vkmsremote-home /run/user/0",
-        "chmod 700 /run/user/0",
-        "mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config 2>/dev/null",
-    ]
+    # Every program started here is read over 9p and emulated: use shell builtins where possible.
+    lines.append("mkdir -p /tmp/vkmsremote-home /run/user/0")
     for name, value in guest_environment(spec):
         lines.append(f"export {name}={q(value)}")
     if spec.forwards:
@@ -218,7 +221,8 @@ def guest_script(spec: VmSpec) -> str:
         ]
     lines += [
         f"cd {q(str(spec.cwd))} || fail 'cannot cd to {spec.cwd}'",
-        f'echo "{READY_MARKER} uptime=$(cut -d" " -f1 /proc/uptime)" >&2',
+        "read -r uptime _ < /proc/uptime",
+        f'echo "{READY_MARKER} uptime=$uptime" >&2',
         shlex.join(spec.argv),
         "rc=$?",
         'echo "$rc" > "$status_file"',
