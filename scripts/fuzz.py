@@ -463,9 +463,18 @@ TARGETS: dict[str, Target] = {
     "websocket": target_websocket,
     "http": target_http,
 }
-CANARIES: dict[str, Target] = {"canary": target_canary}
+_MIXED = ("rfb-handshake", "rfb-messages", "rfb-tls", "websocket", "http")
+
+
+def target_mixed(data: bytes) -> None:
+    """Every target in one process (byte 0 picks it): one child start-up instead of five, for short runs."""
+    if data:
+        TARGETS[_MIXED[data[0] % len(_MIXED)]](data[1:])
+
+
+CANARIES: dict[str, Target] = {"canary": target_canary, "mixed": target_mixed}
 WEIGHTS = {"rfb-handshake": 0.25, "rfb-messages": 0.30, "rfb-tls": 0.05, "websocket": 0.20, "http": 0.20,
-           "canary": 1.0}
+           "canary": 1.0, "mixed": 1.0}
 """Share of --runs per target (TLS inputs cost ~1 ms each for the handshake, hence fewer)."""
 
 
@@ -514,6 +523,8 @@ def seeds(name: str) -> list[bytes]:
         return [b"\x00\x00" + _ws_frame(2, all_msgs), b"\x03\x01" + _ws_frame(2, msgs[3], fin=False)
                 + _ws_frame(9, b"ping") + _ws_frame(0, msgs[5]) + _ws_frame(8, b"\x03\xe8bye"),
                 b"\x00\x00" + _ws_frame(2, b"x" * 300) + _ws_frame(10, b"")]
+    if name == "mixed":
+        return [bytes([i]) + s for i, t in enumerate(_MIXED) for s in seeds(t)]
     if name == "canary":
         return [b"ok", b"CRASH" if os.environ.get("VKMSREMOTE_FUZZ_CANARY") == "crash" else b"HANG"]
     if name == "http":
@@ -625,8 +636,8 @@ _STATS = re.compile(r"#(\d+)\s+\w+\s+cov: (\d+).*?rss: (\d+)Mb")
 
 def run_atheris(name: str, runs: int, *, timeout: float, rss_limit_mb: int, workdir: Path,
                 log: Callable[[str], None]) -> Result:
-    """Run one target in children until ``runs`` inputs are done (a crash ends a child: it is counted,
-    its input kept, and a new child goes on with the corpus)."""
+    """Run one target in a child until ``runs`` inputs are done or it fails (a crash, hang or memory
+    blow-up ends the child, as libFuzzer does: that input is kept and reported, the target's run is over)."""
     corpus = workdir / f"corpus-{name}"
     corpus.mkdir(parents=True, exist_ok=True)
     seed_dir = workdir / f"seeds-{name}"
@@ -636,54 +647,41 @@ def run_atheris(name: str, runs: int, *, timeout: float, rss_limit_mb: int, work
     dict_path = workdir / "rfb.dict"
     write_dictionary(dict_path)
     res = Result(name)
-    artifacts: list[str] = []
     timing_path = workdir / f"timing-{name}.json"
-    left = runs
-    restarts = 0
-    while left > 0 and restarts < 20:
-        art = workdir / f"artifacts-{name}"
-        art.mkdir(exist_ok=True)
-        before = set(art.iterdir())
-        args = [sys.executable, os.path.abspath(__file__), "--child", name, "--",
-                f"-runs={left}", f"-timeout={max(1, round(timeout))}", f"-rss_limit_mb={rss_limit_mb}",
-                "-max_len=4096", f"-dict={dict_path}", f"-artifact_prefix={art}/", "-print_final_stats=1",
-                str(corpus), str(seed_dir)]
-        t0 = time.monotonic()
-        proc = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ,
-                              VKMSREMOTE_FUZZ_TIMING=str(timing_path), PYTHONHASHSEED="0"))
-        elapsed = time.monotonic() - t0
-        out = proc.stderr
-        done = _DONE.search(out)
-        stats = _STATS.findall(out)
-        units = _UNITS.search(out)
-        executed = int(units.group(1)) if units else int(done.group(1)) if done else int(stats[-1][0]) if stats else 0
-        if stats:
-            res.coverage = max(res.coverage, int(stats[-1][1]))
-            res.peak_rss_mb = max(res.peak_rss_mb, max(float(s[2]) for s in stats))
-        for peak in _PEAK.findall(out):
-            res.peak_rss_mb = max(res.peak_rss_mb, float(peak))
-        res.runs += executed
-        res.seconds += elapsed
-        left -= max(executed, 1)
-        new = sorted(set(art.iterdir()) - before)
-        if proc.returncode != 0 or new:
-            restarts += 1
-            kind = "hang" if "timeout" in out.lower() and "ERROR: libFuzzer: timeout" in out else \
-                   "oom" if "out-of-memory" in out else "crash"
-            if kind == "hang":
-                res.hangs += 1
-            elif kind == "oom":
-                res.ooms += 1
-            else:
-                res.crashes += 1
-            artifacts += [str(p) for p in new]
-            tail = "\n".join(out.splitlines()[-40:])
-            log(f"{name}: child ended with {proc.returncode} ({kind}) after {executed} inputs:\n{tail}")
-            if executed == 0 and not new:
-                break  # it cannot even start: do not loop
+    art = workdir / f"artifacts-{name}"
+    art.mkdir(exist_ok=True)
+    before = set(art.iterdir())
+    args = [sys.executable, os.path.abspath(__file__), "--child", name, "--",
+            f"-runs={runs}", f"-timeout={max(1, round(timeout))}", f"-rss_limit_mb={rss_limit_mb}",
+            "-max_len=4096", f"-dict={dict_path}", f"-artifact_prefix={art}/", "-print_final_stats=1",
+            str(corpus), str(seed_dir)]
+    t0 = time.monotonic()
+    proc = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ,
+                          VKMSREMOTE_FUZZ_TIMING=str(timing_path), PYTHONHASHSEED="0"))
+    res.seconds = time.monotonic() - t0
+    out = proc.stderr
+    done = _DONE.search(out)
+    stats = _STATS.findall(out)
+    units = _UNITS.search(out)
+    res.runs = int(units.group(1)) if units else int(done.group(1)) if done else int(stats[-1][0]) if stats else 0
+    if stats:
+        res.coverage = int(stats[-1][1])
+        res.peak_rss_mb = max(float(s[2]) for s in stats)
+    for peak in _PEAK.findall(out):
+        res.peak_rss_mb = max(res.peak_rss_mb, float(peak))
+    new = sorted(set(art.iterdir()) - before)
+    if proc.returncode != 0 or new:
+        if "ERROR: libFuzzer: timeout" in out:
+            res.hangs += 1
+        elif "ERROR: libFuzzer: out-of-memory" in out:
+            res.ooms += 1
+        else:
+            res.crashes += 1
+        tail = "\n".join(out.splitlines()[-40:])
+        log(f"{name}: child ended with status {proc.returncode} after {res.runs} inputs:\n{tail}")
+    res.artifacts = tuple(str(p) for p in new)
     with contextlib.suppress(OSError, ValueError):
         res.slowest_ms = json.loads(timing_path.read_text())["slowest"] * 1000
-    res.artifacts = tuple(artifacts)
     return res
 
 
@@ -752,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=1_000_000, help="inputs in all, shared by the targets (default 1e6)")
-    p.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: " + ", ".join(TARGETS))
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help="comma-separated: " + ", ".join(TARGETS) + " (or mixed: all of them in one child)")
     p.add_argument("--engine", choices=("atheris", "random"), default="atheris")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds one input may take (default 2)")
     p.add_argument("--rss-limit-mb", type=int, default=1024, help="a child above this RSS is a crash (default 1024)")
