@@ -175,7 +175,8 @@ class Session:
         transport = writer.transport
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         refuse = None
-        blocked = ctx.blacklist.blocked_for(self.address)
+        # Every connection counts as an attempt (TigerVNC's rule), unless there is no secret to guess.
+        blocked = ctx.blacklist.attempt(self.address) if ctx.policy.authenticates else 0.0
         if blocked > 0:
             refuse = f"Too many authentication failures from {self.address}; try again in {blocked:.0f} s"
         self.conn = ServerConnection(ctx.policy, refuse=refuse, max_cut_text=ctx.max_cut_text)
@@ -328,7 +329,6 @@ class Session:
                     self.record.security_type = ev.security_type
                     self.record.vencrypt_subtype = ev.vencrypt_subtype
                     self.record.username = ev.username
-                    self.ctx.blacklist.failure(self.address)
                     log.warning("%s: authentication failed (%s)", self.record.peer, ev.security_type.name)
                     self._flush()
                     self._end("authentication failed")
