@@ -82,7 +82,7 @@ def test_device_by_hand(vkms_clean: Path, vkms_remove_device: Callable[[Path], N
     assert Path("/dev/dri", card).is_char_device()
     connectors = sorted(Path("/sys/class/drm").glob(f"{card}-Virtual-*"))
     assert len(connectors) == 1, f"expected one Virtual connector, got {connectors}"
-    assert (connectors[0] / "status").read_text().strip() == "connected"
+    # (its sysfs "status" reads "unknown" until a DRM client probes the connector)
 
     vkms_remove_device(dev)
     assert not dev.exists()
