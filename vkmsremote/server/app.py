@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 import signal
 import socket
 from collections import deque
@@ -21,6 +20,7 @@ from pathlib import Path
 from vkmsremote.errors import UsageError
 from vkmsremote.rfb.auth import SecurityPolicy, plain_checker
 from vkmsremote.rfb.constants import SecurityType, VeNCryptSubtype
+from vkmsremote.server.activation import socket_host, take_vnc_socket
 from vkmsremote.server.blacklist import Blacklist
 from vkmsremote.server.hub import Hub
 from vkmsremote.server.input import InputSink, NullSink
@@ -133,8 +133,13 @@ class VncServer:
         max_connections: int = 32,
         blacklist: Blacklist | None = None,
         handshake_timeout: float = 120.0,
+        listen_socket: socket.socket | None = None,
     ) -> None:
         policy = policy or SecurityPolicy()
+        # A socket systemd passed (socket activation) replaces host and port.
+        self._listen_socket = listen_socket if listen_socket is not None else take_vnc_socket()
+        if self._listen_socket is not None:
+            host = socket_host(self._listen_socket)
         if not is_loopback(host) and not policy.authenticates and not insecure_listen:
             raise UsageError(
                 f"refusing to listen on {host or 'all addresses'} without authentication",
@@ -175,8 +180,12 @@ class VncServer:
 
     async def start(self) -> None:
         try:
-            self._server = await asyncio.start_server(self.handle_client, self.host, self.requested_port,
-                                                      reuse_address=True, limit=1 << 16)
+            if self._listen_socket is not None:
+                self._server = await asyncio.start_server(self.handle_client, sock=self._listen_socket,
+                                                          limit=1 << 16)
+            else:
+                self._server = await asyncio.start_server(self.handle_client, self.host, self.requested_port,
+                                                          reuse_address=True, limit=1 << 16)
         except OSError as e:
             raise UsageError(f"cannot listen on {self.host}:{self.requested_port}: {e.strerror or e}",
                              hint="choose another --port or stop the program using it") from e
@@ -354,9 +363,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
     net.add_argument("--web", type=int, nargs="?", const=DEFAULT_WEB_PORT, metavar="PORT",
                      help=f"also serve noVNC in a browser on PORT (default {DEFAULT_WEB_PORT})")
-    net.add_argument("--password", help="password (prefer --password-file or $VKMSREMOTE_PASSWORD: a command "
-                     "line is visible to other users); VNC authentication uses its first 8 bytes")
-    net.add_argument("--password-file", type=Path, help="file whose first line is the password")
+    net.add_argument("--password", help="password; refused unless --allow-password-argument (a command line "
+                     "is visible to other users: use --password-file or $VKMSREMOTE_PASSWORD); VNC "
+                     "authentication uses its first 8 bytes")
+    net.add_argument("--password-file", type=Path,
+                     help="file whose first line is the password (mode 0600 or stricter)")
+    net.add_argument("--allow-password-argument", action="store_true",
+                     help="accept --password although every local user can read a command line")
     net.add_argument("--username", help="username for VeNCrypt X509Plain (which uses the whole password)")
     net.add_argument("--security", help="comma-separated security types in order of preference: "
                      + ", ".join(SECURITY_NAMES) + " (default: x509vnc,vncauth with a password, else none)")
@@ -372,17 +385,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _password(args: argparse.Namespace) -> str | None:
-    if args.password_file is not None:
-        try:
-            lines = args.password_file.read_text().splitlines()
-        except OSError as e:
-            raise UsageError(f"cannot read the password file {args.password_file}: {e.strerror}") from e
-        if not lines or not lines[0]:
-            raise UsageError(f"the password file {args.password_file} is empty")
-        return str(lines[0])
-    if args.password is not None:
-        return str(args.password)
-    return os.environ.get("VKMSREMOTE_PASSWORD") or None
+    """The password from --password-file, --password (refused unless --allow-password-argument) or
+    $VKMSREMOTE_PASSWORD (see vkmsremote.server.credentials)."""
+    from vkmsremote.server.credentials import password_from
+
+    allow = bool(getattr(args, "allow_password_argument", False))
+    password = password_from(args.password_file, args.password, allow_argument=allow)
+    if args.password is not None and args.password_file is None:
+        log.warning("the password is on the command line, where every local user can read it")
+    return password
 
 
 def _uinput_sinks() -> tuple[SinkFactory, Callable[[], None]]:

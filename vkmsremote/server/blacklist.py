@@ -46,7 +46,6 @@ class Blacklist:
         e = self._entries.get(address)
         if e is None:
             e = self._entries[address] = _Entry(0, self.initial_timeout)
-            self._trim(now)
         if e.marks >= self.threshold:
             if now < e.blocked_until:
                 return e.blocked_until - now
@@ -55,6 +54,7 @@ class Blacklist:
         e.marks += 1
         if e.marks >= self.threshold:
             self._block(e, now)
+        self._trim(now, keep=address)
         return 0.0
 
     def failure(self, address: str) -> None:
@@ -76,12 +76,12 @@ class Blacklist:
         e.blocked_until = now + e.timeout
         e.timeout = min(e.timeout * 2, MAX_TIMEOUT)
 
-    def _trim(self, now: float) -> None:
+    def _trim(self, now: float, keep: str) -> None:
         if len(self._entries) <= MAX_ENTRIES:
             return
-        for addr in [a for a, e in self._entries.items() if e.blocked_until <= now]:
+        for addr in [a for a, e in self._entries.items() if e.blocked_until <= now and a != keep]:
             del self._entries[addr]
             if len(self._entries) <= MAX_ENTRIES:
                 return
         while len(self._entries) > 2 * MAX_ENTRIES:  # all blocked: forget the oldest, memory comes first
-            del self._entries[next(iter(self._entries))]
+            del self._entries[next(a for a in self._entries if a != keep)]

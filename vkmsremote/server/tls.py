@@ -4,6 +4,7 @@ Without ``--tls-cert``/``--tls-key`` a self-signed certificate (ECDSA P-256, val
 127.0.0.1, ::1 and this host's name) is generated with ``cryptography`` and cached in
 ``$XDG_CONFIG_HOME/vkmsremote/tls/`` (the key file is created 0600, the directory 0700). Clients verify
 it by trusting the certificate file itself, e.g. ``xtigervncviewer -X509CA ~/.config/vkmsremote/tls/cert.pem``.
+A key readable by group or others, or a certificate writable by them, is refused (credentials.check_file).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vkmsremote.errors import UsageError
+from vkmsremote.server.credentials import check_file
 
 CERT_NAME = "cert.pem"
 KEY_NAME = "key.pem"
@@ -85,13 +87,14 @@ def ensure_certificate(cert: Path | None = None, key: Path | None = None, *,
     if (cert is None) != (key is None):
         raise UsageError("a TLS certificate needs both files", hint="give both --tls-cert and --tls-key")
     if cert is not None and key is not None:
-        for p in (cert, key):
-            if not p.is_file():
-                raise UsageError(f"TLS file {p} does not exist")
+        check_file(cert, "TLS certificate", secret=False)
+        check_file(key, "TLS private key", secret=True)
         return cert, key
     d = directory or default_tls_dir()
     cert_path, key_path = d / CERT_NAME, d / KEY_NAME
     if cert_path.is_file() and key_path.is_file():
+        check_file(cert_path, "TLS certificate", secret=False)
+        check_file(key_path, "TLS private key", secret=True)
         return cert_path, key_path
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     generate_self_signed(cert_path, key_path)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 import ssl as ssl_mod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,21 +310,32 @@ def _url_host(host: str) -> str:
 
 
 async def start_web_server(handler: SessionHandler, host: str = "127.0.0.1", port: int = DEFAULT_WEB_PORT, *,
-                           ssl: ssl_mod.SSLContext | None = None, config: WebConfig | None = None) -> WebServer:
+                           ssl: ssl_mod.SSLContext | None = None, config: WebConfig | None = None,
+                           sock: socket.socket | None = None) -> WebServer:
     """Listen on host:port (port 0: any free port) and serve noVNC plus RFB over WebSocket.
 
     ``handler(reader, writer)`` runs once per WebSocket client, exactly like asyncio.start_server's
-    callback. ``ssl``: serve https/wss with this context. The address policy (loopback unless allowed
+    callback. ``ssl``: serve https/wss with this context. ``sock``: an already listening socket instead of
+    host and port (by default the one systemd passed with FileDescriptorName=web, if any). The address policy (loopback unless allowed
     otherwise) is the caller's, as for the RFB listener. Raises UsageError if noVNC is not installed.
     """
     config = config or WebConfig()
     http.check_novnc_root(config.novnc_root)
+    if sock is None:  # a socket systemd passed (socket activation, FileDescriptorName=web) wins
+        from vkmsremote.server.activation import socket_host, take_web_socket
+
+        sock = take_web_socket()
+        if sock is not None:
+            host = socket_host(sock)
     allowed = config.allowed_hosts
     if allowed is None and is_loopback(host):
         allowed = LOOPBACK_NAMES | {host.lower()}
     loop = asyncio.get_running_loop()
     holder: list[WebServer] = []
-    server = await loop.create_server(lambda: _HttpProtocol(holder[0], handler, allowed), host, port, ssl=ssl)
+    if sock is not None:
+        server = await loop.create_server(lambda: _HttpProtocol(holder[0], handler, allowed), sock=sock, ssl=ssl)
+    else:
+        server = await loop.create_server(lambda: _HttpProtocol(holder[0], handler, allowed), host, port, ssl=ssl)
     bound_port = server.sockets[0].getsockname()[1]
     url = f"{'https' if ssl else 'http'}://{_url_host(host)}:{bound_port}/"
     web = WebServer(server, url, config)
