@@ -82,14 +82,28 @@ def test_forwards_become_one_restricted_user_netdev() -> None:
     assert value_after(cmd, "--append") == [f"{ROOT_9P_FLAGS} vkms.create_default_dev=0 net.ifnames=0"]
 
 
+def test_loopback_forward_targets_guest_loopback_and_allows_it_on_the_nic() -> None:
+    s = spec(forwards=(Forward(5901, 5900, guest_loopback=True), Forward(8080, 80)))
+    [opts] = [a for a in vng_command(s) if a.startswith("--qemu-opts=")]
+    assert "hostfwd=tcp:127.0.0.1:5901-127.0.0.1:5900,hostfwd=tcp:127.0.0.1:8080-:80" in opts
+    script = guest_script(s)
+    assert 'echo 1 > "/proc/sys/net/ipv4/conf/$nic/route_localnet"' in script
+    assert "route_localnet" not in guest_script(spec(forwards=(Forward(8080, 80),)))
+
+
 @pytest.mark.parametrize(
-    ("text", "expected"), [("5900:5901", Forward(5900, 5901)), ("6000", Forward(6000, 6000))]
+    ("text", "expected"),
+    [
+        ("5900:5901", Forward(5900, 5901)),
+        ("6000", Forward(6000, 6000)),
+        ("5900:5901/lo", Forward(5900, 5901, guest_loopback=True)),
+    ],
 )
 def test_forward_parse(text: str, expected: Forward) -> None:
     assert Forward.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "x:1", "1:", "0:5900", "5900:65536", "1:2:3"])
+@pytest.mark.parametrize("text", ["", "x:1", "1:", "0:5900", "5900:65536", "1:2:3", "1:2/lox", "1:2/l"])
 def test_forward_parse_rejects(text: str) -> None:
     with pytest.raises(VmError):
         Forward.parse(text)
@@ -301,14 +315,16 @@ def test_kernel_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
 
 # -- one real boot --------------------------------------------------------------------------------
 
-GUEST_SERVER = """
+GUEST_SERVERS = """
 import os, socket, sys
-addr = os.environ["VKMSREMOTE_VM_GUEST_ADDR"]
-with socket.create_server((addr, int(sys.argv[1]))) as srv:
+# One server on the guest NIC, one on the guest loopback: each accepts one connection.
+nic = socket.create_server((os.environ["VKMSREMOTE_VM_GUEST_ADDR"], 7000))
+lo = socket.create_server(("127.0.0.1", 7001))
+for srv, name in ((nic, b"nic"), (lo, b"lo")):
     srv.settimeout(240)
     conn, _ = srv.accept()
     with conn:
-        conn.sendall(b"hello-through-forward " + os.environ["VKMSREMOTE_IN_VM"].encode() + b"\\n")
+        conn.sendall(b"hello-through-" + name + b" " + os.environ["VKMSREMOTE_IN_VM"].encode() + b"\\n")
 print("hello-from-vm", os.uname().release, flush=True)
 sys.exit(42)
 """
@@ -320,38 +336,45 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def fetch(port: int, into: list[bytes]) -> None:
+    """Connect until the guest server answers (slirp accepts and drops connections before it listens)."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                data = c.recv(100)
+                if data:
+                    into.append(data)
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_real_boot_exit_status_output_and_forward() -> None:
-    host_port = free_port()
-    received: list[bytes] = []
-
-    def client() -> None:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not received:
-            try:
-                with socket.create_connection(("127.0.0.1", host_port), timeout=5) as c:
-                    data = c.recv(100)
-                    if data:
-                        received.append(data)
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-
-    t = threading.Thread(target=client, daemon=True)
-    t.start()
+def test_real_boot_exit_status_output_and_forwards() -> None:
+    nic_port, lo_port = free_port(), free_port()
+    nic_got: list[bytes] = []
+    lo_got: list[bytes] = []
+    clients = [
+        threading.Thread(target=fetch, args=a, daemon=True) for a in ((nic_port, nic_got), (lo_port, lo_got))
+    ]
+    for t in clients:
+        t.start()
     result = run(
-        [sys.executable, "-c", GUEST_SERVER, "7000"],
-        forward=[(host_port, 7000)],
+        [sys.executable, "-c", GUEST_SERVERS],
+        forward=[(nic_port, 7000), Forward(lo_port, 7001, guest_loopback=True)],
         timeout=600,
         stream=False,
     )
-    t.join(10)
+    for t in clients:
+        t.join(10)
     assert result.exit_code == 42, result.output
     assert "hello-from-vm" in result.stdout
     assert os.uname().release not in result.stdout, "the command ran on the host kernel, not the VM's"
-    assert received == [b"hello-through-forward 1\n"]
+    assert nic_got == [b"hello-through-nic 1\n"]
+    assert lo_got == [b"hello-through-lo 1\n"]
     assert result.boot_seconds is not None
     print(
         f"boot to command: {result.boot_seconds:.1f} s, total {result.elapsed:.1f} s ({result.accel.value})"

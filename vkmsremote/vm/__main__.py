@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="HOST:GUEST",
-        help="forward 127.0.0.1:HOST on the host to GUEST port in the VM (repeatable)",
+        help="forward 127.0.0.1:HOST on the host to port GUEST of the VM NIC, or of its loopback with a /lo suffix (repeatable)",
     )
     p.add_argument(
         "--env",

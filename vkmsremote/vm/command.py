@@ -56,6 +56,9 @@ class Forward:
 
     host_port: int
     guest_port: int
+    guest_loopback: bool = False
+    """Deliver to 127.0.0.1 in the guest (the guest then accepts 127/8 on its NIC, route_localnet=1),
+    so a server there can listen on loopback only; otherwise deliver to GUEST_ADDR."""
 
     def __post_init__(self) -> None:
         for name, port in (("host", self.host_port), ("guest", self.guest_port)):
@@ -64,18 +67,25 @@ class Forward:
 
     @classmethod
     def parse(cls, text: str) -> Forward:
-        """``HOST:GUEST`` or ``PORT`` (same number on both sides)."""
-        host, sep, guest = text.partition(":")
+        """``HOST:GUEST`` or ``PORT`` (same number on both sides); a trailing ``/lo`` delivers to the
+        guest's loopback (see ``guest_loopback``)."""
+        body, lo, rest = text.partition("/lo")
+        if rest:
+            raise VmError(
+                f"bad port forward {text!r}", hint="write HOST_PORT:GUEST_PORT[/lo], e.g. 5900:5900"
+            )
+        host, sep, guest = body.partition(":")
         try:
-            return cls(int(host), int(guest if sep else host))
+            return cls(int(host), int(guest if sep else host), guest_loopback=bool(lo))
         except ValueError:
             raise VmError(
-                f"bad port forward {text!r}", hint="write HOST_PORT:GUEST_PORT, e.g. 5900:5900"
+                f"bad port forward {text!r}", hint="write HOST_PORT:GUEST_PORT[/lo], e.g. 5900:5900"
             ) from None
 
     def hostfwd(self) -> str:
         # Bound to 127.0.0.1 only: nothing outside this host may reach the guest.
-        return f"hostfwd=tcp:127.0.0.1:{self.host_port}-:{self.guest_port}"
+        target = "127.0.0.1" if self.guest_loopback else ""
+        return f"hostfwd=tcp:127.0.0.1:{self.host_port}-{target}:{self.guest_port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +229,11 @@ def guest_script(spec: VmSpec) -> str:
             '[ -n "$nic" ] || fail "no virtio network interface for port forwarding"',
             f'ip link set "$nic" up && ip addr add {GUEST_NET} dev "$nic" || fail "cannot configure $nic"',
         ]
+        if any(f.guest_loopback for f in spec.forwards):
+            lines += [
+                "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet",
+                'echo 1 > "/proc/sys/net/ipv4/conf/$nic/route_localnet"',
+            ]
     lines += [
         f"cd {q(str(spec.cwd))} || fail 'cannot cd to {spec.cwd}'",
         "read -r uptime _ < /proc/uptime",
