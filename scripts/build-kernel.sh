@@ -19,6 +19,14 @@ die() { printf '\033[1;31m[kernel] error:\033[0m %s\n' "$*" >&2; exit 1; }
 fragment=$top/scripts/kernel.config
 config_hash=$(cat "$fragment" "$0" | sha256sum | cut -c1-12)
 
+# One build at a time: concurrent callers (parallel VM runs) wait, then find the cached kernel.
+mkdir -p "$cache"
+exec 9>"$cache/build-kernel.lock"
+if ! flock -n 9; then
+  say "another build-kernel.sh is running; waiting for it"
+  flock 9
+fi
+
 # 1. Find the newest linux-source-7.x through a private apt state.
 aptdir=$cache/apt
 mkdir -p "$aptdir/lists/partial" "$aptdir/archives/partial" "$aptdir/src"
