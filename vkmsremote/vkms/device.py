@@ -33,7 +33,7 @@ from .mapping import (
     DrmView,
     match,
 )
-from .plan import ObservedDevice, Op, WriteAttr, as_shell, plan_teardown, plan_up
+from .plan import Mkdir, ObservedDevice, Op, Rmdir, Symlink, WriteAttr, as_shell, plan_teardown, plan_up
 from .profile import load_profile
 from .spec import ConnectorStatus, DeviceSpec
 from .state import StateStore, new_record
@@ -252,6 +252,12 @@ def _wait_for_card(cfs: Configfs, name: str, events: DrmEvents, timeout: float) 
 # --- up ---------------------------------------------------------------------------------------------------
 
 
+def _may_change(op: Op) -> bool:
+    """Whether this process may carry out ``op`` as far as permissions go (root always may)."""
+    target = op.path.parent if isinstance(op, Mkdir | Rmdir) else op.link.parent if isinstance(op, Symlink) else op.path
+    return os.access(target, os.W_OK)
+
+
 def preview_up(spec: DeviceSpec, *, configfs: Configfs | None = None, replace: bool = False) -> str:
     """The shell commands ``up`` would run now (``--dry-run``); changes nothing."""
     cfs = configfs or Configfs()
@@ -286,12 +292,22 @@ def up(
     cfs.ensure_available()
     run = executor or cfs
     observed = cfs.observe(spec.name)
-    ops = plan_up(spec, observed, PurePosixPath(cfs.vkms), replace=replace)
-    enables = any(isinstance(op, WriteAttr) and op.path.name == "enabled" and op.value == "1" for op in ops)
     previous = store.load(spec.name)
     root = PurePosixPath(cfs.vkms / spec.name)
+    # A record still "in progress" means an earlier up or down of ours died midway (kill -9, power loss
+    # of the process): the device it left is ours and half-made, so it is rebuilt, not refused.
+    repairing = observed is not None and previous is not None and previous.in_progress and root in previous.created
+    ops = plan_up(spec, observed, PurePosixPath(cfs.vkms), replace=replace or repairing)
+    enables = any(isinstance(op, WriteAttr) and op.path.name == "enabled" and op.value == "1" for op in ops)
     journal = Journal()
     saved = False
+    planned = Journal(list(ops)).created()
+    if planned and _may_change(ops[0]):  # write-ahead: what may exist if this process dies midway
+        # (a first operation that is not permitted fails before any change, with its own clear error)
+        keep = list(previous.created) if previous is not None and root not in planned else []
+        store.save(new_record(spec.name, spec.source, keep + [p for p in planned if p not in keep], cfs,
+                              in_progress=True))
+        saved = True
     events = DrmEvents() if enables and not cfs.fake else None
     try:
         apply(ops, run, journal)
@@ -305,6 +321,8 @@ def up(
             keep = list(previous.created) if previous is not None and root not in created else []
             store.save(new_record(spec.name, spec.source, keep + [p for p in created if p not in keep], cfs))
             saved = True
+        elif previous is not None and previous.in_progress:  # adopted what a dead run had finished
+            store.save(new_record(spec.name, previous.profile, list(previous.created), cfs))
         mapping = _mapping(cfs, now, store)
         if cfs.is_system and (mapping.card is None or any(c.connector_id is None for c in mapping.connectors)):
             raise DeviceStateError(
@@ -317,8 +335,9 @@ def up(
         failures = rollback(journal, run)
         if cfs.observe(spec.name) is None:
             store.remove(spec.name)
-        elif saved:
+        elif saved and not failures:
             store.save(previous) if previous is not None else store.remove(spec.name)
+        # (if undoing failed, the in-progress record stays: down, or the next up, finishes the job)
         if failures and isinstance(exc, VkmsRemoteError):
             raise DeviceStateError(
                 f"{exc}; undoing the partial device then failed too: {failures[0]}",
@@ -390,6 +409,10 @@ def down(
     plans = plan_down(device, configfs=cfs, state=store, force=force)
     results = []
     for name, ops in plans:
+        record = store.load(name)
+        if ops and record is not None and not record.in_progress:
+            # if this process dies midway, the next up rebuilds the half-removed device (see up)
+            store.save(evolve(record, in_progress=True))
         journal = apply(ops, cfs)
         if not cfs.fake:
             deadline = time.monotonic() + timeout

@@ -32,6 +32,10 @@ class Record:
     """Configfs paths this tool made (directories, links, ``enabled`` if it enabled the device)."""
     configfs_root: str
     time: float
+    in_progress: bool = False
+    """Written before ``up`` or ``down`` changes anything (``created`` then lists every path the change
+    would make): if the process dies midway, the record still says what may exist, ``down`` removes it,
+    and the next ``up`` rebuilds the half-made device instead of refusing it."""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -42,6 +46,7 @@ class Record:
                 "configfs_root": self.configfs_root,
                 "time": self.time,
                 "created": [str(p) for p in self.created],
+                "in_progress": self.in_progress,
             },
             indent=2,
         )
@@ -58,6 +63,7 @@ class Record:
                 created=tuple(PurePosixPath(str(p)) for p in d["created"]),
                 configfs_root=str(d["configfs_root"]),
                 time=float(d["time"]),
+                in_progress=bool(d.get("in_progress", False)),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise DeviceStateError(
@@ -122,5 +128,6 @@ class StateStore:
             raise PermissionDeniedError(f"cannot remove state file {self.path(device)}", hint=ROOT_HINT) from None
 
 
-def new_record(device: str, profile: str, created: list[PurePosixPath], configfs: Configfs) -> Record:
-    return Record(device, profile, tuple(created), str(configfs.root), time.time())
+def new_record(device: str, profile: str, created: list[PurePosixPath], configfs: Configfs, *,
+               in_progress: bool = False) -> Record:
+    return Record(device, profile, tuple(created), str(configfs.root), time.time(), in_progress)
