@@ -1,0 +1,417 @@
+#!/usr/bin/env python3
+"""Side by side in the test VM: x11vnc (Debian) and vkmsremote serving the same VKMS CRTC, same client.
+
+    .venv/bin/python scripts/bench_peer.py [--size 1024x768] [--workloads all] [--encodings tight-jpeg,zrle]
+        [--seconds 10] [--warmup 3] [--fps 30] [--json build/bench/peer.json] [--plot docs/bench-peer.png]
+        [--kernel BZIMAGE] [--quick]
+
+On the host it boots the test kernel (python -m vkmsremote.vm) and runs itself inside with --in-vm.
+Inside the VM (root): ``vkmsremote up`` makes XR-0; Xorg (modesetting driver, AccelMethod none, so it
+draws straight into the scanned-out buffer) becomes DRM master of the card; x11vnc serves the X display
+and ``vkmsremote serve --source crtc`` reads the same CRTC's framebuffer. For each workload an X client
+(python -m vkmsremote.bench.xdraw) draws frame-numbered frames on the root window and logs when each is
+on screen; then, for each encoding, the measuring client (scripts/bench_client.c on LibVNCClient)
+connects to one server at a time for a warm-up and a measurement window, while the CPU time of every
+process involved (both servers, Xorg, the drawing client, the measuring client) is read from /proc.
+
+Everything under TCG is slow, so read the ratios (vkmsremote / x11vnc, same run, same content, same
+client) rather than the absolute figures. ``--xvfb`` runs the same machinery on the host against
+x11vnc on Xvfb only (no VKMS, no vkmsremote): a dry run of the harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vkmsremote.bench.client import ENCODINGS, BenchClient, build_client, wait_port
+from vkmsremote.bench.scanout import FlipLog
+from vkmsremote.bench.stats import delivery, load_average, process_cpu
+from vkmsremote.bench.workloads import WORKLOADS
+
+PY = sys.executable
+TOP = Path(__file__).resolve().parent.parent
+DISPLAY = ":1"
+PORTS = {"x11vnc": 5931, "vkmsremote": 5932}
+
+XORG_CONF = """\
+Section "ServerFlags"
+  Option "AutoAddDevices" "false"
+  Option "BlankTime" "0"
+  Option "StandbyTime" "0"
+  Option "SuspendTime" "0"
+  Option "OffTime" "0"
+EndSection
+Section "Device"
+  Identifier "vkms"
+  Driver "modesetting"
+  Option "kmsdev" "{card}"
+  Option "AccelMethod" "none"
+EndSection
+Section "Screen"
+  Identifier "screen"
+  Device "vkms"
+  DefaultDepth 24
+EndSection
+"""
+
+
+@dataclass
+class Procs:
+    """The long-running processes of one run, by role, stopped in reverse order."""
+
+    work: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, role: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        log = open(self.work / f"{role}.log", "wb")  # noqa: SIM115 (the process owns it)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **kwargs)
+        self.procs[role] = proc
+        return proc
+
+    def pid(self, role: str) -> int | None:
+        p = self.procs.get(role)
+        return p.pid if p is not None and p.poll() is None else None
+
+    def stop(self, role: str) -> None:
+        p = self.procs.pop(role, None)
+        if p is None or p.poll() is not None:
+            return
+        p.terminate()
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+    def stop_all(self) -> None:
+        for role in reversed(list(self.procs)):
+            self.stop(role)
+
+    def cpu(self) -> dict[str, float]:
+        return {role: process_cpu(p.pid) for role, p in self.procs.items()}
+
+    def log_tail(self, role: str, n: int = 800) -> str:
+        try:
+            return (self.work / f"{role}.log").read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+_T0 = time.monotonic()
+
+
+def say(message: str) -> None:
+    """Progress on stderr, with seconds since start (set-up under TCG takes minutes)."""
+    print(f"[bench_peer {time.monotonic() - _T0:6.0f} s] {message}", file=sys.stderr, flush=True)
+
+
+def run_quiet(argv: list[str], timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def wait_display(display: str, timeout: float, procs: Procs, role: str) -> None:
+    deadline = time.monotonic() + timeout
+    while run_quiet(["xdpyinfo", "-display", display], timeout=60).returncode != 0:
+        if procs.pid(role) is None or time.monotonic() > deadline:
+            raise RuntimeError(f"the X server on {display} did not come up: {procs.log_tail(role)}")
+        time.sleep(1)
+
+
+def setup_vkms(work: Path, size: tuple[int, int], procs: Procs) -> tuple[str, str]:
+    """XR-0 through configfs, Xorg on its card at ``size``; returns (card path, DRM connector name)."""
+    state = work / "state"
+    say("vkmsremote up")
+    up = run_quiet([PY, "-m", "vkmsremote", "--state-dir", str(state), "up", "--json"], timeout=1200)
+    if up.returncode != 0:
+        raise RuntimeError(f"vkmsremote up failed: {up.stderr.strip()}")
+    device = json.loads(up.stdout)["device"]
+    card, connector = device["card"], device["connectors"][0]["drm_name"]
+    conf = work / "xorg.conf"
+    conf.write_text(XORG_CONF.format(card=card))
+    say(f"starting Xorg on {card} ({connector})")
+    procs.start("Xorg", ["Xorg", DISPLAY, "-config", str(conf), "-logfile", str(work / "Xorg.log"),
+                         "-nolisten", "tcp", "-noreset", "-novtswitch", "-sharevts"])
+    wait_display(DISPLAY, 900, procs, "Xorg")
+    if size != (1024, 768):
+        mode = run_quiet(["xrandr", "-display", DISPLAY, "--output", connector, "--mode", f"{size[0]}x{size[1]}"])
+        if mode.returncode != 0:
+            raise RuntimeError(f"xrandr could not set {size[0]}x{size[1]}: {mode.stderr.strip()}")
+    return card, connector
+
+
+def setup_xvfb(size: tuple[int, int], procs: Procs) -> str:
+    r, w = os.pipe()
+    procs.start("Xorg", ["Xvfb", "-displayfd", str(w), "-screen", "0", f"{size[0]}x{size[1]}x24",
+                         "-nolisten", "tcp"], pass_fds=(w,))
+    os.close(w)
+    # Xvfb writes the number and the newline separately: closing the pipe before the newline kills it.
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(r, 100)
+        if not chunk:
+            break
+        data += chunk
+    os.close(r)
+    if not data.strip():
+        raise RuntimeError(f"Xvfb did not start: {procs.log_tail('Xorg')}")
+    return ":" + data.decode().strip()
+
+
+def start_servers(servers: list[str], display: str, card: str | None, connector: str | None,
+                  procs: Procs) -> None:
+    if "x11vnc" in servers:
+        procs.start("x11vnc", ["x11vnc", "-display", display, "-rfbport", str(PORTS["x11vnc"]), "-localhost",
+                               "-nopw", "-forever", "-shared", "-quiet"])
+    if "vkmsremote" in servers:
+        assert card is not None and connector is not None
+        procs.start("vkmsremote", [PY, "-m", "vkmsremote", "serve", "--source", "crtc", "--card", card,
+                                   "--connector", connector, "--port", str(PORTS["vkmsremote"]), "--input", "none"])
+    say(f"waiting for {', '.join(servers)} to listen")
+    for srv in servers:
+        try:
+            wait_port(PORTS[srv], 900, procs.procs.get(srv))
+        except Exception as e:
+            raise RuntimeError(f"{srv} did not start listening: {procs.log_tail(srv)}") from e
+
+
+def measure(server: str, workload: str, encoding: str, args: argparse.Namespace, client: Path, log: FlipLog,
+            procs: Procs) -> dict[str, Any]:
+    bc = BenchClient(client, "127.0.0.1", PORTS[server], encoding, args.warmup + args.seconds + 10,
+                     quality=args.quality).start()
+    try:
+        bc.wait_first_update(600)
+        time.sleep(args.warmup)
+        t0, cpu0, ccpu0, load0 = time.monotonic(), procs.cpu(), process_cpu(bc.pid), load_average()
+        time.sleep(args.seconds)
+        t1, cpu1, ccpu1, load1 = time.monotonic(), procs.cpu(), process_cpu(bc.pid), load_average()
+    finally:
+        bc.stop()
+        bc.wait(30)
+    dt = t1 - t0
+    d = delivery(bc.snapshot(), log.time_of, t0, t1)
+    cpu = {role: 100 * (cpu1[role] - cpu0[role]) / dt for role in cpu0 if role in cpu1}
+    return {
+        "server": server, "workload": workload, "encoding": encoding, "seconds": dt,
+        "draws_per_s": log.flips_between(t0, t1) / dt, "fps": d.fps, "frames": d.frames,
+        "updates_per_s": d.updates / dt, "unreadable": d.unreadable,
+        "lat_p50": d.latency(50), "lat_p95": d.latency(95), "lat_p99": d.latency(99),
+        "cpu_pct": cpu.get(server, math.nan),
+        "cpu_ms_per_frame": 10 * cpu.get(server, math.nan) * dt / d.frames if d.frames else math.nan,
+        "bytes_per_frame": d.bytes_per_frame, "bytes_per_s": d.bytes / dt,
+        "xorg_cpu_pct": cpu.get("Xorg", math.nan), "drawer_cpu_pct": cpu.get("drawer", math.nan),
+        "client_cpu_pct": 100 * (ccpu1 - ccpu0) / dt,
+        "other_server_cpu_pct": sum(v for k, v in cpu.items() if k in PORTS and k != server),
+        "load": (load0 + load1) / 2,
+    }
+
+
+def measure_idle(servers: list[str], seconds: float, procs: Procs) -> dict[str, float]:
+    """Each server's CPU % with nobody connected and a static screen."""
+    t0, cpu0 = time.monotonic(), procs.cpu()
+    time.sleep(seconds)
+    t1, cpu1 = time.monotonic(), procs.cpu()
+    return {s: 100 * (cpu1[s] - cpu0[s]) / (t1 - t0) for s in servers if s in cpu0 and s in cpu1}
+
+
+def fmt(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec)
+
+
+HEADER = (f"{'workload':<11} {'encoding':<10} {'server':<10} {'draws/s':>7} {'fps':>6} {'p50':>7} {'p95':>7} "
+          f"{'CPU%':>5} {'ms/fr':>6} {'KB/fr':>7} {'Xorg%':>5} {'draw%':>5} {'cli%':>4} {'load':>4}")
+
+
+def format_row(r: dict[str, Any]) -> str:
+    return (f"{r['workload']:<11} {r['encoding']:<10} {r['server']:<10} {fmt(r['draws_per_s'], '7.1f')} "
+            f"{fmt(r['fps'], '6.1f')} {fmt(r['lat_p50'], '7.0f')} {fmt(r['lat_p95'], '7.0f')} "
+            f"{fmt(r['cpu_pct'], '5.0f')} {fmt(r['cpu_ms_per_frame'], '6.1f')} "
+            f"{fmt(r['bytes_per_frame'] / 1e3, '7.1f')} {fmt(r['xorg_cpu_pct'], '5.0f')} "
+            f"{fmt(r['drawer_cpu_pct'], '5.0f')} {fmt(r['client_cpu_pct'], '4.0f')} {fmt(r['load'], '4.1f')}")
+
+
+def ratio_lines(rows: list[dict[str, Any]]) -> list[str]:
+    by = {(r["workload"], r["encoding"], r["server"]): r for r in rows}
+    out = [f"{'workload':<11} {'encoding':<10} {'fps ratio':>9} {'CPU ratio':>9} {'ms/frame ratio':>14} "
+           f"{'p50 ratio':>9}   (vkmsremote / x11vnc)"]
+    for (w, e, s), v in by.items():
+        x = by.get((w, e, "x11vnc"))
+        if s != "vkmsremote" or x is None:
+            continue
+
+        def q(a: float, b: float) -> float:
+            return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
+
+        out.append(f"{w:<11} {e:<10} {fmt(q(v['fps'], x['fps']), '9.2f')} {fmt(q(v['cpu_pct'], x['cpu_pct']), '9.2f')} "
+                   f"{fmt(q(v['cpu_ms_per_frame'], x['cpu_ms_per_frame']), '14.2f')} "
+                   f"{fmt(q(v['lat_p50'], x['lat_p50']), '9.2f')}")
+    return out
+
+
+def run_here(args: argparse.Namespace) -> dict[str, Any]:
+    """The measurements, on this machine (inside the VM, or on Xvfb with --xvfb)."""
+    size = tuple(int(v) for v in args.size.split("x"))
+    assert len(size) == 2
+    servers = ["x11vnc"] if args.xvfb else [s for s in args.servers.split(",") if s]
+    workloads = list(WORKLOADS) if args.workloads == "all" else args.workloads.split(",")
+    encodings = [e for e in args.encodings.split(",") if e]
+    client = Path(args.client) if args.client else build_client()
+    work = Path(tempfile.mkdtemp(prefix="vkmsremote-peer-"))
+    procs = Procs(work)
+    rows: list[dict[str, Any]] = []
+    idle: dict[str, float] = {}
+    info: dict[str, Any] = {"size": args.size, "cores": os.cpu_count(), "load_start": load_average()}
+    try:
+        card = connector = None
+        if args.xvfb:
+            display = setup_xvfb((size[0], size[1]), procs)
+        else:
+            display = DISPLAY
+            card, connector = setup_vkms(work, (size[0], size[1]), procs)
+        start_servers(servers, display, card, connector, procs)
+        print(f"peer benchmark: {args.size}, servers {', '.join(servers)}, {os.cpu_count()} cores, "
+              f"load {load_average():.2f}; {args.seconds:g} s windows after {args.warmup:g} s warm-up; "
+              f"drawing at up to {args.fps:g} frames/s", flush=True)
+        print(HEADER, flush=True)
+        for i, workload in enumerate(workloads):
+            log_path = work / f"flips-{workload}"
+            say(f"drawing {workload}")
+            drawer = procs.start("drawer", [PY, "-m", "vkmsremote.bench.xdraw", "--display", display,
+                                            "--workload", workload, "--log", str(log_path), "--fps", str(args.fps)])
+            deadline = time.monotonic() + 900
+            while "ready" not in procs.log_tail("drawer"):
+                if drawer.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the {workload} drawer did not start: {procs.log_tail('drawer')}")
+                time.sleep(0.5)
+            log = FlipLog.open(log_path)
+            if not WORKLOADS[workload].changes:
+                time.sleep(args.warmup)
+                idle = measure_idle(servers, args.seconds, procs)
+                print("idle, no client connected: " + ", ".join(f"{s} {v:.1f} % CPU" for s, v in idle.items()),
+                      flush=True)
+            order = servers if i % 2 == 0 else list(reversed(servers))  # neither always goes first
+            for encoding in (encodings if WORKLOADS[workload].changes else encodings[:1]):
+                for server in order:
+                    row = measure(server, workload, encoding, args, client, log, procs)
+                    rows.append(row)
+                    print(format_row(row), flush=True)
+            procs.stop("drawer")
+        info["load_end"] = load_average()
+    finally:
+        procs.stop_all()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return {"rows": rows, "idle": idle, "info": info}
+
+
+def report(result: dict[str, Any], args: argparse.Namespace) -> None:
+    rows = result["rows"]
+    print()
+    print("\n".join(ratio_lines(rows)))
+    idle = result.get("idle") or {}
+    if idle:
+        print("idle CPU, no client: " + ", ".join(f"{s} {v:.2f} %" for s, v in idle.items()))
+    if args.plot and rows:
+        from vkmsremote.bench.plot import plot_peer
+
+        plot_peer(rows, args.plot)
+        print(f"plot written to {args.plot}")
+
+
+HOST_ONLY = ("--plot", "--json", "--kernel", "--vm-timeout")
+
+
+def strip_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` without these options and their values (``--opt VALUE`` or ``--opt=VALUE``)."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in names:
+            skip = True
+        elif not a.startswith(tuple(f"{n}=" for n in names)):
+            out.append(a)
+    return out
+
+
+def run_in_vm(args: argparse.Namespace, argv: list[str]) -> int:
+    results = (TOP / "build" / "bench" / "peer-vm").resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / "peer.json"
+    out.unlink(missing_ok=True)
+    client = build_client(out_dir=results)  # the guest sees the host's files (read-only) at the same path
+    # The guest writes JSON to the shared results directory; the plot and the final report are the host's.
+    inner = [PY, str(Path(__file__).resolve()), "--in-vm", "--client", str(client), "--json", str(out),
+             *strip_options(argv, HOST_ONLY)]
+    vm = [PY, "-m", "vkmsremote.vm", "--results-dir", str(results), "--timeout", str(args.vm_timeout),
+          "--cpus", "2", "--memory", "2G"]
+    if args.kernel:
+        vm += ["--kernel", args.kernel]
+    rc = subprocess.run([*vm, "--", *inner], cwd=TOP).returncode
+    if not out.is_file():
+        print(f"bench_peer: the VM run produced no results (exit {rc})", file=sys.stderr)
+        return rc or 1
+    result = json.loads(out.read_text())
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    report(result, args)
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="1024x768")
+    p.add_argument("--workloads", help=f"comma-separated: {', '.join(WORKLOADS)} (default all)")
+    p.add_argument("--encodings", help=f"of {', '.join(ENCODINGS)} (default tight-jpeg,zrle)")
+    p.add_argument("--servers", default="x11vnc,vkmsremote")
+    p.add_argument("--seconds", type=float, help="measurement window (default 10)")
+    p.add_argument("--warmup", type=float, help="seconds connected before the window (default 3)")
+    p.add_argument("--fps", type=float, default=30.0, help="frames per second the X client tries to draw")
+    p.add_argument("--quality", type=int, default=8)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--plot", type=Path)
+    p.add_argument("--kernel", help="bzImage for the VM (default: scripts/build-kernel.sh's)")
+    p.add_argument("--vm-timeout", type=float, default=3600)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke mode: by default typing and full-motion, tight-jpeg, 3 s windows")
+    p.add_argument("--xvfb", action="store_true", help="dry run on the host: x11vnc on Xvfb only")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, Xorg.log)")
+    p.add_argument("--in-vm", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--client", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    defaults = {"workloads": "all", "encodings": "tight-jpeg,zrle", "seconds": 10.0, "warmup": 3.0}
+    if args.quick:
+        defaults = {"workloads": "typing,full-motion", "encodings": "tight-jpeg", "seconds": 3.0, "warmup": 1.0}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if not (args.in_vm or args.xvfb):
+        return run_in_vm(args, argv)
+    result = run_here(args)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    if args.xvfb:
+        report(result, args)
+    else:
+        print("\n".join(ratio_lines(result["rows"])), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

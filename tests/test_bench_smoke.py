@@ -1,0 +1,113 @@
+"""The benchmarks run and print figures (tiny modes, a few seconds each); no timing is asserted.
+
+* workloads: every workload's damage covers every changed pixel and each frame's number reads back;
+* delivery(): frames, latencies and bytes of a hand-made update stream;
+* scripts/bench_pipeline.py --quick: driver, server and C client processes, rows with figures;
+* scripts/bench_peer.py --xvfb --quick: the peer harness against x11vnc on Xvfb (the host dry run);
+* in the VM (marked vm): the real side by side, x11vnc and vkmsremote on Xorg on VKMS, one workload.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vkmsremote.bench.client import Update
+from vkmsremote.bench.stats import delivery
+from vkmsremote.bench.workloads import WORKLOADS, make_workload
+from vkmsremote.capture.driver import decode_frame_number
+
+TOP = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_workload_damage_covers_changes_and_frames_carry_numbers(name: str) -> None:
+    wl = make_workload(name, 1024, 768)
+    canvas = np.zeros((768, 1024, 4), np.uint8)
+    wl.first(canvas)
+    assert decode_frame_number(canvas) == 0
+    changed_any = False
+    for n in range(1, 12):
+        before = canvas.copy()
+        damage = wl.draw(n, canvas)
+        changed = np.any(before != canvas, axis=2)
+        covered = np.zeros_like(changed)
+        for r in damage:
+            covered[r.y:r.y + r.h, r.x:r.x + r.w] = True
+        assert not np.any(changed & ~covered), f"{name} frame {n}: pixels changed outside the damage"
+        assert decode_frame_number(canvas) == n
+        # Anything besides the frame number (the top 32 rows, 512 columns) changed?
+        outside_code = changed.copy()
+        outside_code[:32, :512] = False
+        changed_any |= bool(outside_code.any())
+    assert changed_any == WORKLOADS[name].changes
+
+
+def test_delivery_counts_new_frames_latency_and_bytes() -> None:
+    flips = {5: 10.000, 6: 10.010, 7: 10.020, 9: 10.040}
+    updates = [
+        Update(9.990, 5, 1000, 1, 10),   # before the window: sets the baseline
+        Update(10.012, 6, 1500, 1, 10),  # new frame, 2 ms after its flip
+        Update(10.013, 6, 1600, 1, 10),  # same frame again: not delivered twice
+        Update(10.030, -1, 1700, 1, 10),  # unreadable
+        Update(10.045, 9, 2700, 1, 10),  # new frame (7 and 8 were skipped), 5 ms
+        Update(10.300, 10, 9999, 1, 10),  # after the window
+    ]
+    d = delivery(updates, lambda n: flips.get(n, math.nan), 10.0, 10.1)
+    assert d.frames == 2 and d.updates == 4 and d.unreadable == 1
+    assert d.bytes == 2700 - 1000
+    assert [round(v, 3) for v in d.latencies_ms] == [2.0, 5.0]
+    assert d.fps == pytest.approx(20.0)
+    assert d.bytes_per_frame == pytest.approx(850.0)
+
+
+def test_bench_pipeline_quick(tmp_path: Path) -> None:
+    out = tmp_path / "pipeline.json"
+    run = subprocess.run([PY, str(TOP / "scripts" / "bench_pipeline.py"), "--quick", "--workloads",
+                          "static,typing,full-motion", "--json", str(out)],
+                         capture_output=True, text=True, timeout=240, cwd=TOP)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "flips/s" in run.stdout and "idle" in run.stdout
+    rows = {r["workload"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"static", "typing", "full-motion"}
+    for name in ("typing", "full-motion"):
+        r = rows[name]
+        assert r["frames"] > 0, f"{name}: the client showed no new frame"
+        assert r["flips_per_s"] > 0 and r["bytes_per_frame"] > 0
+        assert math.isfinite(r["lat_p50"]) and r["lat_p50"] > 0
+        assert r["server_encoding"] == 7  # the server really sent Tight
+        assert set(r["stages_cpu_s"]) == {"damage", "snapshot", "encode", "send", "other"}
+    assert rows["static"]["frames"] == 0 and rows["static"]["idle_cpu_pct"] >= 0
+
+
+def test_bench_peer_harness_on_xvfb(tmp_path: Path) -> None:
+    out = tmp_path / "peer.json"
+    run = subprocess.run([PY, str(TOP / "scripts" / "bench_peer.py"), "--xvfb", "--quick", "--workloads", "typing",
+                          "--json", str(out)], capture_output=True, text=True, timeout=240, cwd=TOP)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["server"], r["workload"]) for r in rows] == [("x11vnc", "typing")]
+    r = rows[0]
+    assert r["frames"] > 0 and r["draws_per_s"] > 0 and math.isfinite(r["lat_p50"])
+    assert r["cpu_pct"] >= 0 and math.isfinite(r["xorg_cpu_pct"])
+
+
+@pytest.mark.vm
+def test_bench_peer_in_vm_side_by_side(tmp_path: Path) -> None:
+    out = tmp_path / "peer.json"
+    run = subprocess.run([PY, str(TOP / "scripts" / "bench_peer.py"), "--in-vm", "--quick", "--workloads", "typing",
+                          "--seconds", "3", "--json", str(out)], capture_output=True, text=True, timeout=1200,
+                         cwd=TOP)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    rows = {r["server"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"x11vnc", "vkmsremote"}
+    for server, r in rows.items():
+        assert r["frames"] > 0, f"{server} delivered no readable frame"
+        assert math.isfinite(r["lat_p50"]) and r["cpu_pct"] > 0

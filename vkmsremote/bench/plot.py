@@ -1,0 +1,111 @@
+"""PNG plots of benchmark rows (matplotlib, a dev dependency; imported only when a plot is asked for)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+STAGE_COLOURS = {"damage": "#4c72b0", "snapshot": "#8172b2", "encode": "#dd8452", "send": "#55a868",
+                 "other": "#999999"}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, int | float) and not math.isnan(v) else 0.0
+
+
+def plot_pipeline(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Per size (columns): delivered fps, latency, server CPU per frame by stage, bytes per frame."""
+    plt = _pyplot()
+    sizes = list(dict.fromkeys(r["size"] for r in rows))
+    workloads = [w for w in dict.fromkeys(r["workload"] for r in rows) if w != "static"]
+    encodings = list(dict.fromkeys(r["encoding"] for r in rows))
+    fig, axes = plt.subplots(4, len(sizes), figsize=(6.5 * len(sizes), 15), squeeze=False)
+    width = 0.8 / max(len(encodings), 1)
+    xs = range(len(workloads))
+    for col, size in enumerate(sizes):
+        by = {(r["workload"], r["encoding"]): r for r in rows if r["size"] == size}
+        ax = axes[0][col]
+        for i, enc in enumerate(encodings):
+            ax.bar([x + i * width for x in xs], [_num(by.get((w, enc), {}).get("fps")) for w in workloads],
+                   width, label=enc)
+        flips = [_num(by.get((w, encodings[0]), {}).get("flips_per_s")) for w in workloads]
+        ax.plot([x + 0.4 - width / 2 for x in xs], flips, "k_", markersize=30, label="flips/s")
+        ax.set_title(f"{size}: delivered frames/s")
+        ax.legend(fontsize=7)
+        ax = axes[1][col]
+        for i, enc in enumerate(encodings):
+            p50 = [_num(by.get((w, enc), {}).get("lat_p50")) for w in workloads]
+            p95 = [_num(by.get((w, enc), {}).get("lat_p95")) for w in workloads]
+            p99 = [_num(by.get((w, enc), {}).get("lat_p99")) for w in workloads]
+            pos = [x + i * width for x in xs]
+            ax.bar(pos, p50, width, label=f"{enc} p50")
+            ax.vlines(pos, p50, p95, colors="k", linewidth=2)
+            ax.vlines(pos, p95, p99, colors="k", linewidth=0.8)
+        ax.axhline(20, color="r", linestyle=":", linewidth=1)
+        ax.set_title(f"{size}: flip-to-client latency ms (bar p50, thick to p95, thin to p99)")
+        ax.set_yscale("log")
+        ax = axes[2][col]
+        enc = "tight-jpeg" if "tight-jpeg" in encodings else encodings[0]
+        bottom = [0.0] * len(workloads)
+        for stage, colour in STAGE_COLOURS.items():
+            vals = []
+            for w in workloads:
+                r = by.get((w, enc), {})
+                frames = r.get("frames") or 0
+                vals.append(1e3 * _num(r.get("stages_cpu_s", {}).get(stage)) / frames if frames else 0.0)
+            ax.bar(list(xs), vals, 0.6, bottom=bottom, color=colour, label=stage)
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+        ax.axhline(1000 / 60, color="r", linestyle=":", linewidth=1)
+        ax.set_title(f"{size}: server CPU ms per delivered frame ({enc}); dotted: 60 fps on one core")
+        ax.legend(fontsize=7)
+        ax = axes[3][col]
+        for i, enc in enumerate(encodings):
+            ax.bar([x + i * width for x in xs],
+                   [_num(by.get((w, enc), {}).get("bytes_per_frame")) / 1e3 for w in workloads], width, label=enc)
+        ax.set_yscale("log")
+        ax.set_title(f"{size}: KB per delivered frame")
+        ax.legend(fontsize=7)
+        for row in axes:
+            row[col].set_xticks([x + 0.4 - width / 2 for x in xs])
+            row[col].set_xticklabels(workloads, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_peer(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Side by side: delivered fps, latency p50 and server CPU of each server per workload."""
+    plt = _pyplot()
+    servers = list(dict.fromkeys(r["server"] for r in rows))
+    keys = list(dict.fromkeys((r["workload"], r["encoding"]) for r in rows))
+    labels = [f"{w}\n{e}" for w, e in keys]
+    by = {(r["workload"], r["encoding"], r["server"]): r for r in rows}
+    fig, axes = plt.subplots(3, 1, figsize=(max(8, 1.1 * len(keys) + 2), 11), squeeze=False)
+    width = 0.8 / max(len(servers), 1)
+    xs = range(len(keys))
+    for ax, field, title in ((axes[0][0], "fps", "delivered frames/s"),
+                             (axes[1][0], "lat_p50", "flip-to-client latency p50, ms"),
+                             (axes[2][0], "cpu_pct", "server CPU % (one core = 100)")):
+        for i, srv in enumerate(servers):
+            ax.bar([x + i * width for x in xs], [_num(by.get((w, e, srv), {}).get(field)) for w, e in keys],
+                   width, label=srv)
+        ax.set_xticks([x + 0.4 - width / 2 for x in xs])
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
