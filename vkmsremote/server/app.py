@@ -389,7 +389,7 @@ def _password(args: argparse.Namespace) -> str | None:
     $VKMSREMOTE_PASSWORD (see vkmsremote.server.credentials)."""
     from vkmsremote.server.credentials import password_from
 
-    allow = bool(getattr(args, "allow_password_argument", False))
+    allow: bool | None = getattr(args, "allow_password_argument", None)  # None: this command has no such option
     password = password_from(args.password_file, args.password, allow_argument=allow)
     if args.password is not None and args.password_file is None:
         log.warning("the password is on the command line, where every local user can read it")

@@ -72,15 +72,19 @@ def read_password_file(path: Path) -> str:
     return lines[0]
 
 
-def password_from(password_file: Path | None, argument: str | None, *, allow_argument: bool = False) -> str | None:
-    """The password: from the file, else the command-line argument (only if allowed), else the environment."""
+def password_from(password_file: Path | None, argument: str | None, *,
+                  allow_argument: bool | None = False) -> str | None:
+    """The password: from the file, else the command-line argument (only if allowed), else the environment.
+
+    ``allow_argument`` None: the command has no --allow-password-argument, so the refusal does not offer it.
+    """
     if password_file is not None:
         return read_password_file(password_file)
     if argument is not None:
         if not allow_argument:
+            override = "" if allow_argument is None else "; --allow-password-argument accepts it anyway"
             raise UsageError("--password would show the password to every local user (/proc/<pid>/cmdline "
-                             "and ps)", hint=f"use --password-file FILE (mode 0600) or ${PASSWORD_ENV}; "
-                             "--allow-password-argument accepts it anyway")
+                             "and ps)", hint=f"use --password-file FILE (mode 0600) or ${PASSWORD_ENV}{override}")
         return argument
     value = os.environ.pop(PASSWORD_ENV, None)  # not inherited by anything this process starts
     return value or None
