@@ -753,7 +753,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", default=",".join(TARGETS),
                    help="comma-separated: " + ", ".join(TARGETS) + " (or mixed: all of them in one child)")
     p.add_argument("--engine", choices=("atheris", "random"), default="atheris")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds one input may take (default 2)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds one input may take before it counts as a hang (default 10: a loaded machine)")
     p.add_argument("--rss-limit-mb", type=int, default=1024, help="a child above this RSS is a crash (default 1024)")
     p.add_argument("--keep", type=Path, help="keep corpora and crash inputs in this directory")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
