@@ -130,13 +130,14 @@ def wait_display(display: str, timeout: float, procs: Procs, role: str) -> None:
 
 def setup_vkms(work: Path, size: tuple[int, int], procs: Procs) -> tuple[str, str]:
     """XR-0 through configfs, Xorg on its card at ``size``; returns (card path, DRM connector name)."""
-    state = work / "state"
-    say("vkmsremote up")
-    up = run_quiet([PY, "-m", "vkmsremote", "--state-dir", str(state), "up", "--json"], timeout=1200)
-    if up.returncode != 0:
-        raise RuntimeError(f"vkmsremote up failed: {up.stderr.strip()}")
-    device = json.loads(up.stdout)["device"]
-    card, connector = device["card"], device["connectors"][0]["drm_name"]
+    from vkmsremote.vkms.device import up
+    from vkmsremote.vkms.state import StateStore
+
+    say("vkmsremote up (the default profile, XR-0)")
+    device = up(None, state=StateStore(work / "state"), timeout=600).device
+    card, connector = device.card, device.connectors[0].drm_name
+    if card is None or connector is None:
+        raise RuntimeError(f"vkmsremote up found no DRM card or connector: {device.note}")
     conf = work / "xorg.conf"
     conf.write_text(XORG_CONF.format(card=card))
     say(f"starting Xorg on {card} ({connector})")

@@ -47,7 +47,7 @@ PY = sys.executable
 class Case:
     """Driver + server processes around one scanout file."""
 
-    def __init__(self, width: int, height: int, workload: str, fps: float, profile: Path | None = None) -> None:
+    def __init__(self, width: int, height: int, workload: str, fps: float) -> None:
         self.path = shm_path("pipeline")
         self.scan = Scanout.create(self.path, width, height)
         self.driver = subprocess.Popen([PY, "-m", "vkmsremote.bench.scanout", str(self.path), workload,
@@ -59,22 +59,33 @@ class Case:
                 raise RuntimeError(f"the {workload} driver did not start (exit {self.driver.returncode})")
             time.sleep(0.02)
         argv = [PY, "-m", "vkmsremote.bench.server", str(self.path)]
-        if profile is not None:
-            argv = [str(Path(PY).parent / "py-spy"), "record", "--format", "raw", "--rate", "200",
-                    "--nonblocking", "--threads", "-o", str(profile), "--", *argv]
         self.server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.server.stdout is not None
-        hello = json.loads(self.server.stdout.readline() or "{}")
+        hello = self._read_json()
         if "port" not in hello:
             self.close()
             raise RuntimeError("the benchmark server did not start")
         self.port, self.server_pid = int(hello["port"]), int(hello["pid"])
 
+    def _read_json(self) -> dict[str, Any]:
+        assert self.server.stdout is not None
+        line = self.server.stdout.readline()
+        result: dict[str, Any] = json.loads(line) if line.startswith("{") else {}
+        return result
+
+    def profile(self, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+        """py-spy sampling the server (all threads, without stopping it) for ``seconds``."""
+        return subprocess.Popen([str(Path(PY).parent / "py-spy"), "record", "--pid", str(self.server_pid),
+                                 "--duration", str(max(1, round(seconds))), "--rate", "200", "--nonblocking",
+                                 "--format", "raw", "-o", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def stats(self) -> dict[str, Any]:
         assert self.server.stdin is not None and self.server.stdout is not None
         self.server.stdin.write("stats\n")
         self.server.stdin.flush()
-        s: dict[str, Any] = json.loads(self.server.stdout.readline())
+        s = self._read_json()
+        if "cpu" not in s:
+            raise RuntimeError("the benchmark server stopped answering")
         s["driver_cpu"] = process_cpu(self.driver.pid)
         s["load"] = load_average()
         return s
@@ -98,7 +109,7 @@ class Case:
 
 def run_case(width: int, height: int, workload: str, encoding: str, args: argparse.Namespace, client: Path,
              profile: Path | None = None) -> dict[str, Any]:
-    case = Case(width, height, workload, args.fps, profile)
+    case = Case(width, height, workload, args.fps)
     row: dict[str, Any] = {"size": f"{width}x{height}", "workload": workload, "encoding": encoding}
     try:
         if not WORKLOADS[workload].changes:  # the idle server: nobody connected
@@ -114,9 +125,12 @@ def run_case(width: int, height: int, workload: str, encoding: str, args: argpar
             time.sleep(args.warmup)
             a = case.stats()
             client_a = process_cpu(bc.pid)
+            spy = case.profile(args.seconds, profile) if profile is not None else None
             time.sleep(args.seconds)
             b = case.stats()
             client_b = process_cpu(bc.pid)
+            if spy is not None:
+                spy.wait(60)
         finally:
             bc.stop()
             bc.wait(10)
@@ -181,7 +195,7 @@ def format_row(r: dict[str, Any]) -> str:
 
 def summarize_profile(path: Path, top: int = 12) -> list[str]:
     """Share of py-spy samples per stage, and the functions most often on top of the stack."""
-    stage_of = (("damage", ("(vkmsremote/capture/damage.py",)), ("snapshot", ("_publish (",)),
+    stage_of = (("damage", ("(vkmsremote/capture/damage.py", "SyntheticCrtc._compare (")), ("snapshot", ("_publish (",)),
                 ("encode", ("_encode_rects (",)), ("send", ("_write (vkmsremote/server/session.py",
                                                             "_write_ready (", "sock_send", "_sock_sendall")))
     stages: Counter[str] = Counter()
@@ -198,7 +212,7 @@ def summarize_profile(path: Path, top: int = 12) -> list[str]:
         leaves[stack.rsplit(";", 1)[-1]] += count
     if not total:
         return ["(no samples)"]
-    out = [f"{total} samples (200 Hz, all threads, idle excluded)"]
+    out = [f"{total} samples (200 Hz, all threads, idle excluded), stage = first match in the stack"]
     out += [f"  {name:<9} {100 * n / total:5.1f} %" for name, n in stages.most_common()]
     out.append("  top of stack:")
     out += [f"    {100 * n / total:5.1f} %  {leaf}" for leaf, n in leaves.most_common(top)]
@@ -278,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "profile.txt"
             row = run_case(width, height, "full-motion", "tight-jpeg", args, client, profile=out)
-            profile_lines = [f"py-spy profile of the server, full-motion {width}x{height} tight-jpeg "
-                             f"(under py-spy: {row['fps']:.1f} fps, {row['cpu_pct']:.0f} % CPU):",
+            profile_lines = [f"py-spy profile of the server during the window, full-motion {width}x{height} "
+                             f"tight-jpeg ({row['fps']:.1f} fps, {row['cpu_pct']:.0f} % CPU while sampled):",
                              *summarize_profile(out)]
         print("\n".join(profile_lines), flush=True)
     print(f"load {load_average():.2f} at the end")

@@ -33,6 +33,7 @@ def plot_pipeline(rows: Sequence[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(4, len(sizes), figsize=(6.5 * len(sizes), 15), squeeze=False)
     width = 0.8 / max(len(encodings), 1)
     xs = range(len(workloads))
+    centres = [x + 0.4 - width / 2 for x in xs]
     for col, size in enumerate(sizes):
         by = {(r["workload"], r["encoding"]): r for r in rows if r["size"] == size}
         ax = axes[0][col]
@@ -40,7 +41,7 @@ def plot_pipeline(rows: Sequence[dict[str, Any]], path: Path) -> None:
             ax.bar([x + i * width for x in xs], [_num(by.get((w, enc), {}).get("fps")) for w in workloads],
                    width, label=enc)
         flips = [_num(by.get((w, encodings[0]), {}).get("flips_per_s")) for w in workloads]
-        ax.plot([x + 0.4 - width / 2 for x in xs], flips, "k_", markersize=30, label="flips/s")
+        ax.scatter(centres, flips, marker="_", s=900, color="k", label="flips/s", zorder=3)
         ax.set_title(f"{size}: delivered frames/s")
         ax.legend(fontsize=7)
         ax = axes[1][col]
@@ -53,7 +54,7 @@ def plot_pipeline(rows: Sequence[dict[str, Any]], path: Path) -> None:
             ax.vlines(pos, p50, p95, colors="k", linewidth=2)
             ax.vlines(pos, p95, p99, colors="k", linewidth=0.8)
         ax.axhline(20, color="r", linestyle=":", linewidth=1)
-        ax.set_title(f"{size}: flip-to-client latency ms (bar p50, thick to p95, thin to p99)")
+        ax.set_title(f"{size}: flip-to-client ms (p50 bar, p95, p99)")
         ax.set_yscale("log")
         ax = axes[2][col]
         enc = "tight-jpeg" if "tight-jpeg" in encodings else encodings[0]
@@ -64,10 +65,10 @@ def plot_pipeline(rows: Sequence[dict[str, Any]], path: Path) -> None:
                 r = by.get((w, enc), {})
                 frames = r.get("frames") or 0
                 vals.append(1e3 * _num(r.get("stages_cpu_s", {}).get(stage)) / frames if frames else 0.0)
-            ax.bar(list(xs), vals, 0.6, bottom=bottom, color=colour, label=stage)
+            ax.bar(centres, vals, 0.6, bottom=bottom, color=colour, label=stage)
             bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
         ax.axhline(1000 / 60, color="r", linestyle=":", linewidth=1)
-        ax.set_title(f"{size}: server CPU ms per delivered frame ({enc}); dotted: 60 fps on one core")
+        ax.set_title(f"{size}: server CPU ms/frame, {enc} (dotted: 60 fps/core)")
         ax.legend(fontsize=7)
         ax = axes[3][col]
         for i, enc in enumerate(encodings):
@@ -77,7 +78,7 @@ def plot_pipeline(rows: Sequence[dict[str, Any]], path: Path) -> None:
         ax.set_title(f"{size}: KB per delivered frame")
         ax.legend(fontsize=7)
         for row in axes:
-            row[col].set_xticks([x + 0.4 - width / 2 for x in xs])
+            row[col].set_xticks(centres)
             row[col].set_xticklabels(workloads, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
