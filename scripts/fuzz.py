@@ -4,7 +4,7 @@ with a real TLS session), every client message and what the server does with it,
 the HTTP request heads of the web listener.
 
 Usage: .venv/bin/python scripts/fuzz.py [--runs 1000000] [--targets rfb-handshake,...] [--engine atheris]
-                                        [--timeout 2] [--rss-limit-mb 1024] [--json] [--keep DIR]
+                                        [--timeout 10] [--rss-limit-mb 1024] [--json] [--keep DIR]
 
 Each target is a function of one byte string that may raise only ProtocolError (and its subclasses
 HttpRequestError, WebSocketError); anything else is a crash. The default engine is atheris (libFuzzer,

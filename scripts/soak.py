@@ -34,11 +34,13 @@ import contextlib
 import json
 import os
 import random
+import signal
 import socket
 import statistics
 import struct
 import sys
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,17 +58,29 @@ def _rss_kb() -> int:
         return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
 
 
-async def serve_child(width: int, height: int, fps: float) -> None:
+async def serve_child(width: int, height: int, fps: float, trace_after: float | None) -> None:
     from vkmsremote.server.app import VncServer
     from vkmsremote.server.pattern import PatternSource
 
     source = PatternSource(width, height, fps=fps)
     server = VncServer(source, port=0, max_connections=256)
     await server.start()
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     print(json.dumps({"port": server.port}), flush=True)
     serving = asyncio.ensure_future(server.serve_forever())
+    started = time.monotonic()
+    first: tracemalloc.Snapshot | None = None
+    last: list[tracemalloc.Snapshot] = []
+    if trace_after is not None:
+        tracemalloc.start(8)
+        # SIGUSR1 from the parent: the load is over (clients still connected); compare with the warm-up
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, lambda: last.append(tracemalloc.take_snapshot()))
     try:
         while not serving.done():
+            if trace_after is not None and first is None and time.monotonic() - started >= trace_after:
+                first = tracemalloc.take_snapshot()
             sessions = server.sessions
             stats = {
                 "t": time.monotonic(),
@@ -82,7 +96,18 @@ async def serve_child(width: int, height: int, fps: float) -> None:
             }
             print(json.dumps(stats), flush=True)
             await asyncio.sleep(1.0)
+    except asyncio.CancelledError:
+        pass
     finally:
+        if first is not None:  # where Python-level memory grew between the warm-up and now
+            growth = (last[0] if last else tracemalloc.take_snapshot()).compare_to(first, "traceback")[:12]
+            top = [{"kib": round(d.size_diff / 1024, 1), "blocks": d.count_diff,
+                    "where": [f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in d.traceback][-4:]}
+                   for d in growth]
+            at_end = sum(st.size for st in (last[0] if last else tracemalloc.take_snapshot()).statistics("filename"))
+            at_warm = sum(st.size for st in first.statistics("filename"))
+            print(json.dumps({"tracemalloc": top, "warm_kib": round(at_warm / 1024), "end_kib": round(at_end / 1024)}),
+                  flush=True)
         serving.cancel()
         with contextlib.suppress(BaseException):
             await serving
@@ -281,6 +306,7 @@ async def churn_client(port: int, mode: int) -> None:
 class ServerMonitor:
     samples: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
+    trace: dict[str, Any] | None = None
 
     @property
     def last(self) -> dict[str, Any]:
@@ -294,6 +320,8 @@ async def read_server(proc: asyncio.subprocess.Process, mon: ServerMonitor, read
         if "port" in data:
             mon.port = data["port"]
             ready.set()
+        elif "tracemalloc" in data:
+            mon.trace = data
         else:
             mon.samples.append(data)
 
@@ -321,6 +349,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     w, h = args.size
     proc = await asyncio.create_subprocess_exec(
         sys.executable, os.path.abspath(__file__), "--serve-child", "--size", f"{w}x{h}", "--fps", str(args.fps),
+        *(["--trace-after", str(min(10.0, args.seconds / 4) + 3)] if args.tracemalloc else []),
         stdout=asyncio.subprocess.PIPE, stderr=None if args.server_log else asyncio.subprocess.DEVNULL)
     mon = ServerMonitor()
     ready = asyncio.Event()
@@ -365,6 +394,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             if any(t.done() and t.exception() for t in tasks):
                 break
         t_end = time.monotonic()
+        if args.tracemalloc:
+            proc.send_signal(signal.SIGUSR1)
+            await asyncio.sleep(3)  # the snapshot takes a moment (and the clients are still connected)
         throttled_bytes = throttled.stream.received if throttled.stream is not None else 0
         rss_end = mon.last["rss_kb"]
         rss_series = [s["rss_kb"] for s in mon.samples if s["t"] >= mon.samples[0]["t"] + (warm - t_start)]
@@ -412,6 +444,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             "churn_errors": churn_errors,
             "client_errors": [f"{s.name}: {s.error}" for s in [*stats, throttled] if s.error] + client_failures,
             "rss_kb": {"start": rss_start, "end": rss_end, "max": max(rss_series, default=rss_end),
+                       "per_minute": rss_series[::60],
                        "after_disconnect": after["rss_kb"], "slope_kb_per_min": round(slope, 1)},
             "leak_check": {"clean": clean, "baseline": {k: baseline[k] for k in ("sessions", "tasks", "hub_clients", "fds")},
                            "after": {k: after[k] for k in ("sessions", "tasks", "hub_clients", "fds")}},
@@ -430,9 +463,11 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-        reader_task.cancel()
         with contextlib.suppress(BaseException):
-            await reader_task
+            await asyncio.wait_for(reader_task, 10)  # the server's last words (tracemalloc) come at exit
+        reader_task.cancel()
+        if mon.trace is not None:
+            report["server_tracemalloc"] = mon.trace
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -452,12 +487,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-fps", type=float, help="fail if a normal client's average frame rate is below this")
     p.add_argument("--server-log", action="store_true", help="show the server's stderr")
     p.add_argument("--json", action="store_true", help="print the report as JSON only")
+    p.add_argument("--tracemalloc", action="store_true",
+                   help="trace the server's Python allocations; report where they grew after the warm-up")
     p.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--trace-after", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_child:
         with contextlib.suppress(KeyboardInterrupt):
             width, height = args.size
-            asyncio.run(serve_child(width, height, args.fps))
+            asyncio.run(serve_child(width, height, args.fps, args.trace_after))
         return 0
     if args.seconds is None:
         args.seconds = 60 * (args.minutes if args.minutes is not None else 10.0)
@@ -480,6 +518,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{report['leak_check']}")
         if report["client_errors"]:
             print(f"client errors: {report['client_errors']}")
+        trace = report.get("server_tracemalloc")
+        if trace is not None:
+            print(f"server Python heap (numpy arrays included): {trace['warm_kib']} KiB after the warm-up, "
+                  f"{trace['end_kib']} KiB at the end of the load; largest changes:")
+            for t in trace["tracemalloc"][:8]:
+                print(f"  {t['kib']:+9.1f} KiB {t['blocks']:+6d} blocks  {' < '.join(reversed(t['where']))}")
         print("OK" if report["ok"] else "FAILED")
     return 0 if report["ok"] else 1
 
