@@ -50,6 +50,20 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.basetemp = "/tmp/vkmsremote-pytest"
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """In the VM, for ``-m vm`` runs, skip importing test files that never mention the vm marker:
+    importing all of them under TCG costs minutes. A file with any vm test says ``mark.vm``."""
+    if os.environ.get(IN_VM_ENV) != "1" or config.option.markexpr != "vm":
+        return None
+    if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    try:
+        text = collection_path.read_text(errors="replace")
+    except OSError:
+        return None
+    return True if "mark.vm" not in text else None
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     problem = vm_problem()
     return "vkmsremote: inside the test VM" if problem is None else f"vkmsremote: host ({problem})"

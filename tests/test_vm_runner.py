@@ -379,3 +379,42 @@ def test_real_boot_exit_status_output_and_forwards() -> None:
     print(
         f"boot to command: {result.boot_seconds:.1f} s, total {result.elapsed:.1f} s ({result.accel.value})"
     )
+
+
+# -- test harness (tests/conftest.py) -------------------------------------------------------------
+
+
+def test_harness_knows_when_it_is_not_in_the_vm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import conftest
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text("proc /proc proc rw 0 0\nconfigfs /sys/kernel/config configfs rw 0 0\n")
+    assert conftest.configfs_mounted(mounts)
+    mounts.write_text("proc /proc proc rw 0 0\nnone /sys/kernel/config tmpfs rw 0 0\n")
+    assert not conftest.configfs_mounted(mounts)
+    monkeypatch.delenv("VKMSREMOTE_IN_VM", raising=False)
+    assert "not the test VM" in (conftest.vm_problem() or "")
+    monkeypatch.setenv("VKMSREMOTE_IN_VM", "1")
+    assert "configfs is not mounted" in (conftest.vm_problem() or "")  # this host has no configfs
+
+
+def test_vm_collection_prefilter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import conftest
+
+    (tmp_path / "test_has_vm.py").write_text("import pytest\npytestmark = pytest.mark.vm\n")
+    (tmp_path / "test_host_only.py").write_text("def test_x(): pass\n")
+    (tmp_path / "helper.py").write_text("")
+    config = types.SimpleNamespace(option=types.SimpleNamespace(markexpr="vm"))
+
+    def ignored(name: str) -> bool:
+        return conftest.pytest_ignore_collect(tmp_path / name, config) is True  # type: ignore[arg-type]
+
+    monkeypatch.setenv("VKMSREMOTE_IN_VM", "1")
+    assert [ignored(n) for n in ("test_has_vm.py", "test_host_only.py", "helper.py")] == [False, True, False]
+    config.option.markexpr = "not vm"
+    assert not ignored("test_host_only.py")
+    monkeypatch.delenv("VKMSREMOTE_IN_VM")
+    config.option.markexpr = "vm"
+    assert not ignored("test_host_only.py")

@@ -34,6 +34,8 @@ DEFAULT_TIMEOUT = 900.0
 OUTPUT_CAP = 4 * 1024 * 1024
 """Characters of each stream kept in VmResult (older output is dropped; streaming shows it all)."""
 HEARTBEAT_SECONDS = 15.0
+"""How often to say the VM is still booting; once the command runs, every RUNNING_HEARTBEAT_SECONDS."""
+RUNNING_HEARTBEAT_SECONDS = 120.0
 KILL_GRACE_SECONDS = 5.0
 
 
@@ -242,7 +244,7 @@ def run(
                         hint="raise the timeout, or look for a hang in the output above",
                     )
                 if now >= next_beat:
-                    next_beat = now + HEARTBEAT_SECONDS
+                    next_beat = now + (RUNNING_HEARTBEAT_SECONDS if ready.is_set() else HEARTBEAT_SECONDS)
                     say(f"{'running' if ready.is_set() else 'still booting'}... {now - started:.0f} s")
         except BaseException:
             if proc.poll() is None:
