@@ -177,7 +177,7 @@ def test_kill9_during_up_then_up_or_down_recovers(vkms_clean: Path, tmp_path: Pa
             deadline = time.monotonic() + normal * 3
             while not (SYS_VKMS / DEVICE).exists() and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.002)
-            time.sleep(rng.uniform(0, 0.4))
+            time.sleep(rng.choice((0.0, rng.uniform(0, 0.01), rng.uniform(0, 0.3))))  # mid-apply, or after
         proc.kill()
         proc.wait(60)
         state = "absent" if not (SYS_VKMS / DEVICE).exists() else (
