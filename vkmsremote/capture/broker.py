@@ -3,8 +3,9 @@
 Why: GETFB2 returns buffer handles only to the DRM master or a CAP_SYS_ADMIN process, and a compositor's
 framebuffer changes on every page flip, so a server that gave up its privileges could not follow flips
 by itself. ``vkmsremote up`` therefore forks this broker *before* it drops privileges. The broker keeps
-uid 0 with CAP_SYS_ADMIN only, its own card fd, no network sockets (every inherited fd but the socket
-and stdio is closed), and answers the server over a UNIX SOCK_SEQPACKET socketpair:
+uid 0 with CAP_SYS_ADMIN only, its own card fd and no network sockets (it is a fresh interpreter, fork +
+exec, that inherits only stdio and its end of the socketpair), and answers the server over a UNIX
+SOCK_SEQPACKET socketpair:
 
     server -> broker   Request(EXPORT, seq, fb_id, known identity)
     broker -> server   Reply(seq, fb metadata, identity) + dma-buf fds (SCM_RIGHTS) if not known yet
@@ -30,18 +31,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
-import resource
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import IntEnum
 from types import FrameType
 from typing import ClassVar, NoReturn
@@ -283,6 +285,14 @@ class BrokerSpec:
     down_on_exit: str | None = None
     """VKMS device name to remove (``vkmsremote down``) when the broker ends."""
 
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, object]) -> BrokerSpec:
+        size = doc.get("drive_size")
+        return cls(**{**doc, "drive_size": tuple(size) if isinstance(size, list) else size})  # type: ignore[arg-type]
+
 
 class _Broker:
     """The broker's resources, made in the child process."""
@@ -362,13 +372,6 @@ class _Broker:
         self.card.close()
 
 
-def _close_inherited_fds(keep: int) -> None:
-    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    limit = limit if 0 < limit < (1 << 20) else 1 << 16
-    os.closerange(3, keep)
-    os.closerange(keep + 1, limit)
-
-
 def _raise_exit(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
@@ -392,7 +395,6 @@ def _child_main(sock: socket.socket, spec: BrokerSpec, parent: int) -> NoReturn:
         set_parent_death_signal(signal.SIGTERM)
         if os.getppid() != parent:
             raise SystemExit(0)
-        _close_inherited_fds(sock.fileno())
         broker = _Broker(spec)
         if spec.restrict and os.geteuid() == 0:
             keep_only([Cap.SYS_ADMIN])
@@ -439,24 +441,42 @@ def _down(device: str) -> int:
 
 
 def start_broker(spec: BrokerSpec, *, timeout: float = READY_TIMEOUT) -> BrokerClient:
-    """Fork the broker process and wait until it is ready (raises BrokerError with its reason if it
-    cannot start). Call before any thread or event loop exists, and before dropping privileges."""
+    """Start the broker process and wait until it is ready (raises BrokerError with its reason if it
+    cannot start). Call before dropping privileges.
+
+    The broker is a fresh interpreter (fork + exec) that inherits only stdio and its end of the
+    socketpair: nothing of this process's state (open files, sockets, threads) reaches it.
+    """
     server_end, broker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # the broker
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from vkmsremote.capture.broker import main; main()",
+             json.dumps(spec.to_json()), str(broker_end.fileno()), str(os.getpid())],
+            stdin=subprocess.DEVNULL, pass_fds=(broker_end.fileno(),), close_fds=True)
+    except OSError as exc:
         server_end.close()
-        _child_main(broker_end, spec, parent)
-    broker_end.close()
-    client = BrokerClient(server_end, pid)
+        raise BrokerError(f"cannot start the capture broker: {exc.strerror or exc}") from None
+    finally:
+        broker_end.close()
+    client = BrokerClient(server_end, proc)
     try:
         client.wait_ready(timeout)
     except BaseException:
         client.close()
         raise
     return client
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The broker process: ``SPEC_JSON SOCKET_FD PARENT_PID`` (started by :func:`start_broker` only)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3:
+        print("usage: (internal) SPEC_JSON SOCKET_FD PARENT_PID", file=sys.stderr)
+        raise SystemExit(2)
+    logging.basicConfig(level=logging.INFO, format="vkmsremote-broker[%(process)d] %(levelname)s: %(message)s")
+    spec = BrokerSpec.from_json(json.loads(args[0]))
+    sock = socket.socket(fileno=int(args[1]))
+    _child_main(sock, spec, int(args[2]))
 
 
 # --- the server side ------------------------------------------------------------------------------------------
@@ -467,9 +487,10 @@ class BrokerClient:
 
     Calls are strictly one at a time (a second call while one waits is a programming error)."""
 
-    def __init__(self, sock: socket.socket, pid: int | None = None, *, timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(self, sock: socket.socket, process: subprocess.Popen[bytes] | None = None, *,
+                 timeout: float = CALL_TIMEOUT) -> None:
         self.sock = sock
-        self.pid = pid
+        self.process = process
         self.timeout = timeout
         self.sock.settimeout(timeout)
         self._seq = 0
@@ -519,20 +540,16 @@ class BrokerClient:
         """Close the socket (the broker then stops) and wait for the broker process to end."""
         if self.sock.fileno() >= 0:
             self.sock.close()
-        if self.pid is not None:
-            deadline = time.monotonic() + EXIT_TIMEOUT
-            while time.monotonic() < deadline:
-                try:
-                    done, status = os.waitpid(self.pid, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if done:
-                    self.exit_status = os.waitstatus_to_exitcode(status)
-                    break
-                time.sleep(0.02)
-            else:
-                log.warning("the capture broker (pid %d) did not exit within %.0f s", self.pid, EXIT_TIMEOUT)
-            self.pid = None
+        if self.process is not None:
+            try:
+                self.exit_status = self.process.wait(EXIT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                log.warning("the capture broker (pid %d) did not exit within %.0f s", self.process.pid, EXIT_TIMEOUT)
+            self.process = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
     # --- plumbing -------------------------------------------------------------------------------------------
 

@@ -14,7 +14,9 @@ Theory of operation:
   :class:`~vkmsremote.capture.exporter.FramebufferExporter` (this process's card fd, or the privileged
   capture broker) and are mapped once per fb id and reused (capture.fbcache); since the kernel reuses fb
   ids after RMFB, the id's buffer identity (dma-buf inodes) is checked on every full check. Reads are
-  bracketed with DMA_BUF_IOCTL_SYNC.
+  bracketed with DMA_BUF_IOCTL_SYNC. If GETCRTC names another fb after the read, the buffer was flipped
+  away meanwhile and its owner may already be drawing the next frame into it: the read is not shown
+  (its damage is kept for the next frame), at most MAX_TORN_IN_ROW times in a row.
 - The framebuffer is converted to B, G, R, X if needed and compared with the previous frame
   (capture.damage); a frame is returned only when pixels or the cursor changed.
 - While the CRTC is off the kernel has no vblanks to wait for: the reader returns one "no signal" frame,
@@ -53,6 +55,9 @@ from vkmsremote.server.source import Cursor, Frame, Pixels, Rect
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = (1024, 768)
+MAX_TORN_IN_ROW = 3
+"""A read during which the buffer was flipped away is discarded (its owner may have started drawing into
+it), at most this many times in a row: a client flipping faster than we can read still gets frames."""
 PROBE_STRIDE = 8
 """Idle probes compare every 8th row: any change at least 8 rows tall (a glyph, a text cursor, a window)
 is seen at once; smaller ones wait for the next full check."""
@@ -143,6 +148,9 @@ class CrtcReader:
         self.vblanks = 0  # vblank events waited for (stats, tests)
         self.frames = 0  # frames returned
         self.full_checks = 0  # looks that read the whole buffer
+        self.torn = 0  # reads discarded because the buffer was flipped away meanwhile
+        self._torn_in_row = 0
+        self._held_damage: tuple[Rect, ...] | None = ()  # damage of discarded reads, not yet shown
         self.probes = 0  # cheap idle looks
 
     @classmethod
@@ -317,10 +325,11 @@ class CrtcReader:
                 entry = self._fbs.get(state.fb_id)
         except DrmError as exc:
             if exc.errno in GONE_ERRNOS:
-                raise _Gone from None
+                log.debug("fb %d vanished before it could be read: %s", state.fb_id, exc)
+                raise _Gone(str(exc)) from None
             raise
-        except DeviceStateError:  # writeback: the CRTC went off under us
-            raise _Gone from None
+        except DeviceStateError as exc:  # writeback: the CRTC went off under us
+            raise _Gone(str(exc)) from None
         self.fb_id = state.fb_id
         info = entry.mapped.info
         w, h = state.width, state.height
@@ -328,6 +337,7 @@ class CrtcReader:
         if fresh:
             self._tracker = DamageTracker(w, h, self._tile)
             self._scratch = None
+            self._held_damage = ()
         tracker = self._tracker
         assert tracker is not None
         self._no_signal = False
@@ -349,6 +359,21 @@ class CrtcReader:
                 damage: tuple[Rect, ...] | None = None
             else:
                 damage = tracker.update(new)
+        held, self._held_damage = self._held_damage, ()
+        if held is None or damage is None:
+            damage = None
+        elif held:
+            damage = held + damage
+        if self.writeback is None and self._torn_in_row < MAX_TORN_IN_ROW:
+            after = read_crtc_state(self.card, self.crtc_id)
+            if after is None or after.fb_id != state.fb_id:
+                # Flipped away while we read it: its owner may already be drawing the next frame into it.
+                # Keep the copy (the next read corrects it) and its damage for the next frame shown.
+                self._torn_in_row += 1
+                self.torn += 1
+                self._held_damage = damage
+                raise _Gone(f"fb {state.fb_id} was flipped away during the read")
+        self._torn_in_row = 0
         self._entry, self._state = entry, state
         self._update_cursor()
         return tracker.frame, damage

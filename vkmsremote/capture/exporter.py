@@ -97,11 +97,9 @@ def export_framebuffer(card: Card, fb_id: int, known: tuple[int, ...] | None = N
                 fds[inode] = fd
         ident = tuple(identity)
         if known is not None and ident == tuple(known):
-            for fd in fds.values():
-                os.close(fd)
-            return ExportedFramebuffer(replace(info, handles=NO_HANDLES), ident, None)
+            return ExportedFramebuffer(replace(info, handles=NO_HANDLES), ident, None)  # fds closed below
         out = tuple(fds.values())
-        fds.clear()
+        fds.clear()  # handed over to the caller
         return ExportedFramebuffer(replace(info, handles=NO_HANDLES), ident, out)
     finally:
         for fd in fds.values():
