@@ -184,12 +184,17 @@ def run(
     else:
         rdir = Path(results_dir).resolve()
         rdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(cwd).resolve() if cwd is not None else Path.cwd()
+    if not share_host_tmp and any(_under_tmp(p) for p in (rdir, workdir, *map(Path, rwdirs))):
+        # A checkout or results dir under /tmp would be hidden by the guest's private tmpfs.
+        say("sharing the host's /tmp with the guest (the work or results directory is under /tmp)")
+        share_host_tmp = True
     try:
         spec = VmSpec(
             kernel=image.resolve(),
             argv=tuple(argv),
             results_dir=rdir,
-            cwd=Path(cwd).resolve() if cwd is not None else Path.cwd(),
+            cwd=workdir,
             accel=accel,
             env=env_tuple(env),
             forwards=tuple(f if isinstance(f, Forward) else Forward(*f) for f in forward),
@@ -283,3 +288,8 @@ def run(
     finally:
         if private:
             shutil.rmtree(rdir, ignore_errors=True)
+
+
+def _under_tmp(path: Path) -> bool:
+    path = path.resolve()
+    return path == Path("/tmp") or Path("/tmp") in path.parents
