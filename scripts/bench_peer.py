@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vkmsremote.bench import profile as profiler
 from vkmsremote.bench.client import ENCODINGS, BenchClient, build_client, wait_port
 from vkmsremote.bench.scanout import FlipLog
 from vkmsremote.bench.stats import delivery, load_average, process_cpu
@@ -187,15 +188,19 @@ def start_servers(servers: list[str], display: str, card: str | None, connector:
 
 
 def measure(server: str, workload: str, encoding: str, args: argparse.Namespace, client: Path, log: FlipLog,
-            procs: Procs) -> dict[str, Any]:
+            procs: Procs, profile: Path | None = None) -> dict[str, Any]:
     bc = BenchClient(client, "127.0.0.1", PORTS[server], encoding, args.warmup + args.seconds + 10,
                      quality=args.quality).start()
     try:
         bc.wait_first_update(600)
         time.sleep(args.warmup)
         t0, cpu0, ccpu0, load0 = time.monotonic(), procs.cpu(), process_cpu(bc.pid), load_average()
+        pid = procs.pid(server)
+        spy = profiler.spy(pid, args.seconds, profile, rate=50) if profile is not None and pid else None
         time.sleep(args.seconds)
         t1, cpu1, ccpu1, load1 = time.monotonic(), procs.cpu(), process_cpu(bc.pid), load_average()
+        if spy is not None:
+            spy.wait(300)
     finally:
         bc.stop()
         bc.wait(30)
@@ -273,6 +278,7 @@ def run_here(args: argparse.Namespace) -> dict[str, Any]:
     procs = Procs(work)
     rows: list[dict[str, Any]] = []
     idle: dict[str, float] = {}
+    profiles: list[str] = []
     info: dict[str, Any] = {"size": args.size, "cores": os.cpu_count(), "load_start": load_average()}
     try:
         card = connector = None
@@ -308,19 +314,28 @@ def run_here(args: argparse.Namespace) -> dict[str, Any]:
                     row = measure(server, workload, encoding, args, client, log, procs)
                     rows.append(row)
                     print(format_row(row), flush=True)
+            if args.profile and "vkmsremote" in servers and workload in ("static", "typing", "full-motion"):
+                out = work / f"profile-{workload}.txt"
+                row = measure("vkmsremote", workload, encodings[0], args, client, log, procs, profile=out)
+                lines = [f"py-spy (50 Hz), vkmsremote serve during an extra window: {workload} {encodings[0]} "
+                         f"({row['fps']:.1f} fps, {row['cpu_pct']:.0f} % CPU while sampled)", *profiler.summarize(out)]
+                print("\n".join(lines), flush=True)
+                profiles += lines
             procs.stop("drawer")
         info["load_end"] = load_average()
     finally:
         procs.stop_all()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    return {"rows": rows, "idle": idle, "info": info}
+    return {"rows": rows, "idle": idle, "info": info, "profiles": profiles}
 
 
 def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     rows = result["rows"]
     print()
     print("\n".join(ratio_lines(rows)))
+    if result.get("profiles"):
+        print("\n".join(result["profiles"]))
     idle = result.get("idle") or {}
     if idle:
         print("idle CPU, no client: " + ", ".join(f"{s} {v:.2f} %" for s, v in idle.items()))
@@ -392,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="smoke mode: by default typing and full-motion, tight-jpeg, 3 s windows")
     p.add_argument("--xvfb", action="store_true", help="dry run on the host: x11vnc on Xvfb only")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, Xorg.log)")
+    p.add_argument("--profile", action="store_true",
+                   help="after static, typing and full-motion: one more vkmsremote window under py-spy")
     p.add_argument("--in-vm", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--client", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

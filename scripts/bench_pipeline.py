@@ -31,10 +31,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from vkmsremote.bench import profile as profiler
 from vkmsremote.bench.client import ENCODINGS, BenchClient, build_client
 from vkmsremote.bench.scanout import I_READY, I_STOP, Scanout, shm_path
 from vkmsremote.bench.stats import delivery, load_average, process_cpu
@@ -71,13 +71,6 @@ class Case:
         line = self.server.stdout.readline()
         result: dict[str, Any] = json.loads(line) if line.startswith("{") else {}
         return result
-
-    def profile(self, seconds: float, out: Path) -> subprocess.Popen[bytes]:
-        """py-spy sampling the server (all threads, without stopping it) for ``seconds``."""
-        return subprocess.Popen([str(Path(PY).parent / "py-spy"), "record", "--pid", str(self.server_pid),
-                                 "--duration", str(max(1, round(seconds))), "--rate", "200", "--nonblocking",
-                                 "--format", "raw", "-o", str(out)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stats(self) -> dict[str, Any]:
         assert self.server.stdin is not None and self.server.stdout is not None
@@ -125,7 +118,7 @@ def run_case(width: int, height: int, workload: str, encoding: str, args: argpar
             time.sleep(args.warmup)
             a = case.stats()
             client_a = process_cpu(bc.pid)
-            spy = case.profile(args.seconds, profile) if profile is not None else None
+            spy = profiler.spy(case.server_pid, args.seconds, profile) if profile is not None else None
             time.sleep(args.seconds)
             b = case.stats()
             client_b = process_cpu(bc.pid)
@@ -191,32 +184,6 @@ def format_row(r: dict[str, Any]) -> str:
             + " ".join(fmt(s.get(k), w) for k, w in (("damage", "6.2f"), ("snapshot", "5.2f"),
                                                       ("encode", "6.2f"), ("send", "5.2f"), ("other", "5.2f")))
             + f" | {fmt(r.get('client_cpu_pct'), '4.0f')} {fmt(r.get('load'), '4.1f')}")
-
-
-def summarize_profile(path: Path, top: int = 12) -> list[str]:
-    """Share of py-spy samples per stage, and the functions most often on top of the stack."""
-    stage_of = (("damage", ("(vkmsremote/capture/damage.py", "SyntheticCrtc._compare (")), ("snapshot", ("_publish (",)),
-                ("encode", ("_encode_rects (",)), ("send", ("_write (vkmsremote/server/session.py",
-                                                            "_write_ready (", "sock_send", "_sock_sendall")))
-    stages: Counter[str] = Counter()
-    leaves: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        stage = next((name for name, keys in stage_of if any(k in stack for k in keys)), "other")
-        stages[stage] += count
-        leaves[stack.rsplit(";", 1)[-1]] += count
-    if not total:
-        return ["(no samples)"]
-    out = [f"{total} samples (200 Hz, all threads, idle excluded), stage = first match in the stack"]
-    out += [f"  {name:<9} {100 * n / total:5.1f} %" for name, n in stages.most_common()]
-    out.append("  top of stack:")
-    out += [f"    {100 * n / total:5.1f} %  {leaf}" for leaf, n in leaves.most_common(top)]
-    return out
 
 
 def aims(rows: list[dict[str, Any]]) -> list[str]:
@@ -289,13 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     profile_lines: list[str] = []
     if args.profile:
         width, height = (int(v) for v in args.sizes.split(",")[0].split("x"))
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "profile.txt"
-            row = run_case(width, height, "full-motion", "tight-jpeg", args, client, profile=out)
-            profile_lines = [f"py-spy profile of the server during the window, full-motion {width}x{height} "
-                             f"tight-jpeg ({row['fps']:.1f} fps, {row['cpu_pct']:.0f} % CPU while sampled):",
-                             *summarize_profile(out)]
-        print("\n".join(profile_lines), flush=True)
+        for workload in ("full-motion", "static"):
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "profile.txt"
+                row = run_case(width, height, workload, "tight-jpeg", args, client, profile=out)
+                lines = [f"py-spy, server during the window: {workload} {width}x{height} tight-jpeg, client "
+                         f"connected ({row['fps']:.1f} fps, {row['cpu_pct']:.1f} % CPU while sampled)",
+                         *profiler.summarize(out)]
+            print("\n".join(lines), flush=True)
+            profile_lines += lines
     print(f"load {load_average():.2f} at the end")
     for line in aims(rows):
         print(line)
