@@ -7,12 +7,13 @@
 #   5. VM tests:    pytest -m vm tests, all in ONE boot of the test kernel (python -m vkmsremote.vm)
 # Every stage runs even if an earlier one failed (unless it depends on it); the exit status is
 # non-zero if any stage failed. Extra arguments go to both pytest runs (e.g. -k name, -x).
-# Guest artefacts and the VM tests' JUnit XML land in build/vm-results/.
+# Guest artefacts and the VM tests' JUnit XML land in build/vm-results/. Environment: VKMSREMOTE_VM_TIMEOUT
+# (seconds for the VM stage, default 7200), VKMSREMOTE_VM_ACCEL=kvm|tcg|auto, VKMSREMOTE_KERNEL=<bzImage> (skips the build).
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 py=$top/.venv/bin/python
-vm_timeout=${VKMSREMOTE_VM_TIMEOUT:-3600}
+vm_timeout=${VKMSREMOTE_VM_TIMEOUT:-7200}  # one boot runs every VM test; each test also has pytest-timeout
 results_dir=$top/build/vm-results
 
 bold() { printf '\033[1m%s\033[0m\n' "$*" >&2; }
@@ -58,11 +59,15 @@ if ! stage setup scripts/setup-host.sh; then
 fi
 
 kernel=
-kernel_out=$(mktemp)
-if stage kernel bash -c 'scripts/build-kernel.sh > "$1"' _ "$kernel_out"; then
-  kernel=$(tail -1 "$kernel_out")
+if [ -n "${VKMSREMOTE_KERNEL:-}" ]; then
+  stage kernel test -f "$VKMSREMOTE_KERNEL" && kernel=$VKMSREMOTE_KERNEL
+else
+  kernel_out=$(mktemp)
+  if stage kernel bash -c 'scripts/build-kernel.sh > "$1"' _ "$kernel_out"; then
+    kernel=$(tail -1 "$kernel_out")
+  fi
+  rm -f "$kernel_out"
 fi
-rm -f "$kernel_out"
 
 stage ruff "$top/.venv/bin/ruff" check .
 stage mypy "$top/.venv/bin/mypy" vkmsremote
