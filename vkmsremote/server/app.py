@@ -116,7 +116,8 @@ class VncServer:
         await server.serve_forever()  # until cancelled; then: await server.close()
 
     ``handle_client(reader, writer)`` serves one already-accepted connection (the web listener uses it
-    for RFB over WebSocket).
+    for RFB over WebSocket). ``listen_socket``: an already listening socket to serve on instead of host and
+    port; by default the one systemd passed, if the process was socket-activated (server/activation.py).
     """
 
     def __init__(
