@@ -6,19 +6,21 @@ events are watched with the test's own pyudev monitor, configfs is read with pla
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pyudev
 
+from vkmsremote import cli
 from vkmsremote.errors import DeviceStateError, VkmsRemoteError
 from vkmsremote.vkms.configfs import Configfs
 from vkmsremote.vkms.device import up
@@ -34,16 +36,32 @@ TIMEOUT = "90"  # seconds for udev waits; everything is slow under TCG
 
 
 @pytest.fixture
-def env(vkms_clean: Path, tmp_path: Path) -> Iterator[dict[str, str]]:
-    state = tmp_path / "state"
-    yield {**os.environ, "VKMSREMOTE_STATE_DIR": str(state), "VKMSREMOTE_CONFIGFS_ROOT": ""}
+def env(vkms_clean: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment the commands run in (state kept in the test's own directory)."""
+    monkeypatch.setenv("VKMSREMOTE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("VKMSREMOTE_CONFIGFS_ROOT", raising=False)
+    return dict(os.environ)
 
 
-def vkmsremote(env: dict[str, str], *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def vkmsremote(env: dict[str, str], *argv: str, check: bool = True, own_process: bool = False
+               ) -> subprocess.CompletedProcess[str]:
+    """Run the command line: ``cli.main`` in this process (Python start-up costs ~20 s per process
+    under TCG), or ``python -m vkmsremote`` in its own process with ``own_process``."""
     if argv[:1] == ("up",):
         argv = (*argv, "--no-serve")  # `up` serves until stopped unless told not to (tests/vm/test_serve_vm.py)
-    proc = subprocess.run([sys.executable, "-m", "vkmsremote", *argv], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=REPO)
+    if own_process:
+        proc = subprocess.run([sys.executable, "-m", "vkmsremote", *argv], capture_output=True, text=True,
+                              env=env, timeout=300, cwd=REPO)
+    else:
+        mine = {k: v for k, v in os.environ.items() if k.startswith("VKMSREMOTE_")}
+        assert mine == {k: v for k, v in env.items() if k.startswith("VKMSREMOTE_")}, "env is this process's"
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(argv))
+            except SystemExit as e:  # argparse
+                code = int(e.code or 0)
+        proc = subprocess.CompletedProcess(["vkmsremote", *argv], code, out.getvalue(), err.getvalue())
     if check:
         assert proc.returncode == 0, f"vkmsremote {' '.join(argv)} exited {proc.returncode}: {proc.stderr}"
     return proc
@@ -54,17 +72,21 @@ def status_json(env: dict[str, str]) -> dict[str, Any]:
     return {d["name"]: d for d in doc["devices"]}
 
 
-def modetest_connectors(card: str) -> dict[int, tuple[str, str]]:
-    """connector id -> (status, name) as libdrm's modetest lists them (it probes the connectors)."""
-    out = subprocess.run(["modetest", "-D", card, "-c"], capture_output=True, text=True, timeout=120,
-                         check=True).stdout
+def modetest_connectors(*select: str) -> dict[int, tuple[str, str]]:
+    """connector id -> (status, name) as libdrm's modetest lists them (it probes the connectors).
+
+    ``select`` picks the card: modetest's -D takes a bus id, which for a configfs VKMS device is its
+    name (the faux device's), e.g. ("-D", "vkmsremote"); by default the first vkms card.
+    """
+    out = subprocess.run(["modetest", "-M", "vkms", *select, "-c"], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
     rows = re.findall(r"^(\d+)\s+\d+\s+(connected|disconnected|unknown)\s+(\S+)", out, re.M)
     return {int(i): (st, name) for i, st, name in rows}
 
 
-def modetest_crtcs(card: str) -> set[int]:
-    out = subprocess.run(["modetest", "-D", card, "-p"], capture_output=True, text=True, timeout=120,
-                         check=True).stdout
+def modetest_crtcs(device: str) -> set[int]:
+    out = subprocess.run(["modetest", "-M", "vkms", "-D", device, "-p"], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
     section = out.split("CRTCs:", 1)[1].split("Planes:", 1)[0]
     return {int(m) for m in re.findall(r"^(\d+)\s+\d+\s+\(\d+,\d+\)", section, re.M)}
 
@@ -98,7 +120,7 @@ def faux_cards(device: str) -> list[str]:
 
 def test_up_maps_xr0_to_the_drm_connector_modetest_and_drm_info_see(env: dict[str, str]) -> None:
     t0 = time.monotonic()
-    out = vkmsremote(env, "up", "--timeout", TIMEOUT).stdout
+    out = vkmsremote(env, "up", "--timeout", TIMEOUT, own_process=True).stdout  # the real entry point
     elapsed = time.monotonic() - t0
     dev = status_json(env)[DEVICE]
     card = dev["card"]
@@ -106,10 +128,11 @@ def test_up_maps_xr0_to_the_drm_connector_modetest_and_drm_info_see(env: dict[st
     (xr0,) = dev["connectors"]
     assert xr0["name"] == "XR-0" and xr0["drm_status"] == "connected"
     assert re.fullmatch(r"Virtual-\d+", xr0["drm_name"])
-    listed = modetest_connectors(card)
+    listed = modetest_connectors()  # `modetest -M vkms -c`: the only VKMS card here
     assert listed[xr0["connector_id"]] == ("connected", xr0["drm_name"]), listed
+    assert modetest_connectors("-D", DEVICE) == listed
     assert drm_info_connectors(card)[xr0["connector_id"]] == 1
-    assert xr0["crtc_id"] in modetest_crtcs(card)
+    assert xr0["crtc_id"] in modetest_crtcs(DEVICE)
     assert xr0["preferred_mode"] and xr0["preferred_mode"].startswith("1024x768@")
     assert Path(xr0["sysfs"], "connector_id").read_text().strip() == str(xr0["connector_id"])
     assert (f"XR-0 -> {card}  {xr0['drm_name']}  connector {xr0['connector_id']}  CRTC {xr0['crtc_id']}"
@@ -129,7 +152,9 @@ def test_mapping_does_not_depend_on_card_or_connector_order(env: dict[str, str],
     assert mine["card"] != theirs["card"]
     (xr0,) = mine["connectors"]
     assert xr0["drm_name"] not in {c["drm_name"] for c in theirs["connectors"]}
-    assert modetest_connectors(mine["card"])[xr0["connector_id"]] == ("connected", xr0["drm_name"])
+    assert modetest_connectors("-D", DEVICE)[xr0["connector_id"]] == ("connected", xr0["drm_name"])
+    assert drm_info_connectors(mine["card"])[xr0["connector_id"]] == 1
+    assert xr0["drm_name"] not in {name for _, name in modetest_connectors("-D", "other").values()}
     vkmsremote(env, "down", "other")
     assert [d for d in status_json(env)] == [DEVICE]
 
@@ -149,7 +174,7 @@ def test_xr_dual_shows_xr0_and_xr1(env: dict[str, str]) -> None:
     assert set(conns) == {"XR-0", "XR-1"}
     assert conns["XR-0"]["connector_id"] != conns["XR-1"]["connector_id"]
     assert conns["XR-0"]["crtc_id"] != conns["XR-1"]["crtc_id"]
-    listed = modetest_connectors(dev["card"])
+    listed = modetest_connectors("-D", DEVICE)
     for c in conns.values():
         assert listed[c["connector_id"]] == ("connected", c["drm_name"])
     info = drm_info_connectors(dev["card"])
@@ -242,13 +267,13 @@ def test_hotplug_disconnect_and_connect(env: dict[str, str]) -> None:
     assert event.properties.get("HOTPLUG") == "1"
     assert out.strip() == f"XR-0 disconnected ({xr0['drm_name']} id {cid}: DRM reports disconnected)"
     assert Path(f"/sys/kernel/config/vkms/{DEVICE}/connectors/XR-0/status").read_text().strip() == "2"
-    assert modetest_connectors(card)[cid] == ("disconnected", xr0["drm_name"])
+    assert modetest_connectors("-D", DEVICE)[cid] == ("disconnected", xr0["drm_name"])
     assert drm_info_connectors(card)[cid] == 2
     assert status_json(env)[DEVICE]["connectors"][0]["drm_status"] == "disconnected"
 
     vkmsremote(env, "hotplug", "XR-0", "--connect", "--timeout", TIMEOUT)
     _wait_change(monitor, Path(card).name)
-    assert modetest_connectors(card)[cid] == ("connected", xr0["drm_name"])
+    assert modetest_connectors("-D", DEVICE)[cid] == ("connected", xr0["drm_name"])
     assert drm_info_connectors(card)[cid] == 1
 
 
@@ -257,11 +282,11 @@ def test_bad_input_changes_nothing(env: dict[str, str], tmp_path: Path) -> None:
     before = configfs_tree()
     bad = tmp_path / "bad.toml"
     bad.write_text("[device]\nname = 'x'\n[planes.p]\ntype = 'primary'\n")
-    for argv, code, words in (
-        (["up", "-p", str(bad)], 3, ["bad.toml", "possible_crtcs", "fix the profile"]),
-        (["hotplug", "XR-5", "--disconnect"], 2, ["no connector named 'XR-5'", "known connectors: XR-0"]),
+    for argv, code, words, own in (
+        (["up", "-p", str(bad)], 3, ["bad.toml", "possible_crtcs", "fix the profile"], True),
+        (["hotplug", "XR-5", "--disconnect"], 2, ["no connector named 'XR-5'", "known connectors: XR-0"], False),
     ):
-        proc = vkmsremote(env, *argv, check=False)
+        proc = vkmsremote(env, *argv, check=False, own_process=own)
         assert proc.returncode == code, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and all(w in lines[0] for w in words), lines
