@@ -118,9 +118,6 @@ def test_forward_parse_rejects(text: str) -> None:
         {"cwd": Path("/a;rm -rf b")},
         {"rwdirs": (Path("/srv/~/x"),)},  # a shell would expand this tilde
         {"rwdirs": (Path("/srv/x=~"),)},
-        {"results_dir": Path("/tmp/results")},  # hidden by the guest's tmpfs /tmp
-        {"rwdirs": (Path("/tmp"),)},
-        {"cwd": Path("/tmp/somewhere")},
         {"env": (("BAD-NAME", "1"),)},
         {"forwards": (Forward(1, 2), Forward(1, 3))},
         {"cpus": 0},
@@ -136,10 +133,15 @@ def test_debian_version_tilde_is_accepted() -> None:
     assert vng_command(spec(kernel=k))[2] == str(k)
 
 
-def test_results_under_tmp_allowed_when_tmp_is_shared() -> None:
-    assert spec(results_dir=Path("/tmp/results"), share_host_tmp=True).status_path == Path(
-        "/tmp/results/exit-status"
+def test_paths_under_tmp_are_kept_outermost_first() -> None:
+    s = spec(
+        cwd=Path("/tmp/ci/repo"),
+        results_dir=Path("/tmp/ci/repo/build/vm-results"),
+        rwdirs=(Path("/srv/out"), Path("/tmp/other")),
+        keep=(Path("/tmp/ci/repo/.venv"), Path("/usr")),
     )
+    assert s.kept_under_tmp() == [Path("/tmp/ci/repo"), Path("/tmp/other")]
+    assert spec(share_host_tmp=True).kept_under_tmp() == []
 
 
 # -- guest script ---------------------------------------------------------------------------------
@@ -159,16 +161,24 @@ def test_guest_script_is_valid_bash_and_quotes_argv() -> None:
     assert not any("ip addr" in line for line in lines)
 
 
-def test_guest_script_runs_in_a_private_mount_namespace() -> None:
+@pytest.mark.parametrize("base", ["/var/tmp", "/tmp"])
+def test_guest_script_runs_in_a_private_mount_namespace(base: str) -> None:
     # Run the real script on the host, isolated by unshare so its tmpfs /tmp stays private to it.
-    # The results directory must not be under /tmp (the script hides /tmp behind the tmpfs).
-    results = Path(tempfile.mkdtemp(prefix="vkmsremote-test-", dir="/var/tmp"))
+    # Under /tmp, the working and results directories must survive the guest's tmpfs.
+    work = Path(tempfile.mkdtemp(prefix="vkmsremote-test-", dir=base))
+    results = work / "results"
+    results.mkdir()
+    (work / "data").write_text("from the host\n")
     marker = f"vkmsremote-test-{os.getpid()}"
     try:
         s = spec(
-            argv=("sh", "-c", f'echo "$VKMSREMOTE_IN_VM $HOME $(pwd)"; touch /tmp/{marker}; exit 3'),
+            argv=(
+                "sh",
+                "-c",
+                f'echo "$VKMSREMOTE_IN_VM $HOME $(pwd) $(cat data)"; touch /tmp/{marker}; exit 3',
+            ),
             results_dir=results,
-            cwd=results,
+            cwd=work,
         )
         (results / "guest.sh").write_text(guest_script(s))
         proc = subprocess.run(
@@ -176,12 +186,12 @@ def test_guest_script_runs_in_a_private_mount_namespace() -> None:
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert proc.returncode == 3, proc.stderr
-        assert proc.stdout == f"1 /tmp/vkmsremote-home {results}\n"
+        assert proc.stdout == f"1 /tmp/vkmsremote-home {work} from the host\n"
         assert READY_MARKER in proc.stderr
         assert parse_status((results / "exit-status").read_text()) == 3
         assert not Path("/tmp", marker).exists(), "the script wrote to the host's /tmp"
     finally:
-        shutil.rmtree(results, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.mark.parametrize(("text", "status"), [("0\n", 0), ("42", 42), ("", None), ("x\n", None)])

@@ -4,7 +4,7 @@ Nothing here starts a process, so all of it is unit-tested on the host.
 
 Theory of operation: the host writes ``guest.sh`` into a results directory that is shared read-write
 with the guest (``vng --rwdir``), and asks vng to run ``bash <results>/guest.sh``. The script prepares
-the guest (private tmpfs /tmp, writable HOME and caches, loopback + forwarding NIC), prints a marker
+the guest (private tmpfs /tmp that keeps what the command needs from the host's /tmp, writable HOME and caches, loopback + forwarding NIC), prints a marker
 line on stderr when the command starts (that is how the host measures boot time), runs the command
 and records its exit status in ``<results>/exit-status``, which the host reads back. The exit status
 file is the source of truth: it does not depend on virtme-ng's own return-code channel.
@@ -106,6 +106,8 @@ class VmSpec:
     share_host_tmp: bool = False
     verbose: bool = False
     extra_qemu: tuple[str, ...] = field(default=())
+    keep: tuple[Path, ...] = ()
+    """More host paths the command needs (e.g. the venv); kept visible if they are under /tmp."""
 
     def __post_init__(self) -> None:
         if not self.argv:
@@ -119,18 +121,20 @@ class VmSpec:
         for name, _ in self.env:
             if not _ENV_NAME.match(name):
                 raise VmError(f"bad environment variable name {name!r}")
-        if not self.share_host_tmp:
-            for path in (self.results_dir, self.cwd, *self.rwdirs):
-                if path == Path("/tmp") or Path("/tmp") in path.parents:
-                    raise VmError(
-                        f"{path} is under /tmp, which the guest replaces with a private tmpfs",
-                        hint="put shared directories elsewhere, or share the host's /tmp (share_host_tmp=True)",
-                    )
         ports = [f.host_port for f in self.forwards]
         if len(ports) != len(set(ports)):
             raise VmError(f"host port forwarded twice in {ports}")
         if self.cpus < 1:
             raise VmError(f"cpus must be at least 1, not {self.cpus}")
+
+    def kept_under_tmp(self) -> list[Path]:
+        """The outermost of the paths the guest needs that live under /tmp, which the guest hides
+        behind its private tmpfs: the guest script moves them back on top of it."""
+        tmp = Path("/tmp")
+        under = sorted(
+            {p for p in (self.cwd, self.results_dir, *self.rwdirs, *self.keep) if tmp in p.parents}
+        )
+        return [p for p in under if not any(q in p.parents for q in under)]
 
     @property
     def script_path(self) -> Path:
@@ -216,7 +220,21 @@ def guest_script(spec: VmSpec) -> str:
         'fail() { echo "vkmsremote-vm: $*" >&2; echo 125 > "$status_file"; exit 125; }',
     ]
     if not spec.share_host_tmp:
+        # A private tmpfs on /tmp (sockets work there, unlike on 9p; nothing of the host's /tmp such as
+        # stale X lock files leaks in). Paths the command needs under /tmp (a checkout, the results
+        # directory) are bind-mounted aside first and moved back on top of the tmpfs.
+        kept = spec.kept_under_tmp()
+        for i, path in enumerate(kept):
+            lines.append(
+                f"mkdir -p /run/vkmsremote-keep/{i} && mount --rbind {q(str(path))} /run/vkmsremote-keep/{i} "
+                f"|| fail {q(f'cannot keep {path}')}"
+            )
         lines.append("mount -t tmpfs -o mode=1777 vkmsremote-tmp /tmp || fail 'cannot mount a tmpfs on /tmp'")
+        for i, path in enumerate(kept):
+            lines.append(
+                f"mkdir -p {q(str(path))} && mount --move /run/vkmsremote-keep/{i} {q(str(path))} "
+                f"|| fail {q(f'cannot put {path} back over the tmpfs')}"
+            )
     # Every program started here is read over 9p and emulated: use shell builtins where possible.
     lines.append("mkdir -p /tmp/vkmsremote-home /run/user/0")
     for name, value in guest_environment(spec):

@@ -156,7 +156,8 @@ def run(
 
     The guest sees the host's files read-only except ``results_dir`` (created if needed; a private
     temporary one otherwise, removed afterwards) and ``rwdirs``; /tmp is a private tmpfs unless
-    ``share_host_tmp``. ``forward`` maps host loopback ports to guest ports; a server in the guest
+    ``share_host_tmp`` (the working directory, results directory, rwdirs and the interpreter's prefix
+    stay visible over it when they live under /tmp). ``forward`` maps host loopback ports to guest ports; a server in the guest
     must listen on $VKMSREMOTE_VM_GUEST_ADDR (10.0.2.15) or 0.0.0.0 to be reached (the guest's NIC is
     only reachable through these forwards). With ``stream`` the guest's stdout/stderr are copied to
     ours as they come. Raises VmError if the VM cannot boot, or does not finish within ``timeout``
@@ -185,10 +186,6 @@ def run(
         rdir = Path(results_dir).resolve()
         rdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(cwd).resolve() if cwd is not None else Path.cwd()
-    if not share_host_tmp and any(_under_tmp(p) for p in (rdir, workdir, *map(Path, rwdirs))):
-        # A checkout or results dir under /tmp would be hidden by the guest's private tmpfs.
-        say("sharing the host's /tmp with the guest (the work or results directory is under /tmp)")
-        share_host_tmp = True
     try:
         spec = VmSpec(
             kernel=image.resolve(),
@@ -204,6 +201,13 @@ def run(
             append=tuple(append),
             share_host_tmp=share_host_tmp,
             verbose=verbose,
+            # The interpreter's prefix (a venv inside a checkout under /tmp, say) stays visible too.
+            keep=tuple(
+                {
+                    Path(sys.prefix).resolve(),
+                    *(Path(a).resolve().parent for a in argv[:1] if a.startswith("/")),
+                }
+            ),
         )
         spec.status_path.unlink(missing_ok=True)
         spec.script_path.write_text(guest_script(spec))
@@ -288,8 +292,3 @@ def run(
     finally:
         if private:
             shutil.rmtree(rdir, ignore_errors=True)
-
-
-def _under_tmp(path: Path) -> bool:
-    path = path.resolve()
-    return path == Path("/tmp") or Path("/tmp") in path.parents
