@@ -23,8 +23,9 @@ def test_short_soak_leaves_nothing_behind_and_a_stalled_client_blocks_no_one() -
     # the stalled client really was stalled: its server-side write buffer went past the high-water mark
     assert report["stalled"]["stalled_after_s"] is not None, report["stalled"]
     assert report["stalled"]["server_write_buffer_peak"] >= WRITE_HIGH
-    # ... and no other client went a whole 5 s window without an update while it was
-    assert report["starved_during_stall"] == []
+    # ... and every other client kept getting updates while it was (a fair share: at least a quarter of
+    # what the median client got)
+    assert report["starved_during_stall"] == [] and report["updates_during_stall"]["min"] > 0
     assert all(fps > 0 for fps in report["normal_fps"]["per_client"].values()), report["normal_fps"]
     assert report["client_errors"] == []
     # the throttled client was held to its rate (so it was slow, and the others were not slowed with it)
