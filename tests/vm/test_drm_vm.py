@@ -176,7 +176,8 @@ def test_atomic_modeset_readback_flip_events(vkms_card: str) -> None:
                     flip = await events.wait_for(lambda e: isinstance(e, VblankEvent), timeout=10)
                     target = queue_sequence(card, crtc.id, 2, user_data=77)
                     seq = await events.wait_for(lambda e: isinstance(e, CrtcSequenceEvent), timeout=10)
-                    assert isinstance(seq, CrtcSequenceEvent) and seq.sequence == target
+                    # Delivered at the first vblank at or after the target; a loaded TCG host can miss one.
+                    assert isinstance(seq, CrtcSequenceEvent) and seq.sequence >= target
                     assert isinstance(flip, VblankEvent)
                     return flip, seq
                 finally:
