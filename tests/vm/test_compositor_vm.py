@@ -1,0 +1,336 @@
+"""End to end on the real kernel: Xorg on XR-0, ``vkmsremote serve``, vncdotool typing and clicking.
+
+The chain under test: vncdotool -> RFB KeyEvent/PointerEvent -> vkmsremote's server -> UinputSink ->
+/dev/uinput -> udev -> Xorg (modesetting on the VKMS card, libinput input driver) -> xterm / xev ->
+VKMS CRTC -> vkmsremote's capture -> the frames vncdotool receives.
+
+One Xorg and one server for the whole module: each takes a minute or more to start under TCG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from vkmsremote.vkms.device import down, up
+
+pytestmark = pytest.mark.vm
+
+DISPLAY = ":7"
+SLOW = 300.0  # seconds: Xorg, udev and the server are slow under TCG with other VMs on the machine
+TEXT = 'Hello, World! <A&b> ~|"x_y" 42%'
+XORG_CONF = """\
+Section "ServerFlags"
+  Option "AutoAddDevices" "true"
+  Option "AutoEnableDevices" "true"
+  Option "DontVTSwitch" "true"
+  Option "BlankTime" "0"
+  Option "StandbyTime" "0"
+  Option "SuspendTime" "0"
+  Option "OffTime" "0"
+EndSection
+Section "Device"
+  Identifier "vkms"
+  Driver "modesetting"
+  Option "kmsdev" "{card}"
+  Option "AccelMethod" "none"
+EndSection
+"""
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = SLOW, interval: float = 0.5,
+             state: Callable[[], object] | None = None) -> Any:
+    """``check()`` once it is true; fails after ``timeout`` s, showing ``state()`` if given."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            now = f" (now: {state()})" if state is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{now}")
+        time.sleep(interval)
+
+
+def x(*argv: str, check: bool = True) -> str:
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, "DISPLAY": DISPLAY})
+    if check and out.returncode != 0:
+        raise AssertionError(f"{shlex.join(argv)} failed ({out.returncode}): {out.stderr}")
+    return out.stdout
+
+
+@dataclass
+class Desktop:
+    workdir: Path
+    connector: str
+    xorg_log: Path
+    port: int
+    processes: list[subprocess.Popen[bytes]]
+
+    def spawn(self, argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / log_name, "wb")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "DISPLAY": DISPLAY})
+        self.processes.append(proc)
+        return proc
+
+    def window(self, title: str) -> tuple[int, int, int, int]:
+        """(x, y, width, height) of the inside of the mapped window named ``title``."""
+        def geometry() -> tuple[int, int, int, int] | None:
+            info = x("xwininfo", "-name", title, check=False)
+            fields = dict(re.findall(r"^\s*(Absolute upper-left [XY]|Width|Height|Border width|Map State):\s*(\S+)",
+                                     info, re.M))
+            if fields.get("Map State") != "IsViewable":
+                return None
+            border = int(fields["Border width"])  # xwininfo's corner is outside the border; events are inside
+            return (int(fields["Absolute upper-left X"]) + border, int(fields["Absolute upper-left Y"]) + border,
+                    int(fields["Width"]), int(fields["Height"]))
+        return wait_for(geometry, f"window {title!r}")  # type: ignore[no-any-return]
+
+    def mouse(self) -> tuple[int, int]:
+        out = x("xdotool", "getmouselocation")
+        m = re.match(r"x:(-?\d+) y:(-?\d+)", out)
+        assert m, out
+        return int(m.group(1)), int(m.group(2))
+
+
+def _start_server(desktop: Desktop, *extra: str, log_name: str) -> tuple[subprocess.Popen[bytes], int]:
+    proc = desktop.spawn([sys.executable, "-m", "vkmsremote", "serve", "--source", "crtc", "--card", "/dev/dri/card0",
+                          "--connector", desktop.connector, "--port", "0", *extra], log_name)
+    log = desktop.workdir / log_name
+
+    def port() -> int | None:
+        assert proc.poll() is None, f"the server exited: {log.read_text(errors='replace')}"
+        m = re.search(r"serving .* port (\d+)", log.read_text(errors="replace"))
+        return int(m.group(1)) if m else None
+
+    return proc, wait_for(port, "vkmsremote serve to listen")
+
+
+@pytest.fixture(scope="module")
+def desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desktop]:
+    assert Path("/dev/uinput").exists(), "the test kernel needs CONFIG_INPUT_UINPUT"
+    workdir = tmp_path_factory.mktemp("desktop")
+    with contextlib.suppress(Exception):
+        down(force=True)
+    mapping = up("xr-0").device
+    connector = mapping.connector("XR-0").drm_name
+    assert mapping.card == "/dev/dri/card0" and connector
+    (workdir / "xorg.conf").write_text(XORG_CONF.format(card=mapping.card))
+    d = Desktop(workdir, connector, workdir / "Xorg.log", 0, [])
+    try:
+        d.spawn(["Xorg", DISPLAY, "-config", str(workdir / "xorg.conf"), "-logfile", str(d.xorg_log), "-noreset",
+                 "-nolisten", "tcp", "-novtswitch", "-keeptty", "-s", "0", "-dpms"], "xorg.out")
+        wait_for(lambda: x("xrandr", check=False), "Xorg to accept clients")
+        _, d.port = _start_server(d, "--input", "uinput", log_name="server.log")
+
+        def devices_added() -> bool:
+            text = d.xorg_log.read_text(errors="replace")
+            return all(f'Adding extended input device "vkmsremote {kind}"' in text for kind in ("keyboard", "pointer"))
+
+        wait_for(devices_added, "Xorg to add vkmsremote's uinput keyboard and pointer (udev hotplug)")
+        yield d
+    finally:
+        for proc in reversed(d.processes):
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        down(force=True)
+
+
+@contextlib.contextmanager
+def vnc(port: int) -> Iterator[Any]:
+    from vncdotool import api
+
+    client = api.connect(f"127.0.0.1::{port}", timeout=SLOW)
+    try:
+        yield client
+    finally:
+        client.disconnect()
+
+
+def frame(client: Any) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    client.refreshScreen(incremental=False)
+    return np.asarray(client.screen.convert("RGB"))
+
+
+def locks() -> tuple[bool, bool]:
+    """(Caps Lock, Num Lock) as X has them."""
+    q = x("xset", "q")
+    caps, num = (re.search(rf"{name}:\s+(on|off)", q) for name in ("Caps Lock", "Num Lock"))
+    assert caps and num, q
+    return caps.group(1) == "on", num.group(1) == "on"
+
+
+def mouse_at(desktop: Desktop, point: tuple[int, int]) -> Callable[[], bool]:
+    return lambda: desktop.mouse() == point
+
+
+def where(desktop: Desktop, client: Any) -> Callable[[], object]:
+    """What to show when the pointer did not get where it should."""
+    def show() -> str:
+        screen = re.search(r"current \d+ x \d+", x("xrandr", check=False))
+        return (f"X pointer at {desktop.mouse()}, X screen {screen.group(0) if screen else '?'}, "
+                f"VNC framebuffer {client.screen.size if client.screen else None}")
+    return show
+
+
+def frame_size_is(client: Any, width: int, height: int) -> Callable[[], bool]:
+    return lambda: frame(client).shape[:2] == (height, width)
+
+
+def log_matches(log: Path, pattern: str) -> Callable[[], bool]:
+    return lambda: re.search(pattern, log.read_text(errors="replace")) is not None
+
+
+def type_text(client: Any, text: str) -> None:
+    for ch in text:
+        client.keyPress(ch)  # the character's own keysym: 'A' without Shift, as vncdotool sends it
+
+
+def xterm(desktop: Desktop, title: str, geometry: str, script: str, **env: str) -> None:
+    argv = ["xterm", "-T", title, "-geometry", geometry, "-fn", "fixed", "-bg", "white", "-fg", "black",
+            "+sb", "-bw", "0", "-e", "sh", "-c", script]
+    desktop.spawn(["env", *(f"{k}={v}" for k, v in env.items()), *argv], f"{title}.log")
+
+
+def test_typed_text_reaches_xterm_and_the_frames(desktop: Desktop) -> None:
+    out = desktop.workdir / "typed.txt"
+    hide_cursor = r"printf '\033[?25l'; "
+    xterm(desktop, "typed", "40x3+20+20", hide_cursor + f'IFS= read -r line; printf "%s" "$line" > {out}; sleep 3600')
+    xterm(desktop, "reference", "40x3+20+200", hide_cursor + r'printf "%s\r\n" "$TEXT"; sleep 3600', TEXT=TEXT)
+    tx, ty, tw, th = desktop.window("typed")
+    rx, ry, rw, rh = desktop.window("reference")
+    assert (tw, th) == (rw, rh)
+    with vnc(desktop.port) as client:
+        client.mouseMove(tx + tw // 2, ty + th // 2)  # no window manager: the keyboard goes where the pointer is
+        wait_for(mouse_at(desktop, (tx + tw // 2, ty + th // 2)), "the pointer to reach the xterm",
+                 state=where(desktop, client))
+        type_text(client, TEXT)
+        client.keyPress("enter")
+        wait_for(out.exists, "the xterm's shell to write what was typed")
+        assert out.read_text() == TEXT
+        client.mouseMove(1000, 700)  # out of both windows, so neither shows focus or the pointer
+
+        def same() -> bool:
+            f = frame(client)
+            return bool(np.array_equal(f[ty:ty + th, tx:tx + tw], f[ry:ry + rh, rx:rx + rw]))
+
+        try:
+            wait_for(same, "the typed xterm to look like the reference xterm in the VNC frames", timeout=120)
+        finally:
+            from PIL import Image
+
+            Image.fromarray(frame(client)).save(desktop.workdir / "typed-frame.png")
+        f = frame(client)
+        area = f[ty:ty + th, tx:tx + tw]
+        assert (area == 0).all(axis=2).sum() > 100, "no black text pixels in the typed xterm"
+
+
+def test_caps_lock_and_keypad_through_xkb(desktop: Desktop) -> None:
+    """Lock keys change what X makes of a key; the sink follows X's lock state (its LEDs) to compensate."""
+    out = desktop.workdir / "locks.txt"
+    xterm(desktop, "locks", "30x2+400+20", f'IFS= read -r line; printf "%s" "$line" > {out}; sleep 3600')
+    lx, ly, lw, lh = desktop.window("locks")
+    with vnc(desktop.port) as client:
+        client.mouseMove(lx + lw // 2, ly + lh // 2)
+        wait_for(mouse_at(desktop, (lx + lw // 2, ly + lh // 2)), "the pointer on the locks xterm",
+                 state=where(desktop, client))
+        assert locks() == (False, False)
+        client.keyPress("caplk")  # Caps Lock on in X: 'a' now needs Shift, 'B' does not
+        wait_for(lambda: locks() == (True, False), "X to turn Caps Lock on")
+        type_text(client, "aB1")
+        client.keyPress("caplk")
+        wait_for(lambda: locks() == (False, False), "X to turn Caps Lock off")
+        # KP_7, KP_Decimal, KP_2 with Num Lock off: the sink turns Num Lock on first. (vncdotool has no name
+        # for KP_Decimal; a one-character string is sent as its code point, here the keysym 0xFFAE.)
+        for key in ("kp7", chr(0xFFAE), "kp2"):
+            client.keyPress(key)
+        client.keyPress("enter")
+        wait_for(out.exists, "the locks xterm's shell to write what was typed")
+        try:
+            assert out.read_text() == "aB17.2"
+            assert locks() == (False, True)
+        finally:
+            client.keyPress("numlk")  # leave X as it was
+            wait_for(lambda: locks() == (False, False), "X to turn Num Lock off")
+
+
+def test_clicks_and_wheel_land_on_the_pixel(desktop: Desktop) -> None:
+    desktop.spawn(["stdbuf", "-oL", "xev", "-geometry", "300x200+600+100", "-name", "clicks", "-event", "button"], "xev.log")
+    wx, wy, ww, wh = desktop.window("clicks")
+    log = desktop.workdir / "xev.log"
+    points = ((1, (wx + 50, wy + 70)), (3, (wx + ww - 1, wy + wh - 1)), (2, (wx, wy)),
+              (4, (wx + 100, wy + 50)), (5, (wx + 101, wy + 51)))  # 4/5: wheel up/down
+    with vnc(desktop.port) as client:
+        for button, (px, py) in points:
+            client.mouseMove(px, py)
+            client.mousePress(button)
+            pattern = (rf"ButtonPress event.*\n.*\({px - wx},{py - wy}\), root:\({px},{py}\).*\n"
+                       rf".*button {button},")
+            wait_for(log_matches(log, pattern), f"xev to see button {button} at {px},{py}")
+            assert desktop.mouse() == (px, py)
+
+
+def test_pointer_positions_at_two_modes(desktop: Desktop) -> None:
+    try:
+        for width, height in ((1024, 768), (1920, 1200)):
+            # --fb: the X screen (what an absolute pointer spans) is exactly XR-0's picture, no larger
+            x("xrandr", "--output", desktop.connector, "--mode", f"{width}x{height}", "--fb", f"{width}x{height}")
+            assert f"current {width} x {height}," in x("xrandr")
+            with vnc(desktop.port) as client:
+                wait_for(frame_size_is(client, width, height), f"the VNC framebuffer to become {width}x{height}")
+                for px, py in ((0, 0), (width - 1, height - 1), (width // 3, height // 2), (5, height - 3)):
+                    client.mouseMove(px, py)
+                    wait_for(mouse_at(desktop, (px, py)), f"the X pointer at {px},{py} ({width}x{height})",
+                             state=where(desktop, client), timeout=60)
+    finally:
+        x("xrandr", "--output", desktop.connector, "--mode", "1024x768", "--fb", "1024x768")
+
+
+def test_view_only_server_injects_nothing(desktop: Desktop) -> None:
+    out = desktop.workdir / "view-only.txt"
+    xterm(desktop, "viewonly", "30x2+20+400", f'IFS= read -r line; printf "%s" "$line" > {out}; sleep 3600')
+    vx, vy, vw, vh = desktop.window("viewonly")
+    inside = (vx + vw // 2, vy + vh // 2)
+    with vnc(desktop.port) as client:  # park the pointer on the xterm through the normal server
+        wait_for(frame_size_is(client, 1024, 768), "the VNC framebuffer to be 1024x768")
+        client.mouseMove(*inside)
+        wait_for(mouse_at(desktop, inside), "the pointer on the view-only test xterm",
+                 state=where(desktop, client))
+    proc, port = _start_server(desktop, "--view-only", log_name="server-view-only.log")
+    try:
+        with vnc(port) as client:
+            assert frame(client).shape[:2] == (768, 1024)  # it serves the screen...
+            client.mouseMove(5, 5)
+            type_text(client, "nope")
+            client.keyPress("enter")
+            client.mousePress(1)
+            time.sleep(10)
+        assert desktop.mouse() == inside, "the view-only client moved the pointer"
+        assert not out.exists(), "the view-only client typed into the xterm"
+        devices = Path("/proc/bus/input/devices").read_text()
+        assert devices.count('N: Name="vkmsremote keyboard"') == 1, "the view-only server made input devices"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    with vnc(desktop.port) as client:  # the same keys through the normal server do arrive
+        type_text(client, "yes")
+        client.keyPress("enter")
+        wait_for(out.exists, "the xterm to get the normal server's keys")
+    assert out.read_text() == "yes"
