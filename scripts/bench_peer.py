@@ -26,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -288,7 +289,7 @@ def run_here(args: argparse.Namespace) -> dict[str, Any]:
             display = DISPLAY
             card, connector = setup_vkms(work, (size[0], size[1]), procs)
         start_servers(servers, display, card, connector, procs)
-        print(f"peer benchmark: {args.size}, servers {', '.join(servers)}, {os.cpu_count()} cores, "
+        print(f"peer benchmark: {args.size}, servers {', '.join(servers)}, {os.cpu_count()} cores, nice {os.nice(0)}, "
               f"load {load_average():.2f}; {args.seconds:g} s windows after {args.warmup:g} s warm-up; "
               f"drawing at up to {args.fps:g} frames/s", flush=True)
         print(HEADER, flush=True)
@@ -389,6 +390,8 @@ def run_in_vm(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM (timeout(1), a test's kill) unwinds like Ctrl-C, so every child process and file is cleaned up.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="1024x768")

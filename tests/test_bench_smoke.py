@@ -71,7 +71,7 @@ def test_delivery_counts_new_frames_latency_and_bytes() -> None:
 def test_bench_pipeline_quick(tmp_path: Path) -> None:
     out = tmp_path / "pipeline.json"
     run = subprocess.run([PY, str(TOP / "scripts" / "bench_pipeline.py"), "--quick", "--workloads",
-                          "static,typing,full-motion", "--json", str(out)],
+                          "static,typing,full-motion", "--seconds", "0.7", "--warmup", "0.4", "--json", str(out)],
                          capture_output=True, text=True, timeout=240, cwd=TOP)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "flips/s" in run.stdout and "idle" in run.stdout

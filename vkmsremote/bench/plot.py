@@ -63,12 +63,12 @@ def plot_pipeline(rows: Sequence[dict[str, Any]], path: Path) -> None:
             vals = []
             for w in workloads:
                 r = by.get((w, enc), {})
-                frames = r.get("frames") or 0
-                vals.append(1e3 * _num(r.get("stages_cpu_s", {}).get(stage)) / frames if frames else 0.0)
+                updates = r.get("server_updates") or 0
+                vals.append(1e3 * _num(r.get("stages_cpu_s", {}).get(stage)) / updates if updates else 0.0)
             ax.bar(centres, vals, 0.6, bottom=bottom, color=colour, label=stage)
             bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
         ax.axhline(1000 / 60, color="r", linestyle=":", linewidth=1)
-        ax.set_title(f"{size}: server CPU ms/frame, {enc} (dotted: 60 fps/core)")
+        ax.set_title(f"{size}: server CPU ms per update, {enc} (dotted: 60/s on a core)")
         ax.legend(fontsize=7)
         ax = axes[3][col]
         for i, enc in enumerate(encodings):

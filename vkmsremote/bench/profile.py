@@ -43,6 +43,10 @@ def spy(pid: int, seconds: float, out: Path, rate: int = 200) -> subprocess.Pope
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+WAITING = ("EpollSelector.select (", "_worker (concurrent/futures/thread.py")
+"""Leaves that are a thread waiting (for I/O, for work) although py-spy may count them as active."""
+
+
 def stage_of(stack: str) -> str:
     for name, keys in STAGE_KEYS:
         if any(k in stack for k in keys):
@@ -55,7 +59,7 @@ def summarize(path: Path, top: int = 12) -> list[str]:
     one ``frame;frame;...;frame count`` line per distinct stack)."""
     stages: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
-    total = 0
+    total = waiting = 0
     try:
         lines = path.read_text().splitlines()
     except OSError:
@@ -65,12 +69,16 @@ def summarize(path: Path, top: int = 12) -> list[str]:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
+        leaf = stack.rsplit(";", 1)[-1]
+        if leaf.startswith(WAITING):
+            waiting += count
+            continue
         total += count
         stages[stage_of(stack)] += count
-        leaves[stack.rsplit(";", 1)[-1]] += count
+        leaves[leaf] += count
     if not total:
         return ["(no samples)"]
-    out = [f"{total} samples (idle excluded); by stage:"]
+    out = [f"{total} busy samples ({waiting} more waiting in epoll or for work, left out); by stage:"]
     out += [f"  {name:<9} {100 * n / total:5.1f} %" for name, n in stages.most_common()]
     out.append("  top of stack:")
     out += [f"    {100 * n / total:5.1f} %  {leaf}" for leaf, n in leaves.most_common(top)]
