@@ -308,10 +308,10 @@ def test_a_broker_that_cannot_start_says_why() -> None:
     """The real fork path: the child cannot open the card, says so in its HELLO and exits non-zero."""
     before = open_fds()
     with pytest.raises(BrokerError, match=r"could not start: .*/nonexistent/card0"):
-        start_broker(BrokerSpec(card_path="/nonexistent/card0", crtc_id=1, restrict=False), timeout=30)
-    assert open_fds() == before
+        start_broker(BrokerSpec(card_path="/nonexistent/card0", crtc_id=1, restrict=False), timeout=120)
+    assert open_fds() <= before
 
 
 def test_writeback_needs_driving() -> None:
     with pytest.raises(BrokerError, match="needs vkmsremote to drive"):
-        start_broker(BrokerSpec(card_path="/dev/null", crtc_id=1, writeback=True, restrict=False), timeout=30)
+        start_broker(BrokerSpec(card_path="/dev/null", crtc_id=1, writeback=True, restrict=False), timeout=120)

@@ -31,7 +31,9 @@ from vkmsremote.drm.framebuffer import map_framebuffer
 from vkmsremote.drm.resources import get_crtc
 from vkmsremote.service.privileges import Cap, Capabilities, mask
 
-pytestmark = pytest.mark.vm
+# Each test starts `vkmsremote up` once or twice: a fresh interpreter plus the broker's under TCG takes from
+# ~20 s (idle host) to minutes (a busy 2-core host), hence the generous limits.
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(1500)]
 
 REPO = Path(__file__).resolve().parents[2]
 MAPPING_RE = re.compile(r"^(?P<name>\S+) -> (?P<card>/dev/dri/card\d+)\s+(?P<drm>\S+)\s+connector (?P<conn>\d+)\s+"
@@ -62,7 +64,7 @@ class Up:
         self._reader.start()
         started = time.monotonic()
         try:
-            self.wait_for(r"vkmsremote: serving ", 300)
+            self.wait_for(r"vkmsremote: serving ", 600)
         except BaseException:
             self.proc.kill()  # never leave a server (and its broker, then orphaned) behind for later tests
             self.proc.wait(30)

@@ -442,7 +442,19 @@ def _down(device: str) -> int:
 
 def start_broker(spec: BrokerSpec, *, timeout: float = READY_TIMEOUT) -> BrokerClient:
     """Start the broker process and wait until it is ready (raises BrokerError with its reason if it
-    cannot start). Call before dropping privileges.
+    cannot start). Call before dropping privileges."""
+    client = spawn_broker(spec)
+    try:
+        client.wait_ready(timeout)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def spawn_broker(spec: BrokerSpec) -> BrokerClient:
+    """Start the broker process without waiting for it (it starts up while the caller prepares; call
+    ``wait_ready`` before using it, and ``close`` in any case).
 
     The broker is a fresh interpreter (fork + exec) that inherits only stdio and its end of the
     socketpair: nothing of this process's state (open files, sockets, threads) reaches it.
@@ -458,13 +470,7 @@ def start_broker(spec: BrokerSpec, *, timeout: float = READY_TIMEOUT) -> BrokerC
         raise BrokerError(f"cannot start the capture broker: {exc.strerror or exc}") from None
     finally:
         broker_end.close()
-    client = BrokerClient(server_end, proc)
-    try:
-        client.wait_ready(timeout)
-    except BaseException:
-        client.close()
-        raise
-    return client
+    return BrokerClient(server_end, proc)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -231,10 +231,8 @@ def _say(out: TextIO, text: str) -> None:
 def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -> int:
     """Serve the connector ``up`` just made (or found) until SIGINT/SIGTERM. Runs as root: forks the
     capture broker, drops privileges, serves. Returns the exit status."""
-    from vkmsremote.capture.broker import BrokerSpec, start_broker
+    from vkmsremote.capture.broker import READY_TIMEOUT, BrokerSpec, spawn_broker
     from vkmsremote.errors import PermissionDeniedError
-    from vkmsremote.server.app import _password, security_policy
-    from vkmsremote.server.tls import ensure_certificate, server_context
     from vkmsremote.service.privileges import drop_privileges, resolve_user
 
     if not logging.getLogger().handlers:
@@ -251,42 +249,42 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
         if port is not None and 0 < port < low:
             raise UsageError(f"{flag} {port} is below {low}: only privileged processes may listen there, and the "
                              "server gives up its privileges", hint=f"choose a port of {low} or more")
-    # Everything that needs root's files is read now: password file, TLS key and certificate.
-    password = _password(args)
-    if password is not None and len(password.encode()) > 8:
-        log.warning("VNC authentication uses only the first 8 bytes of the password")
-    types = [t for t in args.security.split(",") if t.strip()] if args.security else None
-    policy = security_policy(password=password, username=args.username, types=types,
-                             tls_cert=args.tls_cert, tls_key=args.tls_key)
-    web_ssl = server_context(*ensure_certificate(args.tls_cert, args.tls_key)) if (
-        args.web is not None and args.tls_cert is not None) else None
-    from vkmsremote.server.app import VncServer
-
-    if not policy.authenticates and not args.insecure_listen:
-        from vkmsremote.server.app import is_loopback
-
-        if not is_loopback(args.listen):
-            raise UsageError(f"refusing to listen on {args.listen} without authentication",
-                             hint="set a password (--password-file) or pass --insecure-listen if the network "
-                                  "is trusted")
-
     spec = BrokerSpec(card_path=target.card, crtc_id=target.crtc_id,
                       drive_connector=target.drm_name if args.drive == "pattern" else None,
                       drive_size=args.drive_size, drive_fps=args.drive_fps or None,
                       writeback=args.capture == "writeback",
                       down_on_exit=target.device if args.down_on_exit else None)
-    broker = start_broker(spec)  # forks: nothing above may have started a thread or an event loop
+    broker = spawn_broker(spec)  # it starts up (imports, modeset) while this process prepares
     devices: Any = None
     try:
-        from vkmsremote.capture.crtc import CrtcReader
-        from vkmsremote.drm.card import Card
+        # Everything that needs root's files is read now: password file, TLS key and certificate.
+        from vkmsremote.server.app import VncServer, _password, is_loopback, security_policy
+        from vkmsremote.server.tls import ensure_certificate, server_context
 
-        card = Card.open(target.card)  # authenticated as root at open: GETCRTC, GETPLANE, vblank events
+        password = _password(args)
+        if password is not None and len(password.encode()) > 8:
+            log.warning("VNC authentication uses only the first 8 bytes of the password")
+        types = [t for t in args.security.split(",") if t.strip()] if args.security else None
+        policy = security_policy(password=password, username=args.username, types=types,
+                                 tls_cert=args.tls_cert, tls_key=args.tls_key)
+        if not policy.authenticates and not args.insecure_listen and not is_loopback(args.listen):
+            raise UsageError(f"refusing to listen on {args.listen} without authentication",
+                             hint="set a password (--password-file) or pass --insecure-listen if the network "
+                                  "is trusted")
+        web_ssl = server_context(*ensure_certificate(args.tls_cert, args.tls_key)) if (
+            args.web is not None and args.tls_cert is not None) else None
         if args.input == "uinput" and not args.view_only:
             from vkmsremote.input import UinputDevices
 
             devices = UinputDevices.open("vkmsremote")
         preload_modules()
+        from vkmsremote.capture.crtc import CrtcReader
+        from vkmsremote.drm.card import Card
+
+        broker.wait_ready(READY_TIMEOUT)
+        # Opened after the broker is ready: a first opener is DRM master for a moment, which could make
+        # the broker's --drive fail to become master.
+        card = Card.open(target.card)  # authenticated as root at open: GETCRTC, GETPLANE, vblank events
         dropped = drop_privileges(user.pw_name)
         log.info("serving as %s (uid %d, no capabilities); capture broker pid %s keeps CAP_SYS_ADMIN",
                  dropped.user, dropped.uid, broker.pid)
