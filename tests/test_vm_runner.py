@@ -352,6 +352,9 @@ def fetch(port: int, into: list[bytes]) -> None:
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                # Once connected, wait as long as it takes: slirp may hand this very connection to the
+                # guest server late on a loaded host, and giving up here would orphan it.
+                c.settimeout(300)
                 data = c.recv(100)
                 if data:
                     into.append(data)
