@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +207,8 @@ def measure(server: str, workload: str, encoding: str, args: argparse.Namespace,
         bc.wait(30)
     dt = t1 - t0
     d = delivery(bc.snapshot(), log.time_of, t0, t1)
+    if not WORKLOADS[workload].changes:  # frame 0 arriving late is not a delivered frame of a static screen
+        d = replace(d, frames=0, latencies_ms=())
     cpu = {role: 100 * (cpu1[role] - cpu0[role]) / dt for role in cpu0 if role in cpu1}
     return {
         "server": server, "workload": workload, "encoding": encoding, "seconds": dt,

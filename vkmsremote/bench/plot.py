@@ -105,6 +105,8 @@ def plot_peer(rows: Sequence[dict[str, Any]], path: Path) -> None:
         ax.set_xticks([x + 0.4 - width / 2 for x in xs])
         ax.set_xticklabels(labels, fontsize=8)
         ax.set_title(title)
+        if field == "lat_p50":
+            ax.set_yscale("log")
         ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
