@@ -26,7 +26,8 @@ import pytest
 
 from vkmsremote.vkms.device import down, up
 
-pytestmark = pytest.mark.vm
+# Starting Xorg and the server (in the first test's set-up) can take minutes under TCG on a busy machine.
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
 
 DISPLAY = ":7"
 SLOW = 300.0  # seconds: Xorg, udev and the server are slow under TCG with other VMs on the machine
