@@ -27,7 +27,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -459,11 +459,3 @@ class UinputSink:
         for keysym in [k for k, c in self._held.by_keysym.items() if c == code]:
             del self._held.by_keysym[keysym]
 
-
-def describe(events: Iterable[tuple[int, int, int]]) -> list[str]:
-    """Human-readable (type, code, value) triples, for logs and test failure messages."""
-    out = []
-    for etype, code, value in events:
-        names = ecodes.bytype.get(etype, {}).get(code, code)
-        out.append(f"{ecodes.EV.get(etype, etype)} {names if isinstance(names, (str, int)) else names[0]} {value}")
-    return out
