@@ -251,22 +251,49 @@ def format_row(r: dict[str, Any]) -> str:
             f"{fmt(r['drawer_cpu_pct'], '5.0f')} {fmt(r['client_cpu_pct'], '4.0f')} {fmt(r['load'], '4.1f')}")
 
 
-def ratio_lines(rows: list[dict[str, Any]]) -> list[str]:
+RATIOS = (("fps", "fps"), ("CPU", "cpu_pct"), ("CPU ms/frame", "cpu_ms_per_frame"), ("p50", "lat_p50"),
+          ("KB/frame", "bytes_per_frame"))
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, float]]]:
+    """(workload, encoding, {name: vkmsremote / x11vnc}) for every pair measured in the same run."""
     by = {(r["workload"], r["encoding"], r["server"]): r for r in rows}
-    out = [f"{'workload':<11} {'encoding':<10} {'fps ratio':>9} {'CPU ratio':>9} {'ms/frame ratio':>14} "
-           f"{'p50 ratio':>9}   (vkmsremote / x11vnc)"]
+    out = []
     for (w, e, s), v in by.items():
         x = by.get((w, e, "x11vnc"))
         if s != "vkmsremote" or x is None:
             continue
-
-        def q(a: float, b: float) -> float:
-            return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
-
-        out.append(f"{w:<11} {e:<10} {fmt(q(v['fps'], x['fps']), '9.2f')} {fmt(q(v['cpu_pct'], x['cpu_pct']), '9.2f')} "
-                   f"{fmt(q(v['cpu_ms_per_frame'], x['cpu_ms_per_frame']), '14.2f')} "
-                   f"{fmt(q(v['lat_p50'], x['lat_p50']), '9.2f')}")
+        q = {}
+        for name, key in RATIOS:
+            a, b = float(v[key]), float(x[key])
+            q[name] = a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
+        out.append((w, e, q))
     return out
+
+
+def ratio_lines(rows: list[dict[str, Any]]) -> list[str]:
+    out = [f"{'workload':<11} {'encoding':<10} " + " ".join(f"{name:>12}" for name, _ in RATIOS)
+           + "   (vkmsremote / x11vnc)"]
+    for w, e, q in ratios(rows):
+        out.append(f"{w:<11} {e:<10} " + " ".join(fmt(q[name], "12.2f") for name, _ in RATIOS))
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """Rows and ratios as Markdown tables (docs/benchmarks.md)."""
+    out = ["| workload | encoding | server | draws/s | fps | p50 ms | p95 ms | server CPU % | CPU ms/frame "
+           "| KB/frame | Xorg CPU % | drawer CPU % | client CPU % |", "|" + "---|" * 13]
+    for r in result["rows"]:
+        cells = [r["workload"], r["encoding"], r["server"], fmt(r["draws_per_s"], ".1f"), fmt(r["fps"], ".2f"),
+                 fmt(r["lat_p50"], ".0f"), fmt(r["lat_p95"], ".0f"), fmt(r["cpu_pct"], ".0f"),
+                 fmt(r["cpu_ms_per_frame"], ".0f"), fmt(r["bytes_per_frame"] / 1e3, ".1f"),
+                 fmt(r["xorg_cpu_pct"], ".0f"), fmt(r["drawer_cpu_pct"], ".0f"), fmt(r["client_cpu_pct"], ".0f")]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "| workload | encoding | " + " | ".join(f"{n} ratio" for n, _ in RATIOS) + " |",
+            "|" + "---|" * (2 + len(RATIOS))]
+    for w, e, q in ratios(result["rows"]):
+        out.append(f"| {w} | {e} | " + " | ".join(fmt(q[n], ".2f") for n, _ in RATIOS) + " |")
+    return "\n".join(out) + "\n"
 
 
 def run_here(args: argparse.Namespace) -> dict[str, Any]:
@@ -342,6 +369,9 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     idle = result.get("idle") or {}
     if idle:
         print("idle CPU, no client: " + ", ".join(f"{s} {v:.2f} %" for s, v in idle.items()))
+    if args.markdown:
+        args.markdown.write_text(markdown(result))
+        print(f"Markdown tables written to {args.markdown}")
     if args.plot and rows:
         from vkmsremote.bench.plot import plot_peer
 
@@ -349,7 +379,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"plot written to {args.plot}")
 
 
-HOST_ONLY = ("--plot", "--json", "--kernel", "--vm-timeout")
+HOST_ONLY = ("--plot", "--json", "--kernel", "--vm-timeout", "--markdown")
 
 
 def strip_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
@@ -406,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quality", type=int, default=8)
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path)
+    p.add_argument("--markdown", type=Path, help="write the tables as Markdown here")
+    p.add_argument("--from-json", type=Path, help="no measuring: redo the report of a --json file")
     p.add_argument("--kernel", help="bzImage for the VM (default: scripts/build-kernel.sh's)")
     p.add_argument("--vm-timeout", type=float, default=3600)
     p.add_argument("--quick", action="store_true",
@@ -423,6 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        print(HEADER)
+        print("\n".join(format_row(r) for r in saved["rows"]))
+        report(saved, args)
+        return 0
     if not (args.in_vm or args.xvfb):
         return run_in_vm(args, argv)
     result = run_here(args)

@@ -192,6 +192,23 @@ def format_row(r: dict[str, Any]) -> str:
             + f" | {fmt(r.get('client_cpu_pct'), '4.0f')} {fmt(r.get('load'), '4.1f')}")
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table (docs/benchmarks.md)."""
+    out = ["| size | workload | encoding | flips/s | fps | p50 ms | p95 ms | p99 ms | CPU % | CPU ms/update "
+           "| damage | snapshot | encode | send | other | KB/frame | client CPU % | load |",
+           "|" + "---|" * 18]
+    for r in rows:
+        s = stage_ms_per_update(r)
+        cells = [r["size"], r["workload"], r["encoding"], fmt(r.get("flips_per_s"), ".1f"), fmt(r.get("fps"), ".1f"),
+                 fmt(r.get("lat_p50"), ".1f"), fmt(r.get("lat_p95"), ".1f"), fmt(r.get("lat_p99"), ".1f"),
+                 fmt(r.get("cpu_pct"), ".1f") + (f" (idle {r['idle_cpu_pct']:.1f})" if "idle_cpu_pct" in r else ""),
+                 fmt(s.get("total"), ".2f"), *(fmt(s.get(k), ".2f") for k in (*STAGES, "other")),
+                 fmt(r.get("bytes_per_frame", math.nan) / 1e3, ".1f"), fmt(r.get("client_cpu_pct"), ".0f"),
+                 fmt(r.get("load"), ".1f")]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def aims(rows: list[dict[str, Any]]) -> list[str]:
     out = []
     for r in rows:
@@ -225,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quality", type=int, default=8, help="JPEG quality level for tight-jpeg (0-9)")
     p.add_argument("--json", type=Path, help="write all rows as JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG plot here (matplotlib)")
+    p.add_argument("--markdown", type=Path, help="write the table as Markdown here")
+    p.add_argument("--from-json", type=Path, help="no measuring: redo the report, plot and Markdown of a --json file")
     p.add_argument("--profile", action="store_true",
                    help="also profile the server with py-spy on full-motion Tight-JPEG at the first size")
     p.add_argument("--quick", action="store_true",
@@ -245,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     for e in encodings:
         if e not in ENCODINGS:
             p.error(f"unknown encoding {e}")
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        report(saved["rows"], saved.get("profile", []), args)
+        return 0
     client = build_client()
     print(f"host pipeline benchmark: {os.cpu_count()} cores, nice {os.nice(0)}, load {load_average():.2f} at start, "
           f"{args.fps:g} flips/s, {args.seconds:g} s windows after {args.warmup:g} s warm-up, "
@@ -277,18 +300,29 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(lines), flush=True)
             profile_lines += lines
     print(f"load {load_average():.2f} at the end")
-    for line in aims(rows):
-        print(line)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"rows": rows, "profile": profile_lines, "args": vars(args)},
                                         indent=1, default=str))
+    report(rows, profile_lines, args)
+    return 0
+
+
+def report(rows: list[dict[str, Any]], profile_lines: list[str], args: argparse.Namespace) -> None:
+    if args.from_json:
+        print(HEADER)
+        print("\n".join(format_row(r) for r in rows))
+        print("\n".join(profile_lines))
+    for line in aims(rows):
+        print(line)
+    if args.markdown:
+        args.markdown.write_text(markdown(rows))
+        print(f"Markdown table written to {args.markdown}")
     if args.plot:
         from vkmsremote.bench.plot import plot_pipeline
 
         plot_pipeline(rows, args.plot)
         print(f"plot written to {args.plot}")
-    return 0
 
 
 if __name__ == "__main__":
