@@ -68,7 +68,8 @@ MAX_TEXT = 1024
 READY_TIMEOUT = 120.0
 """Seconds the server waits for the broker to be ready (a modeset under TCG can take a while)."""
 CALL_TIMEOUT = 30.0
-EXIT_TIMEOUT = 20.0
+EXIT_TIMEOUT = 60.0
+"""Seconds to wait for the broker to end (it may be removing the VKMS device: --down-on-exit)."""
 IDENTITY_CACHE = 16
 
 
@@ -315,7 +316,7 @@ class _Broker:
             wb_fn: WritebackFn | None = None
             if spec.drive_connector is not None:
                 self.driver = PatternDriver.open(spec.card_path, connector=spec.drive_connector, size=spec.drive_size,
-                                                 writeback=spec.writeback)
+                                                 writeback=spec.writeback, buffers=3)
                 if self.driver.crtc_id != spec.crtc_id:
                     raise BrokerError(f"{spec.drive_connector} is driven through CRTC {self.driver.crtc_id}, "
                                       f"not the served CRTC {spec.crtc_id}")

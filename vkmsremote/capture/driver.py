@@ -97,7 +97,11 @@ class PatternDriver:
     >>> drv.start(); await drv.run(frames=100); drv.close()
     """
 
-    def __init__(self, card: Card, connector: Connector, crtc_id: int, mode: Mode, *, own_card: bool = False) -> None:
+    def __init__(self, card: Card, connector: Connector, crtc_id: int, mode: Mode, *, own_card: bool = False,
+                 buffers: int = 2) -> None:
+        if buffers < 2:
+            raise UsageError(f"page flipping needs at least 2 buffers, not {buffers}")
+        self.buffers = buffers
         self.card = card
         self.connector = connector
         self.crtc_id = crtc_id
@@ -117,7 +121,7 @@ class PatternDriver:
 
     @classmethod
     def open(cls, card_path: str, *, connector: int | str | None = None, size: tuple[int, int] | None = None,
-             refresh: int | None = None, writeback: bool = False) -> PatternDriver:
+             refresh: int | None = None, writeback: bool = False, buffers: int = 2) -> PatternDriver:
         """Open the card as master and pick the connector (default: the first connected non-writeback one),
         its CRTC and a mode of ``size`` (default: the preferred mode)."""
         card = Card.open(card_path, writeback=writeback, master=True)
@@ -133,7 +137,7 @@ class PatternDriver:
             if not crtc_id:
                 raise UsageError(f"connector {conn.name} cannot be driven by any CRTC")
             mode = pick_mode(conn, size, refresh)
-            return cls(card, conn, crtc_id, mode, own_card=True)
+            return cls(card, conn, crtc_id, mode, own_card=True, buffers=buffers)
         except BaseException:
             card.close()
             raise
@@ -149,7 +153,7 @@ class PatternDriver:
         if not self.card.is_master:
             self.card.set_master()
         w, h = self.mode.width, self.mode.height
-        self._fbs = [DumbFramebuffer(self.card, w, h) for _ in range(2)]
+        self._fbs = [DumbFramebuffer(self.card, w, h) for _ in range(self.buffers)]
         self._base = pattern_base(w, h)
         self._blob = PropertyBlob.for_mode(self.card, self.mode)
         draw_pattern(self._fbs[0].pixels, self._base, 0)
@@ -168,7 +172,9 @@ class PatternDriver:
 
     def _draw_back(self) -> int:
         assert self._base is not None
-        back = 1 - self._front
+        # With 3+ buffers the one drawn next left the screen two flips ago: a reader that was still copying
+        # it when it was flipped away has had a whole frame to finish (no tearing).
+        back = (self._front + 1) % len(self._fbs)
         draw_pattern(self._fbs[back].pixels, self._base, self.frame_number + 1)
         return back
 

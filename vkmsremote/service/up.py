@@ -349,3 +349,7 @@ async def _serve(server: Any, reader: Any, target: ServeTarget, args: argparse.N
             await web.close()
         await server.close()
         await reader.close()
+        log.info("capture: %d frames from %d vblanks; %d full checks, %d idle probes, %d torn reads discarded; "
+                 "%d broker calls, %d buffers received", reader.frames, reader.vblanks, reader.full_checks,
+                 reader.probes, reader.torn, getattr(reader.exporter, "calls", 0),
+                 getattr(reader.exporter, "fds_received", 0))
