@@ -386,12 +386,12 @@ def test_static_screen_sends_nothing_and_idles(tmp_state: Path, record_property:
         scan.look()
         assert scan.which(first) is not None, "the static picture is not modetest's buffer"
         scan.close()
-        time.sleep(2.0)  # let the reader go idle
         _updates.clear()
         viewer.request()  # an incremental request stays pending: the server may answer only with changes
+        time.sleep(8.0)  # nothing changes: after 0.5 s the reader is idle, after 5.5 s deeply idle
         pid, broker = up.proc.pid, up.broker_pid
         t0, cpu0, bcpu0 = time.monotonic(), cpu_seconds(pid), cpu_seconds(broker)
-        time.sleep(8.0)
+        time.sleep(10.0)
         elapsed = time.monotonic() - t0
         server_pct = 100 * (cpu_seconds(pid) - cpu0) / elapsed
         broker_pct = 100 * (cpu_seconds(broker) - bcpu0) / elapsed

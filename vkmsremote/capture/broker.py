@@ -226,7 +226,10 @@ class BrokerServer:
 
     def serve(self) -> None:
         while True:
-            data, fds, flags, _ = socket.recv_fds(self.sock, Request.STRUCT.size + 1, MAX_FDS)
+            try:
+                data, fds, flags, _ = socket.recv_fds(self.sock, Request.STRUCT.size + 1, MAX_FDS)
+            except ConnectionResetError:
+                return  # the server closed its end with a reply unread (it was shutting down)
             _close_all(fds)  # the server has no business sending fds
             if not data:
                 return  # the server closed its end
@@ -238,6 +241,8 @@ class BrokerServer:
                     socket.send_fds(self.sock, [reply.to_bytes()], list(out))
                 else:
                     self.sock.send(reply.to_bytes())
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the server is gone
             finally:
                 _close_all(out)
 

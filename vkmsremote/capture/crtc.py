@@ -4,19 +4,19 @@
 Theory of operation:
 - Pacing: the reader queues a CRTC sequence event (DRM_IOCTL_CRTC_QUEUE_SEQUENCE) and waits for it on
   the card fd through the asyncio loop (vkmsremote.drm.events.EventReader). No timers while the CRTC runs.
-  While frames change it looks at every vblank. After ``idle_after`` looks in a row found nothing new,
-  it is *idle*: it asks for an event only every ``idle_vblanks`` vblanks, and most idle looks are cheap
-  *probes* (GETCRTC: did the primary plane flip? the cursor plane's state; every ``PROBE_STRIDE``-th row
-  of the buffer compared with the last frame); every ``idle_full_every``-th idle look is a full check.
-  The first change found, or :meth:`wake` (called when a client sends input), makes it active again.
+  :class:`Pacing` says how often: every vblank while frames change; after half a second without change
+  every 6th vblank, after five more seconds every 60th. Most idle looks are cheap *probes* (GETCRTC: did
+  the primary plane flip? the cursor plane's state; every ``PROBE_STRIDE``-th row of the buffer compared
+  with the last frame); every few idle looks is a full check. The first change found, or :meth:`wake`
+  (called when a client sends input), makes it look at every vblank again.
 - A full check: GETCRTC gives the mode and the primary plane's current framebuffer id, so page flips
   are followed (compositors and ``modetest -v`` alternate between buffers). Buffers come from a
   :class:`~vkmsremote.capture.exporter.FramebufferExporter` (this process's card fd, or the privileged
   capture broker) and are mapped once per fb id and reused (capture.fbcache); since the kernel reuses fb
-  ids after RMFB, the id's buffer identity (dma-buf inodes) is checked on every full check. Reads are
-  bracketed with DMA_BUF_IOCTL_SYNC. If GETCRTC names another fb after the read, the buffer was flipped
-  away meanwhile and its owner may already be drawing the next frame into it: the read is not shown
-  (its damage is kept for the next frame), at most MAX_TORN_IN_ROW times in a row.
+  ids after RMFB, the id's buffer identity (dma-buf inodes) is checked on every full check. The buffer
+  is copied (bracketed with DMA_BUF_IOCTL_SYNC); if GETCRTC names another fb after the copy, the buffer
+  was flipped away meanwhile and its owner may already have started drawing the next frame into it, so
+  the copy is dropped and the reader looks again (at most MAX_TORN_IN_ROW times in a row).
 - The framebuffer is converted to B, G, R, X if needed and compared with the previous frame
   (capture.damage); a frame is returned only when pixels or the cursor changed.
 - While the CRTC is off the kernel has no vblanks to wait for: the reader returns one "no signal" frame,
@@ -56,8 +56,42 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = (1024, 768)
 MAX_TORN_IN_ROW = 3
-"""A read during which the buffer was flipped away is discarded (its owner may have started drawing into
-it), at most this many times in a row: a client flipping faster than we can read still gets frames."""
+"""A copy during which the buffer was flipped away is discarded (its owner may have started drawing into
+it), at most this many times in a row: a client flipping faster than we can copy still gets frames."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """How often the reader looks, by how many looks in a row found nothing new (see the module doc).
+
+    Active: every vblank, full checks. Idle (after ``idle_after`` unchanged looks): every ``idle_vblanks``
+    vblanks, a full check every ``idle_full_every``-th look, probes otherwise. Deep idle (after
+    ``deep_after`` further unchanged looks): every ``deep_vblanks`` vblanks, a full check every
+    ``deep_full_every``-th look. Defaults at 60 Hz: idle after 0.5 s (10 looks/s, full every 0.5 s),
+    deep idle after 5.5 s (1 look/s, full every 10 s).
+    """
+
+    idle_after: int = 30
+    idle_vblanks: int = 6
+    idle_full_every: int = 5
+    deep_after: int = 50
+    deep_vblanks: int = 60
+    deep_full_every: int = 10
+
+    def __post_init__(self) -> None:
+        if min(self.idle_after, self.idle_vblanks, self.idle_full_every, self.deep_after, self.deep_vblanks,
+               self.deep_full_every) < 1:
+            raise UsageError(f"every pacing value must be at least 1: {self}")
+
+    def step(self, unchanged: int) -> tuple[int, bool]:
+        """(vblanks to wait, whether the look is a full check) after ``unchanged`` unchanged looks."""
+        idle = unchanged - self.idle_after
+        if idle < 0:
+            return 1, True
+        if idle < self.deep_after:
+            return self.idle_vblanks, (idle + 1) % self.idle_full_every == 0
+        deep = idle - self.deep_after
+        return self.deep_vblanks, (deep + 1) % self.deep_full_every == 0
 PROBE_STRIDE = 8
 """Idle probes compare every 8th row: any change at least 8 rows tall (a glyph, a text cursor, a window)
 is seen at once; smaller ones wait for the next full check."""
@@ -106,12 +140,9 @@ class CrtcReader:
     def __init__(self, card: Card, crtc_id: int, *, desktop_name: str = "", tile: int = DEFAULT_TILE,
                  idle_poll: float = 0.25, vblank_timeout: float = 1.0, own_card: bool = False,
                  default_size: tuple[int, int] = DEFAULT_SIZE, exporter: FramebufferExporter | None = None,
-                 writeback: WritebackExporter | None = None, idle_after: int = 30, idle_vblanks: int = 6,
-                 idle_full_every: int = 5) -> None:
+                 writeback: WritebackExporter | None = None, pacing: Pacing | None = None) -> None:
         res = Resources.fetch(card, probe=False)
         res.crtc(crtc_id)  # raises UsageError for a wrong id
-        if idle_after < 1 or idle_vblanks < 1 or idle_full_every < 1:
-            raise UsageError("idle_after, idle_vblanks and idle_full_every must be at least 1")
         self.card = card
         self.crtc_id = crtc_id
         self.primary_plane_id = res.primary_plane(crtc_id).id
@@ -140,9 +171,7 @@ class CrtcReader:
         self._events: EventReader | None = None
         self._token = 0
         self._cursor: Cursor | None = None
-        self._idle_after = idle_after
-        self._idle_vblanks = idle_vblanks
-        self._idle_full_every = idle_full_every
+        self.pacing = pacing or Pacing()
         self._unchanged = 0  # looks in a row that found nothing new
         self._wake: asyncio.Event | None = None
         self.vblanks = 0  # vblank events waited for (stats, tests)
@@ -150,7 +179,6 @@ class CrtcReader:
         self.full_checks = 0  # looks that read the whole buffer
         self.torn = 0  # reads discarded because the buffer was flipped away meanwhile
         self._torn_in_row = 0
-        self._held_damage: tuple[Rect, ...] | None = ()  # damage of discarded reads, not yet shown
         self.probes = 0  # cheap idle looks
 
     @classmethod
@@ -186,8 +214,8 @@ class CrtcReader:
 
     @property
     def idle(self) -> bool:
-        """Whether the reader is looking only every ``idle_vblanks`` vblanks (nothing changed lately)."""
-        return self._unchanged >= self._idle_after
+        """Whether the reader is looking less often than every vblank (nothing changed lately)."""
+        return self.pacing.step(self._unchanged)[0] > 1
 
     def cursor(self) -> Cursor | None:
         return self._cursor
@@ -208,8 +236,8 @@ class CrtcReader:
                     continue
                 return self._frame(pixels, None)
         while True:
-            idle_looks = self._unchanged - self._idle_after
-            status = await self._wait_vblank(self._idle_vblanks if idle_looks >= 0 else 1)
+            interval, full = self.pacing.step(self._unchanged)
+            status = await self._wait_vblank(interval)
             if status == _OFF:
                 if self._no_signal:
                     await asyncio.sleep(self._idle_poll)  # no vblanks while off: look again later
@@ -219,7 +247,7 @@ class CrtcReader:
                 return self._frame(pixels, None)
             was_no_signal = self._no_signal
             cursor_serial = self._cursor.serial if self._cursor else None
-            probe = status == _VBLANK and idle_looks >= 0 and (idle_looks + 1) % self._idle_full_every != 0
+            probe = status == _VBLANK and not full
             try:
                 pixels, damage = await self._grab(probe=probe)
             except _Gone:
@@ -337,42 +365,40 @@ class CrtcReader:
         if fresh:
             self._tracker = DamageTracker(w, h, self._tile)
             self._scratch = None
-            self._held_damage = ()
         tracker = self._tracker
         assert tracker is not None
-        self._no_signal = False
         x, y = (0, 0) if self.writeback is not None else (state.x, state.y)
         with entry.mapped.reading():
             src = entry.mapped.plane_rows(0, entry.bytes_per_pixel)
             full_screen = (info.width, info.height, x, y) == (w, h, 0, 0)
-            if full_screen and info.format in NATIVE_FORMATS:
-                new = src
+            if full_screen and info.format in NATIVE_FORMATS and self.writeback is not None:
+                new = src  # our own buffer: nobody writes it until the next writeback job
             else:
                 new = self._scratch_frame(w, h)
                 if not full_screen:
                     new[...] = 0
                 # The visible part of the framebuffer: from the plane's source offset, clipped.
                 vis = src[y:y + h, x:x + w]
-                convert_to_xrgb(vis, info.format, new[:vis.shape[0], :vis.shape[1]])
+                if info.format in NATIVE_FORMATS:
+                    np.copyto(new[:vis.shape[0], :vis.shape[1]], vis)
+                else:
+                    convert_to_xrgb(vis, info.format, new[:vis.shape[0], :vis.shape[1]])
+            if self.writeback is None and self._torn_in_row < MAX_TORN_IN_ROW:
+                after = read_crtc_state(self.card, self.crtc_id)
+                if after is None or after.fb_id != state.fb_id:
+                    # Flipped away while we copied it: its owner may already be drawing the next frame into
+                    # it. The copy may be torn; the stable frame was not touched. Look again.
+                    self._torn_in_row += 1
+                    self.torn += 1
+                    if fresh:
+                        self._tracker = None
+                    raise _Gone(f"fb {state.fb_id} was flipped away during the read")
             if fresh:
                 tracker.reset(new)
                 damage: tuple[Rect, ...] | None = None
             else:
                 damage = tracker.update(new)
-        held, self._held_damage = self._held_damage, ()
-        if held is None or damage is None:
-            damage = None
-        elif held:
-            damage = held + damage
-        if self.writeback is None and self._torn_in_row < MAX_TORN_IN_ROW:
-            after = read_crtc_state(self.card, self.crtc_id)
-            if after is None or after.fb_id != state.fb_id:
-                # Flipped away while we read it: its owner may already be drawing the next frame into it.
-                # Keep the copy (the next read corrects it) and its damage for the next frame shown.
-                self._torn_in_row += 1
-                self.torn += 1
-                self._held_damage = damage
-                raise _Gone(f"fb {state.fb_id} was flipped away during the read")
+        self._no_signal = False
         self._torn_in_row = 0
         self._entry, self._state = entry, state
         self._update_cursor()
