@@ -9,18 +9,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from vkmsremote.bench.client import Update
+from vkmsremote.bench.scanout import (
+    F_REFRESH,
+    F_T0,
+    I_PENDING_TICK,
+    I_READY,
+    NEVER,
+    Scanout,
+    SyntheticCrtc,
+)
 from vkmsremote.bench.stats import delivery
 from vkmsremote.bench.workloads import WORKLOADS, make_workload
+from vkmsremote.capture.crtc import Pacing
 from vkmsremote.capture.driver import decode_frame_number
 
 TOP = Path(__file__).resolve().parent.parent
@@ -66,6 +78,36 @@ def test_delivery_counts_new_frames_latency_and_bytes() -> None:
     assert [round(v, 3) for v in d.latencies_ms] == [2.0, 5.0]
     assert d.fps == pytest.approx(20.0)
     assert d.bytes_per_frame == pytest.approx(850.0)
+
+
+def test_synthetic_crtc_follows_flips_and_goes_idle_like_crtc_reader(tmp_path: Path) -> None:
+    path = tmp_path / "scanout"
+    scan = Scanout.create(path, 640, 480)
+    scan.buffers[:] = 7
+    scan.floats[F_REFRESH] = 600.0  # a fast vblank grid: the idle threshold is reached in tens of ms
+    scan.floats[F_T0] = time.monotonic()
+    scan.ints[I_PENDING_TICK] = NEVER
+    scan.ints[I_READY] = 1
+    timings: dict[str, float] = {}
+    reader = SyntheticCrtc(path, timings=timings)
+
+    async def scenario() -> None:
+        first = await reader.next_frame()
+        assert first.damage is None and first.serial == 0
+        with pytest.raises(asyncio.TimeoutError):  # nothing changes: no frame, but the reader goes idle
+            await asyncio.wait_for(reader.next_frame(), 0.4)
+        assert reader.probes > 0 and reader.vblanks > Pacing().idle_after
+        # A flip to a buffer with a changed square is found (by a probe's buffer change or a full look).
+        scan.buffers[1, 100:110, 200:220] = 99
+        scan.queue_flip(1, scan.next_tick(time.monotonic()))
+        frame = await asyncio.wait_for(reader.next_frame(), 2)
+        assert frame.serial == 1 and frame.damage is not None
+        assert all(r.x <= 200 and r.y <= 100 and r.x + r.w >= 220 and r.y + r.h >= 110 for r in frame.damage)
+        assert np.array_equal(frame.pixels, scan.buffers[1])
+
+    asyncio.run(scenario())
+    assert timings["damage"] > 0
+    asyncio.run(reader.close())
 
 
 def test_bench_pipeline_quick(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Stages are recognised by the first matching function in each sampled stack (innermost stage wins when
 stages nest, e.g. the damage tracker called from the CRTC reader counts as damage):
 
-* damage   vkmsremote/capture/damage.py (compare, crop, copy into the stable frame)
+* damage   vkmsremote/capture/damage.py (compare, crop, copy into the stable frame) and the session's
+           tile grid of pending damage (vkmsremote/rfb/region.py)
 * capture  the rest of CrtcReader / SyntheticCrtc (ioctls, mapping, format conversion, vblank waits)
 * snapshot Hub._publish (the hub's copy of each frame)
 * encode   the session's encoders (pixel conversion, Tight/JPEG, zlib)
@@ -20,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 STAGE_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("damage", ("(vkmsremote/capture/damage.py", "SyntheticCrtc._compare (")),
+    ("damage", ("(vkmsremote/capture/damage.py", "SyntheticCrtc._compare (", "(vkmsremote/rfb/region.py")),
     ("encode", ("_encode_rects (", "(vkmsremote/rfb/encodings/", "(vkmsremote/rfb/convert.py")),
     ("snapshot", ("_publish (",)),
     ("send", ("_write (vkmsremote/server/session.py", "_write_ready (", "sock_send", "_sock_sendall")),

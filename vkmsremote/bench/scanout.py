@@ -10,7 +10,9 @@ two processes that play the kernel's two sides:
 * the *reader* (:class:`SyntheticCrtc`, in the VNC server's process) is a FrameSource that behaves
   like vkmsremote.capture.crtc.CrtcReader: it wakes on every vblank tick, looks at the buffer scanned
   out at that tick (a queued flip whose tick has come is latched, as the hardware does), runs the same
-  DamageTracker over it and returns a frame only when something changed.
+  DamageTracker over it and returns a frame only when something changed. It paces its looks with
+  CrtcReader's own :class:`~vkmsremote.capture.crtc.Pacing` (fewer looks, mostly cheap probes of every
+  PROBE_STRIDE-th row, once nothing has changed for a while).
 
 Vblank ticks are ``t0 + k / refresh`` on CLOCK_MONOTONIC (time.monotonic), with t0 in the header,
 so both sides (and the C client's timestamps) share one clock. The driver never draws into a buffer
@@ -30,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vkmsremote.bench.workloads import copy_rect, make_workload
+from vkmsremote.capture.crtc import PROBE_STRIDE, Pacing
 from vkmsremote.capture.damage import DEFAULT_TILE, DamageTracker
 from vkmsremote.errors import UsageError
 from vkmsremote.server.source import Cursor, Frame, Pixels, Rect
@@ -130,12 +133,14 @@ class Scanout:
     def height(self) -> int:
         return int(self.ints[I_HEIGHT])
 
-    def scanned_out(self, tick: int) -> Pixels:
-        """The buffer on screen at vblank ``tick`` (a flip queued for it or earlier has latched)."""
+    def scanned_out(self, tick: int) -> int:
+        """The index of the buffer on screen at vblank ``tick`` (a flip queued for it or earlier has latched)."""
         pending_tick = int(self.ints[I_PENDING_TICK])
-        index = self.ints[I_PENDING] if pending_tick <= tick else self.ints[I_FRONT]
-        buffer: Pixels = self.buffers[int(index)]
-        return buffer
+        return int(self.ints[I_PENDING] if pending_tick <= tick else self.ints[I_FRONT])
+
+    def buffer(self, index: int) -> Pixels:
+        pixels: Pixels = self.buffers[index]
+        return pixels
 
     def queue_flip(self, index: int, tick: int) -> None:
         self.ints[I_PENDING_TICK] = NEVER  # readers must not pair the new index with an old tick
@@ -214,7 +219,9 @@ class SyntheticCrtc:
 
     ``timings`` (if given) receives the CPU seconds spent in the damage stage."""
 
-    def __init__(self, path: Path, *, tile: int = DEFAULT_TILE, timings: dict[str, float] | None = None) -> None:
+    def __init__(self, path: Path, *, tile: int = DEFAULT_TILE, timings: dict[str, float] | None = None,
+                 pacing: Pacing | None = None) -> None:
+        self.pacing = pacing or Pacing()
         self.scan = Scanout.open(path)
         deadline = time.monotonic() + 30
         while not self.scan.ints[I_READY]:
@@ -225,7 +232,10 @@ class SyntheticCrtc:
         self.timings = timings if timings is not None else {}
         self._serial = -1
         self._tick = -1
+        self._unchanged = 0
+        self._index = -1  # the buffer index of the last look
         self.vblanks = 0
+        self.probes = 0
 
     @property
     def desktop_name(self) -> str:
@@ -237,27 +247,40 @@ class SyntheticCrtc:
     async def close(self) -> None:
         self.scan.close()
 
-    def _compare(self) -> tuple[Rect, ...]:
+    def _compare(self, probe: bool) -> tuple[Rect, ...] | None:
+        """The damage at the current tick; None if an idle probe found nothing (no full compare made)."""
         t = time.thread_time()
-        damage = self.tracker.update(self.scan.scanned_out(self._tick))
-        self.timings["damage"] = self.timings.get("damage", 0.0) + time.thread_time() - t
-        return damage
+        try:
+            index = self.scan.scanned_out(self._tick)
+            buffer = self.scan.buffer(index)
+            if probe and index == self._index and np.array_equal(buffer[::PROBE_STRIDE],
+                                                                 self.tracker.frame[::PROBE_STRIDE]):
+                self.probes += 1
+                return None
+            self._index = index
+            return self.tracker.update(buffer)
+        finally:
+            self.timings["damage"] = self.timings.get("damage", 0.0) + time.thread_time() - t
 
     async def next_frame(self) -> Frame:
         if self._serial < 0:
             self._tick = self.scan.next_tick(time.monotonic()) - 1
-            self.tracker.reset(self.scan.scanned_out(self._tick))
+            self._index = self.scan.scanned_out(self._tick)
+            self.tracker.reset(self.scan.buffer(self._index))
             self._serial = 0
             return Frame(self.tracker.frame, 0, None)
         while True:
+            step, full = self.pacing.step(self._unchanged)
             now = time.monotonic()
-            self._tick = self.scan.next_tick(now, self._tick)
+            self._tick = self.scan.next_tick(now, self._tick + step - 1)
             await asyncio.sleep(max(0.0, self.scan.tick_time(self._tick) + VBLANK_DELAY - now))
             self.vblanks += 1
-            damage = self._compare()
+            damage = self._compare(probe=not full)
             if damage:
+                self._unchanged = 0
                 self._serial += 1
                 return Frame(self.tracker.frame, self._serial, damage)
+            self._unchanged += 1
 
 
 def shm_path(tag: str) -> Path:

@@ -69,6 +69,7 @@ def stats(server: VncServer, source: SyntheticCrtc, timings: dict[str, float]) -
         "stages": stages,
         "frames": server.hub.frames,
         "vblanks": source.vblanks,
+        "probes": source.probes,
         "sessions": [{"updates": r.updates, "bytes": r.bytes_sent, "encoding": int(r.encoding),
                       "rects": r.rectangles} for r in server.records],
     }
