@@ -38,7 +38,7 @@ from typing import Any
 from vkmsremote.bench import profile as profiler
 from vkmsremote.bench.client import ENCODINGS, BenchClient, build_client, wait_port
 from vkmsremote.bench.scanout import FlipLog
-from vkmsremote.bench.stats import delivery, load_average, process_cpu
+from vkmsremote.bench.stats import delivery, load_average, process_cpu, source_version
 from vkmsremote.bench.workloads import WORKLOADS
 
 PY = sys.executable
@@ -319,7 +319,8 @@ def run_here(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     idle: dict[str, float] = {}
     profiles: list[str] = []
-    info: dict[str, Any] = {"size": args.size, "cores": os.cpu_count(), "load_start": load_average()}
+    info: dict[str, Any] = {"size": args.size, "cores": os.cpu_count(), "load_start": load_average(),
+                            "source": source_version()}
     try:
         card = connector = None
         if args.xvfb:

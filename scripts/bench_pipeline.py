@@ -38,7 +38,7 @@ from typing import Any
 from vkmsremote.bench import profile as profiler
 from vkmsremote.bench.client import ENCODINGS, BenchClient, build_client
 from vkmsremote.bench.scanout import I_READY, I_STOP, Scanout, shm_path
-from vkmsremote.bench.stats import delivery, load_average, process_cpu
+from vkmsremote.bench.stats import delivery, load_average, process_cpu, source_version
 from vkmsremote.bench.workloads import WORKLOADS
 
 STAGES = ("damage", "snapshot", "encode", "send")
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     client = build_client()
     print(f"host pipeline benchmark: {os.cpu_count()} cores, nice {os.nice(0)}, load {load_average():.2f} at start, "
           f"{args.fps:g} flips/s, {args.seconds:g} s windows after {args.warmup:g} s warm-up, "
-          f"JPEG quality level {args.quality}")
+          f"JPEG quality level {args.quality}; tree {source_version()}")
     print("fps = new frame numbers shown by the client per second; p50/p95/p99 = flip-to-client ms; "
           "CPU% = server process (100 = one core); ms/up = server CPU ms per update sent, then split by stage; "
           "KB/fr = bytes received per delivered frame; cli% = client CPU; load = 1-min load average")
@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load {load_average():.2f} at the end")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows, "profile": profile_lines, "args": vars(args)},
+        args.json.write_text(json.dumps({"rows": rows, "profile": profile_lines, "args": vars(args),
+                                         "source": source_version()},
                                         indent=1, default=str))
     report(rows, profile_lines, args)
     return 0

@@ -89,3 +89,18 @@ def process_cpu(pid: int) -> float:
 
 def load_average() -> float:
     return os.getloadavg()[0]
+
+
+def source_version() -> str:
+    """``git describe``-like identity of the tree being measured (commit, "+dirty" if files changed)."""
+    import subprocess
+
+    top = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(top), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(top), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
