@@ -11,17 +11,25 @@ from vkmsremote.errors import UsageError
 def test_schedule_goes_active_idle_deep() -> None:
     p = Pacing()
     steps = [p.step(n) for n in range(200)]
-    assert steps[:30] == [(1, True)] * 30  # active: every vblank, always a full look
+    assert steps[:30] == [(None, True)] * 30  # active: every vblank, always a full look
     idle = steps[30:80]
-    assert {i for i, _ in idle} == {6}
+    assert {d for d, _ in idle} == {0.1}  # ten looks a second
     assert [full for _, full in idle] == [(k + 1) % 5 == 0 for k in range(50)]  # a full look every 5th
     deep = steps[80:]
-    assert {i for i, _ in deep} == {60}
+    assert {d for d, _ in deep} == {1.0}
     assert [full for _, full in deep] == [(k + 1) % 10 == 0 for k in range(120)]
-    # looks per second at 60 Hz in each state, and seconds between full checks
-    assert 60 / 6 == 10 and 60 / 60 == 1 and 5 * 6 / 60 == 0.5 and 10 * 60 / 60 == 10
 
 
-def test_bad_pacing_is_refused() -> None:
-    with pytest.raises(UsageError, match="at least 1"):
-        Pacing(idle_vblanks=0)
+def test_deep_idle_keeps_within_the_cpu_budget() -> None:
+    p = Pacing()
+    assert p.step(100, look_cost=0.0002)[0] == 1.0  # cheap looks (native): once a second
+    delay = p.step(100, look_cost=0.012)[0]  # 12 ms looks (an emulated CPU): 0.5 % means every 2.4 s
+    assert delay == pytest.approx(2.4)
+    assert p.step(40, look_cost=0.012)[0] == 0.1  # the budget applies to deep idle only
+
+
+@pytest.mark.parametrize("bad", [{"idle_after": 0}, {"idle_seconds": 0}, {"deep_cpu_budget": 0},
+                                 {"deep_cpu_budget": 2}])
+def test_bad_pacing_is_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(UsageError):
+        Pacing(**bad)  # type: ignore[arg-type]

@@ -2,11 +2,12 @@
 (or, when vkmsremote drives the CRTC itself, from its writeback connector).
 
 Theory of operation:
-- Pacing: the reader queues a CRTC sequence event (DRM_IOCTL_CRTC_QUEUE_SEQUENCE) and waits for it on
-  the card fd through the asyncio loop (vkmsremote.drm.events.EventReader). No timers while the CRTC runs.
+- Pacing: while active the reader queues a CRTC sequence event (DRM_IOCTL_CRTC_QUEUE_SEQUENCE) and
+  waits for it on the card fd through the asyncio loop (vkmsremote.drm.events.EventReader).
   :class:`Pacing` says how often: every vblank while frames change; after half a second without change
-  every 6th vblank, after five more seconds every 60th. Most idle looks are cheap *probes* (GETCRTC: did
-  the primary plane flip? the cursor plane's state; every ``PROBE_STRIDE``-th row of the buffer compared
+  ten times a second (timers, not vblank events), after five more seconds once a second or less, so
+  that looking costs at most 0.5 % of a CPU. Most idle looks are cheap *probes* (GETCRTC: did the
+  primary plane flip? the cursor plane's state; every ``PROBE_STRIDE``-th row of the buffer compared
   with the last frame); every few idle looks is a full check. The first change found, or :meth:`wake`
   (called when a client sends input), makes it look at every vblank again.
 - A full check: GETCRTC gives the mode and the primary plane's current framebuffer id, so page flips
@@ -30,10 +31,10 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,38 +65,45 @@ it), at most this many times in a row: a client flipping faster than we can copy
 class Pacing:
     """How often the reader looks, by how many looks in a row found nothing new (see the module doc).
 
-    Active: every vblank, full checks. Idle (after ``idle_after`` unchanged looks): every ``idle_vblanks``
-    vblanks, a full check every ``idle_full_every``-th look, probes otherwise. Deep idle (after
-    ``deep_after`` further unchanged looks): every ``deep_vblanks`` vblanks, a full check every
-    ``deep_full_every``-th look. Defaults at 60 Hz: idle after 0.5 s (10 looks/s, full every 0.5 s),
-    deep idle after 5.5 s (1 look/s, full every 10 s).
+    Active: at every vblank (a CRTC sequence event), full checks. Idle (after ``idle_after`` unchanged
+    looks): every ``idle_seconds``, a full check every ``idle_full_every``-th look, probes otherwise.
+    Deep idle (after ``deep_after`` further unchanged looks): every ``deep_seconds`` or longer, so that
+    looking costs at most ``deep_cpu_budget`` of one CPU (the reader measures what its looks cost: on a
+    slow machine it looks less often), a full check every ``deep_full_every``-th look. Idle waits are
+    timers, which :meth:`CrtcReader.wake` cuts short. Defaults at 60 Hz: idle after 0.5 s (10 looks/s, a
+    full check every 0.5 s), deep idle after 5.5 s (at most 1 look/s and 0.5 % of a CPU).
     """
 
     idle_after: int = 30
-    idle_vblanks: int = 6
+    idle_seconds: float = 0.1
     idle_full_every: int = 5
     deep_after: int = 50
-    deep_vblanks: int = 60
+    deep_seconds: float = 1.0
     deep_full_every: int = 10
+    deep_cpu_budget: float = 0.005
 
     def __post_init__(self) -> None:
-        if min(self.idle_after, self.idle_vblanks, self.idle_full_every, self.deep_after, self.deep_vblanks,
-               self.deep_full_every) < 1:
-            raise UsageError(f"every pacing value must be at least 1: {self}")
+        if min(self.idle_after, self.idle_full_every, self.deep_after, self.deep_full_every) < 1:
+            raise UsageError(f"every look count of the pacing must be at least 1: {self}")
+        if min(self.idle_seconds, self.deep_seconds) <= 0 or not 0 < self.deep_cpu_budget <= 1:
+            raise UsageError(f"pacing intervals must be positive and the budget in (0, 1]: {self}")
 
-    def step(self, unchanged: int) -> tuple[int, bool]:
-        """(vblanks to wait, whether the look is a full check) after ``unchanged`` unchanged looks."""
+    def step(self, unchanged: int, look_cost: float = 0.0) -> tuple[float | None, bool]:
+        """(seconds to wait, or None for the next vblank; whether the look is a full check) after
+        ``unchanged`` unchanged looks; ``look_cost``: CPU seconds a look takes here."""
         idle = unchanged - self.idle_after
         if idle < 0:
-            return 1, True
+            return None, True
         if idle < self.deep_after:
-            return self.idle_vblanks, (idle + 1) % self.idle_full_every == 0
+            return self.idle_seconds, (idle + 1) % self.idle_full_every == 0
         deep = idle - self.deep_after
-        return self.deep_vblanks, (deep + 1) % self.deep_full_every == 0
+        return max(self.deep_seconds, look_cost / self.deep_cpu_budget), (deep + 1) % self.deep_full_every == 0
+
+
 PROBE_STRIDE = 8
 """Idle probes compare every 8th row: any change at least 8 rows tall (a glyph, a text cursor, a window)
 is seen at once; smaller ones wait for the next full check."""
-_VBLANK, _OFF, _TIMEOUT, _WOKEN = "vblank", "off", "timeout", "woken"
+_VBLANK, _OFF, _TIMEOUT, _TIMER, _WOKEN = "vblank", "off", "timeout", "timer", "woken"
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +181,8 @@ class CrtcReader:
         self._cursor: Cursor | None = None
         self.pacing = pacing or Pacing()
         self._unchanged = 0  # looks in a row that found nothing new
-        self._wake: asyncio.Event | None = None
+        self._wake: asyncio.Future[str] | None = None  # an idle wait wake() may end early
+        self.look_cost = 0.0  # CPU seconds an idle look takes here (moving average)
         self.vblanks = 0  # vblank events waited for (stats, tests)
         self.frames = 0  # frames returned
         self.full_checks = 0  # looks that read the whole buffer
@@ -215,7 +224,7 @@ class CrtcReader:
     @property
     def idle(self) -> bool:
         """Whether the reader is looking less often than every vblank (nothing changed lately)."""
-        return self.pacing.step(self._unchanged)[0] > 1
+        return self.pacing.step(self._unchanged)[0] is not None
 
     def cursor(self) -> Cursor | None:
         return self._cursor
@@ -223,8 +232,8 @@ class CrtcReader:
     def wake(self) -> None:
         """Something will probably change soon (a client sent input): look at every vblank again."""
         self._unchanged = 0
-        if self._wake is not None:
-            self._wake.set()
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(_WOKEN)
 
     async def next_frame(self) -> Frame:
         if self._serial < 0:
@@ -236,8 +245,8 @@ class CrtcReader:
                     continue
                 return self._frame(pixels, None)
         while True:
-            interval, full = self.pacing.step(self._unchanged)
-            status = await self._wait_vblank(interval)
+            delay, full = self.pacing.step(self._unchanged, self.look_cost)
+            status = await self._wait_vblank() if delay is None else await self._sleep(delay)
             if status == _OFF:
                 if self._no_signal:
                     await asyncio.sleep(self._idle_poll)  # no vblanks while off: look again later
@@ -247,11 +256,14 @@ class CrtcReader:
                 return self._frame(pixels, None)
             was_no_signal = self._no_signal
             cursor_serial = self._cursor.serial if self._cursor else None
-            probe = status == _VBLANK and not full
+            probe = status == _TIMER and not full
+            started = time.thread_time()
             try:
                 pixels, damage = await self._grab(probe=probe)
             except _Gone:
                 continue
+            if delay is not None:
+                self.look_cost = 0.8 * self.look_cost + 0.2 * (time.thread_time() - started)
             if self._no_signal and was_no_signal:
                 continue
             cursor_changed = (self._cursor.serial if self._cursor else None) != cursor_serial
@@ -284,55 +296,48 @@ class CrtcReader:
         self.frames += 1
         return Frame(pixels, self._serial, damage)
 
-    async def _wait_vblank(self, count: int = 1) -> str:
-        """Wait ``count`` vblanks of the CRTC: _VBLANK, _OFF at once if the CRTC is off, _TIMEOUT, or
-        _WOKEN if :meth:`wake` cut the wait short."""
+    async def _wait_vblank(self) -> str:
+        """Wait for the CRTC's next vblank: _VBLANK, _OFF at once if the CRTC is off, or _TIMEOUT."""
         loop = asyncio.get_running_loop()
         if self._events is not None and self._events.loop is not loop:
             self._events.close()  # called from a new event loop (asyncio.run per call): start afresh
             self._events = None
         if self._events is None:
             self._events = EventReader(self.card)
-            self._wake = asyncio.Event()
-        assert self._wake is not None
         self._token = (self._token + 1) & 0xFFFFFFFF
         token = self._token
         try:
-            queue_sequence(self.card, self.crtc_id, count, user_data=token)
+            queue_sequence(self.card, self.crtc_id, 1, user_data=token)
         except DrmError as exc:
             if exc.errno == errno.EINVAL:  # vblank is off: the CRTC is not active
                 return _OFF
             raise
-        events = self._events
-        timeout = self._vblank_timeout * count
-        waiting = events.wait_for(
-            lambda e: isinstance(e, CrtcSequenceEvent) and e.user_data == token, timeout=timeout)
-        if count == 1:
-            try:
-                await waiting
-            except TimeoutError_:
-                log.debug("no vblank on CRTC %d within %.1f s", self.crtc_id, timeout)
-                return _TIMEOUT
-        else:
-            self._wake.clear()
-            vblank = asyncio.ensure_future(waiting)
-            woken = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait((vblank, woken), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for t in (vblank, woken):
-                    if not t.done():
-                        t.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await t
-            if not vblank.done() or vblank.cancelled():
-                return _WOKEN
-            if isinstance(vblank.exception(), TimeoutError_):
-                return _TIMEOUT
-            vblank.result()
-        events.pending()  # stale events (an earlier timeout's or wake's) are of no use
-        self.vblanks += count
+        try:
+            await self._events.wait_for(
+                lambda e: isinstance(e, CrtcSequenceEvent) and e.user_data == token, timeout=self._vblank_timeout)
+        except TimeoutError_:
+            log.debug("no vblank on CRTC %d within %.1f s", self.crtc_id, self._vblank_timeout)
+            return _TIMEOUT
+        self._events.pending()  # stale events (an earlier timeout's) are of no use
+        self.vblanks += 1
         return _VBLANK
+
+    async def _sleep(self, delay: float) -> str:
+        """An idle wait: _TIMER after ``delay`` seconds, or _WOKEN as soon as :meth:`wake` is called.
+        (A timer and a future: far cheaper than vblank events when looking only now and then.)"""
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Future[str] = loop.create_future()
+        def ring() -> None:
+            if not wake.done():
+                wake.set_result(_TIMER)
+
+        timer = loop.call_later(delay, ring)
+        self._wake = wake
+        try:
+            return await wake
+        finally:
+            timer.cancel()
+            self._wake = None
 
     async def _grab(self, *, probe: bool) -> tuple[Pixels, tuple[Rect, ...] | None]:
         """Look at the CRTC now: the stable frame and its damage (None: everything). A probe compares only
