@@ -96,7 +96,7 @@ def test_synthetic_crtc_follows_flips_and_goes_idle_like_crtc_reader(tmp_path: P
         assert first.damage is None and first.serial == 0
         with pytest.raises(asyncio.TimeoutError):  # nothing changes: no frame, but the reader goes idle
             await asyncio.wait_for(reader.next_frame(), 0.4)
-        assert reader.probes > 0 and reader.vblanks > Pacing().idle_after
+        assert reader.probes > 0 and reader.vblanks >= Pacing().idle_after
         # A flip to a buffer with a changed square is found (by a probe's buffer change or a full look).
         scan.buffers[1, 100:110, 200:220] = 99
         scan.queue_flip(1, scan.next_tick(time.monotonic()))

@@ -112,7 +112,7 @@ class Up:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            code = self.proc.wait(60)
+            code = self.proc.wait(150)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise AssertionError(f"vkmsremote up did not stop on signal {sig}:\n{self.output}") from None

@@ -236,6 +236,8 @@ class SyntheticCrtc:
         self._index = -1  # the buffer index of the last look
         self.vblanks = 0
         self.probes = 0
+        self.look_cost = 0.0  # CPU seconds an idle look takes (moving average, as CrtcReader's)
+        self._wake: asyncio.Future[None] | None = None
 
     @property
     def desktop_name(self) -> str:
@@ -246,6 +248,28 @@ class SyntheticCrtc:
 
     async def close(self) -> None:
         self.scan.close()
+
+    def wake(self) -> None:
+        """A client sent input: look at every vblank again (as CrtcReader.wake)."""
+        self._unchanged = 0
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def _sleep(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Future[None] = loop.create_future()
+
+        def ring() -> None:
+            if not wake.done():
+                wake.set_result(None)
+
+        timer = loop.call_later(delay, ring)
+        self._wake = wake
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            self._wake = None
 
     def _compare(self, probe: bool) -> tuple[Rect, ...] | None:
         """The damage at the current tick; None if an idle probe found nothing (no full compare made)."""
@@ -270,12 +294,21 @@ class SyntheticCrtc:
             self._serial = 0
             return Frame(self.tracker.frame, 0, None)
         while True:
-            step, full = self.pacing.step(self._unchanged)
+            delay, full = self.pacing.step(self._unchanged, self.look_cost)
             now = time.monotonic()
-            self._tick = self.scan.next_tick(now, self._tick + step - 1)
-            await asyncio.sleep(max(0.0, self.scan.tick_time(self._tick) + VBLANK_DELAY - now))
-            self.vblanks += 1
-            damage = self._compare(probe=not full)
+            if delay is None:  # active: the next vblank, as CrtcReader's sequence event
+                self._tick = self.scan.next_tick(now, self._tick)
+                await asyncio.sleep(max(0.0, self.scan.tick_time(self._tick) + VBLANK_DELAY - now))
+                self.vblanks += 1
+                probe = False
+            else:  # idle: a timer that wake() cuts short, then whatever is scanned out by then
+                await self._sleep(delay)
+                self._tick = max(self._tick, self.scan.next_tick(time.monotonic()) - 1)
+                probe = not full
+            started = time.thread_time()
+            damage = self._compare(probe=probe)
+            if delay is not None:
+                self.look_cost = 0.8 * self.look_cost + 0.2 * (time.thread_time() - started)
             if damage:
                 self._unchanged = 0
                 self._serial += 1
