@@ -7,6 +7,11 @@ as the first bit", the reverse of standard DES, so every key byte is bit-reverse
 
 VeNCrypt (rfbproto "VeNCrypt") wraps the stream in TLS and then runs None, VNC or Plain authentication
 inside it; only the X509 subtypes (a real certificate, see vkmsremote.server.tls) are offered.
+
+A second, view-only password may be configured next to the full-access one (as TigerVNC's vncpasswd file
+holds two): VNC authentication accepts either, trying the full-access password first, and a client that
+proved the view-only one gets view-only rights (:class:`Access`). X509Plain does the same for its one
+username with the whole view-only password.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import hmac
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
@@ -53,6 +59,28 @@ def vnc_auth_response(password: bytes, challenge: bytes) -> bytes:
 def vnc_auth_ok(password: bytes, challenge: bytes, response: bytes) -> bool:
     """True if ``response`` proves knowledge of ``password`` (constant-time comparison)."""
     return hmac.compare_digest(vnc_auth_response(password, challenge), response)
+
+
+class Access(Enum):
+    """What an authenticated client may do."""
+
+    FULL = "full"
+    VIEW_ONLY = "view-only"
+    """See the screen; no keyboard, pointer, clipboard, desktop resizing or exclusive access."""
+
+
+def vnc_auth_access(password: bytes | None, view_only_password: bytes | None, challenge: bytes,
+                    response: bytes) -> Access | None:
+    """Which password ``response`` proves: the full-access one is tried first, then the view-only one
+    (TigerVNC's SSecurityVncAuth order); None if neither. Both are always computed and compared in
+    constant time, so the time taken does not say which one was tried."""
+    full = vnc_auth_ok(password, challenge, response) if password else False
+    view = vnc_auth_ok(view_only_password, challenge, response) if view_only_password else False
+    if full:
+        return Access.FULL
+    if view:
+        return Access.VIEW_ONLY
+    return None
 
 
 def obfuscate_vnc_password(password: bytes) -> bytes:
@@ -95,7 +123,8 @@ class SecurityPolicy:
 
     ``types`` are RFB security types (None, VNC authentication, VeNCrypt); ``vencrypt_subtypes`` the
     VeNCrypt subtypes offered when VeNCrypt is. VNC authentication (plain or inside TLS) checks
-    ``vnc_password``; Plain checks with ``check_plain``; TLS uses ``tls_context`` (server side).
+    ``vnc_password``, then ``vnc_view_only_password`` if set (a client proving that one is view-only);
+    Plain checks with ``check_plain``, then ``check_plain_view_only``; TLS uses ``tls_context`` (server side).
     """
 
     types: tuple[SecurityType, ...] = (SecurityType.NONE,)
@@ -103,6 +132,8 @@ class SecurityPolicy:
     vencrypt_subtypes: tuple[VeNCryptSubtype, ...] = ()
     tls_context: ssl.SSLContext | None = None
     check_plain: PlainChecker | None = None
+    vnc_view_only_password: bytes | None = None
+    check_plain_view_only: PlainChecker | None = None
 
     def __post_init__(self) -> None:
         if not self.types:
@@ -125,6 +156,25 @@ class SecurityPolicy:
                 raise UsageError("VeNCrypt needs a TLS certificate", hint="give --tls-cert/--tls-key or let one be made")
             if any(s in _PLAIN_SUBTYPES for s in self.vencrypt_subtypes) and self.check_plain is None:
                 raise UsageError("X509Plain needs a username and password", hint="give --username with --password")
+        self._check_view_only(uses_vnc)
+
+    def _check_view_only(self, uses_vnc: bool) -> None:
+        if self.vnc_view_only_password is None and self.check_plain_view_only is None:
+            return
+        if self.vnc_view_only_password is not None and not self.vnc_password:
+            raise UsageError("a view-only password needs a full-access password as well",
+                             hint="give --password-file (or $VKMSREMOTE_PASSWORD) too")
+        if self.check_plain_view_only is not None and self.check_plain is None:
+            raise UsageError("a view-only Plain checker needs a full-access one as well")
+        uses_plain = SecurityType.VENCRYPT in self.types and any(s in _PLAIN_SUBTYPES for s in self.vencrypt_subtypes)
+        if not (uses_vnc and self.vnc_view_only_password) and not (uses_plain and self.check_plain_view_only):
+            raise UsageError("a view-only password is set, but no offered security type checks it",
+                             hint="offer vncauth, x509vnc or x509plain (--security)")
+        if uses_vnc and self.vnc_password and self.vnc_view_only_password is not None and hmac.compare_digest(
+                vnc_des_key(self.vnc_password), vnc_des_key(self.vnc_view_only_password)):
+            raise UsageError("the view-only password's first 8 bytes are the full-access password's, and VNC "
+                             "authentication reads only those: every view-only client would get full access",
+                             hint="choose a view-only password that differs within its first 8 characters")
 
     @property
     def authenticates(self) -> bool:

@@ -21,7 +21,10 @@ The handshake (RFC 6143 7.1-7.3) runs by itself, driven by the :class:`SecurityP
                                            TLS_HANDSHAKE --X509Plain-> PLAIN_AUTH
     (+) --> CLIENT_INIT --ClientInit event--> SERVER_INIT --send(ServerInit)--> NORMAL
 
-A failed authentication produces SecurityResult "failed" (with a reason string from 3.8 on), the event
+VNC authentication (plain or X509Vnc) accepts the policy's full-access password and, if one is set, its
+view-only password (tried second, as TigerVNC does); X509Plain likewise for its username. Which one the
+client proved is :attr:`AuthenticationSucceeded.view_only`: the application must then take no input from
+that client. A failed authentication produces SecurityResult "failed" (with a reason string from 3.8 on), the event
 :class:`AuthenticationFailed`, and the state CLOSED: the application writes ``data_to_send()`` and closes.
 A connection created with ``refuse=reason`` (a blacklisted address) fails right after the version
 exchange with that reason (:class:`ConnectionRefused`). In NORMAL every client message is parsed into its
@@ -44,7 +47,7 @@ from enum import Enum, auto
 from typing import Final, cast
 
 from vkmsremote.errors import ProtocolError
-from vkmsremote.rfb.auth import CHALLENGE_SIZE, SecurityPolicy, vnc_auth_ok
+from vkmsremote.rfb.auth import CHALLENGE_SIZE, Access, SecurityPolicy, vnc_auth_access
 from vkmsremote.rfb.constants import SecurityResult, SecurityType, VeNCryptSubtype
 from vkmsremote.rfb.messages import (
     CLIENT_MESSAGES,
@@ -106,12 +109,16 @@ NEED_DATA: Final = NeedData()
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationSucceeded:
-    """The security handshake is over and the client is in; ClientInit comes next."""
+    """The security handshake is over and the client is in; ClientInit comes next.
+
+    ``view_only``: the client proved the view-only password, not the full-access one; it may look but
+    must not send input (keys, pointer, clipboard) or change the desktop."""
 
     version: tuple[int, int]
     security_type: SecurityType
     vencrypt_subtype: VeNCryptSubtype | None
     username: str | None
+    view_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +196,8 @@ class ServerConnection:
         self.security_type: SecurityType | None = None
         self.vencrypt_subtype: VeNCryptSubtype | None = None
         self.username: str | None = None
+        self.view_only = False
+        """True once the client authenticated with the view-only password."""
         self._handlers: dict[State, Callable[[], object]] = {
             State.VERSION: self._on_version,
             State.SECURITY_TYPE: self._on_security_type,
@@ -408,10 +417,11 @@ class ServerConnection:
         response = self._take(CHALLENGE_SIZE)
         if response is None:
             return NEED_DATA
-        password = self._policy.vnc_password or b""
-        if password and vnc_auth_ok(password, self._challenge, response):
-            return self._auth_succeeded(send_result=True)
-        return self._auth_failed("Authentication failed")
+        access = vnc_auth_access(self._policy.vnc_password, self._policy.vnc_view_only_password, self._challenge,
+                                 response)
+        if access is None:
+            return self._auth_failed("Authentication failed")
+        return self._auth_succeeded(send_result=True, view_only=access is Access.VIEW_ONLY)
 
     def _on_vencrypt_version(self) -> object:
         data = self._take(2)
@@ -477,17 +487,21 @@ class ServerConnection:
         user = data[8:8 + user_len].decode("utf-8", errors="replace")
         password = data[8 + user_len:].decode("utf-8", errors="replace")
         self.username = user
-        check = self._policy.check_plain
+        check, check_view_only = self._policy.check_plain, self._policy.check_plain_view_only
         if check is not None and check(user, password):
             return self._auth_succeeded(send_result=True)
+        if check_view_only is not None and check_view_only(user, password):
+            return self._auth_succeeded(send_result=True, view_only=True)
         return self._auth_failed("Authentication failed")
 
-    def _auth_succeeded(self, *, send_result: bool) -> AuthenticationSucceeded:
+    def _auth_succeeded(self, *, send_result: bool, view_only: bool = False) -> AuthenticationSucceeded:
         if send_result:
             self._emit(_U32.pack(SecurityResult.OK))
         self._state = State.CLIENT_INIT
+        self.view_only = view_only
         assert self.version is not None and self.security_type is not None
-        return AuthenticationSucceeded(self.version, self.security_type, self.vencrypt_subtype, self.username)
+        return AuthenticationSucceeded(self.version, self.security_type, self.vencrypt_subtype, self.username,
+                                       view_only)
 
     def _auth_failed(self, reason: str) -> AuthenticationFailed:
         self._emit(_U32.pack(SecurityResult.FAILED))

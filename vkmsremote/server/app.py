@@ -22,6 +22,7 @@ from vkmsremote.rfb.auth import SecurityPolicy, plain_checker
 from vkmsremote.rfb.constants import SecurityType, VeNCryptSubtype
 from vkmsremote.server.activation import socket_host, take_vnc_socket
 from vkmsremote.server.blacklist import Blacklist
+from vkmsremote.server.credentials import add_password_arguments
 from vkmsremote.server.hub import Hub
 from vkmsremote.server.input import InputSink, NullSink
 from vkmsremote.server.session import Session, SessionContext, SessionRecord
@@ -50,12 +51,20 @@ def security_policy(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     tls_dir: Path | None = None,
+    view_only_password: str | None = None,
 ) -> SecurityPolicy:
     """A SecurityPolicy from user-level choices.
 
     Without ``types``: VeNCrypt X509Vnc (plus X509Plain when a username is given) and plain VNC auth when
-    a password is set, else None. VeNCrypt types make (or load) the TLS certificate.
+    a password is set, else None. VeNCrypt types make (or load) the TLS certificate. ``view_only_password``:
+    a second password VNC authentication (and X509Plain, for the same username) accepts with view-only rights.
     """
+    if view_only_password is not None and not password:
+        raise UsageError("a view-only password needs a full-access password as well",
+                         hint="give --password-file (or $VKMSREMOTE_PASSWORD) too")
+    if view_only_password is not None and view_only_password == password:
+        raise UsageError("the view-only password is the full-access password: every client would get full access",
+                         hint="choose a different view-only password")
     if types is None:
         types = ["x509vnc", *(["x509plain"] if username else []), "vncauth"] if password else ["none"]
     rfb_types: list[SecurityType] = []
@@ -75,12 +84,16 @@ def security_policy(
         cert, key = ensure_certificate(tls_cert, tls_key, directory=tls_dir)
         tls = server_context(cert, key)
     check_plain = plain_checker(username, password) if username and password else None
+    view_plain = plain_checker(username, view_only_password) if check_plain and username and view_only_password \
+        else None
     return SecurityPolicy(
         types=tuple(rfb_types),
         vnc_password=password.encode() if password else None,
         vencrypt_subtypes=tuple(dict.fromkeys(subtypes)),
         tls_context=tls,
         check_plain=check_plain,
+        vnc_view_only_password=view_only_password.encode() if view_only_password else None,
+        check_plain_view_only=view_plain,
     )
 
 
@@ -271,6 +284,7 @@ async def serve(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     view_only: bool = False,
+    view_only_password: str | None = None,
     always_shared: bool = False,
     insecure_listen: bool = False,
     web_port: int | None = None,
@@ -282,7 +296,7 @@ async def serve(
     TLS certificate was given. ``ready`` is called once the listeners are up.
     """
     policy = security_policy(password=password, username=username, types=security, tls_cert=tls_cert,
-                             tls_key=tls_key)
+                             tls_key=tls_key, view_only_password=view_only_password)
     server = VncServer(source, sink, host=host, port=port, policy=policy, view_only=view_only,
                        always_shared=always_shared, insecure_listen=insecure_listen)
     await server.start()
@@ -364,13 +378,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
     net.add_argument("--web", type=int, nargs="?", const=DEFAULT_WEB_PORT, metavar="PORT",
                      help=f"also serve noVNC in a browser on PORT (default {DEFAULT_WEB_PORT})")
-    net.add_argument("--password", help="password; refused unless --allow-password-argument (a command line "
-                     "is visible to other users: use --password-file or $VKMSREMOTE_PASSWORD); VNC "
-                     "authentication uses its first 8 bytes")
-    net.add_argument("--password-file", type=Path,
-                     help="file whose first line is the password (mode 0600 or stricter)")
-    net.add_argument("--allow-password-argument", action="store_true",
-                     help="accept --password although every local user can read a command line")
+    add_password_arguments(net)
     net.add_argument("--username", help="username for VeNCrypt X509Plain (which uses the whole password)")
     net.add_argument("--security", help="comma-separated security types in order of preference: "
                      + ", ".join(SECURITY_NAMES) + " (default: x509vnc,vncauth with a password, else none)")
@@ -380,7 +388,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--insecure-listen", action="store_true",
                      help="allow a non-loopback --host without authentication")
     beh = parser.add_argument_group("behaviour")
-    beh.add_argument("--view-only", action="store_true", help="ignore keyboard, pointer and clipboard input")
+    beh.add_argument("--view-only", action="store_true", help="ignore keyboard, pointer and clipboard input "
+                     "from every client (--view-only-password-file: from some)")
     beh.add_argument("--always-shared", action="store_true",
                      help="never disconnect other clients when one asks for exclusive access")
 
@@ -395,6 +404,17 @@ def _password(args: argparse.Namespace) -> str | None:
     if args.password is not None and args.password_file is None:
         log.warning("the password is on the command line, where every local user can read it")
     return password
+
+
+def _view_only_password(args: argparse.Namespace, password: str | None) -> str | None:
+    """The view-only password from --view-only-password-file or $VKMSREMOTE_VIEW_ONLY_PASSWORD; refused
+    without a full-access ``password`` or equal to it (see vkmsremote.server.credentials)."""
+    from vkmsremote.server.credentials import view_only_password_from
+
+    view_only = view_only_password_from(getattr(args, "view_only_password_file", None), password)
+    if view_only is not None and len(view_only.encode()) > 8:
+        log.warning("VNC authentication uses only the first 8 bytes of the view-only password")
+    return view_only
 
 
 def _uinput_sinks() -> tuple[SinkFactory, Callable[[], None]]:
@@ -414,9 +434,10 @@ def run(args: argparse.Namespace) -> int:
     password = _password(args)
     if password is not None and len(password.encode()) > 8:
         log.warning("VNC authentication uses only the first 8 bytes of the password")
+    view_only_password = _view_only_password(args, password)
     types = [t for t in args.security.split(",") if t.strip()] if args.security else None
     policy = security_policy(password=password, username=args.username, types=types,
-                             tls_cert=args.tls_cert, tls_key=args.tls_key)
+                             tls_cert=args.tls_cert, tls_key=args.tls_key, view_only_password=view_only_password)
     source = SOURCES[args.source](args)
     input_kind = args.input or ("uinput" if args.source == "crtc" else "none")
     sink: InputSink | SinkFactory = NullSink()

@@ -5,6 +5,10 @@ A password is read from a file (``--password-file``, e.g. a systemd credential) 
 A password on the command line is refused unless explicitly allowed: every local user can read
 ``/proc/<pid>/cmdline``.
 
+A second, view-only password (``--view-only-password-file`` or ``VKMSREMOTE_VIEW_ONLY_PASSWORD``, under
+the same rules; never on the command line) lets clients watch without input, as TigerVNC's vncpasswd
+file's second password does. It needs a full-access password and must differ from it.
+
 Files holding secrets (the password file, the TLS private key) must not be readable or writable by group
 or others and must belong to this user or root; a certificate is public, but must not be writable by
 group or others (whoever can replace it can impersonate the server). Anything else is refused with the
@@ -13,6 +17,7 @@ chmod that fixes it.
 
 from __future__ import annotations
 
+import argparse
 import os
 import stat
 from pathlib import Path
@@ -20,6 +25,7 @@ from pathlib import Path
 from vkmsremote.errors import UsageError
 
 PASSWORD_ENV = "VKMSREMOTE_PASSWORD"
+VIEW_ONLY_PASSWORD_ENV = "VKMSREMOTE_VIEW_ONLY_PASSWORD"
 MAX_PASSWORD_FILE = 4096
 """A password file longer than this is not a password file."""
 
@@ -48,27 +54,27 @@ def check_file(path: Path, what: str, *, secret: bool, st: os.stat_result | None
                          hint=f"make it yours or root's: chown {os.geteuid()} {path}")
 
 
-def read_password_file(path: Path) -> str:
+def read_password_file(path: Path, what: str = "password file") -> str:
     """The first line of ``path`` after checking the open file's permissions (no race with a chmod)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise UsageError(f"the password file {path} does not exist") from None
+        raise UsageError(f"the {what} {path} does not exist") from None
     except OSError as e:
-        raise UsageError(f"cannot read the password file {path}: {e.strerror}") from e
+        raise UsageError(f"cannot read the {what} {path}: {e.strerror}") from e
     with os.fdopen(fd, "rb") as f:
-        check_file(path, "password file", secret=True, st=os.fstat(f.fileno()))
+        check_file(path, what, secret=True, st=os.fstat(f.fileno()))
         data = f.read(MAX_PASSWORD_FILE + 1)
     if len(data) > MAX_PASSWORD_FILE:
-        raise UsageError(f"the password file {path} is longer than {MAX_PASSWORD_FILE} bytes",
+        raise UsageError(f"the {what} {path} is longer than {MAX_PASSWORD_FILE} bytes",
                          hint="its first line is the password; nothing else belongs in it")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise UsageError(f"the password file {path} is not UTF-8 text") from None
+        raise UsageError(f"the {what} {path} is not UTF-8 text") from None
     lines = text.splitlines()
     if not lines or not lines[0]:
-        raise UsageError(f"the password file {path} is empty")
+        raise UsageError(f"the {what} {path} is empty")
     return lines[0]
 
 
@@ -88,3 +94,46 @@ def password_from(password_file: Path | None, argument: str | None, *,
         return argument
     value = os.environ.pop(PASSWORD_ENV, None)  # not inherited by anything this process starts
     return value or None
+
+
+def view_only_password_from(password_file: Path | None, password: str | None) -> str | None:
+    """The view-only password: from the file, else the environment (removed from it once read); None if
+    neither is set. ``password`` is the full-access one: without it, or equal to it, a view-only password
+    is refused."""
+    from_env = os.environ.pop(VIEW_ONLY_PASSWORD_ENV, None)  # not inherited by anything this process starts
+    if password_file is not None:
+        value: str | None = read_password_file(password_file, "view-only password file")
+    else:
+        value = from_env or None
+    if value is None:
+        return None
+    if password is None:
+        raise UsageError("a view-only password needs a full-access password as well",
+                         hint=f"give --password-file FILE (or ${PASSWORD_ENV}) too")
+    if value == password:
+        raise UsageError("the view-only password is the full-access password: every client would get full access",
+                         hint="choose a different view-only password")
+    return value
+
+
+def has_full_password_source(args: argparse.Namespace) -> bool:
+    """True if the command line or the environment names a full-access password (without reading it)."""
+    return bool(args.password is not None or args.password_file is not None or os.environ.get(PASSWORD_ENV))
+
+
+def has_view_only_password_source(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "view_only_password_file", None) is not None or os.environ.get(VIEW_ONLY_PASSWORD_ENV))
+
+
+def add_password_arguments(group: argparse._ArgumentGroup) -> None:
+    """The password options ``vkmsremote serve`` and ``vkmsremote up`` share."""
+    group.add_argument("--password", help="password; refused unless --allow-password-argument (a command line is "
+                       f"visible to other users: use --password-file or ${PASSWORD_ENV}); VNC authentication uses "
+                       "its first 8 bytes")
+    group.add_argument("--password-file", type=Path,
+                       help="file whose first line is the password (mode 0600 or stricter)")
+    group.add_argument("--allow-password-argument", action="store_true",
+                       help="accept --password although every local user can read a command line")
+    group.add_argument("--view-only-password-file", type=Path, metavar="FILE",
+                       help="file whose first line is a second password, for clients that may only watch (no "
+                       f"keyboard, pointer or clipboard); needs the full-access password too (or ${VIEW_ONLY_PASSWORD_ENV})")

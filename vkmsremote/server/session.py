@@ -14,6 +14,11 @@ Ordering rules the spec imposes and where they are kept:
 * Fences (rfbproto "ClientFence"): BlockBefore and SyncNext wait until no update is being built
   (``_quiesce``); with SyncNext no update starts until the message after the fence has been applied.
 * Disabling continuous updates is answered with EndOfContinuousUpdates after any update in progress.
+
+View-only sessions (the whole server is view-only, or this client proved the view-only password; see
+``Session.view_only``) never get an InputSink: keys, pointer and clipboard go nowhere. Like TigerVNC's
+view-only access they also get no clipboard from the server, cannot resize the desktop (SetDesktopSize is
+answered "prohibited") and cannot take exclusive access (a non-shared ClientInit is treated as shared).
 """
 
 from __future__ import annotations
@@ -107,6 +112,8 @@ class SessionRecord:
     security_type: int | None = None
     vencrypt_subtype: int | None = None
     username: str | None = None
+    view_only: bool = False
+    """Input from this client was ignored (server-wide view-only, or the view-only password)."""
     tls_version: str | None = None
     shared: bool | None = None
     client_encodings: tuple[int, ...] = ()
@@ -133,6 +140,7 @@ class SessionContext:
     sink_factory: Callable[[int, int], InputSink] | None = None
     """Makes a session's own sink from the framebuffer size (closed with the session if it has close())."""
     view_only: bool = False
+    """Every session is view-only (a session is also view-only if its client proved the view-only password)."""
     always_shared: bool = False
     blacklist: Blacklist = field(default_factory=Blacklist)
     handshake_timeout: float = 120.0
@@ -221,6 +229,9 @@ class Session:
         self._scancodes_down: dict[int, int] = {}
         self._buttons = 0
         self._pointer = (0, 0)
+        self.view_only = ctx.view_only
+        """This session takes no input; decided at authentication (server-wide flag OR view-only password)."""
+        self.record.view_only = self.view_only
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
@@ -302,7 +313,7 @@ class Session:
             self._send(Bell())
 
     def send_cut_text(self, text: str) -> None:
-        if self._attached and not self._closing:
+        if self._attached and not self._closing and not self.view_only:  # the clipboard is not the screen
             self._send(ServerCutText.from_str(text))
 
     # --- handshake ----------------------------------------------------------------------------------------
@@ -321,9 +332,11 @@ class Session:
                     rec.version, rec.security_type = ev.version, ev.security_type
                     rec.vencrypt_subtype, rec.username = ev.vencrypt_subtype, ev.username
                     rec.tls_version = self.conn.tls_version
+                    self.view_only = rec.view_only = self.ctx.view_only or ev.view_only
                     self.ctx.blacklist.success(self.address)
-                    log.info("%s: authenticated (RFB %d.%d, %s%s)", rec.peer, *ev.version, ev.security_type.name,
-                             f"/{ev.vencrypt_subtype.name}" if ev.vencrypt_subtype else "")
+                    log.info("%s: authenticated (RFB %d.%d, %s%s%s)", rec.peer, *ev.version, ev.security_type.name,
+                             f"/{ev.vencrypt_subtype.name}" if ev.vencrypt_subtype else "",
+                             ", view-only password" if ev.view_only else "")
                 elif isinstance(ev, AuthenticationFailed):
                     self.record.version = self.conn.version
                     self.record.security_type = ev.security_type
@@ -348,13 +361,15 @@ class Session:
 
     async def _client_init(self, ev: ClientInit) -> None:
         self.record.shared = ev.shared
-        if not ev.shared and not self.ctx.always_shared:
+        if not ev.shared and not self.ctx.always_shared and not self.view_only:
             for other in list(self.ctx.sessions):
                 if other is not self and other._attached:
                     other.abort("another client asked for exclusive access")
         snap = await self.ctx.hub.attach(self)
         self._attached = True
-        if self.ctx.sink is not None:
+        if self.view_only:
+            self.sink = NullSink()  # nothing this client sends can reach the shared sink or uinput
+        elif self.ctx.sink is not None:
             self.sink = self.ctx.sink
         elif self.ctx.sink_factory is not None:
             self.sink = self.ctx.sink_factory(snap.width, snap.height)
@@ -432,7 +447,7 @@ class Session:
         elif isinstance(ev, SetDesktopSize):
             self._on_set_desktop_size(ev)
         elif isinstance(ev, ClientCutText):
-            if not self.ctx.view_only:
+            if not self.view_only:
                 self.sink.clipboard(ev.text.decode("latin-1"))
         elif isinstance(ev, ClientCutTextDiscarded):
             log.warning("%s: ignored a ClientCutText of %d bytes (limit %d)", self.record.peer, ev.length,
@@ -462,11 +477,11 @@ class Session:
         w, h = self._fb_size
         x, y = min(ev.x, max(w - 1, 0)), min(ev.y, max(h - 1, 0))
         self._pointer, self._buttons = (x, y), ev.button_mask
-        if not self.ctx.view_only:
+        if not self.view_only:
             self.sink.pointer(x, y, ev.button_mask)
 
     def _on_key(self, ev: KeyEvent) -> None:
-        if self.ctx.view_only:
+        if self.view_only:
             return
         if ev.down:
             self._keys_down.add(ev.key)
@@ -475,7 +490,7 @@ class Session:
         self.sink.key(ev.key, ev.down)
 
     def _on_qemu_key(self, ev: QemuExtendedKeyEvent) -> None:
-        if self.ctx.view_only:
+        if self.view_only:
             return
         if ev.down:
             self._scancodes_down[ev.keycode] = ev.keysym
@@ -485,7 +500,7 @@ class Session:
 
     def _release_input(self) -> None:
         """Release whatever this client still holds down (it left without key-up events)."""
-        if self.ctx.view_only:
+        if self.view_only:
             return
         sink = self.sink
         try:
@@ -588,7 +603,10 @@ class Session:
             self._release()
 
     def _on_set_desktop_size(self, ev: SetDesktopSize) -> None:
-        status = self.ctx.hub.request_resize(self, ev.width, ev.height, ev.screens)
+        if self.view_only:
+            status = ExtendedDesktopSizeStatus.PROHIBITED
+        else:
+            status = self.ctx.hub.request_resize(self, ev.width, ev.height, ev.screens)
         if status == ExtendedDesktopSizeStatus.OK and (ev.width, ev.height) != self._fb_size:
             return  # the size change itself carries the answer (reason "this client")
         self._eds_replies.append((ExtendedDesktopSizeReason.THIS_CLIENT, status,

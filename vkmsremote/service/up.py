@@ -30,6 +30,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vkmsremote.errors import DeviceStateError, UsageError
+from vkmsremote.server.credentials import (
+    VIEW_ONLY_PASSWORD_ENV,
+    add_password_arguments,
+    has_full_password_source,
+    has_view_only_password_source,
+)
 
 log = logging.getLogger("vkmsremote.up")
 
@@ -95,9 +101,7 @@ def add_arguments(up: argparse.ArgumentParser) -> None:
                      help="run all of this inside vkmsremote's test VM (for machines without VKMS) and forward "
                           "the ports to this host's 127.0.0.1")
     sec = up.add_argument_group("security (as for `vkmsremote serve`)")
-    sec.add_argument("--password", help="password (prefer --password-file or $VKMSREMOTE_PASSWORD: a command "
-                     "line is visible to other users); VNC authentication uses its first 8 bytes")
-    sec.add_argument("--password-file", type=Path, help="file whose first line is the password")
+    add_password_arguments(sec)
     sec.add_argument("--username", help="username for VeNCrypt X509Plain (which uses the whole password)")
     sec.add_argument("--security", help="comma-separated security types in order of preference: "
                      + ", ".join(SECURITY_CHOICES) + " (default: x509vnc,vncauth with a password, else none)")
@@ -106,7 +110,8 @@ def add_arguments(up: argparse.ArgumentParser) -> None:
     sec.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     sec.add_argument("--insecure-listen", action="store_true",
                      help="allow a non-loopback --listen without authentication")
-    sec.add_argument("--view-only", action="store_true", help="ignore keyboard, pointer and clipboard input")
+    sec.add_argument("--view-only", action="store_true", help="ignore keyboard, pointer and clipboard input "
+                     "from every client (--view-only-password-file: from some)")
     sec.add_argument("--always-shared", action="store_true",
                      help="never disconnect other clients when one asks for exclusive access")
 
@@ -143,6 +148,12 @@ def check_options(args: argparse.Namespace) -> None:
         raise UsageError("--drive-fps must be 0 or more")
     if args.web is not None and args.web == args.port and args.port:
         raise UsageError(f"--web and --port are both {args.port}")
+    if has_view_only_password_source(args) and not has_full_password_source(args):
+        raise UsageError("a view-only password needs a full-access password as well",
+                         hint="give --password-file FILE (or $VKMSREMOTE_PASSWORD) too")
+    if args.vm and os.environ.get(VIEW_ONLY_PASSWORD_ENV):
+        raise UsageError(f"${VIEW_ONLY_PASSWORD_ENV} does not reach the test VM",
+                         hint="use --view-only-password-file FILE with --vm (not under /tmp: the VM has its own)")
 
 
 def unprivileged_port_start() -> int:
@@ -258,15 +269,22 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
     devices: Any = None
     try:
         # Everything that needs root's files is read now: password file, TLS key and certificate.
-        from vkmsremote.server.app import VncServer, _password, is_loopback, security_policy
+        from vkmsremote.server.app import (
+            VncServer,
+            _password,
+            _view_only_password,
+            is_loopback,
+            security_policy,
+        )
         from vkmsremote.server.tls import ensure_certificate, server_context
 
         password = _password(args)
         if password is not None and len(password.encode()) > 8:
             log.warning("VNC authentication uses only the first 8 bytes of the password")
+        view_only_password = _view_only_password(args, password)
         types = [t for t in args.security.split(",") if t.strip()] if args.security else None
         policy = security_policy(password=password, username=args.username, types=types,
-                                 tls_cert=args.tls_cert, tls_key=args.tls_key)
+                                 tls_cert=args.tls_cert, tls_key=args.tls_key, view_only_password=view_only_password)
         if not policy.authenticates and not args.insecure_listen and not is_loopback(args.listen):
             raise UsageError(f"refusing to listen on {args.listen} without authentication",
                              hint="set a password (--password-file) or pass --insecure-listen if the network "
