@@ -1,9 +1,14 @@
 """One frame loop per FrameSource, fanned out to every session watching it.
 
-The hub is the only caller of ``source.next_frame()``. Each frame is copied once into an immutable
-:class:`Snapshot` (a source may overwrite its buffer as soon as it is asked for the next frame, and
-sessions encode in worker threads at their own pace); the snapshot and the frame's damage are then handed
-to every session, which merges the damage into its own tile grid. Nothing is queued per session: a slow
+The hub is the only caller of ``source.next_frame()``. Each frame becomes an immutable :class:`Snapshot`
+(a source may overwrite its buffer as soon as it is asked for the next frame, and sessions encode in
+worker threads at their own pace); the snapshot and the frame's damage are then handed to every session,
+which merges the damage into its own tile grid.
+
+Snapshots are not copied whole (see :class:`_SnapshotPool`): a few buffers are kept, and the next
+snapshot is built in one that nobody references any more by copying only what changed since that buffer
+was current (the damage of the frames in between, which the hub remembers for a few frames). So a frame
+with a 16x16 change costs a 16x16 copy, not a copy of the whole screen. Nothing is queued per session: a slow
 client simply finds more damage and a newer snapshot when it is ready again.
 
 The hub asks the source for a frame only when some session wants one (``want_frame``: it has a request
@@ -18,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,6 +52,98 @@ class Snapshot:
     @property
     def height(self) -> int:
         return int(self.pixels.shape[0])
+
+
+POOL_BUFFERS = 4
+"""Snapshot buffers kept for reuse: the current snapshot, one per session still encoding an older one, and
+one to build the next snapshot in. When all are in use a new buffer is allocated (and copied whole)."""
+DAMAGE_HISTORY = 8
+"""Frames whose damage the pool remembers: a free buffer at most this many frames old is patched, an older
+one is copied whole."""
+FULL_COPY_FRACTION = 0.5
+"""Copy the whole frame when the damage to patch adds up to at least this fraction of the screen (one
+contiguous copy beats many overlapping ones)."""
+
+
+class _SnapshotPool:
+    """Buffers for snapshots, each brought up to date by copying only the damage since it was current.
+
+    A buffer is reused only when nothing references it but the pool: every snapshot is a read-only view
+    of its buffer and every slice of that view keeps the buffer alive too (numpy views reference the
+    array owning the memory), so the buffer's reference count tells whether any snapshot, or any part of
+    one, is still in use (held by the hub as current, or by a session encoding it in a worker thread).
+    All of this runs on the event loop thread, the only one that hands snapshots out.
+    """
+
+    _UNUSED_REFS = 2  # the pool's own reference and sys.getrefcount's argument
+
+    def __init__(self) -> None:
+        self._buffers: list[_Buffer] = []
+        self._shape: tuple[int, ...] = ()
+        self._generation = 0
+        self._history: deque[tuple[int, tuple[Rect, ...] | None]] = deque(maxlen=DAMAGE_HISTORY)
+        self.patched = 0
+        self.full_copies = 0
+
+    def build(self, src: Pixels, damage: tuple[Rect, ...] | None) -> Pixels:
+        """A read-only copy of ``src``; ``damage``: what changed since the previous call (None: unknown)."""
+        if src.shape != self._shape:
+            self._buffers, self._shape = [], src.shape
+            self._history.clear()
+            damage = None
+        self._generation += 1
+        self._history.append((self._generation, damage))
+        buf = self._free_buffer()
+        if buf is None:
+            buf = _Buffer(np.empty(src.shape, np.uint8))
+            if len(self._buffers) < POOL_BUFFERS:
+                self._buffers.append(buf)
+        rects = self._damage_since(buf.generation)
+        array = buf.array
+        if rects is None:
+            np.copyto(array, src)
+            self.full_copies += 1
+        else:
+            for r in rects:
+                np.copyto(array[r.y:r.y + r.h, r.x:r.x + r.w], src[r.y:r.y + r.h, r.x:r.x + r.w])
+            self.patched += 1
+        buf.generation = self._generation
+        view = array.view()
+        view.flags.writeable = False
+        return view
+
+    def _free_buffer(self) -> _Buffer | None:
+        """The free buffer holding the newest content, if any."""
+        best: _Buffer | None = None
+        for buf in self._buffers:
+            if sys.getrefcount(buf.array) <= self._UNUSED_REFS and (best is None or buf.generation > best.generation):
+                best = buf
+        return best
+
+    def _damage_since(self, generation: int) -> set[Rect] | None:
+        """What changed after ``generation`` up to the newest frame; None: unknown, or so much that one
+        copy of the whole frame is cheaper."""
+        if not self._history or generation < self._history[0][0] - 1:
+            return None
+        rects: set[Rect] = set()
+        for gen, damage in self._history:
+            if gen <= generation:
+                continue
+            if damage is None:
+                return None
+            rects.update(damage)
+        h, w = self._shape[0], self._shape[1]
+        if sum(r.area for r in rects) >= FULL_COPY_FRACTION * w * h:
+            return None
+        return rects
+
+
+class _Buffer:
+    __slots__ = ("array", "generation")
+
+    def __init__(self, array: Pixels) -> None:
+        self.array = array
+        self.generation = -1  # the pool generation whose frame it holds (-1: nothing yet)
 
 
 class HubClient(Protocol):
@@ -76,6 +175,7 @@ class Hub:
         self._task: asyncio.Task[None] | None = None
         self._resize_by: object | None = None
         self._error: BaseException | None = None
+        self._pool = _SnapshotPool()
 
     # --- life cycle ------------------------------------------------------------------------------------
 
@@ -126,16 +226,18 @@ class Hub:
             raise
 
     def _publish(self, frame: Frame) -> None:
-        pixels = np.array(frame.pixels, dtype=np.uint8, copy=True)
-        if pixels.ndim != 3 or pixels.shape[2] != 4:
-            raise ValueError(f"frame source delivered an array of shape {pixels.shape}, not (h, w, 4)")
-        pixels.flags.writeable = False
+        src = frame.pixels
+        if not isinstance(src, np.ndarray) or src.dtype != np.uint8:
+            src = np.asarray(src, dtype=np.uint8)
+        if src.ndim != 3 or src.shape[2] != 4:
+            raise ValueError(f"frame source delivered an array of shape {src.shape}, not (h, w, 4)")
+        height, width = int(src.shape[0]), int(src.shape[1])
         old = self.snapshot
-        snap = Snapshot(pixels, frame.serial)
-        resized = old is None or (old.width, old.height) != (snap.width, snap.height)
+        resized = old is None or (old.width, old.height) != (width, height)
         damage: tuple[Rect, ...] | None = None
         if not resized and frame.damage is not None:
-            damage = tuple(r for r in (d.clip(snap.width, snap.height) for d in frame.damage) if r is not None)
+            damage = tuple(r for r in (d.clip(width, height) for d in frame.damage) if r is not None)
+        snap = Snapshot(self._pool.build(src, damage), frame.serial)
         resized_by = None
         if resized:
             resized_by, self._resize_by = self._resize_by, None
