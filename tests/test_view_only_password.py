@@ -3,7 +3,7 @@
 subprocess so its Twisted reactor is its own) whose input never reaches the InputSink while a
 full-access client's does, X509Vnc and X509Plain through OpenSSL, what else a view-only session may not
 do (clipboard from the server, resizing, exclusive access), the blacklist, and the options of
-``vkmsremote serve`` and ``vkmsremote up``."""
+``vkmsremote serve`` and ``vkmsremote up``. TigerVNC's viewer (X509Vnc, a vncpasswd file) under Xvfb too."""
 
 from __future__ import annotations
 
@@ -26,12 +26,15 @@ from typing import Any
 import numpy as np
 import pytest
 from clients.support import ControlledSource, RawClient, ServerThread, rgb_of
+from clients.test_tigervnc import IMG as TIGER_IMG
+from clients.test_tigervnc import display as xvfb_display  # noqa: F401 (a fixture: Xvfb)
+from clients.test_tigervnc import viewer, wait_for
 from PIL import Image
 from vncdotool import rfb as vncdotool_rfb
 
 from vkmsremote import cli
 from vkmsremote.errors import UsageError
-from vkmsremote.rfb.auth import Access, SecurityPolicy, plain_checker, vnc_auth_access
+from vkmsremote.rfb.auth import Access, SecurityPolicy, obfuscate_vnc_password, plain_checker, vnc_auth_access
 from vkmsremote.rfb.constants import Encoding, SecurityType, VeNCryptSubtype
 from vkmsremote.rfb.encodings import samples
 from vkmsremote.rfb.messages import (
@@ -274,10 +277,15 @@ def test_vncdotool_view_only_client_injects_nothing_full_client_does(tmp_path: P
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+def cert_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("tls")
     generate_self_signed(d / "cert.pem", d / "key.pem")
-    return server_context(d / "cert.pem", d / "key.pem")
+    return d / "cert.pem", d / "key.pem"
+
+
+@pytest.fixture(scope="module")
+def tls(cert_files: tuple[Path, Path]) -> ssl.SSLContext:
+    return server_context(*cert_files)
 
 
 def _recv(sock: socket.socket | ssl.SSLSocket, n: int) -> bytes:
@@ -347,6 +355,40 @@ def test_x509vnc_and_x509plain_view_only(tls: ssl.SSLContext) -> None:
         (vnc, False, True), (plain, False, True)]
     # both full-access sessions typed and pointed (and left holding them: released for them)
     assert sink.events.count(("key", 0x71, True)) == 2 and sink.events.count(("pointer", 3, 4, 1)) == 2
+
+
+def test_tigervnc_viewer_x509vnc_with_the_view_only_password(
+        xvfb_display: dict[str, str],  # noqa: F811 (pytest passes the imported fixture)
+        tls: ssl.SSLContext, cert_files: tuple[Path, Path], tmp_path: Path) -> None:
+    """TigerVNC's own viewer with a vncpasswd file holding the view-only password: it sees the screen,
+    and what xdotool types and clicks into it goes nowhere; the same with the full password arrives."""
+    display = xvfb_display
+    policy = SecurityPolicy(types=(SecurityType.VENCRYPT,), vencrypt_subtypes=(VeNCryptSubtype.X509_VNC,),
+                            tls_context=tls, vnc_password=FULL, vnc_view_only_password=VIEW)
+    sink = RecordingSink()
+    args = ("-SecurityTypes", "X509Vnc", "-X509CA", str(cert_files[0]))  # the viewer trusts our certificate
+    results = []
+    with ServerThread(ControlledSource(TIGER_IMG), sink=sink, policy=policy) as srv:
+        for password in (VIEW, FULL):
+            passwd = tmp_path / password.decode()
+            passwd.write_bytes(obfuscate_vnc_password(password))
+            with viewer(display, srv.port, *args, "-passwd", str(passwd)) as proc:
+                dx, dy = wait_for(display, TIGER_IMG, proc)
+                subprocess.run(["xdotool", "search", "--sync", "--name", "controlled", "windowfocus", "--sync"],
+                               env=display, check=True, timeout=30)
+                subprocess.run(["xdotool", "mousemove", str(dx + 50), str(dy + 60), "click", "1", "type", "--delay",
+                                "20", "ok"], env=display, check=True, timeout=30)
+                deadline = time.monotonic() + (3 if password == VIEW else 10)
+                while time.monotonic() < deadline and sum(e[0] == "scancode" for e in sink.events) < 4:
+                    time.sleep(0.1)
+                results.append(list(sink.events))
+        recs = ended_records(srv, 2)
+    assert results[0] == []
+    assert ("pointer", 50, 60, 1) in results[1] and [e for e in results[1] if e[0] == "scancode"] == [
+        ("scancode", ord("o"), 0x18, True), ("scancode", ord("o"), 0x18, False),
+        ("scancode", ord("k"), 0x25, True), ("scancode", ord("k"), 0x25, False)]
+    assert [(r.vencrypt_subtype, r.view_only) for r in recs] == [(VeNCryptSubtype.X509_VNC, True),
+                                                                 (VeNCryptSubtype.X509_VNC, False)]
 
 
 # --- what else a view-only session may not do --------------------------------------------------------------------
