@@ -135,5 +135,6 @@ def add_password_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--allow-password-argument", action="store_true",
                        help="accept --password although every local user can read a command line")
     group.add_argument("--view-only-password-file", type=Path, metavar="FILE",
-                       help="file whose first line is a second password, for clients that may only watch (no "
-                       f"keyboard, pointer or clipboard); needs the full-access password too (or ${VIEW_ONLY_PASSWORD_ENV})")
+                       help="file whose first line is a second password (or give it in "
+                       f"${VIEW_ONLY_PASSWORD_ENV}) for clients that may only watch: no keyboard, pointer or "
+                       "clipboard; needs the full-access password too")
