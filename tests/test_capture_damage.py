@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vkmsremote.capture.damage import DamageTracker, _merge_runs
+from vkmsremote.capture.damage import SAMPLE_STRIDE, DamageTracker, _merge_runs
 from vkmsremote.server.source import Rect
 
 
@@ -140,3 +140,74 @@ def test_random_changes_property(w: int, h: int, tile: int, boxes: list[tuple[fl
     rects = t.update(new)
     _check(t, old, new, rects)
     assert t.update(new) == ()
+
+
+def test_mostly_changed_frames_are_taken_whole_with_a_tight_box() -> None:
+    w, h = 700, 420  # not multiples of the tile; even width: two pixels per compared word
+    t = DamageTracker(w, h)
+    old = _frame(h, w, 7)
+    t.reset(old)
+    rng = np.random.default_rng(8)
+    for step in range(12):
+        new = _frame(h, w, 100 + step)
+        # unchanged margins of random width on every side, and an unchanged hole in the middle
+        top, bottom, left, right = (int(v) for v in rng.integers(0, 30, 4))
+        new[:top], new[h - bottom:], new[:, :left], new[:, w - right:] = (
+            old[:top], old[h - bottom:], old[:, :left], old[:, w - right:])
+        new[100:200, 300:400] = old[100:200, 300:400]
+        whole = t.whole_frames
+        rects = t.update(new)
+        _check(t, old, new, rects)
+        if step > 0:  # the first one found most tiles changed; from then on the pre-check takes frames whole
+            assert t.whole_frames == whole + 1
+            assert rects == (Rect(left, top, w - right - left, h - bottom - top),)
+        old = new
+    # small changes after the motion stops go back to the exact tile compare
+    new = old.copy()
+    new[5, 5] ^= 1
+    new[300, 601] ^= 1
+    rects = t.update(new)
+    _check(t, old, new, rects)
+    assert set(rects) == {Rect(5, 5, 1, 1), Rect(601, 300, 1, 1)}
+    new2 = new.copy()
+    new2[7, 7] ^= 1
+    whole = t.whole_frames
+    assert t.update(new2) == (Rect(7, 7, 1, 1),) and t.whole_frames == whole  # no pre-check after small damage
+
+
+def test_pre_check_declines_when_the_sample_shows_little_change() -> None:
+    t = DamageTracker(256, 128, tile=16)
+    old = _frame(128, 256, 9)
+    t.reset(old)
+    new = _frame(128, 256, 10)
+    _check(t, old, new, t.update(new))  # everything changed: the next update is pre-checked
+    newer = new.copy()
+    newer[1::SAMPLE_STRIDE] ^= 0x10  # every row the sample skips changes, none it looks at
+    rects = t.update(newer)
+    _check(t, new, newer, rects)
+    assert t.whole_frames == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    w=st.integers(1, 200), h=st.integers(1, 120), tile=st.sampled_from([16, 32, 64]),
+    steps=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30), st.integers(0, 30), st.integers(0, 30),
+                             st.booleans()), min_size=1, max_size=5),
+    seed=st.integers(0, 2**16),
+)
+def test_sequences_of_large_and_small_changes_property(w: int, h: int, tile: int,
+                                                       steps: list[tuple[int, int, int, int, bool]],
+                                                       seed: int) -> None:
+    t = DamageTracker(w, h, tile=tile)
+    old = _frame(h, w, seed)
+    t.reset(old)
+    rng = np.random.default_rng(seed + 1)
+    for x0, y0, x1, y1, big in steps:
+        new = old.copy()
+        if big:  # all but margins change
+            new[y0:max(h - y1, y0), x0:max(w - x1, x0)] ^= rng.integers(1, 256, dtype=np.uint8)
+        else:
+            new[y0:y0 + y1 // 4 + 1, x0:x0 + x1 // 4 + 1] ^= 0x55
+        rects = t.update(new)
+        _check(t, old, new, rects)
+        old = new
