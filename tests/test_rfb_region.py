@@ -67,3 +67,23 @@ def test_rect_count_is_bounded() -> None:
     for y in range(0, 1080, 32):  # everything damaged is covered
         for x in range(0, 1920, 32):
             assert m[y, x] == 1
+
+
+def test_take_covers_exactly_the_marked_tiles_once() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        rows, cols = int(rng.integers(1, 12)), int(rng.integers(1, 12))
+        marked = rng.random((rows, cols)) < rng.random()
+        marked[rng.integers(0, rows)] = False  # rows without damage between damaged ones
+        g = DamageGrid(cols * 16 - 5, rows * 16 - 3, tile=16)  # edge tiles cut by the screen edge
+        for r, c in zip(*np.nonzero(marked), strict=True):
+            g.add(Rect(int(c) * 16 + 1, int(r) * 16 + 1, 1, 1))
+        rects = g.take(Rect(0, 0, g.width, g.height))
+        m = covered(rects, g.width, g.height)
+        assert m.max(initial=0) <= 1
+        want = np.repeat(np.repeat(marked, 16, axis=0), 16, axis=1)[:g.height, :g.width]
+        assert np.array_equal(m == 1, want)
+        # identical runs on consecutive rows are merged: no two rectangles could be joined vertically
+        spans = {(r.x, r.w, r.y + r.h) for r in rects}
+        assert not any((r.x, r.w, r.y) in spans for r in rects)
+        assert not g

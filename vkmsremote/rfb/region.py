@@ -78,17 +78,31 @@ class DamageGrid:
         return out
 
 
-def _row_runs(row: np.ndarray) -> list[tuple[int, int]]:
-    padded = np.concatenate(([False], row, [False])).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    return [(int(edges[i]), int(edges[i + 1])) for i in range(0, len(edges), 2)]
+def _runs(grid: np.ndarray) -> dict[int, list[tuple[int, int]]]:
+    """Horizontal runs of marked tiles, per row that has any: {row: [(c0, c1), ...]} (half-open, in order).
+    One pass over the whole grid; Python work is per run, not per row or tile."""
+    rows, cols = grid.shape
+    padded = np.zeros((rows, cols + 2), np.int8)
+    padded[:, 1:-1] = grid
+    edges = np.diff(padded, axis=1)
+    starts = np.argwhere(edges == 1)  # row-major, so the n-th start and the n-th end belong together
+    ends = np.flatnonzero(edges == -1) % (cols + 1)
+    out: dict[int, list[tuple[int, int]]] = {}
+    for (r, c0), c1 in zip(starts.tolist(), ends.tolist(), strict=True):
+        out.setdefault(r, []).append((c0, c1))
+    return out
 
 
-def _merge_rows(rows: list[list[tuple[int, int]]]) -> list[tuple[int, int, int, int]]:
+def _merge_rows(rows: dict[int, list[tuple[int, int]]]) -> list[tuple[int, int, int, int]]:
     """Runs per tile row -> rectangles (c0, r0, c1, r1): identical runs on consecutive rows merge."""
     done: list[tuple[int, int, int, int]] = []
     open_: dict[tuple[int, int], int] = {}  # run -> first row
-    for r, runs in enumerate(rows):
+    previous = -2
+    for r in sorted(rows):
+        runs = rows[r]
+        if r != previous + 1:  # rows without damage in between: everything open ends after ``previous``
+            done.extend((run[0], start, run[1], previous + 1) for run, start in open_.items())
+            open_ = {}
         current = set(runs)
         for run, start in list(open_.items()):
             if run not in current:
@@ -96,17 +110,17 @@ def _merge_rows(rows: list[list[tuple[int, int]]]) -> list[tuple[int, int, int, 
                 del open_[run]
         for run in runs:
             open_.setdefault(run, r)
-    for run, start in open_.items():
-        done.append((run[0], start, run[1], len(rows)))
+        previous = r
+    done.extend((run[0], start, run[1], previous + 1) for run, start in open_.items())
     return done
 
 
 def _runs_to_rects(grid: np.ndarray, max_rects: int) -> list[tuple[int, int, int, int]]:
-    rows = [_row_runs(grid[r]) for r in range(grid.shape[0])]
+    rows = _runs(grid)
     rects = _merge_rows(rows)
     if len(rects) <= max_rects:
         return rects
-    spans = [[(runs[0][0], runs[-1][1])] if runs else [] for runs in rows]
+    spans = {r: [(runs[0][0], runs[-1][1])] for r, runs in rows.items()}
     rects = _merge_rows(spans)
     if len(rects) <= max_rects:
         return rects
