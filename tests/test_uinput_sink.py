@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from evdev import ecodes as e
 
+from vkmsremote.capture.crtc import Placement
 from vkmsremote.errors import InputDeviceError
 from vkmsremote.input.uinput import (
     ABS_RANGE,
@@ -15,6 +16,7 @@ from vkmsremote.input.uinput import (
     UinputDevices,
     UinputSink,
     abs_position,
+    area_of,
     keyboard_spec,
     pointer_spec,
 )
@@ -308,6 +310,23 @@ def test_second_connector_maps_into_its_own_area() -> None:
     assert int(ax * 2944 / ABS_RANGE) == 1920 and int(ay * 1080 / ABS_RANGE) == 0
     ax, ay = abs_position(1023, 767, 1024, 768, area)
     assert int(ax * 2944 / ABS_RANGE) == 2943 and int(ay * 1080 / ABS_RANGE) == 767
+
+
+def test_area_source_follows_the_compositors_layout(devices: UinputDevices) -> None:
+    """XR-1 scanned out at x=1024 of Xorg's one 2048x768 framebuffer: the pointer lands in its half, and
+    follows when the layout changes (xrandr --pos) or becomes unknown (no signal: the whole desktop)."""
+    placement = Placement(1024, 0, 1024, 768, 2048, 768)
+    current: list[Placement | None] = [placement]
+    sink = UinputSink(devices, 1024, 768, area_source=lambda: area_of(current[0]))
+    sink.pointer(0, 0, 0)
+    current[0] = Placement(0, 0, 1024, 768, 2048, 768)
+    sink.pointer(0, 0, 0)
+    current[0] = None
+    sink.pointer(0, 0, 0)
+    xs = [v for t, c, v in ptr(devices).take() if (t, c) == (e.EV_ABS, e.ABS_X)]
+    assert [int(x * 2048 / ABS_RANGE) for x in xs[:2]] == [1024, 0]
+    assert int(xs[2] * 1024 / ABS_RANGE) == 0
+    assert area_of(Placement(1024, 0, 1024, 768, 1024, 768)) is None  # nonsense: outside its framebuffer
 
 
 def test_bad_areas_are_refused(devices: UinputDevices) -> None:

@@ -117,6 +117,18 @@ class CrtcState:
     y: int
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A CRTC's picture (x, y, width, height) inside the framebuffer it scans out of (fb_width x fb_height)."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    fb_width: int
+    fb_height: int
+
+
 def read_crtc_state(card: Card, crtc_id: int) -> CrtcState | None:
     """One DRM_IOCTL_MODE_GETCRTC; None while the CRTC has no mode or no framebuffer."""
     arg = k.drm_mode_crtc(crtc_id=crtc_id)
@@ -228,6 +240,21 @@ class CrtcReader:
 
     def cursor(self) -> Cursor | None:
         return self._cursor
+
+    def placement(self) -> Placement | None:
+        """Where the picture lies in the framebuffer the CRTC scans out of, as of the last full check.
+
+        A compositor that scans all its outputs out of one framebuffer (Xorg's modesetting driver) puts
+        each output at its place in the desktop, so this is the connector's rectangle in the desktop an
+        absolute pointer spans. One framebuffer per output (Weston, Mutter) gives the whole buffer.
+        None before the first picture, while there is no signal, and with writeback capture."""
+        entry, state = self._entry, self._state
+        if entry is None or state is None or self._no_signal or self.writeback is not None:
+            return None
+        info = entry.mapped.info
+        x, y = min(max(state.x, 0), info.width - 1), min(max(state.y, 0), info.height - 1)
+        return Placement(x, y, min(state.width, info.width - x), min(state.height, info.height - y),
+                         info.width, info.height)
 
     def wake(self) -> None:
         """Something will probably change soon (a client sent input): look at every vblank again."""

@@ -323,6 +323,27 @@ class PointerArea:
         return cls(0, 0, width, height, width, height)
 
 
+class _Placed(Protocol):
+    x: int
+    y: int
+    width: int
+    height: int
+    fb_width: int
+    fb_height: int
+
+
+def area_of(placement: _Placed | None) -> PointerArea | None:
+    """The PointerArea of a capture reader's placement (vkmsremote.capture.crtc.Placement): where the
+    connector's picture lies in the framebuffer it is scanned out of. None if unknown or nonsensical."""
+    if placement is None:
+        return None
+    try:
+        return PointerArea(placement.x, placement.y, placement.width, placement.height, placement.fb_width,
+                           placement.fb_height)
+    except InputDeviceError:
+        return None
+
+
 def abs_position(x: int, y: int, width: int, height: int, area: PointerArea) -> tuple[int, int]:
     """The ABS_X/ABS_Y that point at the centre of framebuffer pixel (x, y) of a width x height screen.
 
@@ -348,13 +369,16 @@ class UinputSink:
     """An InputSink for one VNC client (vkmsremote.server.input.InputSink).
 
     ``width`` x ``height`` is the connector's current mode (``set_screen`` follows mode changes);
-    ``area`` places it in the pointer's desktop (default: the connector is the whole desktop).
+    ``area`` places it in the pointer's desktop (default: the connector is the whole desktop);
+    ``area_source``, if given, is asked at every pointer event and overrides it when it knows better
+    (:func:`area_of` a capture reader's placement: the connector's place follows the compositor's layout).
     """
 
     def __init__(self, devices: UinputDevices, width: int, height: int, area: PointerArea | None = None,
-                 *, owns_devices: bool = False) -> None:
+                 *, owns_devices: bool = False, area_source: Callable[[], PointerArea | None] | None = None) -> None:
         self.devices = devices
         self._owns_devices = owns_devices
+        self._area_source = area_source
         self._held = _Held()
         self.width, self.height, self.area = width, height, PointerArea.whole(width, height)
         self.set_screen(width, height, area)
@@ -404,7 +428,8 @@ class UinputSink:
 
     def pointer(self, x: int, y: int, buttons: int) -> None:
         pointer = self.devices.pointer
-        pointer.move(*abs_position(x, y, self.width, self.height, self.area))
+        area = self._area_source() if self._area_source is not None else None
+        pointer.move(*abs_position(x, y, self.width, self.height, area or self.area))
         pressed = buttons & ~self._held.mask
         for bit, code in BUTTON_CODES:
             if buttons & (1 << bit) and code not in self._held.buttons:
