@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vkmsremote.capture.damage import SAMPLE_STRIDE, DamageTracker, _merge_runs
+from vkmsremote.capture.damage import SAMPLE_STRIDE, STABLE_BUFFERS, DamageTracker, _merge_runs
 from vkmsremote.server.source import Rect
 
 
@@ -211,3 +211,42 @@ def test_sequences_of_large_and_small_changes_property(w: int, h: int, tile: int
         rects = t.update(new)
         _check(t, old, new, rects)
         old = new
+
+
+def test_frames_handed_out_are_never_written_while_referenced() -> None:
+    w, h = 200, 120
+    t = DamageTracker(w, h, tile=16)
+    rng = np.random.default_rng(11)
+    current = _frame(h, w, 12)
+    t.reset(current)
+    held: list[tuple[np.ndarray, np.ndarray, int]] = []  # (frame handed out, its content, release at step)
+    for step in range(300):
+        new = current.copy()
+        if rng.random() < 0.15:
+            new ^= rng.integers(1, 256, dtype=np.uint8)  # everything: the whole-frame path
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                x, y = int(rng.integers(0, w - 1)), int(rng.integers(0, h - 1))
+                new[y:y + int(rng.integers(1, 40)), x:x + int(rng.integers(1, 60))] ^= 0x5A
+        rects = t.update(new)
+        _check(t, current, new, rects)
+        current = new
+        if rng.random() < 0.5:  # kept by someone (a snapshot being encoded), sometimes only a slice of it
+            kept = t.frame if rng.random() < 0.7 else t.frame[10:50, 20:90]
+            held.append((kept, kept.copy(), step + int(rng.integers(1, 20))))
+        for kept, content, _ in held:
+            assert np.array_equal(kept, content), "a frame still referenced was written"
+        held = [k for k in held if k[2] > step]
+    assert t.buffer_switches > 50 and t.whole_frames > 0
+    assert len(t._buffers) <= STABLE_BUFFERS
+
+
+def test_frame_written_in_place_when_nobody_holds_it() -> None:
+    t = DamageTracker(64, 64, tile=16)
+    f = _frame(64, 64, 13)
+    t.reset(f)
+    g = f.copy()
+    g[3, 3] ^= 1
+    buffer_id = id(t._current)
+    assert t.update(g) == (Rect(3, 3, 1, 1),)
+    assert id(t._current) == buffer_id and t.buffer_switches == 0 and np.array_equal(t.frame, g)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from clients.support import ControlledSource, RawClient, rgb_of
 
+from vkmsremote.capture.damage import DamageTracker
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.encodings import samples
 from vkmsremote.rfb.messages import FramebufferUpdateRequest
@@ -166,3 +167,28 @@ def test_a_lagging_client_gets_exact_frames_after_many_patched_snapshots() -> No
             await server.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_immutable_frames_from_a_damage_tracker_are_kept_without_a_copy() -> None:
+    rng = np.random.default_rng(6)
+    tracker = DamageTracker(W, H, tile=16)
+    hub = Hub(ListSource())  # type: ignore[arg-type]
+    w = Watcher()
+    hub._clients.append(w)
+    frame = rng.integers(0, 256, (H, W, 4), dtype=np.uint8)
+    tracker.reset(frame)
+    hub._publish(Frame(tracker.frame, 1, None, immutable=True))
+    expected = [frame.copy()]
+    for serial in range(2, 60):
+        random_change(rng, frame)
+        damage = tracker.update(frame)
+        hub._publish(Frame(tracker.frame, serial, damage, immutable=True))
+        assert hub.snapshot is not None and np.shares_memory(hub.snapshot.pixels, tracker.frame)
+        assert not hub.snapshot.pixels.flags.writeable
+        expected.append(frame.copy())
+        if serial % 3:  # the watcher lets go of most snapshots; the rest it keeps to the end
+            w.got[-2:-1] = []
+            expected[-2:-1] = []
+    for (snap, _), want in zip(w.got, expected, strict=True):
+        assert np.array_equal(snap.pixels, want)
+    assert tracker.buffer_switches > 0 and hub._pool.full_copies == 0 and hub._pool.patched == 0

@@ -292,7 +292,7 @@ class SyntheticCrtc:
             self._index = self.scan.scanned_out(self._tick)
             self.tracker.reset(self.scan.buffer(self._index))
             self._serial = 0
-            return Frame(self.tracker.frame, 0, None)
+            return Frame(self.tracker.frame, 0, None, immutable=True)
         while True:
             delay, full = self.pacing.step(self._unchanged, self.look_cost)
             now = time.monotonic()
@@ -312,7 +312,7 @@ class SyntheticCrtc:
             if damage:
                 self._unchanged = 0
                 self._serial += 1
-                return Frame(self.tracker.frame, self._serial, damage)
+                return Frame(self.tracker.frame, self._serial, damage, immutable=True)
             self._unchanged += 1
 
 

@@ -321,7 +321,8 @@ class CrtcReader:
     def _frame(self, pixels: Pixels, damage: tuple[Rect, ...] | None) -> Frame:
         self._serial += 1
         self.frames += 1
-        return Frame(pixels, self._serial, damage)
+        # Always the tracker's stable frame, which it never writes while referenced: kept without a copy.
+        return Frame(pixels, self._serial, damage, immutable=True)
 
     async def _wait_vblank(self) -> str:
         """Wait for the CRTC's next vblank: _VBLANK, _OFF at once if the CRTC is off, or _TIMEOUT."""

@@ -5,7 +5,9 @@ The hub is the only caller of ``source.next_frame()``. Each frame becomes an imm
 worker threads at their own pace); the snapshot and the frame's damage are then handed to every session,
 which merges the damage into its own tile grid.
 
-Snapshots are not copied whole (see :class:`_SnapshotPool`): a few buffers are kept, and the next
+A frame the source marks ``immutable`` (the capture reader's and the benchmark's: their damage tracker
+never writes a frame that is still referenced) becomes the snapshot as it is, without a copy. Other
+frames are not copied whole either (see :class:`_SnapshotPool`): a few buffers are kept, and the next
 snapshot is built in one that nobody references any more by copying only what changed since that buffer
 was current (the damage of the frames in between, which the hub remembers for a few frames). So a frame
 with a 16x16 change costs a 16x16 copy, not a copy of the whole screen. Nothing is queued per session: a slow
@@ -111,6 +113,12 @@ class _SnapshotPool:
         view = array.view()
         view.flags.writeable = False
         return view
+
+    def forget(self) -> None:
+        """A frame was kept without the pool: its buffers no longer hold anything recent."""
+        if self._buffers:
+            self._buffers = []
+        self._history.clear()
 
     def _free_buffer(self) -> _Buffer | None:
         """The free buffer holding the newest content, if any."""
@@ -237,7 +245,13 @@ class Hub:
         damage: tuple[Rect, ...] | None = None
         if not resized and frame.damage is not None:
             damage = tuple(r for r in (d.clip(width, height) for d in frame.damage) if r is not None)
-        snap = Snapshot(self._pool.build(src, damage), frame.serial)
+        if frame.immutable and src is frame.pixels:
+            pixels = src.view()
+            pixels.flags.writeable = False
+            self._pool.forget()
+        else:
+            pixels = self._pool.build(src, damage)
+        snap = Snapshot(pixels, frame.serial)
         resized_by = None
         if resized:
             resized_by, self._resize_by = self._resize_by, None

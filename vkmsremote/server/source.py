@@ -43,11 +43,14 @@ class Frame:
     ``pixels`` is owned by the source and must not be written; it stays valid and unchanged until the
     source returns its next frame. ``damage`` lists what changed since the previous frame the source
     returned (None: unknown, treat as all changed). ``serial`` increases by one per frame.
+    ``immutable``: the source never writes ``pixels`` again while anything else references them (it
+    writes later frames elsewhere), so they may be kept as they are, without a copy.
     """
 
     pixels: Pixels
     serial: int
     damage: tuple[Rect, ...] | None
+    immutable: bool = False
 
     @property
     def width(self) -> int:
