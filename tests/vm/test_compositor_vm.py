@@ -77,6 +77,7 @@ class Desktop:
     workdir: Path
     card: str
     connector: str
+    second: str  # XR-1's DRM connector: off except in the two-output test
     xorg_log: Path
     port: int
     processes: list[subprocess.Popen[bytes]]
@@ -108,9 +109,10 @@ class Desktop:
         return int(m.group(1)), int(m.group(2))
 
 
-def _start_server(desktop: Desktop, *extra: str, log_name: str) -> tuple[subprocess.Popen[bytes], int]:
+def _start_server(desktop: Desktop, *extra: str, log_name: str,
+                  connector: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
     proc = desktop.spawn([sys.executable, "-m", "vkmsremote", "serve", "--source", "crtc", "--card", desktop.card,
-                          "--connector", desktop.connector, "--port", "0", *extra], log_name)
+                          "--connector", connector or desktop.connector, "--port", "0", *extra], log_name)
     log = desktop.workdir / log_name
 
     def port() -> int | None:
@@ -127,15 +129,16 @@ def desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desktop]:
     workdir = tmp_path_factory.mktemp("desktop")
     with contextlib.suppress(Exception):
         down(force=True)
-    mapping = up("xr-0").device
-    connector = mapping.connector("XR-0").drm_name
-    assert mapping.card.startswith("/dev/dri/card") and connector
+    mapping = up("xr-dual").device  # two connectors; XR-1 is lit only by the two-output test
+    connector, second = mapping.connector("XR-0").drm_name, mapping.connector("XR-1").drm_name
+    assert mapping.card.startswith("/dev/dri/card") and connector and second
     (workdir / "xorg.conf").write_text(XORG_CONF.format(card=mapping.card))
-    d = Desktop(workdir, mapping.card, connector, workdir / "Xorg.log", 0, [])
+    d = Desktop(workdir, mapping.card, connector, second, workdir / "Xorg.log", 0, [])
     try:
         d.spawn(["Xorg", DISPLAY, "-config", str(workdir / "xorg.conf"), "-logfile", str(d.xorg_log), "-noreset",
                  "-nolisten", "tcp", "-novtswitch", "-keeptty", "-s", "0", "-dpms"], "xorg.out")
         wait_for(lambda: x("xrandr", check=False), "Xorg to accept clients")
+        single_output(d)
         _, d.port = _start_server(d, "--input", "uinput", log_name="server.log")
 
         def devices_added() -> bool:
@@ -153,6 +156,13 @@ def desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desktop]:
                 proc.kill()
                 proc.wait()
         down(force=True)
+
+
+def single_output(desktop: Desktop) -> None:
+    """XR-0 alone at 1024x768, and the X screen exactly that size (what an absolute pointer spans)."""
+    x("xrandr", "--output", desktop.second, "--off")
+    x("xrandr", "--output", desktop.connector, "--mode", "1024x768", "--pos", "0x0", "--fb", "1024x768")
+    assert "current 1024 x 768," in x("xrandr")
 
 
 @contextlib.contextmanager
@@ -302,7 +312,7 @@ def test_pointer_positions_at_two_modes(desktop: Desktop) -> None:
                     wait_for(mouse_at(desktop, (px, py)), f"the X pointer at {px},{py} ({width}x{height})",
                              state=where(desktop, client), timeout=60)
     finally:
-        x("xrandr", "--output", desktop.connector, "--mode", "1024x768", "--fb", "1024x768")
+        single_output(desktop)
 
 
 def test_view_only_server_injects_nothing(desktop: Desktop) -> None:
@@ -336,3 +346,30 @@ def test_view_only_server_injects_nothing(desktop: Desktop) -> None:
         client.keyPress("enter")
         wait_for(out.exists, "the xterm to get the normal server's keys")
     assert out.read_text() == "yes"
+
+
+def test_second_output_pointer_maps_into_its_own_area(desktop: Desktop) -> None:
+    """Xorg scans XR-0 and XR-1 out of one 2048x768 framebuffer, XR-1 right of XR-0: a server for XR-1
+    shows XR-1's half, and its clients' pointer lands in that half of the X screen (the reader's
+    placement of the CRTC in the framebuffer), also after the outputs swap places."""
+    try:
+        x("xrandr", "--output", desktop.second, "--mode", "1024x768", "--right-of", desktop.connector)
+        assert "current 2048 x 768," in x("xrandr")
+        proc, port = _start_server(desktop, "--input", "uinput", connector=desktop.second,
+                                   log_name="server-xr1.log")
+        try:
+            with vnc(port) as client:
+                wait_for(frame_size_is(client, 1024, 768), "XR-1's 1024x768 picture")
+                for left in (1024, 0):
+                    if left == 0:  # XR-1 moves to the left of XR-0
+                        x("xrandr", "--output", desktop.second, "--pos", "0x0", "--output", desktop.connector,
+                          "--pos", "1024x0")
+                    for px, py in ((0, 0), (1023, 767), (300, 200)):
+                        client.mouseMove(px, py)
+                        wait_for(mouse_at(desktop, (left + px, py)), f"the X pointer at {left + px},{py}",
+                                 state=where(desktop, client), timeout=60)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    finally:
+        single_output(desktop)

@@ -324,12 +324,18 @@ class PointerArea:
 
 
 class _Placed(Protocol):
-    x: int
-    y: int
-    width: int
-    height: int
-    fb_width: int
-    fb_height: int
+    @property
+    def x(self) -> int: ...
+    @property
+    def y(self) -> int: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def fb_width(self) -> int: ...
+    @property
+    def fb_height(self) -> int: ...
 
 
 def area_of(placement: _Placed | None) -> PointerArea | None:

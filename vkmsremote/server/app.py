@@ -417,14 +417,18 @@ def _view_only_password(args: argparse.Namespace, password: str | None) -> str |
     return view_only
 
 
-def _uinput_sinks() -> tuple[SinkFactory, Callable[[], None]]:
-    """A SinkFactory giving each client its own UinputSink over one shared pair of uinput devices."""
-    from vkmsremote.input import UinputDevices, UinputSink
+def _uinput_sinks(source: object = None) -> tuple[SinkFactory, Callable[[], None]]:
+    """A SinkFactory giving each client its own UinputSink over one shared pair of uinput devices. With a
+    ``source`` that knows its placement (a CrtcReader), the pointer maps into the connector's place in
+    the compositor's framebuffer (several outputs in one desktop)."""
+    from vkmsremote.input import UinputDevices, UinputSink, area_of
 
     devices = UinputDevices.open("vkmsremote")
+    placement = getattr(source, "placement", None)
+    area = (lambda: area_of(placement())) if callable(placement) else None
 
     def factory(width: int, height: int) -> InputSink:
-        return UinputSink(devices, width, height)
+        return UinputSink(devices, width, height, area_source=area)
 
     return factory, devices.close
 
@@ -443,7 +447,7 @@ def run(args: argparse.Namespace) -> int:
     sink: InputSink | SinkFactory = NullSink()
     close_input: Callable[[], None] = lambda: None  # noqa: E731
     if input_kind == "uinput" and not args.view_only:
-        sink, close_input = _uinput_sinks()
+        sink, close_input = _uinput_sinks(source)
     server = VncServer(source, sink, host=args.host, port=args.port, policy=policy,
                        view_only=args.view_only, always_shared=args.always_shared,
                        insecure_listen=args.insecure_listen)

@@ -31,7 +31,6 @@ from typing import Any, TextIO
 
 from vkmsremote.errors import DeviceStateError, UsageError
 from vkmsremote.server.credentials import (
-    VIEW_ONLY_PASSWORD_ENV,
     add_password_arguments,
     has_full_password_source,
     has_view_only_password_source,
@@ -151,9 +150,6 @@ def check_options(args: argparse.Namespace) -> None:
     if has_view_only_password_source(args) and not has_full_password_source(args):
         raise UsageError("a view-only password needs a full-access password as well",
                          hint="give --password-file FILE (or $VKMSREMOTE_PASSWORD) too")
-    if args.vm and os.environ.get(VIEW_ONLY_PASSWORD_ENV):
-        raise UsageError(f"${VIEW_ONLY_PASSWORD_ENV} does not reach the test VM",
-                         hint="use --view-only-password-file FILE with --vm (not under /tmp: the VM has its own)")
 
 
 def unprivileged_port_start() -> int:
@@ -310,10 +306,11 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
                             exporter=broker, writeback=broker if args.capture == "writeback" else None)
         sink: Any = None
         if devices is not None:
-            from vkmsremote.input import UinputSink
+            from vkmsremote.input import UinputSink, area_of
 
-            def sink(width: int, height: int) -> Any:
-                return WakingSink(UinputSink(devices, width, height), reader.wake)
+            def sink(width: int, height: int) -> Any:  # the pointer follows XR-0's place in the desktop
+                inner = UinputSink(devices, width, height, area_source=lambda: area_of(reader.placement()))
+                return WakingSink(inner, reader.wake)
 
         server = VncServer(reader, sink, host=args.listen, port=args.port, policy=policy,
                            view_only=args.view_only, always_shared=args.always_shared,

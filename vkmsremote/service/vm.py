@@ -28,6 +28,7 @@ from vkmsremote.service.up import ANNOUNCE_ENV
 
 HOST_ADDR = "127.0.0.1"
 PASSWORD_ENV = "VKMSREMOTE_PASSWORD"
+VIEW_ONLY_PASSWORD_ENV = "VKMSREMOTE_VIEW_ONLY_PASSWORD"
 
 
 def up_arguments(argv: Sequence[str]) -> list[str]:
@@ -92,8 +93,9 @@ def run_up_in_vm(args: argparse.Namespace, argv: Sequence[str], out: TextIO = sy
         check_free(host_port)
     image = kernel_image()  # builds the test kernel the first time (minutes), else returns the cached one
     env = {ANNOUNCE_ENV: f"{HOST_ADDR}:{args.port}"}
-    if os.environ.get(PASSWORD_ENV):
-        env[PASSWORD_ENV] = os.environ[PASSWORD_ENV]
+    for name in (PASSWORD_ENV, VIEW_ONLY_PASSWORD_ENV):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
     where = f"{HOST_ADDR}:{args.port}" + (f" and http://{HOST_ADDR}:{args.web}/" if args.web is not None else "")
     print(f"vkmsremote: starting the test VM ({image.name}); once it says 'serving', connect to {where} "
           "(Ctrl-C stops the VM)", file=out, flush=True)
