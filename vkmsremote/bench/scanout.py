@@ -122,7 +122,9 @@ class Scanout:
         floats = m[8 * _INTS:8 * (_INTS + _FLOATS)].view(np.float64)
         log_end = 8 * (_INTS + _FLOATS + LOG_SIZE)
         log = FlipLog(m[8 * (_INTS + _FLOATS):log_end].view(np.float64))
-        buffers = m[log_end:].reshape(2, height, width, 4)
+        # Plain ndarrays over the mapping (np.memmap's Python-level __array_finalize__ would run on every
+        # slice the damage tracker and encoders take; a mapped DRM buffer is a plain ndarray too).
+        buffers = np.asarray(m[log_end:]).reshape(2, height, width, 4)
         return cls(path, ints, floats, log, buffers, m)
 
     @property
