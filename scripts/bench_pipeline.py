@@ -48,7 +48,7 @@ PY = sys.executable
 class Case:
     """Driver + server processes around one scanout file."""
 
-    def __init__(self, width: int, height: int, workload: str, fps: float) -> None:
+    def __init__(self, width: int, height: int, workload: str, fps: float, jpeg_threads: int | None = None) -> None:
         self.path = shm_path("pipeline")
         self.scan = Scanout.create(self.path, width, height)
         self.driver = subprocess.Popen([PY, "-m", "vkmsremote.bench.scanout", str(self.path), workload,
@@ -60,6 +60,8 @@ class Case:
                 raise RuntimeError(f"the {workload} driver did not start (exit {self.driver.returncode})")
             time.sleep(0.02)
         argv = [PY, "-m", "vkmsremote.bench.server", str(self.path)]
+        if jpeg_threads is not None:
+            argv += ["--jpeg-threads", str(jpeg_threads)]
         self.server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         hello = self._read_json()
         if "port" not in hello:
@@ -103,7 +105,7 @@ class Case:
 
 def run_case(width: int, height: int, workload: str, encoding: str, args: argparse.Namespace, client: Path,
              profile: Path | None = None) -> dict[str, Any]:
-    case = Case(width, height, workload, args.fps)
+    case = Case(width, height, workload, args.fps, getattr(args, "jpeg_threads", None))
     row: dict[str, Any] = {"size": f"{width}x{height}", "workload": workload, "encoding": encoding}
     try:
         if not WORKLOADS[workload].changes:  # the idle server: nobody connected
@@ -240,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, help="seconds connected before the window (default 2)")
     p.add_argument("--fps", type=float, default=60.0, help="page flips per second (vblank grid: 60 Hz)")
     p.add_argument("--quality", type=int, default=8, help="JPEG quality level for tight-jpeg (0-9)")
+    p.add_argument("--jpeg-threads", type=int,
+                   help="threads for Tight's parallel JPEG (default: the server's, min(4, cores)); 1 = serial")
     p.add_argument("--json", type=Path, help="write all rows as JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG plot here (matplotlib)")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown here")
@@ -271,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     client = build_client()
     print(f"host pipeline benchmark: {os.cpu_count()} cores, nice {os.nice(0)}, load {load_average():.2f} at start, "
           f"{args.fps:g} flips/s, {args.seconds:g} s windows after {args.warmup:g} s warm-up, "
-          f"JPEG quality level {args.quality}; tree {source_version()}")
+          f"JPEG quality level {args.quality}"
+          + (f", {args.jpeg_threads} JPEG threads" if args.jpeg_threads is not None else "")
+          + f"; tree {source_version()}")
     print("fps = new frame numbers shown by the client per second; p50/p95/p99 = flip-to-client ms; "
           "CPU% = server process (100 = one core); ms/up = server CPU ms per update sent, then split by stage; "
           "KB/fr = bytes received per delivered frame; cli% = client CPU; load = 1-min load average")

@@ -4,6 +4,7 @@ coverage, and Tight's choice of compression per content (its bytes read back by 
 from __future__ import annotations
 
 import itertools
+import threading
 import zlib
 
 import numpy as np
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import BGR233
-from vkmsremote.rfb.encodings import SUPPORTED, EncoderSettings, make_encoder, samples
+from vkmsremote.rfb.encodings import SUPPORTED, EncoderSettings, make_encoder, samples, tight
 from vkmsremote.rfb.encodings.tight import MAX_WIDTH, compact_length, jpeg_parameters
 from vkmsremote.rfb.encodings.zrle import pack_indices
 from vkmsremote.rfb.pixelformat import NATIVE, PixelFormat
@@ -198,3 +199,27 @@ def test_x_byte_does_not_change_the_encoding(encoding: int) -> None:
     b = make_encoder(encoding, EncoderSettings())
     assert a is not None and b is not None
     assert a.encode(frame, Rect(0, 0, 70, 40), NATIVE) == b.encode(noisy, Rect(0, 0, 70, 40), NATIVE)
+
+
+def test_tight_parallel_jpeg_gives_the_same_rectangles_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = samples.text_like(720, 1920)
+    frame[:, 480:] = samples.photo_like(720, 1440)  # UI in the first strip, video in the other three
+    rect = Rect(0, 0, 1920, 720)
+    threads: list[str] = []
+    encode_jpeg = simplejpeg.encode_jpeg
+
+    def recording(*args: object, **kwargs: object) -> bytes:
+        threads.append(threading.current_thread().name)
+        return encode_jpeg(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tight.simplejpeg, "encode_jpeg", recording)
+    outputs = []
+    for n in (1, 3):
+        monkeypatch.setattr(tight, "JPEG_THREADS", n)
+        threads.clear()
+        encoder = make_encoder(Encoding.TIGHT, EncoderSettings(quality_level=8, compress_level=6))
+        assert encoder is not None
+        outputs.append(encoder.encode(frame, rect, NATIVE))
+        assert any(name.startswith("vkmsremote-jpeg") for name in threads) == (n > 1)
+    assert outputs[0] == outputs[1]
+    assert sum(p[0] == 0x90 for _, _, p in outputs[0]) >= 3 and any(p[0] != 0x90 for _, _, p in outputs[0])

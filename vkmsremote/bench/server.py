@@ -5,7 +5,8 @@ unless --port) and times its stages in CPU seconds (time.thread_time, so worker 
 
 * ``damage``: DamageTracker.update on every vblank (compare with the last frame, copy what changed);
 * ``snapshot``: the hub's per-frame copy of the frame and fan-out to sessions (Hub._publish);
-* ``encode``: the encoders, pixel format conversion included (session._encode_rects, worker thread);
+* ``encode``: the encoders, pixel format conversion included (session._encode_rects, worker thread), plus
+  Tight's JPEG compressed in its parallel threads (tight._jpeg_data there);
 * ``send``: Session._write, i.e. transport.write of each finished message (the immediate send(2));
 * the rest of the process's CPU time is the event loop, the RFB protocol and deferred socket writes.
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vkmsremote.bench.scanout import SyntheticCrtc
+from vkmsremote.rfb.encodings import tight as tight_module
 from vkmsremote.server import hub as hub_module
 from vkmsremote.server import session as session_module
 from vkmsremote.server.app import VncServer
@@ -52,9 +54,24 @@ def timed(stage: str, timings: dict[str, float], fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def timed_in_pool(stage: str, timings: dict[str, float], fn: F) -> F:
+    """``fn`` timed as :func:`timed` when it runs in Tight's JPEG threads (in the session's worker thread
+    it is already inside a timed ``_encode_rects``)."""
+    inner = timed(stage, timings, fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name.startswith("vkmsremote-jpeg"):
+            return inner(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def instrument(timings: dict[str, float]) -> None:
     """Time the server's stages (module-level patches: this process runs nothing else)."""
     session_module._encode_rects = timed("encode", timings, session_module._encode_rects)
+    tight_module._jpeg_data = timed_in_pool("encode", timings, tight_module._jpeg_data)
     hub_module.Hub._publish = timed("snapshot", timings, hub_module.Hub._publish)  # type: ignore[method-assign]
     session_module.Session._write = timed("send", timings, session_module.Session._write)  # type: ignore[method-assign]
 
@@ -75,7 +92,9 @@ def stats(server: VncServer, source: SyntheticCrtc, timings: dict[str, float]) -
     }
 
 
-async def serve(scanout: Path, port: int) -> None:
+async def serve(scanout: Path, port: int, jpeg_threads: int | None = None) -> None:
+    if jpeg_threads is not None:
+        tight_module.JPEG_THREADS = max(1, jpeg_threads)
     timings: dict[str, float] = {}
     source = SyntheticCrtc(scanout, timings=timings)
     instrument(timings)
@@ -101,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("scanout", type=Path, help="scanout file made by vkmsremote.bench.scanout.Scanout.create")
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--jpeg-threads", type=int, help="Tight's parallel JPEG threads (1: serial)")
     args = p.parse_args(argv)
-    asyncio.run(serve(args.scanout, args.port))
+    asyncio.run(serve(args.scanout, args.port, args.jpeg_threads))
     return 0
 
 

@@ -16,6 +16,10 @@ A rectangle is cut into column strips at most :data:`STRIP_WIDTH` (512) pixels w
 Colours are counted on a strided sample (about 256 pixels) first; only bands whose sample has few
 colours are counted exactly (one integer sort of the band).
 
+When one call yields several large JPEG rectangles (full motion: one per strip), they are compressed
+in parallel threads (libjpeg-turbo through simplejpeg runs without the GIL): the same rectangles and the
+same bytes, sooner; the CPU per frame does not change.
+
 Data shorter than 12 bytes is sent without zlib, as the spec requires. The zlib streams live as long
 as the encoder (the connection); when the compression level changes a stream is replaced and the
 client is told to reset it with the low bits of the next compression-control byte.
@@ -23,7 +27,10 @@ client is told to reset it with the low bits of the next compression-control byt
 
 from __future__ import annotations
 
+import os
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import numpy.typing as npt
@@ -66,6 +73,21 @@ JPEG_QUALITY_LEVELS: tuple[tuple[int, str], ...] = (
 SUBSAMPLING = ("444", "420", "422", "Gray", "411", "411")
 DEFAULT_SUBSAMPLING = "420"
 DEFAULT_ZLIB_LEVEL = 1
+JPEG_THREADS = min(4, os.cpu_count() or 1)
+"""Threads compressing the JPEG rectangles of one update in parallel (1: in the calling thread)."""
+PARALLEL_JPEG_AREA = 128 * 1024
+"""JPEG rectangles smaller than this (pixels) are compressed in the calling thread."""
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _jpeg_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(JPEG_THREADS, thread_name_prefix="vkmsremote-jpeg")
+        return _pool
 
 
 def compact_length(n: int) -> bytes:
@@ -162,7 +184,8 @@ class TightEncoder:
     def encode(self, frame: Pixels, rect: Rect, pf: PixelFormat) -> list[EncodedRect]:
         self._sync_levels()
         jpeg = jpeg_parameters(self.settings, pf)
-        out: list[EncodedRect] = []
+        # JPEG rectangles are first listed as Rects (their place in the output), compressed at the end.
+        out: list[EncodedRect | Rect] = []
         for strip in _strips(rect):
             band_h = max(1, BAND_AREA // strip.w)
             bands = [Rect(strip.x, y, strip.w, min(band_h, strip.y + strip.h - y))
@@ -176,16 +199,41 @@ class TightEncoder:
                     if jpeg_from is None:
                         jpeg_from = band.y
                     if (band.y + band.h - jpeg_from) * strip.w > MAX_JPEG_AREA:
-                        out.extend(self._jpeg(frame, Rect(strip.x, jpeg_from, strip.w, band.y - jpeg_from), jpeg))
+                        out.append(Rect(strip.x, jpeg_from, strip.w, band.y - jpeg_from))
                         jpeg_from = band.y
                     continue
                 if jpeg_from is not None:
-                    out.extend(self._jpeg(frame, Rect(strip.x, jpeg_from, strip.w, band.y - jpeg_from), jpeg))
+                    out.append(Rect(strip.x, jpeg_from, strip.w, band.y - jpeg_from))
                     jpeg_from = None
                 out.append(encoded)
             if jpeg_from is not None:
-                out.extend(self._jpeg(frame, Rect(strip.x, jpeg_from, strip.w, strip.y + strip.h - jpeg_from), jpeg))
-        return out
+                out.append(Rect(strip.x, jpeg_from, strip.w, strip.y + strip.h - jpeg_from))
+        return self._with_jpegs(frame, out, jpeg)
+
+    def _with_jpegs(self, frame: Pixels, out: list[EncodedRect | Rect],
+                    params: tuple[int, str] | None) -> list[EncodedRect]:
+        """``out`` with each JPEG placeholder replaced by its rectangle(s), in order."""
+        jobs = [item for item in out if isinstance(item, Rect)]
+        if not jobs:
+            return out  # type: ignore[return-value]  # no placeholders left: all EncodedRects
+        assert params is not None
+        big = [r for r in jobs if r.area >= PARALLEL_JPEG_AREA]
+        done: dict[Rect, list[tuple[Rect, bytes]]] = {}
+        if JPEG_THREADS > 1 and len(big) > 1:
+            results = _jpeg_pool().map(lambda r: _jpeg_data(frame, r, params), big)
+            done = dict(zip(big, results, strict=True))
+        encoded: list[EncodedRect] = []
+        for item in out:
+            if not isinstance(item, Rect):
+                encoded.append(item)
+                continue
+            pieces = done.get(item)
+            if pieces is None:
+                pieces = _jpeg_data(frame, item, params)
+            # The control bytes are made here, in output order, so a pending stream reset goes out with
+            # the same rectangle whether or not the JPEG data was compressed in parallel.
+            encoded += [(r, Encoding.TIGHT, self._control(JPEG) + compact_length(len(d)) + d) for r, d in pieces]
+        return encoded
 
     def _encode_lossless(self, pixels: Pixels, rect: Rect, pf: PixelFormat, sample_colours: int,
                          try_palette_only: bool) -> EncodedRect | None:
@@ -239,18 +287,20 @@ class TightEncoder:
         head = self._control(STREAM_FULL << 4)
         return rect, Encoding.TIGHT, head + self._compressed(STREAM_FULL, data)
 
-    def _jpeg(self, frame: Pixels, rect: Rect, params: tuple[int, str] | None) -> list[EncodedRect]:
-        assert params is not None
-        quality, subsampling = params
-        pixels = frame[rect.y:rect.y + rect.h, rect.x:rect.x + rect.w]
-        data = simplejpeg.encode_jpeg(pixels, quality, "BGRX", subsampling, True)
-        if len(data) > MAX_COMPACT_LENGTH:
-            if rect.h == 1:
-                raise ValueError(f"a one-row JPEG of {rect.w} pixels exceeds Tight's length limit")
-            half = rect.h // 2
-            return (self._jpeg(frame, Rect(rect.x, rect.y, rect.w, half), params)
-                    + self._jpeg(frame, Rect(rect.x, rect.y + half, rect.w, rect.h - half), params))
-        return [(rect, Encoding.TIGHT, self._control(JPEG) + compact_length(len(data)) + data)]
+
+
+def _jpeg_data(frame: Pixels, rect: Rect, params: tuple[int, str]) -> list[tuple[Rect, bytes]]:
+    """JPEG of ``rect``, halved until each piece fits Tight's length field (thread-safe: no encoder state)."""
+    quality, subsampling = params
+    pixels = frame[rect.y:rect.y + rect.h, rect.x:rect.x + rect.w]
+    data = simplejpeg.encode_jpeg(pixels, quality, "BGRX", subsampling, True)
+    if len(data) > MAX_COMPACT_LENGTH:
+        if rect.h == 1:
+            raise ValueError(f"a one-row JPEG of {rect.w} pixels exceeds Tight's length limit")
+        half = rect.h // 2
+        return (_jpeg_data(frame, Rect(rect.x, rect.y, rect.w, half), params)
+                + _jpeg_data(frame, Rect(rect.x, rect.y + half, rect.w, rect.h - half), params))
+    return [(rect, data)]
 
 
 __all__ = ["TightEncoder", "compact_length", "jpeg_parameters"]
