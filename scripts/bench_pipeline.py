@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=float, default=60.0, help="page flips per second (vblank grid: 60 Hz)")
     p.add_argument("--quality", type=int, default=8, help="JPEG quality level for tight-jpeg (0-9)")
     p.add_argument("--jpeg-threads", type=int,
-                   help="threads for Tight's parallel JPEG (default: the server's, min(4, cores)); 1 = serial")
+                   help="threads for Tight's parallel JPEG (default: the server's, half the cores, at most 4); 1 = serial")
     p.add_argument("--json", type=Path, help="write all rows as JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG plot here (matplotlib)")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown here")

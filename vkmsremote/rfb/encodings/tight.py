@@ -73,8 +73,10 @@ JPEG_QUALITY_LEVELS: tuple[tuple[int, str], ...] = (
 SUBSAMPLING = ("444", "420", "422", "Gray", "411", "411")
 DEFAULT_SUBSAMPLING = "420"
 DEFAULT_ZLIB_LEVEL = 1
-JPEG_THREADS = min(4, os.cpu_count() or 1)
-"""Threads compressing the JPEG rectangles of one update in parallel (1: in the calling thread)."""
+JPEG_THREADS = max(1, min(4, (os.cpu_count() or 1) // 2))
+"""Threads compressing the JPEG rectangles of one update in parallel (1: in the calling thread). Half the
+cores at most: on 2 cores a second JPEG thread took the CPU the compositor needed (the host pipeline
+benchmark's driver fell from 55 to 40 flips/s) for an uncertain gain in delivered frames."""
 PARALLEL_JPEG_AREA = 128 * 1024
 """JPEG rectangles smaller than this (pixels) are compressed in the calling thread."""
 
