@@ -538,7 +538,8 @@ class BrokerClient:
 
             loop.add_reader(self.sock.fileno(), on_readable)
             try:
-                await asyncio.wait_for(readable, self.timeout)
+                async with asyncio.timeout(self.timeout):  # not wait_for: it can swallow a cancellation (< 3.12)
+                    await readable
             except TimeoutError:
                 raise BrokerError(f"the capture broker did not answer within {self.timeout:.0f} s") from None
             finally:

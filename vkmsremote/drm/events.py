@@ -180,7 +180,10 @@ class EventReader:
                 await self._changed.wait()
 
         try:
-            return await asyncio.wait_for(_wait(), timeout)
+            # asyncio.timeout, not wait_for: before Python 3.12 wait_for can swallow a cancellation that
+            # arrives as the event does, and a frame loop being shut down would then run on.
+            async with asyncio.timeout(timeout):
+                return await _wait()
         except TimeoutError:
             raise TimeoutError_(f"no matching DRM event on {self.card.path} within {timeout} s",
                                 hint="is the CRTC active? (vblank events stop while it is off)") from None

@@ -192,10 +192,15 @@ class Hub:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="vkmsremote-hub")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is not None:
+            # Cancel until it is done: a source's await can swallow a cancellation (asyncio.wait_for before
+            # Python 3.12, when what it waits for completes at the same moment), and the loop would run on.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
             with contextlib.suppress(BaseException):  # a failure was already reported (``failed``)
-                await self._task
+                task.result()
             self._task = None
 
     @property
