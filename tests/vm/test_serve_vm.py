@@ -114,8 +114,9 @@ class Up:
         try:
             code = self.proc.wait(150)
         except subprocess.TimeoutExpired:
+            stacks = _stacks(self.proc.pid, *_children(self.proc.pid))
             self.proc.kill()
-            raise AssertionError(f"vkmsremote up did not stop on signal {sig}:\n{self.output}") from None
+            raise AssertionError(f"vkmsremote up did not stop on signal {sig}:\n{self.output}\n{stacks}") from None
         self._reader.join(10)
         print(f"--- vkmsremote up (exit {code}, serving after {self.startup_seconds:.1f} s) ---\n{self.output}"
               "--- end ---")  # shown with pytest -s
@@ -126,6 +127,16 @@ class Up:
                 raise AssertionError(f"the capture broker (pid {self.broker}) outlived vkmsremote up")
             time.sleep(0.1)
         return code
+
+
+def _stacks(*pids: int) -> str:
+    """What each process is doing (py-spy dump), for a hang's report."""
+    out = []
+    for pid in pids:
+        dump = subprocess.run([str(Path(sys.executable).with_name("py-spy")), "dump", "--pid", str(pid)],
+                              capture_output=True, text=True, timeout=60)
+        out.append(f"--- py-spy dump {pid} ---\n{dump.stdout}{dump.stderr}")
+    return "\n".join(out)
 
 
 def _children(pid: int) -> list[int]:
