@@ -73,11 +73,8 @@ stage ruff "$top/.venv/bin/ruff" check .
 stage mypy "$top/.venv/bin/mypy" vkmsremote
 stage host-tests "$py" -m pytest -m "not vm" tests "$@"
 
-# The VM suites that have passed together in one batched boot. The others (capture, serve, faults,
-# compositor, the VM benchmark smoke) pass when run alone but not yet in the shared boot, where they
-# saw each other's leftovers and a loaded host's timing; VKMSREMOTE_VM_ALL=1 runs every vm test.
-vm_targets=(tests/vm/test_vm_smoke.py tests/vm/test_input_vm.py tests/vm/test_drm_vm.py tests/vm/test_lifecycle_vm.py)
-[ "${VKMSREMOTE_VM_ALL:-0}" = 1 ] && vm_targets=(tests)
+# Every vm-marked test (tests/vm/ and the VM benchmark smoke) in one boot.
+vm_targets=(tests)
 
 if [ -n "$kernel" ]; then
   rm -rf "$results_dir"; mkdir -p "$results_dir"
