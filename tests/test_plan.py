@@ -266,6 +266,28 @@ def test_up_refuses_a_different_layout_and_changes_nothing(fake: Configfs, tmp_p
     assert list(fake.vkms.iterdir()) == []
 
 
+def test_failed_replace_puts_the_old_device_back(fake: Configfs, tmp_path: Path) -> None:
+    """up --replace that fails anywhere (tearing the old device down, building the new one, enabling it,
+    or in the step after up) leaves the old device as it was, with its record, as a failed up must."""
+    store = StateStore(tmp_path / "state")
+    up(DUAL, configfs=fake, state=store)
+    fake.run(WriteAttr(PurePosixPath(fake.vkms) / "vkmsremote" / "connectors" / "XR-1" / "status", "2"))  # unplugged
+    before, observed, record = snapshot(fake.root), fake.observe("vkmsremote"), store.load("vkmsremote")
+    total = len(plan_up(XR0, observed, PurePosixPath(fake.vkms), replace=True))
+    for n in (0, 1, 7, 12, total - 1):
+        with pytest.raises(DeviceStateError, match="injected"):
+            up(XR0, configfs=fake, state=store, replace=True, executor=FailAt(fake, n))
+        assert snapshot(fake.root) == before, f"old device not restored after a failure at operation {n}"
+        assert fake.observe("vkmsremote") == observed and store.load("vkmsremote") == record
+
+    def serve_fails(mapping: object) -> None:
+        raise VkmsRemoteError("the server could not start")
+
+    with pytest.raises(VkmsRemoteError, match="server"):
+        up(XR0, configfs=fake, state=store, replace=True, after_apply=serve_fails)
+    assert fake.observe("vkmsremote") == observed and store.load("vkmsremote") == record
+
+
 def test_down_leaves_devices_it_did_not_make_unless_forced(fake: Configfs, tmp_path: Path) -> None:
     apply(plan_create(XR0, PurePosixPath(fake.vkms)), fake)  # made "by hand"
     store = StateStore(tmp_path / "state")

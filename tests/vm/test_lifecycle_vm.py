@@ -23,7 +23,7 @@ import pyudev
 from vkmsremote import cli
 from vkmsremote.errors import DeviceStateError, VkmsRemoteError
 from vkmsremote.vkms.configfs import Configfs
-from vkmsremote.vkms.device import up
+from vkmsremote.vkms.device import down, up
 from vkmsremote.vkms.plan import Op
 from vkmsremote.vkms.profile import load_profile
 from vkmsremote.vkms.state import StateStore
@@ -241,6 +241,31 @@ def test_failure_after_the_card_appeared_removes_it_again(vkms_clean: Path, tmp_
     assert list(vkms_clean.iterdir()) == []
     assert not Path(f"/sys/devices/faux/{DEVICE}").exists()
     assert store.devices() == []
+
+
+def test_failed_replace_puts_the_old_device_back(vkms_clean: Path, tmp_path: Path) -> None:
+    """xr-dual is up; `up --replace` with xr-0 gets as far as a lit card, then the next step fails: the
+    kernel ends up with xr-dual again (both connectors, a card), and our record of it is unchanged."""
+    cfs, store = Configfs(), StateStore(tmp_path / "state")
+    old = up(load_profile("xr-dual"), configfs=cfs, state=store, timeout=90).device
+    record = store.load(DEVICE)
+    seen: list[list[str]] = []
+
+    def next_step_fails(mapping: Any) -> None:
+        seen.append([c.name for c in mapping.connectors])
+        raise VkmsRemoteError("the next step failed")
+
+    with pytest.raises(VkmsRemoteError, match="next step"):
+        up(load_profile("xr-0"), configfs=cfs, state=store, replace=True, after_apply=next_step_fails, timeout=90)
+    assert seen == [["XR-0"]]  # the new device really was up before the failure
+    assert store.load(DEVICE) == record
+    observed = cfs.observe(DEVICE)
+    assert observed is not None and observed.enabled
+    assert [c.name for c in observed.layout.connectors] == ["XR-0", "XR-1"]
+    again = up(load_profile("xr-dual"), configfs=cfs, state=store, timeout=90)  # adopts it: nothing to do
+    assert not again.changed and again.device.card and len(again.device.connectors) == 2
+    assert all(c.connector_id for c in again.device.connectors) and old.card
+    down(configfs=cfs, state=store)
 
 
 def _wait_change(monitor: pyudev.Monitor, card: str, timeout: float = 90) -> pyudev.Device:

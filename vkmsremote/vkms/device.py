@@ -7,6 +7,7 @@ that object once the device is ready.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -33,11 +34,25 @@ from .mapping import (
     DrmView,
     match,
 )
-from .plan import Mkdir, ObservedDevice, Op, Rmdir, Symlink, WriteAttr, as_shell, plan_teardown, plan_up
+from .plan import (
+    Mkdir,
+    ObservedDevice,
+    Op,
+    Rmdir,
+    Symlink,
+    Unlink,
+    WriteAttr,
+    as_shell,
+    plan_rebuild,
+    plan_teardown,
+    plan_up,
+)
 from .profile import load_profile
 from .spec import ConnectorStatus, DeviceSpec
 from .state import StateStore, new_record
 from .udev import DrmEvents
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 20.0
 SYSFS = Path("/sys")
@@ -332,7 +347,11 @@ def up(
         if after_apply is not None:
             after_apply(mapping)
     except BaseException as exc:
+        tore_down = observed is not None and any(_removes(op) for op in journal.done)
         failures = rollback(journal, run)
+        if tore_down and not failures:  # --replace (or a repair) took the old device apart: put it back
+            assert observed is not None
+            failures = _restore(observed, cfs, run)
         if cfs.observe(spec.name) is None:
             store.remove(spec.name)
         elif saved and not failures:
@@ -348,6 +367,25 @@ def up(
         if events is not None:
             events.close()
     return UpResult(mapping, changed=bool(ops), applied=tuple(journal.done))
+
+
+def _removes(op: Op) -> bool:
+    return isinstance(op, Rmdir | Unlink) or (
+        isinstance(op, WriteAttr) and op.path.name == "enabled" and op.value == "0")
+
+
+def _restore(observed: ObservedDevice, cfs: Configfs, run: Executor) -> list[VkmsRemoteError]:
+    """Rebuild ``observed`` (as it was before this ``up``) after the rollback; returns what failed."""
+    vkms = PurePosixPath(cfs.vkms)
+    now = cfs.observe(observed.name)
+    ops = (plan_teardown(now, vkms) if now is not None else []) + plan_rebuild(observed, vkms)
+    try:
+        apply(ops, run)
+    except VkmsRemoteError as e:
+        log.error("putting back VKMS device %s as it was failed: %s", observed.name, e)
+        return [e]
+    log.warning("put VKMS device %s back as it was before this up", observed.name)
+    return []
 
 
 # --- down -------------------------------------------------------------------------------------------------

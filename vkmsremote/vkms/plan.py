@@ -130,21 +130,32 @@ class Paths:
 
 def plan_create(spec: DeviceSpec, vkms: PurePosixPath) -> list[Op]:
     """Operations that build ``spec`` from nothing and enable it."""
-    p = Paths(vkms, spec.name)
+    return plan_build(spec.name, spec.layout, vkms)
+
+
+def plan_rebuild(observed: ObservedDevice, vkms: PurePosixPath) -> list[Op]:
+    """Operations that build a device as it was observed (any layout, enabled only if it was): how a
+    failed ``up --replace`` puts back the device it tore down."""
+    return plan_build(observed.name, observed.layout, vkms, enable=observed.enabled)
+
+
+def plan_build(name: str, layout: Layout, vkms: PurePosixPath, *, enable: bool = True) -> list[Op]:
+    p = Paths(vkms, name)
     ops: list[Op] = [Mkdir(p.root)]
-    for plane in spec.planes:
+    for plane in layout.planes:
         ops.append(Mkdir(p.item("planes", plane.name)))
         ops.append(WriteAttr(p.item("planes", plane.name) / "type", str(int(plane.type))))
-    for crtc in spec.crtcs:
+    for crtc in layout.crtcs:
         ops.append(Mkdir(p.item("crtcs", crtc.name)))
         ops.append(WriteAttr(p.item("crtcs", crtc.name) / "writeback", str(int(crtc.writeback))))
-    for enc in spec.encoders:
+    for enc in layout.encoders:
         ops.append(Mkdir(p.item("encoders", enc.name)))
-    for conn in spec.connectors:
+    for conn in layout.connectors:
         ops.append(Mkdir(p.item("connectors", conn.name)))
         ops.append(WriteAttr(p.item("connectors", conn.name) / "status", str(int(conn.status))))
-    ops.extend(_links(spec.layout, p))
-    ops.append(WriteAttr(p.enabled, "1", verify=True))
+    ops.extend(_links(layout, p))
+    if enable:
+        ops.append(WriteAttr(p.enabled, "1", verify=True))
     return ops
 
 
