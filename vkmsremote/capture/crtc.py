@@ -100,6 +100,8 @@ class Pacing:
         return max(self.deep_seconds, look_cost / self.deep_cpu_budget), (deep + 1) % self.deep_full_every == 0
 
 
+PLACEMENT_MAX_AGE = 0.1
+"""Seconds a GETCRTC read for :meth:`CrtcReader.placement` is reused (pointer events come in bursts)."""
 PROBE_STRIDE = 8
 """Idle probes compare every 8th row: any change at least 8 rows tall (a glyph, a text cursor, a window)
 is seen at once; smaller ones wait for the next full check."""
@@ -185,6 +187,7 @@ class CrtcReader:
         self._scratch: Pixels | None = None
         self._entry: CachedFramebuffer | None = None  # the buffer the last full check read
         self._state: CrtcState | None = None  # GETCRTC at the last full check
+        self._placed: tuple[float, CrtcState | None] = (-1e9, None)  # (when, GETCRTC) for placement()
         self.fb_id = 0  # the framebuffer the last frame came from (0: none)
         self._serial = -1
         self._no_signal = False
@@ -242,15 +245,33 @@ class CrtcReader:
         return self._cursor
 
     def placement(self) -> Placement | None:
-        """Where the picture lies in the framebuffer the CRTC scans out of, as of the last full check.
+        """Where the picture lies in the framebuffer the CRTC scans out of.
 
         A compositor that scans all its outputs out of one framebuffer (Xorg's modesetting driver) puts
         each output at its place in the desktop, so this is the connector's rectangle in the desktop an
         absolute pointer spans. One framebuffer per output (Weston, Mutter) gives the whole buffer.
-        None before the first picture, while there is no signal, and with writeback capture."""
+        None before the first picture, while there is no signal, and with writeback capture.
+
+        Asked for every pointer event: the CRTC's position is read afresh (one GETCRTC, at most every
+        PLACEMENT_MAX_AGE s), since an idle reader may not look again for seconds after the layout
+        changed (`xrandr --pos`); the framebuffer's size is that of the last full check, or of a cached
+        buffer the CRTC flipped to meanwhile."""
         entry, state = self._entry, self._state
         if entry is None or state is None or self._no_signal or self.writeback is not None:
             return None
+        now = time.monotonic()
+        if now - self._placed[0] > PLACEMENT_MAX_AGE:
+            try:
+                fresh = read_crtc_state(self.card, self.crtc_id)
+            except DrmError:
+                fresh = None
+            self._placed = (now, fresh)
+        fresh = self._placed[1]
+        if fresh is not None and fresh != state:
+            self.wake()  # the picture may have moved or changed with it: look at every vblank again
+            if fresh.fb_id == state.fb_id or fresh.fb_id in self._fbs:
+                entry = self._fbs.get(fresh.fb_id, validate=False) if fresh.fb_id != state.fb_id else entry
+                state = fresh
         info = entry.mapped.info
         x, y = min(max(state.x, 0), info.width - 1), min(max(state.y, 0), info.height - 1)
         return Placement(x, y, min(state.width, info.width - x), min(state.height, info.height - y),

@@ -24,7 +24,7 @@ from vkmsremote.server.activation import socket_host, take_vnc_socket
 from vkmsremote.server.blacklist import Blacklist
 from vkmsremote.server.credentials import add_password_arguments
 from vkmsremote.server.hub import Hub
-from vkmsremote.server.input import InputSink, NullSink
+from vkmsremote.server.input import InputSink, NullSink, WakingSink
 from vkmsremote.server.session import Session, SessionContext, SessionRecord
 from vkmsremote.server.source import FrameSource
 from vkmsremote.server.tls import ensure_certificate, server_context
@@ -426,9 +426,12 @@ def _uinput_sinks(source: object = None) -> tuple[SinkFactory, Callable[[], None
     devices = UinputDevices.open("vkmsremote")
     placement = getattr(source, "placement", None)
     area = (lambda: area_of(placement())) if callable(placement) else None
+    wake = getattr(source, "wake", None)
 
     def factory(width: int, height: int) -> InputSink:
-        return UinputSink(devices, width, height, area_source=area)
+        sink = UinputSink(devices, width, height, area_source=area)
+        # input is usually followed by a change on screen: an idle reader looks at every vblank again
+        return WakingSink(sink, wake) if callable(wake) else sink
 
     return factory, devices.close
 

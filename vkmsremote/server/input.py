@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -57,3 +58,42 @@ class RecordingSink:
 
     def clipboard(self, text: str) -> None:
         self.events.append(("clipboard", text))
+
+
+class WakingSink:
+    """An InputSink that tells the frame source input arrived (it then looks at every vblank again:
+    input is usually followed by a change on screen) before passing each event on."""
+
+    def __init__(self, inner: Any, wake: Callable[[], None]) -> None:
+        self.inner = inner
+        self._wake = wake
+
+    def key(self, keysym: int, down: bool) -> None:
+        self._wake()
+        self.inner.key(keysym, down)
+
+    def key_scancode(self, keysym: int, keycode: int, down: bool) -> None:
+        self._wake()
+        self.inner.key_scancode(keysym, keycode, down)
+
+    def pointer(self, x: int, y: int, buttons: int) -> None:
+        self._wake()
+        self.inner.pointer(x, y, buttons)
+
+    def clipboard(self, text: str) -> None:
+        self.inner.clipboard(text)
+
+    def set_screen(self, width: int, height: int) -> None:
+        set_screen = getattr(self.inner, "set_screen", None)
+        if set_screen is not None:
+            set_screen(width, height)
+
+    def release_all(self) -> None:
+        release = getattr(self.inner, "release_all", None)
+        if release is not None:
+            release()
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()

@@ -24,7 +24,6 @@ import os
 import pkgutil
 import signal
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,6 +34,7 @@ from vkmsremote.server.credentials import (
     has_full_password_source,
     has_view_only_password_source,
 )
+from vkmsremote.server.input import WakingSink
 
 log = logging.getLogger("vkmsremote.up")
 
@@ -190,45 +190,6 @@ def preload_modules() -> None:
     import mimetypes
 
     mimetypes.init()  # reads /etc/mime.types now, while it still can
-
-
-class WakingSink:
-    """An InputSink that tells the frame source input arrived (it then looks at every vblank again:
-    input is usually followed by a change on screen) before passing each event on."""
-
-    def __init__(self, inner: Any, wake: Callable[[], None]) -> None:
-        self.inner = inner
-        self._wake = wake
-
-    def key(self, keysym: int, down: bool) -> None:
-        self._wake()
-        self.inner.key(keysym, down)
-
-    def key_scancode(self, keysym: int, keycode: int, down: bool) -> None:
-        self._wake()
-        self.inner.key_scancode(keysym, keycode, down)
-
-    def pointer(self, x: int, y: int, buttons: int) -> None:
-        self._wake()
-        self.inner.pointer(x, y, buttons)
-
-    def clipboard(self, text: str) -> None:
-        self.inner.clipboard(text)
-
-    def set_screen(self, width: int, height: int) -> None:
-        set_screen = getattr(self.inner, "set_screen", None)
-        if set_screen is not None:
-            set_screen(width, height)
-
-    def release_all(self) -> None:
-        release = getattr(self.inner, "release_all", None)
-        if release is not None:
-            release()
-
-    def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if close is not None:
-            close()
 
 
 def _say(out: TextIO, text: str) -> None:
