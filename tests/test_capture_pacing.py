@@ -11,7 +11,8 @@ from vkmsremote.errors import UsageError
 def test_schedule_goes_active_idle_deep() -> None:
     p = Pacing()
     steps = [p.step(n) for n in range(200)]
-    assert steps[:30] == [(None, True)] * 30  # active: every vblank, always a full look
+    # active: every vblank, a full look every 4th look in a row without change, probes between
+    assert steps[:30] == [(None, (k + 1) % 4 == 0) for k in range(30)]
     idle = steps[30:80]
     assert {d for d, _ in idle} == {0.1}  # ten looks a second
     assert [full for _, full in idle] == [(k + 1) % 5 == 0 for k in range(50)]  # a full look every 5th
@@ -28,7 +29,7 @@ def test_deep_idle_keeps_within_the_cpu_budget() -> None:
     assert p.step(40, look_cost=0.012)[0] == 0.1  # the budget applies to deep idle only
 
 
-@pytest.mark.parametrize("bad", [{"idle_after": 0}, {"idle_seconds": 0}, {"deep_cpu_budget": 0},
+@pytest.mark.parametrize("bad", [{"active_full_every": 0}, {"idle_after": 0}, {"idle_seconds": 0}, {"deep_cpu_budget": 0},
                                  {"deep_cpu_budget": 2}])
 def test_bad_pacing_is_refused(bad: dict[str, float]) -> None:
     with pytest.raises(UsageError):

@@ -302,7 +302,7 @@ class SyntheticCrtc:
                 self._tick = self.scan.next_tick(now, self._tick)
                 await asyncio.sleep(max(0.0, self.scan.tick_time(self._tick) + VBLANK_DELAY - now))
                 self.vblanks += 1
-                probe = False
+                probe = not full  # as CrtcReader: probes between full checks while active too
             else:  # idle: a timer that wake() cuts short, then whatever is scanned out by then
                 await self._sleep(delay)
                 self._tick = max(self._tick, self.scan.next_tick(time.monotonic()) - 1)

@@ -6,9 +6,10 @@ Theory of operation:
   waits for it on the card fd through the asyncio loop (vkmsremote.drm.events.EventReader).
   :class:`Pacing` says how often: every vblank while frames change; after half a second without change
   ten times a second (timers, not vblank events), after five more seconds once a second or less, so
-  that looking costs at most 0.5 % of a CPU. Most idle looks are cheap *probes* (GETCRTC: did the
-  primary plane flip? the cursor plane's state; every ``PROBE_STRIDE``-th row of the buffer compared
-  with the last frame); every few idle looks is a full check. The first change found, or :meth:`wake`
+  that looking costs at most 0.5 % of a CPU. Most looks that find nothing are cheap *probes* (GETCRTC:
+  did the primary plane flip? the cursor plane's state; every ``PROBE_STRIDE``-th row of the buffer
+  compared with the last frame); every few such looks is a full check, and a probe that sees anything
+  becomes one. The first change found, or :meth:`wake`
   (called when a client sends input), makes it look at every vblank again.
 - A full check: GETCRTC gives the mode and the primary plane's current framebuffer id, so page flips
   are followed (compositors and ``modetest -v`` alternate between buffers). Buffers come from a
@@ -65,7 +66,11 @@ it), at most this many times in a row: a client flipping faster than we can copy
 class Pacing:
     """How often the reader looks, by how many looks in a row found nothing new (see the module doc).
 
-    Active: at every vblank (a CRTC sequence event), full checks. Idle (after ``idle_after`` unchanged
+    Active: at every vblank (a CRTC sequence event); a full check at every ``active_full_every``-th look
+    in a row that found nothing, probes otherwise (a probe that sees any difference becomes a full check,
+    so a change at least PROBE_STRIDE rows tall is found at once, a smaller one within that many looks;
+    a compositor drawing at 30 frames/s leaves every other vblank unchanged, and those looks then cost an
+    eighth of a full compare). Idle (after ``idle_after`` unchanged
     looks): every ``idle_seconds``, a full check every ``idle_full_every``-th look, probes otherwise.
     Deep idle (after ``deep_after`` further unchanged looks): every ``deep_seconds`` or longer, so that
     looking costs at most ``deep_cpu_budget`` of one CPU (the reader measures what its looks cost: on a
@@ -74,6 +79,7 @@ class Pacing:
     full check every 0.5 s), deep idle after 5.5 s (at most 1 look/s and 0.5 % of a CPU).
     """
 
+    active_full_every: int = 4
     idle_after: int = 30
     idle_seconds: float = 0.1
     idle_full_every: int = 5
@@ -83,7 +89,8 @@ class Pacing:
     deep_cpu_budget: float = 0.005
 
     def __post_init__(self) -> None:
-        if min(self.idle_after, self.idle_full_every, self.deep_after, self.deep_full_every) < 1:
+        if min(self.active_full_every, self.idle_after, self.idle_full_every, self.deep_after,
+               self.deep_full_every) < 1:
             raise UsageError(f"every look count of the pacing must be at least 1: {self}")
         if min(self.idle_seconds, self.deep_seconds) <= 0 or not 0 < self.deep_cpu_budget <= 1:
             raise UsageError(f"pacing intervals must be positive and the budget in (0, 1]: {self}")
@@ -93,7 +100,7 @@ class Pacing:
         ``unchanged`` unchanged looks; ``look_cost``: CPU seconds a look takes here."""
         idle = unchanged - self.idle_after
         if idle < 0:
-            return None, True
+            return None, (unchanged + 1) % self.active_full_every == 0
         if idle < self.deep_after:
             return self.idle_seconds, (idle + 1) % self.idle_full_every == 0
         deep = idle - self.deep_after
@@ -304,7 +311,7 @@ class CrtcReader:
                 return self._frame(pixels, None)
             was_no_signal = self._no_signal
             cursor_serial = self._cursor.serial if self._cursor else None
-            probe = status == _TIMER and not full
+            probe = status in (_TIMER, _VBLANK) and not full
             started = time.thread_time()
             try:
                 pixels, damage = await self._grab(probe=probe)
