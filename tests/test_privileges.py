@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from vkmsremote.errors import UsageError
+from vkmsremote.server.input import WakingSink
 from vkmsremote.service.privileges import Cap, Capabilities, mask, resolve_user
-from vkmsremote.service.up import WakingSink
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges can only be tested as root")
 

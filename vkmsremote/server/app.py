@@ -16,6 +16,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vkmsremote.errors import UsageError
 from vkmsremote.rfb.auth import SecurityPolicy, plain_checker
@@ -25,6 +26,9 @@ from vkmsremote.server.blacklist import Blacklist
 from vkmsremote.server.credentials import add_password_arguments
 from vkmsremote.server.hub import Hub
 from vkmsremote.server.input import InputSink, NullSink, WakingSink
+
+if TYPE_CHECKING:
+    from vkmsremote.input import UinputDevices
 from vkmsremote.server.session import Session, SessionContext, SessionRecord
 from vkmsremote.server.source import FrameSource
 from vkmsremote.server.tls import ensure_certificate, server_context
@@ -417,34 +421,46 @@ def _view_only_password(args: argparse.Namespace, password: str | None) -> str |
     return view_only
 
 
-def _uinput_sinks(source: object = None) -> tuple[SinkFactory, Callable[[], None]]:
-    """A SinkFactory giving each client its own UinputSink over one shared pair of uinput devices. With a
-    ``source`` that knows its placement (a CrtcReader), the pointer maps into the connector's place in
-    the compositor's framebuffer (several outputs in one desktop)."""
-    from vkmsremote.input import UinputDevices, UinputSink, area_of
+def uinput_sink_factory(devices: UinputDevices, source: object = None) -> SinkFactory:
+    """A SinkFactory giving each client its own UinputSink over ``devices`` (one shared pair of uinput
+    devices). With a ``source`` that knows its placement (a CrtcReader), the pointer maps into the
+    connector's place in the compositor's framebuffer (several outputs in one desktop); one that can be
+    woken is woken by input, which is usually followed by a change on screen."""
+    from vkmsremote.input import UinputSink, area_of
 
-    devices = UinputDevices.open("vkmsremote")
     placement = getattr(source, "placement", None)
     area = (lambda: area_of(placement())) if callable(placement) else None
     wake = getattr(source, "wake", None)
 
     def factory(width: int, height: int) -> InputSink:
         sink = UinputSink(devices, width, height, area_source=area)
-        # input is usually followed by a change on screen: an idle reader looks at every vblank again
         return WakingSink(sink, wake) if callable(wake) else sink
 
-    return factory, devices.close
+    return factory
 
 
-def run(args: argparse.Namespace) -> int:
-    """``vkmsremote serve``: serve until interrupted. Errors are raised as VkmsRemoteError subclasses."""
+def _uinput_sinks(source: object = None) -> tuple[SinkFactory, Callable[[], None]]:
+    """:func:`uinput_sink_factory` over devices opened now, and what closes them."""
+    from vkmsremote.input import UinputDevices
+
+    devices = UinputDevices.open("vkmsremote")
+    return uinput_sink_factory(devices, source), devices.close
+
+
+def policy_from_args(args: argparse.Namespace) -> SecurityPolicy:
+    """The security policy of ``serve``'s and ``up``'s options (reads the password files now)."""
     password = _password(args)
     if password is not None and len(password.encode()) > 8:
         log.warning("VNC authentication uses only the first 8 bytes of the password")
     view_only_password = _view_only_password(args, password)
     types = [t for t in args.security.split(",") if t.strip()] if args.security else None
-    policy = security_policy(password=password, username=args.username, types=types,
-                             tls_cert=args.tls_cert, tls_key=args.tls_key, view_only_password=view_only_password)
+    return security_policy(password=password, username=args.username, types=types,
+                           tls_cert=args.tls_cert, tls_key=args.tls_key, view_only_password=view_only_password)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``vkmsremote serve``: serve until interrupted. Errors are raised as VkmsRemoteError subclasses."""
+    policy = policy_from_args(args)
     source = SOURCES[args.source](args)
     input_kind = args.input or ("uinput" if args.source == "crtc" else "none")
     sink: InputSink | SinkFactory = NullSink()

@@ -34,7 +34,6 @@ from vkmsremote.server.credentials import (
     has_full_password_source,
     has_view_only_password_source,
 )
-from vkmsremote.server.input import WakingSink
 
 log = logging.getLogger("vkmsremote.up")
 
@@ -226,22 +225,10 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
     devices: Any = None
     try:
         # Everything that needs root's files is read now: password file, TLS key and certificate.
-        from vkmsremote.server.app import (
-            VncServer,
-            _password,
-            _view_only_password,
-            is_loopback,
-            security_policy,
-        )
+        from vkmsremote.server.app import VncServer, is_loopback, policy_from_args, uinput_sink_factory
         from vkmsremote.server.tls import ensure_certificate, server_context
 
-        password = _password(args)
-        if password is not None and len(password.encode()) > 8:
-            log.warning("VNC authentication uses only the first 8 bytes of the password")
-        view_only_password = _view_only_password(args, password)
-        types = [t for t in args.security.split(",") if t.strip()] if args.security else None
-        policy = security_policy(password=password, username=args.username, types=types,
-                                 tls_cert=args.tls_cert, tls_key=args.tls_key, view_only_password=view_only_password)
+        policy = policy_from_args(args)
         if not policy.authenticates and not args.insecure_listen and not is_loopback(args.listen):
             raise UsageError(f"refusing to listen on {args.listen} without authentication",
                              hint="set a password (--password-file) or pass --insecure-listen if the network "
@@ -265,13 +252,7 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
                  dropped.user, dropped.uid, broker.pid)
         reader = CrtcReader(card, target.crtc_id, desktop_name=target.desktop_name, own_card=True,
                             exporter=broker, writeback=broker if args.capture == "writeback" else None)
-        sink: Any = None
-        if devices is not None:
-            from vkmsremote.input import UinputSink, area_of
-
-            def sink(width: int, height: int) -> Any:  # the pointer follows XR-0's place in the desktop
-                inner = UinputSink(devices, width, height, area_source=lambda: area_of(reader.placement()))
-                return WakingSink(inner, reader.wake)
+        sink = uinput_sink_factory(devices, reader) if devices is not None else None
 
         server = VncServer(reader, sink, host=args.listen, port=args.port, policy=policy,
                            view_only=args.view_only, always_shared=args.always_shared,
