@@ -34,3 +34,23 @@ def test_deep_idle_keeps_within_the_cpu_budget() -> None:
 def test_bad_pacing_is_refused(bad: dict[str, float]) -> None:
     with pytest.raises(UsageError):
         Pacing(**bad)  # type: ignore[arg-type]
+
+
+def test_wakeable_timer_ends_on_time_or_when_woken() -> None:
+    import asyncio
+    import time
+
+    from vkmsremote.capture.crtc import WakeableTimer
+
+    async def scenario() -> None:
+        timer = WakeableTimer()
+        t0 = time.monotonic()
+        assert await timer.sleep(0.05) is False and time.monotonic() - t0 >= 0.05
+        timer.wake()  # nothing waits: no effect on the next wait
+        sleeping = asyncio.ensure_future(timer.sleep(30))
+        await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        timer.wake()
+        assert await sleeping is True and time.monotonic() - t0 < 1
+
+    asyncio.run(scenario())

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vkmsremote.bench.workloads import copy_rect, make_workload
-from vkmsremote.capture.crtc import PROBE_STRIDE, Pacing
+from vkmsremote.capture.crtc import PROBE_STRIDE, Pacing, WakeableTimer
 from vkmsremote.capture.damage import DEFAULT_TILE, DamageTracker
 from vkmsremote.errors import UsageError
 from vkmsremote.server.source import Cursor, Frame, Pixels, Rect
@@ -239,7 +239,7 @@ class SyntheticCrtc:
         self.vblanks = 0
         self.probes = 0
         self.look_cost = 0.0  # CPU seconds an idle look takes (moving average, as CrtcReader's)
-        self._wake: asyncio.Future[None] | None = None
+        self._timer = WakeableTimer()
 
     @property
     def desktop_name(self) -> str:
@@ -254,24 +254,8 @@ class SyntheticCrtc:
     def wake(self) -> None:
         """A client sent input: look at every vblank again (as CrtcReader.wake)."""
         self._unchanged = 0
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
+        self._timer.wake()
 
-    async def _sleep(self, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-        wake: asyncio.Future[None] = loop.create_future()
-
-        def ring() -> None:
-            if not wake.done():
-                wake.set_result(None)
-
-        timer = loop.call_later(delay, ring)
-        self._wake = wake
-        try:
-            await wake
-        finally:
-            timer.cancel()
-            self._wake = None
 
     def _compare(self, probe: bool) -> tuple[Rect, ...] | None:
         """The damage at the current tick; None if an idle probe found nothing (no full compare made)."""
@@ -304,7 +288,7 @@ class SyntheticCrtc:
                 self.vblanks += 1
                 probe = not full  # as CrtcReader: probes between full checks while active too
             else:  # idle: a timer that wake() cuts short, then whatever is scanned out by then
-                await self._sleep(delay)
+                await self._timer.sleep(delay)
                 self._tick = max(self._tick, self.scan.next_tick(time.monotonic()) - 1)
                 probe = not full
             started = time.thread_time()

@@ -115,6 +115,35 @@ is seen at once; smaller ones wait for the next full check."""
 _VBLANK, _OFF, _TIMEOUT, _TIMER, _WOKEN = "vblank", "off", "timeout", "timer", "woken"
 
 
+class WakeableTimer:
+    """Idle waits that :meth:`wake` ends early: a timer and a future, far cheaper than vblank events when
+    looking only now and then."""
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[bool] | None = None
+
+    def wake(self) -> None:
+        if self._future is not None and not self._future.done():
+            self._future.set_result(True)
+
+    async def sleep(self, delay: float) -> bool:
+        """Wait ``delay`` seconds; True if :meth:`wake` ended the wait first."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+
+        def ring() -> None:
+            if not future.done():
+                future.set_result(False)
+
+        timer = loop.call_later(delay, ring)
+        self._future = future
+        try:
+            return await future
+        finally:
+            timer.cancel()
+            self._future = None
+
+
 @dataclass(frozen=True, slots=True)
 class CrtcState:
     """What GETCRTC says this moment: the mode size, the primary plane's fb and its source offset."""
@@ -203,7 +232,7 @@ class CrtcReader:
         self._cursor: Cursor | None = None
         self.pacing = pacing or Pacing()
         self._unchanged = 0  # looks in a row that found nothing new
-        self._wake: asyncio.Future[str] | None = None  # an idle wait wake() may end early
+        self._timer = WakeableTimer()  # idle waits, which wake() ends early
         self.look_cost = 0.0  # CPU seconds an idle look takes here (moving average)
         self.vblanks = 0  # vblank events waited for (stats, tests)
         self.frames = 0  # frames returned
@@ -287,8 +316,7 @@ class CrtcReader:
     def wake(self) -> None:
         """Something will probably change soon (a client sent input): look at every vblank again."""
         self._unchanged = 0
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(_WOKEN)
+        self._timer.wake()
 
     async def next_frame(self) -> Frame:
         if self._serial < 0:
@@ -379,21 +407,8 @@ class CrtcReader:
         return _VBLANK
 
     async def _sleep(self, delay: float) -> str:
-        """An idle wait: _TIMER after ``delay`` seconds, or _WOKEN as soon as :meth:`wake` is called.
-        (A timer and a future: far cheaper than vblank events when looking only now and then.)"""
-        loop = asyncio.get_running_loop()
-        wake: asyncio.Future[str] = loop.create_future()
-        def ring() -> None:
-            if not wake.done():
-                wake.set_result(_TIMER)
-
-        timer = loop.call_later(delay, ring)
-        self._wake = wake
-        try:
-            return await wake
-        finally:
-            timer.cancel()
-            self._wake = None
+        """An idle wait: _TIMER after ``delay`` seconds, or _WOKEN as soon as :meth:`wake` is called."""
+        return _WOKEN if await self._timer.sleep(delay) else _TIMER
 
     async def _grab(self, *, probe: bool) -> tuple[Pixels, tuple[Rect, ...] | None]:
         """Look at the CRTC now: the stable frame and its damage (None: everything). A probe compares only
