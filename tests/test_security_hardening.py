@@ -15,10 +15,10 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clients.support import serving
 
 from vkmsremote.errors import UsageError
 from vkmsremote.server import blacklist as blacklist_mod
@@ -64,31 +64,6 @@ def test_blacklist_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         bl.attempt(f"10.0.{i // 256}.{i % 256}")
     assert len(bl._entries) <= 100
     assert bl.blocked_for("10.0.3.231") > 0  # the newest are still remembered
-
-
-@contextlib.contextmanager
-def serving(*args: str, env: dict[str, str] | None = None, debug: bool = False) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """`vkmsremote serve` in a subprocess (with DEBUG logging if asked); yields it and its port."""
-    base = {k: v for k, v in os.environ.items() if k != "VKMSREMOTE_PASSWORD"}
-    cmd = [sys.executable, "-c", "import logging, sys; logging.basicConfig(level=logging.DEBUG); "
-           "from vkmsremote.cli import main; sys.exit(main())"] if debug else [str(BIN / "vkmsremote")]
-    proc = subprocess.Popen([*cmd, "serve", "--size", "64x48", "--port", "0", *args], env={**base, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        m = re.search(r"port (\d+)", line)
-        if m is None:
-            proc.kill()
-            raise AssertionError(f"server did not start: {line!r} {proc.communicate()[1][-2000:]}")
-        yield proc, int(m.group(1))
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(20)
-        if proc.poll() is None:
-            proc.kill()
 
 
 def vncdo(port: int, password: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:

@@ -19,13 +19,14 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from clients.support import ControlledSource, RawClient, ServerThread, rgb_of
+from clients.support import serving as serving_process
 from clients.test_tigervnc import IMG as TIGER_IMG
 from clients.test_tigervnc import display as xvfb_display  # noqa: F401 (a fixture: Xvfb)
 from clients.test_tigervnc import viewer, wait_for
@@ -548,33 +549,10 @@ def test_up_has_the_same_password_options(tmp_path: Path, monkeypatch: pytest.Mo
     assert _password(up_args("--password", "argpw", "--allow-password-argument")) == "argpw"
 
 
-@contextlib.contextmanager
-def serve_process(*args: str, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    code = ("import logging, sys; logging.basicConfig(level=logging.INFO); "
-            "from vkmsremote.cli import main; sys.exit(main())")
-    base = {k: v for k, v in os.environ.items() if not k.startswith("VKMSREMOTE_")}
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--size", "64x48", "--port", "0", *args],
-                            env={**base, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        m = re.search(r"port (\d+)", proc.stdout.readline())
-        if m is None:
-            proc.kill()
-            raise AssertionError(f"server did not start: {proc.communicate()[1][-2000:]}")
-        yield proc, int(m.group(1))
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(20)
-        if proc.poll() is None:
-            proc.kill()
-
-
 def test_serve_command_accepts_the_view_only_password(tmp_path: Path) -> None:
     full = secret(tmp_path / "full", "full-pw")
     env = {"XDG_CONFIG_HOME": str(tmp_path / "cfg"), "VKMSREMOTE_VIEW_ONLY_PASSWORD": "look-pw"}
-    with serve_process("--password-file", str(full), "--security", "vncauth", env=env) as (proc, port):
+    with serving_process("--password-file", str(full), "--security", "vncauth", env=env, debug=True) as (proc, port):
         results = {}
         for pw in ("look-pw", "full-pw", "guessed"):
             done = subprocess.run([str(BIN / "vncdo"), "-s", f"127.0.0.1::{port}", "-p", pw, "capture",

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
 import struct
+import subprocess
+import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -311,3 +316,28 @@ def screens_of(data: bytes) -> list[Screen]:
 def rgb_of(pixels: Pixels) -> np.ndarray:
     """(h, w, 3) R, G, B of a B, G, R, X frame."""
     return np.ascontiguousarray(pixels[:, :, 2::-1])
+
+
+@contextlib.contextmanager
+def serving(*args: str, env: dict[str, str] | None = None, debug: bool = False) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`vkmsremote serve` in a subprocess (with DEBUG logging if asked); yields it and its port."""
+    base = {k: v for k, v in os.environ.items() if k != "VKMSREMOTE_PASSWORD"}
+    cmd = [sys.executable, "-c", "import logging, sys; logging.basicConfig(level=logging.DEBUG); "
+           "from vkmsremote.cli import main; sys.exit(main())"] if debug else [str(Path(sys.executable).parent / "vkmsremote")]
+    proc = subprocess.Popen([*cmd, "serve", "--size", "64x48", "--port", "0", *args], env={**base, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"port (\d+)", line)
+        if m is None:
+            proc.kill()
+            raise AssertionError(f"server did not start: {line!r} {proc.communicate()[1][-2000:]}")
+        yield proc, int(m.group(1))
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(20)
+        if proc.poll() is None:
+            proc.kill()
