@@ -29,12 +29,15 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from evdev import ecodes
 
 from vkmsremote.errors import InputDeviceError, PermissionDeniedError
 from vkmsremote.input.keymap import US, Keymap, KeyPress, State
+
+if TYPE_CHECKING:
+    from vkmsremote.capture.crtc import Placement
 
 log = logging.getLogger(__name__)
 
@@ -323,22 +326,7 @@ class PointerArea:
         return cls(0, 0, width, height, width, height)
 
 
-class _Placed(Protocol):
-    @property
-    def x(self) -> int: ...
-    @property
-    def y(self) -> int: ...
-    @property
-    def width(self) -> int: ...
-    @property
-    def height(self) -> int: ...
-    @property
-    def fb_width(self) -> int: ...
-    @property
-    def fb_height(self) -> int: ...
-
-
-def area_of(placement: _Placed | None) -> PointerArea | None:
+def area_of(placement: Placement | None) -> PointerArea | None:
     """The PointerArea of a capture reader's placement (vkmsremote.capture.crtc.Placement): where the
     connector's picture lies in the framebuffer it is scanned out of. None if unknown or nonsensical."""
     if placement is None:
