@@ -20,7 +20,7 @@ import time
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.encodings import EncoderSettings, make_encoder, samples
 from vkmsremote.rfb.pixelformat import NATIVE, PixelFormat
-from vkmsremote.server.source import Rect
+from vkmsremote.frame import Rect
 
 FORMATS = {"native": NATIVE, "565": PixelFormat(16, 16, False, True, 31, 63, 31, 11, 5, 0)}
 

@@ -66,7 +66,7 @@ class _Env:
         from vkmsremote.rfb import auth, constants, convert, messages, protocol
         from vkmsremote.rfb.encodings import SUPPORTED, EncoderSettings, make_encoder
         from vkmsremote.rfb.pixelformat import NATIVE
-        from vkmsremote.server import source, tls
+        from vkmsremote import frame as source, tls
         from vkmsremote.web import http, server, websocket
 
         self.np, self.errors, self.keymap = np, errors, keymap

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vkmsremote.capture.damage import SAMPLE_STRIDE, STABLE_BUFFERS, DamageTracker, _merge_runs
-from vkmsremote.server.source import Rect
+from vkmsremote.frame import Rect
 
 
 def _check(tracker: DamageTracker, old: np.ndarray, new: np.ndarray, rects: tuple[Rect, ...]) -> None:

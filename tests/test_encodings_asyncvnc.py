@@ -19,7 +19,7 @@ from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import convert_array, value_bytes
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings, make_encoder, samples
 from vkmsremote.rfb.pixelformat import NATIVE, PixelFormat
-from vkmsremote.server.source import Rect
+from vkmsremote.frame import Rect
 
 FORMATS = {
     "bgra": NATIVE,

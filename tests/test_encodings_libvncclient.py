@@ -30,7 +30,7 @@ from vkmsremote.rfb.convert import BGR233, convert_array, value_bytes
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings, make_encoder, samples
 from vkmsremote.rfb.encodings.tight import MAX_WIDTH
 from vkmsremote.rfb.pixelformat import NATIVE, PixelFormat
-from vkmsremote.server.source import Rect
+from vkmsremote.frame import Rect
 
 CLIENT_C = r"""
 #include <rfb/rfbclient.h>

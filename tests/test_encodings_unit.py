@@ -19,7 +19,7 @@ from vkmsremote.rfb.encodings import SUPPORTED, EncoderSettings, make_encoder, s
 from vkmsremote.rfb.encodings.tight import MAX_WIDTH, compact_length, jpeg_parameters
 from vkmsremote.rfb.encodings.zrle import pack_indices
 from vkmsremote.rfb.pixelformat import NATIVE, PixelFormat
-from vkmsremote.server.source import Rect
+from vkmsremote.frame import Rect
 
 RGB565 = PixelFormat(16, 16, False, True, 31, 63, 31, 11, 5, 0)
 

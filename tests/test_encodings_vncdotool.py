@@ -20,7 +20,7 @@ from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import BGR233, convert_array, value_bytes
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings, make_encoder, samples
 from vkmsremote.rfb.pixelformat import NATIVE, PixelFormat
-from vkmsremote.server.source import Rect
+from vkmsremote.frame import Rect
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # vncdotool warns that these hooks may change

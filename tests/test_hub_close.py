@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 
 from vkmsremote.server.hub import Hub
-from vkmsremote.server.source import Cursor, Frame
+from vkmsremote.frame import Cursor, Frame
 
 
 class SwallowingSource:

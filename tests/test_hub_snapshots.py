@@ -16,7 +16,7 @@ from vkmsremote.rfb.encodings import samples
 from vkmsremote.rfb.messages import FramebufferUpdateRequest
 from vkmsremote.server.app import VncServer
 from vkmsremote.server.hub import DAMAGE_HISTORY, POOL_BUFFERS, Hub, Snapshot, _SnapshotPool
-from vkmsremote.server.source import Cursor, Frame, Pixels, Rect
+from vkmsremote.frame import Cursor, Frame, Pixels, Rect
 
 W, H = 64, 48
 

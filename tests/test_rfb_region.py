@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from vkmsremote.rfb.region import DamageGrid
-from vkmsremote.server.source import Rect
+from vkmsremote.frame import Rect
 
 
 def covered(rects: list[Rect], w: int, h: int) -> np.ndarray:

@@ -38,7 +38,7 @@ from vkmsremote.server.hub import SCREEN_ID
 from vkmsremote.server.input import RecordingSink
 from vkmsremote.server.pattern import PatternSource
 from vkmsremote.server.session import WRITE_HIGH
-from vkmsremote.server.source import Cursor, Rect
+from vkmsremote.frame import Cursor, Rect
 
 W, H = 96, 64
 IMG = samples.photo_like(H, W)

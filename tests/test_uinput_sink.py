@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from evdev import ecodes as e
 
-from vkmsremote.capture.crtc import Placement
+from vkmsremote.frame import Placement
 from vkmsremote.errors import InputDeviceError
 from vkmsremote.input.uinput import (
     ABS_RANGE,

@@ -59,7 +59,7 @@ from vkmsremote.server.blacklist import Blacklist
 from vkmsremote.server.hub import SCREEN_ID
 from vkmsremote.server.input import InputSink, RecordingSink
 from vkmsremote.server.pattern import PatternSource
-from vkmsremote.server.source import Rect
+from vkmsremote.frame import Rect
 from vkmsremote.server.tls import generate_self_signed, server_context
 from vkmsremote.service.up import check_options
 

@@ -34,7 +34,7 @@ from vkmsremote.rfb.constants import Encoding, SecurityType
 from vkmsremote.server.app import VncServer
 from vkmsremote.server.input import RecordingSink
 from vkmsremote.server.session import Session
-from vkmsremote.server.source import Cursor, Frame
+from vkmsremote.frame import Cursor, Frame
 from vkmsremote.web.server import WebServer, start_web_server
 
 T = TypeVar("T")

@@ -25,7 +25,7 @@ from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.messages import Screen, SetEncodings, SetPixelFormat
 from vkmsremote.rfb.pixelformat import NATIVE, PixelFormat
 from vkmsremote.server.app import VncServer
-from vkmsremote.server.source import Cursor, Frame, Pixels, Rect
+from vkmsremote.frame import Cursor, Frame, Pixels, Rect
 
 T = TypeVar("T")
 

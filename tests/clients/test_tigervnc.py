@@ -27,7 +27,7 @@ from vkmsremote.rfb.auth import SecurityPolicy, obfuscate_vnc_password, plain_ch
 from vkmsremote.rfb.constants import Encoding, SecurityType, VeNCryptSubtype
 from vkmsremote.rfb.encodings import samples
 from vkmsremote.server.input import RecordingSink
-from vkmsremote.server.source import Rect
+from vkmsremote.frame import Rect
 from vkmsremote.server.tls import generate_self_signed, server_context
 
 VIEWER = shutil.which("xtigervncviewer") or "/usr/bin/xtigervncviewer"

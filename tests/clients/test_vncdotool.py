@@ -22,7 +22,7 @@ from vkmsremote.rfb.auth import SecurityPolicy
 from vkmsremote.rfb.constants import Encoding, SecurityType
 from vkmsremote.rfb.encodings import samples
 from vkmsremote.server.input import RecordingSink
-from vkmsremote.server.source import Rect
+from vkmsremote.frame import Rect
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -30,7 +30,7 @@ from vkmsremote.drm.framebuffer import (
 )
 from vkmsremote.drm.resources import Resources
 from vkmsremote.errors import UnsupportedFormatError
-from vkmsremote.server.source import Frame, FrameSource
+from vkmsremote.frame import Frame, FrameSource
 
 from .test_drm_vm import make_vkms_device, wait_card
 

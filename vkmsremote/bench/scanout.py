@@ -35,7 +35,7 @@ from vkmsremote.bench.workloads import copy_rect, make_workload
 from vkmsremote.capture.crtc import PROBE_STRIDE, Pacing, WakeableTimer
 from vkmsremote.capture.damage import DEFAULT_TILE, DamageTracker
 from vkmsremote.errors import UsageError
-from vkmsremote.server.source import Cursor, Frame, Pixels, Rect
+from vkmsremote.frame import Cursor, Frame, Pixels, Rect
 
 MAGIC = 0x564B4D5342454E43  # 'VKMSBENC'
 LOG_SIZE = 1 << 16

@@ -29,7 +29,7 @@ import numpy as np
 from vkmsremote.bench.scanout import FlipLog
 from vkmsremote.bench.workloads import make_workload
 from vkmsremote.errors import UsageError
-from vkmsremote.server.source import Pixels, Rect
+from vkmsremote.frame import Pixels, Rect
 
 Z_PIXMAP = 2
 IPC_PRIVATE = 0

@@ -15,7 +15,7 @@ import numpy as np
 from vkmsremote.drm.fourcc import DRM_FORMAT_MOD_LINEAR, DrmFormat, format_name, modifier_name
 from vkmsremote.drm.framebuffer import FramebufferInfo
 from vkmsremote.errors import UnsupportedFormatError
-from vkmsremote.server.source import Pixels
+from vkmsremote.frame import Pixels
 
 # Formats whose bytes already are B, G, R, X: the mapped framebuffer can be used without a copy.
 NATIVE_FORMATS = frozenset({DrmFormat.XRGB8888, DrmFormat.ARGB8888})

@@ -52,7 +52,7 @@ from vkmsremote.drm.fourcc import DrmFormat
 from vkmsremote.drm.ioctl import ObjectType
 from vkmsremote.drm.resources import Resources, get_plane_state, get_properties
 from vkmsremote.errors import DeviceStateError, DrmError, TimeoutError_, UsageError
-from vkmsremote.server.source import Cursor, Frame, Pixels, Rect
+from vkmsremote.frame import Cursor, Frame, Pixels, Placement, Rect
 
 log = logging.getLogger(__name__)
 
@@ -155,16 +155,6 @@ class CrtcState:
     y: int
 
 
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """A CRTC's picture (x, y, width, height) inside the framebuffer it scans out of (fb_width x fb_height)."""
-
-    x: int
-    y: int
-    width: int
-    height: int
-    fb_width: int
-    fb_height: int
 
 
 def read_crtc_state(card: Card, crtc_id: int) -> CrtcState | None:
@@ -186,7 +176,7 @@ class _Gone(Exception):
 
 
 class CrtcReader:
-    """Implements vkmsremote.server.source.FrameSource for one CRTC of a card.
+    """Implements vkmsremote.frame.FrameSource for one CRTC of a card.
 
     Owns ``card`` (closed by :meth:`close`) when made by :meth:`open`, and ``exporter`` when one is given
     (closed too). Without an exporter the card fd itself exports framebuffers, which needs root (GETFB2

@@ -34,7 +34,7 @@ from collections import deque
 import numpy as np
 import numpy.typing as npt
 
-from vkmsremote.server.source import Pixels, Rect
+from vkmsremote.frame import Pixels, Rect
 
 DEFAULT_TILE = 64
 SAMPLE_STRIDE = 8

@@ -23,7 +23,7 @@ from vkmsremote.drm.framebuffer import DumbFramebuffer
 from vkmsremote.drm.ioctl import AtomicFlag, EventType
 from vkmsremote.drm.resources import Connector, Mode, Resources
 from vkmsremote.errors import UsageError
-from vkmsremote.server.source import Pixels
+from vkmsremote.frame import Pixels
 
 CELL = 16
 BITS = 32

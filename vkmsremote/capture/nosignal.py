@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vkmsremote.server.source import Pixels
+from vkmsremote.frame import Pixels
 
 # 5x7 glyphs, one string per row, '#' = set.
 _GLYPHS: dict[str, tuple[str, ...]] = {

@@ -27,7 +27,7 @@ from vkmsremote.drm.framebuffer import DumbFramebuffer
 from vkmsremote.drm.ioctl import AtomicFlag, ClientCap
 from vkmsremote.drm.resources import Connector, Resources, get_blob, get_crtc
 from vkmsremote.errors import DeviceStateError, DrmError, TimeoutError_, UnsupportedFormatError, UsageError
-from vkmsremote.server.source import Pixels
+from vkmsremote.frame import Pixels
 
 
 def find_writeback_connector(res: Resources, crtc_id: int) -> Connector:

@@ -29,15 +29,13 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
 from evdev import ecodes
 
 from vkmsremote.errors import InputDeviceError, PermissionDeniedError
+from vkmsremote.frame import Placement
 from vkmsremote.input.keymap import US, Keymap, KeyPress, State
-
-if TYPE_CHECKING:
-    from vkmsremote.capture.crtc import Placement
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +325,7 @@ class PointerArea:
 
 
 def area_of(placement: Placement | None) -> PointerArea | None:
-    """The PointerArea of a capture reader's placement (vkmsremote.capture.crtc.Placement): where the
+    """The PointerArea of a capture reader's placement (vkmsremote.frame.Placement): where the
     connector's picture lies in the framebuffer it is scanned out of. None if unknown or nonsensical."""
     if placement is None:
         return None

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vkmsremote.rfb.pixelformat import NATIVE, PixelFormat
-from vkmsremote.server.source import Pixels
+from vkmsremote.frame import Pixels
 
 Values = npt.NDArray[np.uint32]
 """Client pixel values, one unsigned integer per pixel (shape (h, w) or flat)."""

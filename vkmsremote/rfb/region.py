@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vkmsremote.server.source import Rect
+from vkmsremote.frame import Rect
 
 TILE = 16
 """Tile edge in pixels: small enough that a blinking caret costs one 16x16 rectangle."""

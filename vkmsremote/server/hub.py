@@ -17,7 +17,7 @@ The hub asks the source for a frame only when some session wants one (``want_fra
 outstanding, or continuous updates on, and has sent everything it had), so frames nobody would see are
 neither fetched nor copied, and an idle server lets its source sleep. Nothing is lost by not fetching: a
 source reports the damage since the frame it returned last. Resize requests from clients (SetDesktopSize) go through :meth:`Hub.request_resize`
-to a source that implements :class:`~vkmsremote.server.source.ResizableSource`.
+to a source that implements :class:`~vkmsremote.frame.ResizableSource`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Protocol
 import numpy as np
 
 from vkmsremote.rfb.messages import MAX_DESKTOP_DIMENSION, ExtendedDesktopSizeStatus, Screen
-from vkmsremote.server.source import Cursor, Frame, FrameSource, Pixels, Rect, ResizableSource
+from vkmsremote.frame import Cursor, Frame, FrameSource, Pixels, Rect, ResizableSource
 
 log = logging.getLogger(__name__)
 

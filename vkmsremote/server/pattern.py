@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from vkmsremote.rfb.messages import MAX_DESKTOP_DIMENSION, ExtendedDesktopSizeStatus
-from vkmsremote.server.source import Cursor, Frame, Pixels, Rect
+from vkmsremote.frame import Cursor, Frame, Pixels, Rect
 
 # 3x5 digits, one string of 15 bits per digit (rows top to bottom).
 _DIGITS = [

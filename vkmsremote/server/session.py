@@ -86,7 +86,7 @@ from vkmsremote.rfb.region import DamageGrid
 from vkmsremote.server.blacklist import Blacklist
 from vkmsremote.server.hub import Hub, Snapshot
 from vkmsremote.server.input import InputSink, NullSink
-from vkmsremote.server.source import Cursor, Pixels, Rect
+from vkmsremote.frame import Cursor, Pixels, Rect
 
 log = logging.getLogger(__name__)
 

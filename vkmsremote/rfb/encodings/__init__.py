@@ -20,7 +20,7 @@ from typing import Protocol
 
 from vkmsremote.rfb.constants import Encoding, compress_level, jpeg_quality_level
 from vkmsremote.rfb.pixelformat import PixelFormat
-from vkmsremote.server.source import Pixels, Rect
+from vkmsremote.frame import Pixels, Rect
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from vkmsremote.rfb.convert import convert_array, pixel_values, value_bytes
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings
 from vkmsremote.rfb.encodings._subrects import decompose
 from vkmsremote.rfb.pixelformat import PixelFormat
-from vkmsremote.server.source import Pixels, Rect
+from vkmsremote.frame import Pixels, Rect
 
 TILE = 16
 RAW = 1

@@ -18,7 +18,7 @@ from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings
 from vkmsremote.rfb.encodings._subrects import decompose
 from vkmsremote.rfb.encodings.raw import raw_rect
 from vkmsremote.rfb.pixelformat import PixelFormat
-from vkmsremote.server.source import Pixels, Rect
+from vkmsremote.frame import Pixels, Rect
 
 _U32 = struct.Struct(">I")
 

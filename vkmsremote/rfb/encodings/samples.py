@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vkmsremote.server.source import Pixels
+from vkmsremote.frame import Pixels
 
 
 def photo_like(height: int, width: int, t: int = 0, seed: int = 1) -> Pixels:

@@ -46,7 +46,7 @@ from vkmsremote.rfb.convert import (
 )
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings
 from vkmsremote.rfb.pixelformat import PixelFormat
-from vkmsremote.server.source import Pixels, Rect
+from vkmsremote.frame import Pixels, Rect
 
 MAX_WIDTH = 2048  # the spec's limit for any Tight rectangle
 STRIP_WIDTH = 512  # narrower strips keep UI beside a video lossless

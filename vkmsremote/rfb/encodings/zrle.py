@@ -30,7 +30,7 @@ from vkmsremote.rfb.convert import Values, cpixel_bytes, cpixel_size, pixel_valu
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings
 from vkmsremote.rfb.encodings.zlibenc import ZlibStream, zlib_level
 from vkmsremote.rfb.pixelformat import PixelFormat
-from vkmsremote.server.source import Pixels, Rect
+from vkmsremote.frame import Pixels, Rect
 
 TILE = 64
 RAW, SOLID, PLAIN_RLE = 0, 1, 128

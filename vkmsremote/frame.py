@@ -1,7 +1,9 @@
-"""What the server serves: a FrameSource yields frames (with damage) and a cursor.
+"""The frame model every layer shares: pixels, rectangles, frames, the cursor, and the FrameSource protocol.
 
-Both the real CRTC reader (vkmsremote.capture) and the synthetic pattern source implement this
-protocol, so the server cannot tell them apart.
+A FrameSource yields frames (with damage) and a cursor. The real CRTC reader (vkmsremote.capture), the
+synthetic pattern source (vkmsremote.server.pattern) and the benchmarks' sources implement it, so the
+server cannot tell them apart. This module imports nothing of vkmsremote: rfb, capture, input, server and
+bench all build on it (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -108,3 +110,14 @@ class ResizableSource(Protocol):
         (rfbproto "ExtendedDesktopSize"): 0 if the change is made (frames of the new size follow),
         1 prohibited, 2 out of resources, 3 invalid size, 4 forwarded (may complete later)."""
         ...
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A CRTC's picture (x, y, width, height) inside the framebuffer it scans out of (fb_width x fb_height)."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    fb_width: int
+    fb_height: int
