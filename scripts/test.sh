@@ -2,8 +2,8 @@
 # vkmsremote's test command. On a fresh Debian machine it does everything:
 #   1. scripts/setup-host.sh     Debian packages + .venv with the project and its dev tools
 #   2. scripts/build-kernel.sh   the VKMS test kernel (cached in ~/.cache/vkmsremote/kernel)
-#   3. ruff check, mypy vkmsremote
-#   4. host tests:  pytest -m "not vm" tests
+#   3. ruff check, mypy vkmsremote, lint-imports (the layer contracts in pyproject.toml, docs/architecture.md)
+#   4. host tests:  pytest -m "not vm" tests, with a coverage summary of rfb, capture and server
 #   5. VM tests:    pytest -m vm tests, all in ONE boot of the test kernel (python -m vkmsremote.vm)
 # Every stage runs even if an earlier one failed (unless it depends on it); the exit status is
 # non-zero if any stage failed. Extra arguments go to both pytest runs (e.g. -k name, -x).
@@ -71,7 +71,9 @@ fi
 
 stage ruff "$top/.venv/bin/ruff" check .
 stage mypy "$top/.venv/bin/mypy" vkmsremote
-stage host-tests "$py" -m pytest -m "not vm" tests "$@"
+stage imports env PYTHONPATH="$top" "$top/.venv/bin/lint-imports" --no-cache --no-logo
+stage host-tests "$py" -m pytest -m "not vm" tests \
+  --cov=vkmsremote.rfb --cov=vkmsremote.capture --cov=vkmsremote.server --cov-report=term "$@"
 
 # Every vm-marked test (tests/vm/ and the VM benchmark smoke) in one boot.
 vm_targets=(tests)
