@@ -35,6 +35,7 @@ from vkmsremote.rfb.constants import Encoding, SecurityType
 from vkmsremote.server.app import VncServer
 from vkmsremote.server.input import RecordingSink
 from vkmsremote.server.session import Session
+from vkmsremote.web.http import landing_location
 from vkmsremote.web.server import WebServer, start_web_server
 
 T = TypeVar("T")
@@ -414,3 +415,32 @@ def _shot_if(browser: WebDriver, canvas: str,
              colours: tuple[tuple[int, int, int], ...]) -> npt.NDArray[np.uint8] | None:
     image = decode_png(browser.element_screenshot(canvas))
     return image if blocks_match(image, colours) else None
+
+
+def test_the_password_field_is_not_usable_while_its_dialog_fades_in(browser: WebDriver) -> None:
+    """The race behind the old flake, made certain: with the page's animations paused, noVNC's credentials
+    dialog has its noVNC_open class (what the test used to wait for) but is still transparent, so typing into
+    it fails ("element not interactable") and INTERACTABLE_JS says no; once the fade runs, it says yes."""
+    srv = ServerThread(SecurityPolicy(types=(SecurityType.VNC_AUTH,), vnc_password=PASSWORD.encode()))
+    srv.start()
+    try:
+        # "/" redirects to noVNC with autoconnect=1; the same page without it waits for the Connect button
+        origin = srv.web.url.split("/", 3)[:3]
+        browser.navigate("/".join([*origin, landing_location().lstrip("/").replace("autoconnect=1", "autoconnect=0")]))
+        connect = wait_interactable(browser, "#noVNC_connect_button", "the Connect button")
+        browser.s("POST", "/goog/cdp/execute", {"cmd": "Animation.setPlaybackRate", "params": {"playbackRate": 0}})
+        browser.click(connect)
+        wait_for("the credentials dialog's noVNC_open class", lambda: browser.execute(
+            "return document.getElementById('noVNC_credentials_dlg').classList.contains('noVNC_open')"))
+        password = browser.find("#noVNC_password_input")
+        assert browser.execute(INTERACTABLE_JS, {W3C_ELEMENT: password}) is False
+        with pytest.raises(WebDriverError, match="element not interactable"):
+            browser.send_keys(password, PASSWORD)
+        browser.s("POST", "/goog/cdp/execute", {"cmd": "Animation.setPlaybackRate", "params": {"playbackRate": 1}})
+        browser.send_keys(wait_interactable(browser, "#noVNC_password_input", "the password field"), PASSWORD)
+        browser.click(wait_interactable(browser, "#noVNC_credentials_button", "the Send Credentials button"))
+        wait_for("noVNC to connect", lambda: browser.execute(
+            "return document.documentElement.classList.contains('noVNC_connected')"))
+        assert [s.record.outcome for s in srv.sessions] == ["running"]
+    finally:
+        srv.stop()
