@@ -7,6 +7,7 @@ naming the planted import. A contract that cannot fire would pass all of these b
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def test_the_untouched_copy_passes(copy: Path) -> None:
     """The fixture's copy is checked for real (so the failures below come from the planted line alone)."""
     proc = lint_imports(copy)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Contracts: 5 kept, 0 broken." in proc.stdout
+    assert re.search(r"Contracts: [1-9]\d* kept, 0 broken\.", proc.stdout), proc.stdout
 
 
 @pytest.mark.parametrize(("module", "line", "message"), [
