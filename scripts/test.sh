@@ -2,9 +2,11 @@
 # vkmsremote's test command. On a fresh Debian machine it does everything:
 #   1. scripts/setup-host.sh     Debian packages + .venv with the project and its dev tools
 #   2. scripts/build-kernel.sh   the VKMS test kernel (cached in ~/.cache/vkmsremote/kernel)
-#   3. ruff check, mypy vkmsremote, lint-imports (the layer contracts in pyproject.toml, docs/architecture.md)
-#   4. host tests:  pytest -m "not vm" tests, with a coverage summary of rfb, capture and server
+#   3. ruff check, mypy vkmsremote
+#   4. host tests:  pytest -m "not vm" tests
 #   5. VM tests:    pytest -m vm tests, all in ONE boot of the test kernel (python -m vkmsremote.vm)
+#   Also: lint-imports (the layer contracts in pyproject.toml, docs/architecture.md) before the host tests,
+#   which report line coverage of rfb, capture and server.
 # Every stage runs even if an earlier one failed (unless it depends on it); the exit status is
 # non-zero if any stage failed. Extra arguments go to both pytest runs (e.g. -k name, -x).
 # Guest artefacts and the VM tests' JUnit XML land in build/vm-results/. Environment: VKMSREMOTE_VM_TIMEOUT
