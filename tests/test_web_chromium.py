@@ -124,7 +124,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 45.0, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -192,7 +192,7 @@ return cs.display === 'none' || cs.visibility === 'hidden';
 """
 
 
-def wait_interactable(browser: WebDriver, css: str, what: str, timeout: float = 20.0) -> str:
+def wait_interactable(browser: WebDriver, css: str, what: str, timeout: float = 45.0) -> str:
     """The element matching ``css`` once a user could use it (INTERACTABLE_JS)."""
     element = wait_for(f"{what} to be present", lambda: _find_or_none(browser, css), timeout)
     wait_for(f"{what} to be interactable", lambda: browser.execute(INTERACTABLE_JS, {W3C_ELEMENT: element}),
