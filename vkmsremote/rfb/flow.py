@@ -38,6 +38,13 @@ Fence replies (rfbproto "ClientFence"; the Request bit and the bits we do not kn
     BlockBefore              after the update being built, if any     -
     SyncNext                 after the update being built, if any     hold until the next message is in
 
+What the client can get wrong (RemoteProtocolError; the session ends with "the client broke the protocol"):
+EnableContinuousUpdates before the server announced them (rfbproto: the client must establish support
+first), a fence *response* when no ServerFence request is outstanding, SetDesktopSize without having
+announced ExtendedDesktopSize (the result could not be told). Requests for areas outside the framebuffer
+are clipped (possibly to nothing), not refused. A fence *request* is answered even without the Fence
+pseudo-encoding: the client evidently speaks it.
+
 Requests and continuous updates (RFC 6143 7.5.3, rfbproto "EnableContinuousUpdates"):
 
 * a FramebufferUpdateRequest is *pending* until an update is planned; several pending requests are
@@ -169,8 +176,8 @@ class UpdateFlow:
     def __init__(self, width: int, height: int, *, has_cursor: bool = False) -> None:
         self._phase = Phase.IDLE
         self._size = (width, height)
-        self.damage = DamageGrid(width, height)
-        self.damage.add_all()  # the client has nothing yet
+        self._damage = DamageGrid(width, height)
+        self._damage.add_all()  # the client has nothing yet
         self.encodings: frozenset[int] = frozenset()
         self._encoding_order: tuple[int, ...] = ()
         self.pixel_format: PixelFormat = NATIVE
@@ -227,9 +234,6 @@ class UpdateFlow:
     def wants_pixels(self) -> bool:
         """The client would take an update with pixel data (a request is pending or continuous updates are on)."""
         return self._requested or self._cu_area is not None
-
-    def supports(self, encoding: Encoding) -> bool:
-        return encoding in self.encodings
 
     @property
     def cursor_encoding(self) -> Encoding | None:
@@ -312,7 +316,7 @@ class UpdateFlow:
                 return []  # rfbproto "EnableContinuousUpdates": ignored while continuous updates are on
         else:
             if area is not None:
-                self.damage.add(area)
+                self._damage.add(area)
             if Encoding.EXTENDED_DESKTOP_SIZE in self.encodings:
                 # rfbproto "ExtendedDesktopSize": a non-incremental request is answered with the layout.
                 self._layout_replies.append(LayoutReply(ExtendedDesktopSizeReason.SERVER,
@@ -374,10 +378,10 @@ class UpdateFlow:
         if (width, height) != self._size:
             self._resize_reason = reason
         elif damage is None:
-            self.damage.add_all()
+            self._damage.add_all()
         else:
             for r in damage:
-                self.damage.add(r)
+                self._damage.add(r)
 
     def cursor_changed(self, present: bool) -> None:
         self._has_cursor = present
@@ -425,7 +429,7 @@ class UpdateFlow:
         rects: list[Rect] = []
         for area in (self._request_area if self._requested else None, self._cu_area):
             if area is not None:
-                rects += self.damage.take(area, max_rects=MAX_UPDATE_RECTS)
+                rects += self._damage.take(area, max_rects=MAX_UPDATE_RECTS)
         qemu, name, cursor = self._qemu_due, self._name_due, self._cursor_due and self._has_cursor
         if not rects and not (qemu or name or cursor):
             return None
@@ -447,8 +451,8 @@ class UpdateFlow:
                                      "change (it did not announce DesktopSize)")
         plan = SizeChange(width, height, encoding, self._resize_reason)
         self._size = (width, height)
-        self.damage = DamageGrid(width, height)
-        self.damage.add_all()  # rfbproto "Screen Model": the old contents are undefined now
+        self._damage = DamageGrid(width, height)
+        self._damage.add_all()  # rfbproto "Screen Model": the old contents are undefined now
         if self._cu_area is not None:
             self._cu_area = self._cu_area.clip(width, height) or Rect(0, 0, width, height)
         # The size change tells the layout; only replies to this client's own SetDesktopSize stay due.

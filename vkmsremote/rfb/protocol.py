@@ -29,7 +29,11 @@ that client. A failed authentication produces SecurityResult "failed" (with a re
 A connection created with ``refuse=reason`` (a blacklisted address) fails right after the version
 exchange with that reason (:class:`ConnectionRefused`). In NORMAL every client message is parsed into its
 dataclass from :mod:`vkmsremote.rfb.messages`; any byte stream either parses or raises
-:class:`~vkmsremote.errors.ProtocolError` (after which the connection is dead: state ERROR).
+:class:`~vkmsremote.errors.RemoteProtocolError` (the client's fault; the connection is dead: state ERROR).
+Using the connection wrongly (``send`` in the wrong state, a state change the diagram does not have, asking
+for events after an error) raises :class:`~vkmsremote.errors.LocalProtocolError`: our fault. The diagram is
+also data, :data:`TRANSITIONS`, and every state change is checked against it. What may be sent *when* once
+in NORMAL (requests, continuous updates, fences) is :mod:`vkmsremote.rfb.flow`'s business.
 
 TLS (VeNCrypt X509*) runs inside this object through ``ssl.MemoryBIO``: after the subtype is agreed, all
 incoming bytes go through the TLS object and all outgoing bytes come out encrypted; the application
