@@ -472,3 +472,16 @@ def test_any_interleaving_keeps_the_rules(steps: list[object]) -> None:
     if flow.phase is Phase.BUILDING:
         replies += sum(isinstance(m, ServerFence) for m in flow.update_done())
     assert replies == fence_requests
+
+
+def test_every_rfb_protocol_error_names_its_culprit() -> None:
+    """No bare ProtocolError is raised in rfb/ or the session: each says whose fault it is."""
+    from pathlib import Path
+
+    import vkmsremote
+
+    root = Path(vkmsremote.__file__).parent
+    files = [*root.joinpath("rfb").rglob("*.py"), root / "server" / "session.py"]
+    offenders = [f"{f.relative_to(root)}:{n}" for f in files
+                 for n, line in enumerate(f.read_text().splitlines(), 1) if "raise ProtocolError(" in line]
+    assert offenders == []
