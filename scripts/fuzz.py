@@ -6,8 +6,8 @@ the HTTP request heads of the web listener.
 Usage: .venv/bin/python scripts/fuzz.py [--runs 1000000] [--targets rfb-handshake,...] [--engine atheris]
                                         [--timeout 10] [--rss-limit-mb 1024] [--json] [--keep DIR]
 
-Each target is a function of one byte string that may raise only ProtocolError (and its subclasses
-HttpRequestError, WebSocketError); anything else is a crash. The default engine is atheris (libFuzzer,
+Each target is a function of one byte string that may raise only ProtocolError (and its subclasses,
+HttpRequestError among them); anything else is a crash. The default engine is atheris (libFuzzer,
 coverage-guided over the vkmsremote modules): each target runs in its own child process with a seed
 corpus and a dictionary, libFuzzer's ``-timeout`` turns an input that runs longer than ``--timeout``
 seconds into a reported hang, and ``-rss_limit_mb`` a memory blow-up into a reported crash. The
