@@ -5,8 +5,6 @@
 #   3. ruff check, mypy vkmsremote
 #   4. host tests:  pytest -m "not vm" tests
 #   5. VM tests:    pytest -m vm tests, all in ONE boot of the test kernel (python -m vkmsremote.vm)
-#   Also: lint-imports (the layer contracts in pyproject.toml, docs/architecture.md) before the host tests,
-#   which report line coverage of rfb, capture and server.
 # Every stage runs even if an earlier one failed (unless it depends on it); the exit status is
 # non-zero if any stage failed. Extra arguments go to both pytest runs (e.g. -k name, -x).
 # Guest artefacts and the VM tests' JUnit XML land in build/vm-results/. Environment: VKMSREMOTE_VM_TIMEOUT
@@ -73,6 +71,7 @@ fi
 
 stage ruff "$top/.venv/bin/ruff" check .
 stage mypy "$top/.venv/bin/mypy" vkmsremote
+# the layer contracts in pyproject.toml (docs/architecture.md); the host tests report coverage of the core layers
 stage imports env PYTHONPATH="$top" "$top/.venv/bin/lint-imports" --no-cache --no-logo
 stage host-tests "$py" -m pytest -m "not vm" tests \
   --cov=vkmsremote.rfb --cov=vkmsremote.capture --cov=vkmsremote.server --cov-report=term "$@"
