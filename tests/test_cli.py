@@ -231,11 +231,22 @@ def test_serve_and_up_share_one_spelling_of_each_option() -> None:
         parser.parse_args(["serve", "--port", "70000"])  # the same port check as up's
 
 
-def test_security_choices_are_the_servers_names() -> None:
+def test_option_constants_are_the_librarys() -> None:
+    """options.py keeps the CLI light by not importing the server and web packages; these must agree."""
     from vkmsremote.server.app import SECURITY_NAMES
-    from vkmsremote.service.options import SECURITY_CHOICES
+    from vkmsremote.service import options
+    from vkmsremote.web import DEFAULT_WEB_PORT
 
-    assert tuple(SECURITY_NAMES) == SECURITY_CHOICES
+    assert tuple(SECURITY_NAMES) == options.SECURITY_CHOICES
+    assert options.DEFAULT_WEB_PORT == DEFAULT_WEB_PORT
+
+
+def test_cli_start_does_not_load_the_server() -> None:
+    code = ("import sys; from vkmsremote import cli; cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'websockets', 'asyncio')))")
+    proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_command_arguments_skip_global_options() -> None:

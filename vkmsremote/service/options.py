@@ -14,13 +14,15 @@ from pathlib import Path
 
 from vkmsremote.server import DEFAULT_PORT
 from vkmsremote.server.credentials import PASSWORD_ENV, VIEW_ONLY_PASSWORD_ENV
-from vkmsremote.web.server import DEFAULT_WEB_PORT
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_WEB_PORT", "PASSWORD_ENV", "SECURITY_CHOICES",
            "VIEW_ONLY_PASSWORD_ENV", "add_listen_arguments", "add_password_arguments", "add_security_arguments",
            "has_full_password_source", "has_view_only_password_source", "port", "size"]
 
 DEFAULT_HOST = "127.0.0.1"
+DEFAULT_WEB_PORT = 5800
+"""vkmsremote.web.server's DEFAULT_WEB_PORT, not imported here: importing the web package (websockets) would
+cost every CLI command ~0.4 s (a test compares)."""
 SECURITY_CHOICES = ("none", "vncauth", "x509none", "x509vnc", "x509plain")
 """Names accepted by --security (TigerVNC's SecurityTypes spelling, case-insensitive): the keys of
 vkmsremote.server.app.SECURITY_NAMES, not imported here to keep the CLI's start light (a test compares)."""

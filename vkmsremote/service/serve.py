@@ -1,15 +1,15 @@
 """Serve a frame source over VNC (RFB): the ``vkmsremote serve`` command, and the wiring ``serve`` and
 ``up`` share: options -> security policy, input sinks, listeners (systemd's sockets if it passed any),
 and :func:`run_until_stopped`, the one loop that serves until SIGINT/SIGTERM.
+
+The CLI builds its parser from this module: everything heavy (asyncio, the server, numpy) is imported
+when serving.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from vkmsremote.service.options import DEFAULT_PORT, add_listen_arguments, add_security_arguments, size
 
 if TYPE_CHECKING:
+    import ssl
+
     from vkmsremote.frame import FrameSource
     from vkmsremote.input import UinputDevices
     from vkmsremote.rfb.auth import SecurityPolicy
@@ -185,6 +187,9 @@ async def run_until_stopped(server: VncServer, *, web: WebListener | None = None
     """Listen (VNC, and the web page with ``web``), call ``started(server, web_server)``, and serve until
     SIGINT or SIGTERM (then ``stopping()``), or until the frame source fails (its exception is raised).
     Then close the listeners and sessions, and await ``cleanup()`` (e.g. closing the source)."""
+    import asyncio
+    import signal
+
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -217,6 +222,8 @@ async def run_until_stopped(server: VncServer, *, web: WebListener | None = None
 
 def run(args: argparse.Namespace) -> int:
     """``vkmsremote serve``: serve until interrupted. Errors are raised as VkmsRemoteError subclasses."""
+    import asyncio
+
     from vkmsremote.input import UinputDevices
     from vkmsremote.server.input import NullSink
 

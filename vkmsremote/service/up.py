@@ -16,7 +16,6 @@ Only argument definitions are imported by the CLI's parser; everything heavy is 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import importlib
 import logging
@@ -158,6 +157,8 @@ def _say(out: TextIO, text: str) -> None:
 def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -> int:
     """Serve the connector ``up`` just made (or found) until SIGINT/SIGTERM. Runs as root: forks the
     capture broker, drops privileges, serves. Returns the exit status."""
+    import asyncio
+
     from vkmsremote.capture.broker import READY_TIMEOUT, BrokerSpec
     from vkmsremote.errors import PermissionDeniedError
     from vkmsremote.service.broker import spawn_broker
