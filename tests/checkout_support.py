@@ -39,7 +39,9 @@ def make_checkout(base: Path) -> Path:
     as an editable install does, and this venv's third-party packages (no network, no pip run)."""
     assert Path("/tmp") in base.resolve().parents or base.resolve() == Path("/tmp"), base
     root = base / "checkout"
-    shutil.copytree(REPO / "vkmsremote", root / "vkmsremote", ignore=shutil.ignore_patterns("__pycache__"))
+    # __pycache__ too, with the sources' times (copy2): the guest does not write bytecode, and compiling
+    # every module in each of its Python processes costs minutes under TCG.
+    shutil.copytree(REPO / "vkmsremote", root / "vkmsremote")
     shutil.copytree(REPO / "configfs", root / "configfs")
     shutil.copy2(REPO / "pyproject.toml", root / "pyproject.toml")
     venv = root / ".venv"
