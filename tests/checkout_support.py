@@ -3,10 +3,12 @@ script on the running kernel (issue 21: ``scripts/run.sh`` from a clone under /t
 with "No module named vkmsremote", because the guest's private /tmp hid the checkout the venv's editable
 install points into).
 
-The stand-in runs the guest script in private mount and network namespaces: its tmpfs over /tmp hides
-this machine's /tmp exactly as in a real guest (where /tmp is the host's, seen over 9p), and the new
-network namespace's loopback plays the VM's NIC (a bind mount over /sys/bus shows it where the script
-looks for the virtio NIC).
+The stand-in runs the guest script in a private mount namespace: its tmpfs over /tmp hides this machine's
+/tmp exactly as in a real guest (where /tmp is the host's, seen over 9p). The loopback interface plays
+the VM's NIC (a bind mount over /sys/bus shows it where the script looks for the virtio NIC), so the
+script adds the guest address to it: in a network namespace of its own with ``own_net`` (on the host),
+else in this one (in the test VM, where udevd's events, which ``up`` waits for, reach only this one; the
+caller removes the address afterwards).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ while [ $# -gt 0 ]; do
 done
 fake=$FAKE_VNG_DIR/sys-bus
 mkdir -p "$fake/virtio/drivers/virtio_net/virtio0/net/lo"
-exec unshare --mount --propagation private --net \
+exec unshare --mount --propagation private ${FAKE_VNG_OWN_NET:+--net} \
   bash -c 'mount --bind "$1" /sys/bus && echo $$ > "$2" && exec $3' _ "$fake" "$FAKE_VNG_DIR/pid" "$cmd"
 """
 
@@ -55,7 +57,7 @@ def make_checkout(base: Path) -> Path:
     return root
 
 
-def fake_vng_env(directory: Path) -> dict[str, str]:
+def fake_vng_env(directory: Path, *, own_net: bool) -> dict[str, str]:
     """The environment for ``<checkout>/.venv/bin/python -m vkmsremote up --vm ...`` with the stand-in:
     no PYTHONPATH (the checkout's venv alone decides what is imported), not marked as inside the VM."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -67,4 +69,6 @@ def fake_vng_env(directory: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VKMSREMOTE_IN_VM", "VKMSREMOTE_PASSWORD")}
     env.update(VKMSREMOTE_VNG=str(vng), VKMSREMOTE_KERNEL=str(kernel), VKMSREMOTE_VM_ACCEL="tcg",
                FAKE_VNG_DIR=str(directory))
+    if own_net:
+        env["FAKE_VNG_OWN_NET"] = "1"
     return env

@@ -21,7 +21,7 @@ def free_port() -> int:
 
 def test_up_vm_runs_the_checkouts_own_package_in_the_guest(tmp_path: Path) -> None:
     checkout = make_checkout(tmp_path)
-    env = fake_vng_env(tmp_path / "vng")
+    env = fake_vng_env(tmp_path / "vng", own_net=True)  # the guest script must not touch the host's lo
     configfs = Path(tempfile.mkdtemp(prefix="vkmsremote-configfs-", dir="/var/tmp"))  # not hidden in the guest
     try:
         (configfs / "vkms").mkdir()
