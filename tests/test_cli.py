@@ -83,10 +83,12 @@ def test_up_status_hotplug_down_cycle(fake: Path, capsys: pytest.CaptureFixture[
     assert dev["name"] == "vkmsremote" and dev["configfs"]["enabled"] is True and dev["managed"] is True
     assert [c["name"] for c in dev["connectors"]] == ["XR-0", "XR-1"]
     assert [c["connector_id"] for c in dev["connectors"]] == [None, None]  # a fake has no DRM
+    assert doc["web_client"]["version"] == "1.7.0" and doc["web_client"]["lacks"] == []  # scripts/install-novnc.sh
     code, out, _ = run(capsys, "hotplug", "XR-1", "--disconnect")
     assert code == 0 and out.strip() == "XR-1 disconnected"
     code, out, _ = run(capsys, "status")
     assert "connectors/XR-1 disconnected -> enc1" in out
+    assert "web client (--web): noVNC 1.7.0 from /usr/local/share/vkmsremote/novnc" in out
     code, out, _ = run(capsys, "down", "--dry-run")
     assert out.splitlines()[0].startswith(f"echo 0 > {fake}/vkms/vkmsremote/enabled")
     assert tree(fake / "vkms") != []

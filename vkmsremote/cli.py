@@ -228,11 +228,30 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     cfs = _configfs(args)
     devices = status(args.device, configfs=cfs, state=_state(args, cfs))
+    web = _web_client()
     if args.json:
-        print(json.dumps({"configfs": str(cfs.vkms), "devices": [d.to_json() for d in devices]}, indent=2))
+        print(json.dumps({"configfs": str(cfs.vkms), "devices": [d.to_json() for d in devices], "web_client": web},
+                         indent=2))
     else:
         _print_status(devices, sys.stdout)
+        if web is None:
+            print("web client (--web): none installed; run scripts/install-novnc.sh")
+        else:
+            lacks = f"; lacks {', '.join(web['lacks'])}" if web["lacks"] else ""
+            print(f"web client (--web): noVNC {web['version']} from {web['root']}{lacks}")
     return 0
+
+
+def _web_client() -> dict[str, Any] | None:
+    """The noVNC `--web` would serve (version, folder, what it lacks), or None if none is installed."""
+    from vkmsremote.errors import UsageError
+    from vkmsremote.web.novnc import find_bundle
+
+    try:
+        bundle = find_bundle()
+    except UsageError:
+        return None
+    return {"version": bundle.version, "kind": bundle.kind, "root": str(bundle.root), "lacks": list(bundle.lacks)}
 
 
 def _cmd_hotplug(args: argparse.Namespace) -> int:

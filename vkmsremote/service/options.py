@@ -58,7 +58,11 @@ def add_listen_arguments(group: argparse._ArgumentGroup, *, port_help: str = "VN
     group.add_argument("--host", dest="listen", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     group.add_argument("--port", type=port, default=DEFAULT_PORT, help=f"{port_help} (default {DEFAULT_PORT})")
     group.add_argument("--web", type=port, nargs="?", const=DEFAULT_WEB_PORT, metavar="PORT",
-                       help=f"also serve noVNC in a browser on PORT (default {DEFAULT_WEB_PORT})")
+                       help=f"also serve noVNC in a browser on PORT (default {DEFAULT_WEB_PORT}); https with a "
+                       "self-signed certificate unless --listen is loopback")
+    group.add_argument("--web-https", action="store_true",
+                       help="serve the web page over https on loopback too (browsers need https for noVNC "
+                       "anywhere but on localhost)")
 
 
 def add_password_arguments(group: argparse._ArgumentGroup) -> None:

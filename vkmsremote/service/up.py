@@ -242,9 +242,10 @@ async def _serve(server: Any, reader: Any, target: ServeTarget, web: Any, announ
             _say(out, f"connect a VNC client to {host}:{server.port} on the host "
                       f"(e.g. vncviewer {host}::{server.port})")
             if web_server is not None:
-                _say(out, f"or open http://{host}:{web.port}/vnc.html in a browser on the host")
+                scheme = web_server.url.partition(":")[0]
+                _say(out, f"or {web.describe(f'{scheme}://{host}:{web.port}/')} on the host")
         elif web_server is not None:
-            _say(out, f"open {web_server.url}vnc.html in a browser")
+            _say(out, web.describe(web_server.url))
 
     try:
         await run_until_stopped(server, web=web, started=started, stopping=lambda: _say(out, "stopping"),
