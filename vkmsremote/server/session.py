@@ -39,6 +39,7 @@ from vkmsremote.rfb.auth import SecurityPolicy
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import convert
 from vkmsremote.rfb.encodings import SUPPORTED, Encoder, EncoderSettings, make_encoder
+from vkmsremote.rfb.encodings.h264 import available as h264_available
 from vkmsremote.rfb.messages import (
     BGR233,
     Bell,
@@ -85,8 +86,10 @@ from vkmsremote.rfb.protocol import (
 )
 from vkmsremote.rfb.region import DamageGrid
 from vkmsremote.server.blacklist import Blacklist
+from vkmsremote.server.encodeshare import SharedVideo, VideoShare
 from vkmsremote.server.hub import Hub, Snapshot
 from vkmsremote.server.input import InputSink, NullSink
+from vkmsremote.server.motion import LOSSLESS_REFRESH, Kind, MotionState, encode_update
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +150,8 @@ class SessionContext:
     max_cut_text: int = 1 << 20
     sessions: set[Session] = field(default_factory=set)
     on_record: Callable[[SessionRecord], None] | None = None
+    video_share: VideoShare = field(default_factory=VideoShare)
+    """Open H.264 streams shared by clients that receive the same frames (server.encodeshare)."""
 
 
 def _encode_rects(encoder: Encoder, pixels: Pixels, rects: list[Rect], pf: PixelFormat) -> list[Rectangle]:
@@ -199,6 +204,13 @@ class Session:
         self._colour_map_pending = False
         self._seen_fence = False
         self._seen_cu = False
+        # motion (server.motion): H.264 for clients that list it, CopyRect from detected moves
+        self._video: SharedVideo | None = None
+        self._copyrect = False
+        self._motion = MotionState()
+        self._client_view: Snapshot | None = None
+        """The snapshot the client's framebuffer equals (known only after a complete non-H.264 update)."""
+        self._refresh_timer: asyncio.TimerHandle | None = None
 
         # update state (event-loop thread only)
         self._attached = False
@@ -257,6 +269,8 @@ class Session:
             self._end(f"internal error: {e}")
         finally:
             self._closing = True
+            if self._refresh_timer is not None:
+                self._refresh_timer.cancel()
             self.ctx.sessions.discard(self)
             if updater is not None:
                 updater.cancel()
@@ -535,6 +549,14 @@ class Session:
             self._encoders[chosen] = encoder
         self._encoder = encoder
         self.record.encoding = chosen
+        self._copyrect = Encoding.COPY_RECT in ev.encodings
+        if not self._copyrect:
+            self._client_view = None
+        if Encoding.OPEN_H264 in ev.encodings and h264_available():
+            if self._video is None:
+                self._video = self.ctx.video_share.member(self._settings)
+        else:
+            self._video = None
         new = set(ev.encodings)
         if Encoding.FENCE in new and not self._seen_fence:
             # rfbproto "Fence Pseudo-encoding": announce support with a ServerFence the first time.
@@ -655,6 +677,10 @@ class Session:
             self._fb_size = (w, h)
             self._damage = DamageGrid(w, h)
             self._damage.add_all()
+            self._motion.reset()
+            self._client_view = None
+            if self._video is not None:
+                self._video.reset()  # a new stream (IDR) for the new size
             set_screen = getattr(self.sink, "set_screen", None)
             if self._own_sink and set_screen is not None:
                 set_screen(w, h)  # the pointer maps framebuffer pixels onto the new size
@@ -746,8 +772,20 @@ class Session:
                 encoder = make_encoder(Encoding.RAW, self._settings)
                 assert encoder is not None
                 self._encoder = self._encoders[Encoding.RAW] = encoder
+            complete = not self._damage  # after this update the client's framebuffer equals the snapshot
+            video = self._video
+            if video is not None:
+                video.settings = self._settings
+            choice = self._motion.choose(rects, snap.width, snap.height, video=video is not None,
+                                         copy=self._copyrect and self._client_view is not None)
+            old = self._client_view.pixels if choice.detect and self._client_view is not None else None
             loop = asyncio.get_running_loop()
-            encoded = await loop.run_in_executor(None, _encode_rects, encoder, snap.pixels, rects, pf)
+            encoded, kind = await loop.run_in_executor(None, encode_update, encoder, video, snap.pixels,
+                                                       snap.serial, old, rects, pf, choice)
+            self._motion.sent(kind)
+            self._client_view = snap if complete and self._copyrect and kind is not Kind.VIDEO else None
+            if kind is Kind.VIDEO:
+                self._arm_refresh()
         if self._closing:
             return False
         update = pseudo + encoded
@@ -755,6 +793,19 @@ class Session:
         self._count(update)
         self._consume_request()
         return True
+
+    def _arm_refresh(self) -> None:
+        """LOSSLESS_REFRESH s after the last H.264 update, resend everything with the other encoding."""
+        if self._refresh_timer is not None:
+            self._refresh_timer.cancel()
+        self._refresh_timer = asyncio.get_running_loop().call_later(LOSSLESS_REFRESH, self._lossless_refresh)
+
+    def _lossless_refresh(self) -> None:
+        self._refresh_timer = None
+        if self._damage is not None and not self._closing:
+            self._damage.add_all()
+            self._motion.refresh_pending = True
+            self._wake.set()
 
     def _count(self, rects: list[Rectangle]) -> None:
         rec = self.record
