@@ -18,10 +18,13 @@ Theory of operation (vectorised; Python loops run per candidate or per anchor, n
       MAX_ANCHOR_HITS times votes for each (dx, dy) it was found at.
 
 3. Verification: for the best candidate of each kind, the exact equality mask of the shifted frames over
-   the region, then the rectangle: columns that match in most rows, the rows that match in all of those
-   columns, the columns that match in all of those rows, and once more the rows. The last step keeps only
-   rows equal over every chosen column, so the rectangle returned is equal pixel for pixel (all four
-   bytes of every pixel): a move is exact by construction, whatever the heuristics before it chose.
+   the region, then the rectangle. For rows: columns that match in most rows, the rows that match in all
+   of those columns, the columns that match in all of those rows, and once more the rows. For an anchor:
+   grown from the anchor, a strip ANCHOR_RUN wide extended over the rows that match across it, then the
+   columns that match in 95 % of those rows, the rows that match across those, the columns that match
+   across those rows, and the rows again. Either way the last step keeps only rows
+   equal over every chosen column, so the rectangle returned is equal pixel for pixel (all four bytes of
+   every pixel): a move is exact by construction, whatever the heuristics before it chose.
 
 Costs at 1920x1080 (scrolling the whole screen): two signature passes over 64 columns, one equality pass
 over the region (about 2 ms on this machine's cores). Anchors are only searched when the rows found no
@@ -151,13 +154,15 @@ def _textured_run(new: npt.NDArray[np.uint32], xa: int, ya: int, x_end: int) -> 
 
 
 def _anchor_candidate(old: npt.NDArray[np.uint32], new: npt.NDArray[np.uint32], region: Rect,
-                      damage: list[Rect] | tuple[Rect, ...]) -> tuple[int, int] | None:
+                      damage: list[Rect] | tuple[Rect, ...]) -> tuple[int, int, int, int] | None:
+    """(dx, dy, x, y): the best-voted shift and an anchor (x, y) in the new frame that voted for it."""
     x0, y0, x1, y1 = region.x, region.y, region.x + region.w, region.y + region.h
     rows = np.asarray(ANCHOR_ROWS)
     height = ANCHOR_ROWS[-1] + 1
     if region.h < height or region.w < ANCHOR_RUN:
         return None
     votes: dict[tuple[int, int], int] = {}
+    seeds: dict[tuple[int, int], tuple[int, int]] = {}
     for xa, ya in _anchor_points(damage):
         found = _textured_run(new, xa, min(ya, y1 - height), x1)
         if found is None:
@@ -196,12 +201,13 @@ def _anchor_candidate(old: npt.NDArray[np.uint32], new: npt.NDArray[np.uint32], 
             shift = (hit_x - xa, hit_y - ya)
             if shift != (0, 0):
                 votes[shift] = votes.get(shift, 0) + 1
+                seeds.setdefault(shift, (xa, ya))
         if votes and max(votes.values()) >= 2 * MIN_ANCHOR_VOTES:
             break  # decided: the remaining anchors would only add cost
     if not votes:
         return None
     shift, n = max(votes.items(), key=lambda kv: kv[1])
-    return shift if n >= MIN_ANCHOR_VOTES else None
+    return (*shift, *seeds[shift]) if n >= MIN_ANCHOR_VOTES else None
 
 
 def _longest_run(mask: npt.NDArray[np.bool_]) -> tuple[int, int]:
@@ -215,15 +221,42 @@ def _longest_run(mask: npt.NDArray[np.bool_]) -> tuple[int, int]:
     return int(starts[i]), int(ends[i])
 
 
-def verify(old: Pixels, new: Pixels, region: Rect, dx: int, dy: int) -> Move | None:
+def _run_around(mask: npt.NDArray[np.bool_], i: int) -> tuple[int, int]:
+    """(start, end) of the run of True in a 1-D mask that contains index i (mask[i] must be True)."""
+    false = np.flatnonzero(~mask)
+    before, after = false[false < i], false[false > i]
+    return (int(before[-1]) + 1 if before.size else 0), (int(after[0]) if after.size else int(mask.size))
+
+
+def verify(old: Pixels, new: Pixels, region: Rect, dx: int, dy: int,
+           seed: tuple[int, int] | None = None) -> Move | None:
     """The largest rectangle (found as the module docstring says) of ``region`` in the new frame equal to
-    ``old`` shifted by (dx, dy), with its source inside ``region`` too; None if it is too small."""
+    ``old`` shifted by (dx, dy), with its source inside ``region`` too; None if it is too small.
+
+    With ``seed`` (a point of the new frame known to have moved so, e.g. an anchor), the rectangle is grown
+    around it instead (see the module docstring)."""
     ow, nw = _words(old), _words(new)
     x0, x1 = max(region.x, region.x - dx), min(region.x + region.w, region.x + region.w - dx)
     y0, y1 = max(region.y, region.y - dy), min(region.y + region.h, region.y + region.h - dy)
     if x1 - x0 < 16 or y1 - y0 < 8:
         return None
     eq = nw[y0:y1, x0:x1] == ow[y0 + dy:y1 + dy, x0 + dx:x1 + dx]
+    if seed is not None:
+        sx, sy = seed[0] - x0, seed[1] - y0
+        if not (0 <= sy < eq.shape[0] and 0 <= sx <= eq.shape[1] - ANCHOR_RUN) or not eq[sy, sx:sx + ANCHOR_RUN].all():
+            return None
+        c0, c1 = sx, sx + ANCHOR_RUN
+        r0, r1 = _run_around(eq[:, c0:c1].all(axis=1), sy)
+        # Rows just past a window's edge may match by chance across the strip: the columns are those
+        # matching in nearly all of the rows, which such strays cannot spoil.
+        most = eq[r0:r1].sum(axis=0, dtype=np.int32) >= 0.95 * (r1 - r0)
+        c0, c1 = _run_around(most, sx)
+        r0, r1 = _run_around(eq[:, c0:c1].all(axis=1), sy)
+        if r1 <= r0 or not eq[sy, c0:c1].all():
+            return None
+        c0, c1 = _run_around(eq[r0:r1].all(axis=0), sx)
+        r0, r1 = _run_around(eq[:, c0:c1].all(axis=1), sy)  # exact over every chosen row and column
+        return _move(x0, y0, c0, c1, r0, r1, dx, dy)
     col_count = eq.sum(axis=0, dtype=np.int32)
     c0, c1 = _longest_run(col_count >= 0.9 * int(col_count.max()))
     if c1 <= c0:
@@ -236,6 +269,10 @@ def verify(old: Pixels, new: Pixels, region: Rect, dx: int, dy: int) -> Move | N
     if c1 <= c0:
         return None
     r0, r1 = _longest_run(eq[:, c0:c1].all(axis=1))  # exact: every pixel of every chosen row and column
+    return _move(x0, y0, c0, c1, r0, r1, dx, dy)
+
+
+def _move(x0: int, y0: int, c0: int, c1: int, r0: int, r1: int, dx: int, dy: int) -> Move | None:
     if (r1 - r0) * (c1 - c0) < MIN_MOVE_AREA:
         return None
     dst = Rect(x0 + c0, y0 + r0, c1 - c0, r1 - r0)
@@ -261,8 +298,8 @@ def find_move(old: Pixels, new: Pixels, damage: list[Rect] | tuple[Rect, ...]) -
         best = verify(old, new, region, *vertical)
     if best is None or best.dst.area < region.area // 2:
         anchor = _anchor_candidate(ow, nw, region, damage)
-        if anchor is not None and anchor != vertical:
-            move = verify(old, new, region, *anchor)
+        if anchor is not None and anchor[:2] != vertical:
+            move = verify(old, new, region, anchor[0], anchor[1], seed=(anchor[2], anchor[3]))
             if move is not None and (best is None or move.dst.area > best.dst.area):
                 best = move
     return best

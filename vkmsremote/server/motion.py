@@ -7,7 +7,8 @@ Policy (all thresholds below):
   one (:func:`vkmsremote.capture.motion.find_move`). A move covering at least half the damage goes out as a
   CopyRect first, then the rest of the damage around it.
 * Otherwise a client that listed Open H.264 gets the whole framebuffer as one H.264 rectangle when the
-  damage covers at least VIDEO_MIN_FRACTION of it (motion). Small changes (typing, a cursor) keep the
+  damage covers at least VIDEO_MIN_FRACTION of it in this update and the one before (motion: a single
+  large change, such as a window opening or a client's first frame, stays lossless). Small changes (typing, a cursor) keep the
   client's other encoding, lossless or JPEG as before. While H.264 is flowing, moves are looked for only
   every DETECT_EVERY-th update (video rarely is a move, and the search costs a few ms).
 * LOSSLESS_REFRESH seconds after the last H.264 update, the whole framebuffer is sent once more with the
@@ -33,8 +34,9 @@ from vkmsremote.rfb.pixelformat import PixelFormat
 
 VIDEO_MIN_FRACTION = 0.25
 """Damage covering at least this fraction of the framebuffer goes out as H.264 (when the client has it)."""
-MOVE_MIN_FRACTION = 0.5
-"""A detected move is used when its destination covers at least this fraction of the damage."""
+MOVE_MIN_FRACTION = 0.2
+"""A detected move is used when its destination covers at least this fraction of the damage (a dragged
+window's move covers about half: the other half is where it was)."""
 DETECT_MIN_AREA = 64 * 64
 """Damage smaller than this is not searched for moves."""
 DETECT_EVERY = 16
@@ -69,20 +71,24 @@ class MotionState:
     def __init__(self) -> None:
         self.video_updates = 0
         """Consecutive H.264 updates (0: not flowing)."""
+        self.large = False
+        """The previous update's damage covered at least VIDEO_MIN_FRACTION of the framebuffer."""
         self.refresh_pending = False
         self.counts: dict[Kind, int] = dict.fromkeys(Kind, 0)
 
     def reset(self) -> None:
         self.video_updates = 0
         self.refresh_pending = False
+        self.large = False
 
     def choose(self, rects: list[Rect], width: int, height: int, *, video: bool, copy: bool) -> Choice:
         area = sum(r.area for r in rects)
+        large, self.large = self.large, area >= VIDEO_MIN_FRACTION * width * height
         if self.refresh_pending:  # the lossless refresh after H.264: never H.264 itself
             self.refresh_pending = False
             return Choice(None, False)
         whole = Rect(0, 0, width, height)
-        use_video = video and fits(whole) and area >= VIDEO_MIN_FRACTION * width * height
+        use_video = video and fits(whole) and large and self.large
         detect = copy and area >= DETECT_MIN_AREA and (self.video_updates % DETECT_EVERY == 0)
         return Choice(whole if use_video else None, detect)
 
