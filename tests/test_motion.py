@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 from collections.abc import Coroutine
 from typing import Any
@@ -146,7 +147,7 @@ async def served_updates(workload: str, encodings: tuple[int, ...], n: int,
 @pytest.mark.parametrize("workload", ["scrolling", "window-drag"])
 def test_moves_found_and_exact(workload: str) -> None:
     seq = frames(workload, 6, 960, 540)
-    for (old, _), (new, damage) in zip(seq, seq[1:], strict=False):
+    for (old, _), (new, damage) in itertools.pairwise(seq):
         move = find_move(old, new, damage)
         assert move is not None, f"no move found in {workload}"
         d, s = move.dst, move.src
@@ -204,7 +205,7 @@ def test_h264_available_and_payload_format() -> None:
     assert body.startswith(b"\x00\x00\x00\x01") or body.startswith(b"\x00\x00\x01")  # Annex B
     nal_types = [body[i + 3] & 0x1F for i in range(len(body) - 4) if body[i:i + 3] == b"\x00\x00\x01"]
     assert 7 in nal_types and 8 in nal_types and 5 in nal_types  # SPS, PPS, IDR slice
-    sps = body[[i for i in range(len(body) - 4) if body[i:i + 3] == b"\x00\x00\x01" and body[i + 3] & 0x1F == 7][0] + 4:]
+    sps = body[next(i for i in range(len(body) - 4) if body[i:i + 3] == b"\x00\x00\x01" and body[i + 3] & 0x1F == 7) + 4:]
     assert sps[0] == 66 and sps[1] & 0x40  # profile_idc 66 (Baseline) with constraint_set1: Constrained Baseline
     (_, _, data2), = enc.encode(seq[1][0], rect, NATIVE)
     assert struct.unpack(">II", data2[:8])[1] == 0  # same stream: no reset
