@@ -91,12 +91,13 @@ class VideoShare:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._groups: dict[tuple[int, int, int], _Group] = {}
         self._lock = threading.Lock()
+        self._encodes_before = 0  # by groups since dropped
         self.clock = clock
 
     def group(self, width: int, height: int, crf: int) -> _Group:
         with self._lock:
             for key in [k for k, g in self._groups.items() if not g.members]:
-                del self._groups[key]
+                self._encodes_before += self._groups.pop(key).encodes
             key = (width, height, crf)
             g = self._groups.get(key)
             if g is None:
@@ -107,7 +108,7 @@ class VideoShare:
     def encodes(self) -> int:
         """Frames encoded by all groups (for tests and benchmarks)."""
         with self._lock:
-            return sum(g.encodes for g in self._groups.values())
+            return self._encodes_before + sum(g.encodes for g in self._groups.values())
 
     def member(self, settings: EncoderSettings) -> SharedVideo:
         return SharedVideo(self, settings)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vkmsremote.errors import ProtocolError
-from vkmsremote.frame import Cursor, Pixels, Rect
+from vkmsremote.frame import Cursor, Rect
 from vkmsremote.rfb.auth import SecurityPolicy
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import convert
@@ -89,7 +89,8 @@ from vkmsremote.server.blacklist import Blacklist
 from vkmsremote.server.encodeshare import SharedVideo, VideoShare
 from vkmsremote.server.hub import Hub, Snapshot
 from vkmsremote.server.input import InputSink, NullSink
-from vkmsremote.server.motion import LOSSLESS_REFRESH, Kind, MotionState, encode_update
+from vkmsremote.server.motion import LOSSLESS_REFRESH, Kind, MotionState
+from vkmsremote.server.motion import encode_update as encode_update  # re-exported: the benchmark times it
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +153,6 @@ class SessionContext:
     on_record: Callable[[SessionRecord], None] | None = None
     video_share: VideoShare = field(default_factory=VideoShare)
     """Open H.264 streams shared by clients that receive the same frames (server.encodeshare)."""
-
-
-def _encode_rects(encoder: Encoder, pixels: Pixels, rects: list[Rect], pf: PixelFormat) -> list[Rectangle]:
-    """Worker-thread part of an update: every damage rectangle through the connection's encoder."""
-    out: list[Rectangle] = []
-    for r in rects:
-        for sub, enc, payload in encoder.encode(pixels, r, pf):
-            out.append(Rectangle(sub.x, sub.y, sub.w, sub.h, enc, payload))
-    return out
 
 
 def _union(a: Rect | None, b: Rect | None) -> Rect | None:
