@@ -8,7 +8,9 @@ context), and so does :meth:`H264Encoder.reset` (new client, resize, a client th
 
 Stream format: libx264, ``ultrafast`` + ``zerolatency`` (no B-frames, no look-ahead: every frame comes out
 of the encoder at once), constrained Baseline profile, 4:2:0, sequence and picture parameter sets before
-every IDR (libx264 repeats headers when there is no global header), one IDR at the start of a stream
+every IDR (libx264 repeats headers when there is no global header), BT.601 limited-range colour (what
+FFmpeg's swscale converts to by default, declared in the SPS's VUI so browsers decode it so too), one
+IDR at the start of a stream
 and none after it (a P-frame per update; a client that cannot follow gets a new stream instead).
 noVNC configures its WebCodecs decoder from the profile, constraint and level bytes of that SPS.
 
@@ -118,7 +120,10 @@ class H264Stream:
             "crf": str(crf),
             # One IDR at the start of the stream, then P-frames only: a new client or a lost one gets a
             # new stream (and so a new IDR) instead of periodic key frames every client pays for.
-            "x264-params": "keyint=infinite:min-keyint=infinite:scenecut=0",
+            # The colour description in the SPS says what the conversion did (FFmpeg's swscale: BT.601,
+            # limited range); without it Chromium's WebCodecs assumed BT.709 and shifted colours by ~20.
+            "x264-params": "keyint=infinite:min-keyint=infinite:scenecut=0:"
+                           "colormatrix=smpte170m:colorprim=smpte170m:transfer=smpte170m:range=tv",
         }
         codec.open()
         self._codec = codec
