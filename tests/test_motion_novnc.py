@@ -17,12 +17,21 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from test_web_chromium import BLOCK_RGB, HEIGHT, WIDTH, BlockSource, WebDriver, block_centres, browser, wait_for
+from test_web_chromium import (
+    BLOCK_RGB,
+    HEIGHT,
+    WIDTH,
+    BlockSource,
+    WebDriver,
+    block_centres,
+    browser,
+    wait_for,
+)
 
 import vkmsremote.server.session as session_module
 from vkmsremote.rfb.constants import Encoding
