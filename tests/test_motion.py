@@ -383,3 +383,25 @@ def test_two_clients_continuous_updates_share_encodes() -> None:
         finally:
             await server.close()
     run(main())
+
+
+def test_without_pyav_h264_is_not_offered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without PyAV (simulated: the availability check says why not) nothing changes for clients that list
+    encoding 50, and serve --help says so."""
+    monkeypatch.setattr(h264mod, "unavailable_reason", lambda: "PyAV is not installed (pip install 'vkmsremote[h264]')")
+    assert make_encoder(Encoding.OPEN_H264, EncoderSettings()) is None
+    assert "not offered: PyAV is not installed" in h264mod.describe()
+
+    async def main() -> None:
+        _, encs, _, exact = await served_updates("full-motion", (Encoding.OPEN_H264, Encoding.RAW), 6)
+        assert all(e == Encoding.RAW for u in encs for e in u) and all(exact)
+    run(main())
+
+
+def test_serve_help_and_status_tell_about_h264(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "vkmsremote", "serve", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and "Open H.264 (encoding 50): offered" in " ".join(out.stdout.split())

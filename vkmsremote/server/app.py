@@ -365,6 +365,10 @@ def _size(text: str) -> tuple[int, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``vkmsremote serve``."""
+    from vkmsremote.rfb.encodings.h264 import describe
+
+    parser.epilog = ("Encodings: Raw, RRE, Hextile, Zlib, Tight (JPEG), ZRLE; CopyRect from detected scrolling and "
+                     f"moves; {describe()}.")
     src = parser.add_argument_group("what to serve")
     src.add_argument("--source", default="pattern", choices=sorted(SOURCES),
                      help="pattern: an animated test picture (default); crtc: what a DRM CRTC scans out")

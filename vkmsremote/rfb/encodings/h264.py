@@ -30,6 +30,7 @@ import functools
 import os
 import struct
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,38 @@ def unavailable_reason() -> str | None:
 
 def available() -> bool:
     return unavailable_reason() is None
+
+
+HARDWARE_ENCODERS = ("h264_vaapi", "h264_qsv", "h264_nvenc")
+"""FFmpeg's hardware H.264 encoders looked for (detected and reported; the stream is libx264's today)."""
+
+
+def hardware_encoders(dev: Path = Path("/dev/dri")) -> list[str]:
+    """Hardware H.264 encoders this PyAV's FFmpeg has, when the machine has a render node for them."""
+    if unavailable_reason() is not None or not any(dev.glob("renderD*")):
+        return []
+    import av
+
+    found = []
+    for name in HARDWARE_ENCODERS:
+        try:
+            av.codec.Codec(name, "w")
+        except Exception:  # not built into this FFmpeg
+            continue
+        found.append(name)
+    return found
+
+
+def describe() -> str:
+    """One line for ``serve --help`` and ``status``: whether Open H.264 is offered, and with what."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return f"Open H.264 (encoding 50): not offered: {reason}"
+    import av
+
+    hardware = hardware_encoders()
+    return (f"Open H.264 (encoding 50): offered to clients that list it (libx264 through PyAV {av.__version__}; "
+            f"hardware encoders: {', '.join(hardware) + ' found, not used yet' if hardware else 'none found'})")
 
 
 def crf_for(settings: EncoderSettings) -> int:
