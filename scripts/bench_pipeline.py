@@ -161,6 +161,7 @@ def run_case(width: int, height: int, workload: str, encoding: str, args: argpar
             "driver_cpu_pct": 100 * (b["driver_cpu"] - a["driver_cpu"]) / dt,
             "client_cpu_pct": 100 * (client_b - client_a) / dt,
             "server_encoding": sessions[-1]["encoding"] if sessions else None,
+            "rect_encodings": sessions[-1].get("rect_encodings") if sessions else None,
             "load": (a["load"] + b["load"]) / 2,
             "video_encodes": b.get("video_encodes", 0) - a.get("video_encodes", 0),
         })

@@ -398,7 +398,7 @@ def test_without_pyav_h264_is_not_offered(monkeypatch: pytest.MonkeyPatch) -> No
     run(main())
 
 
-def test_serve_help_and_status_tell_about_h264(tmp_path: Any) -> None:
+def test_serve_help_tells_about_h264(tmp_path: Any) -> None:
     import subprocess
     import sys
 

@@ -161,6 +161,10 @@ class H264Stream:
         codec.open()
         self._codec = codec
         self._frame_type = av.VideoFrame
+        # One input frame, refilled each time: a plane update is one memcpy where from_ndarray cost ~5 ms
+        # a 1080p frame. libx264 converts (swscale, to a new frame) and copies before encode returns.
+        self._input: Any = av.VideoFrame(width, height, "bgra")
+        self._fast = self._input.planes[0].line_size == width * 4
         self.width, self.height, self.crf = width, height, crf
         self.frames = 0
 
@@ -168,7 +172,11 @@ class H264Stream:
         """Encode one (height, width, 4) B, G, R, X frame; the first one is an IDR."""
         if not pixels.flags.c_contiguous:
             pixels = np.ascontiguousarray(pixels)
-        frame = self._frame_type.from_ndarray(pixels, format="bgra")  # X is ignored by the YUV conversion
+        if self._fast:
+            frame = self._input
+            frame.planes[0].update(pixels)  # B, G, R, X as BGRA: X is ignored by the YUV conversion
+        else:
+            frame = self._frame_type.from_ndarray(pixels, format="bgra")
         frame.pts = self.frames
         packets = self._codec.encode(frame)
         data = b"".join(bytes(p) for p in packets)
