@@ -34,7 +34,7 @@ from vkmsremote.rfb.encodings.copyrect import ordered, subtract
 from vkmsremote.rfb.messages import EnableContinuousUpdates, FramebufferUpdateRequest
 from vkmsremote.rfb.pixelformat import NATIVE
 from vkmsremote.server.app import VncServer
-from vkmsremote.server.encodeshare import JOIN_INTERVAL, VideoShare
+from vkmsremote.server.encodeshare import JOIN_INTERVAL, KEEP_FRAMES, VideoShare
 
 W, H = 640, 400  # even sides (4:2:0), large enough for the workloads
 
@@ -315,13 +315,17 @@ def test_shared_stream_one_encode_and_catch_up() -> None:
     share = VideoShare(clock=lambda: now[0])
     a, b = share.member(EncoderSettings()), share.member(EncoderSettings())
     dec_a, dec_b = FFmpegH264(), FFmpegH264()
-    seq = frames("full-motion", 12, 640, 240)
+    seq = frames("full-motion", 40, 640, 240)
     rect = Rect(0, 0, 640, 240)
 
-    def check(member: Any, dec: FFmpegH264, serial: int) -> None:
-        (_, _, data), = member.encode_video(seq[serial][0], rect, serial)
-        img = dec.decode(0, 0, 640, 240, data)
-        assert img is not None and psnr(img[..., :3], seq[serial][0][..., :3]) >= 35
+    def check(member: Any, dec: FFmpegH264, serial: int) -> int:
+        """Send ``serial`` to a member, decode what it got with FFmpeg: the last picture is the frame."""
+        out = member.encode_video(seq[serial][0], rect, serial)
+        for _, _, data in out:
+            img = dec.decode(0, 0, 640, 240, data)
+            assert img is not None
+        assert psnr(img[..., :3], seq[serial][0][..., :3]) >= 35
+        return len(out)
 
     for serial in range(4):  # in step: one encode per frame
         check(a, dec_a, serial)
@@ -329,18 +333,24 @@ def test_shared_stream_one_encode_and_catch_up() -> None:
     assert share.encodes == 4 and a.shared_frames == b.shared_frames == 4
     check(a, dec_a, 4)
     check(a, dec_a, 5)
-    check(b, dec_b, 5)  # b skipped frame 4: a private stream for b at once
+    assert check(b, dec_b, 5) == 2  # b skipped frame 4: it gets 4 and 5 in a row, no encode for it
+    assert share.encodes == 6 and b.caught_up == 1 and b.private_frames == 0 and not any(dec_b.flags[1:])
+    last = 6 + KEEP_FRAMES + 1
+    for serial in range(6, last + 1):  # a runs on; the group forgets the frames b would need
+        check(a, dec_a, serial)
+    check(b, dec_b, last)  # too far behind: a private stream for b at once
     assert b.private_frames == 1 and dec_b.flags[-1] == h264mod.H264Flags.RESET_ALL_CONTEXTS
-    check(a, dec_a, 6)
-    check(b, dec_b, 6)  # still private (the group may not restart before JOIN_INTERVAL)
-    assert b.private_frames == 2 and a.shared_frames == 7
+    check(a, dec_a, last + 1)
+    check(b, dec_b, last + 1)  # still private (the group may not restart before JOIN_INTERVAL)
+    assert b.private_frames == 2
     now[0] += JOIN_INTERVAL
-    check(a, dec_a, 7)  # the group's new stream starts with an IDR ...
-    check(b, dec_b, 7)  # ... where b comes back
-    check(a, dec_a, 8)
-    check(b, dec_b, 8)
-    assert b.private_frames == 2 and b.shared_frames == 6
-    assert dec_a.flags[7] == h264mod.H264Flags.RESET_ALL_CONTEXTS and dec_a.flags[8] == 0
+    check(a, dec_a, last + 2)  # the group's new stream starts with an IDR ...
+    check(b, dec_b, last + 2)  # ... where b comes back
+    check(a, dec_a, last + 3)
+    check(b, dec_b, last + 3)
+    assert b.private_frames == 2 and dec_b.flags[-1] == 0
+    assert dec_a.flags[-2] == h264mod.H264Flags.RESET_ALL_CONTEXTS and dec_a.flags[-1] == 0
+    assert share.encodes == last + 4 + 0  # every group frame encoded once (b's two private ones aside)
 
 
 def test_two_clients_continuous_updates_share_encodes() -> None:

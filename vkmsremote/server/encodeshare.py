@@ -7,9 +7,12 @@ group's stream is the last one that member decoded (or if the frame is an IDR): 
 the previous frame. Members that receive every frame (continuous updates, keeping up) therefore share
 every encode.
 
-A member that fell behind (it skipped a frame the group encoded, or asks for one older than the group's
-newest) is never waited for: it switches to a private stream of its own at once (a new IDR for it alone,
-flag ResetAllContexts), and asks the group for a new stream so it can come back. The group starts one (an
+A member that skipped frames the group encoded gets them all in one update, oldest first, before the one it
+asked for (each its own rectangle on the same context: the client decodes them in order and shows the
+last), as long as the group still keeps them (KEEP_FRAMES): no encode, a few KB per P-frame. A member
+further behind, or asking for a frame older than the group's newest, is never waited for either: it
+switches to a private stream of its own at once (a new IDR for it alone, flag ResetAllContexts), and asks
+the group for a new stream so it can come back. The group starts one (an
 IDR for every member) at most every JOIN_INTERVAL seconds; at that IDR the member drops its private stream
 and decodes the group's again. So a slow client costs the others at most one IDR per JOIN_INTERVAL, and
 never a wait.
@@ -34,8 +37,9 @@ from vkmsremote.rfb.encodings.h264 import H264Flags, H264Stream, crf_for, fits, 
 
 JOIN_INTERVAL = 2.0
 """Seconds between IDRs a group starts for members that want to (re)join."""
-KEEP_FRAMES = 8
-"""Encoded frames a group keeps for members that ask for them a little later."""
+KEEP_FRAMES = 16
+"""Encoded frames a group keeps: for members that ask for them a little later, and for members that
+skipped some, which get the ones they missed in a row (a few KB each) instead of a new stream."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,8 @@ class SharedVideo:
         self._rect: Rect | None = None
         self.shared_frames = 0
         self.private_frames = 0
+        self.caught_up = 0
+        """Group frames sent late, in a row before a newer one (the member had skipped them)."""
 
     def reset(self) -> None:
         with self._lock:
@@ -139,9 +145,10 @@ class SharedVideo:
         if not fits(rect):
             raise ValueError(f"{rect} cannot be sent as one H.264 rectangle")
         with self._lock:
-            return [(rect, Encoding.OPEN_H264, self._encode(pixels, rect, serial))]
+            return [(rect, Encoding.OPEN_H264, data) for data in self._encode(pixels, rect, serial)]
 
-    def _encode(self, pixels: Pixels, rect: Rect, serial: int) -> bytes:
+    def _encode(self, pixels: Pixels, rect: Rect, serial: int) -> list[bytes]:
+        """Payloads (U32 length, U32 flags, H.264) to send, in order, for the frame ``serial``."""
         crf = crf_for(self.settings)
         group = self._share.group(rect.w, rect.h, crf)
         if group is not self._group or rect != self._rect:
@@ -155,14 +162,19 @@ class SharedVideo:
         with group.lock:
             frame = group.frame(region, serial, self._share.clock)
             if frame is not None:
-                in_step = frame.stream == self._stream and frame.previous == self._last and frame.previous is not None
-                if in_step or frame.previous is None:
-                    flags = H264Flags.NONE if in_step else H264Flags.RESET_ALL_CONTEXTS
+                if frame.previous is None or (frame.stream == self._stream and frame.previous == self._last):
+                    flags = H264Flags.NONE if frame.previous is not None else H264Flags.RESET_ALL_CONTEXTS
                     self._stream, self._last, self._private = frame.stream, serial, None
                     self.shared_frames += 1
-                    return payload(flags, frame.data)
+                    return [payload(flags, frame.data)]
+                chain = self._catch_up(group, serial) if frame.stream == self._stream else None
+                if chain is not None:  # behind by a few frames: the ones it missed, then this one
+                    self._last = serial
+                    self.shared_frames += 1
+                    self.caught_up += len(chain) - 1
+                    return [payload(H264Flags.NONE, f.data) for f in chain]
             group.join_wanted = True
-        # Behind the group: a private stream, continued until the group's next IDR.
+        # Too far behind the group: a private stream, continued until the group's next IDR.
         flags = H264Flags.NONE
         if self._private is None or self._stream is not None:
             self._private = H264Stream(rect.w, rect.h, crf)
@@ -171,7 +183,23 @@ class SharedVideo:
         data, _ = self._private.encode(region)
         self._last = serial
         self.private_frames += 1
-        return payload(flags, data)
+        return [payload(flags, data)]
+
+    def _catch_up(self, group: _Group, serial: int) -> list[_Frame] | None:
+        """The group's frames after this member's last one up to ``serial``, oldest first, if the group still
+        keeps all of them (already encoded: catching up costs no encode, only their bytes)."""
+        chain: list[_Frame] = []
+        at: int | None = serial
+        while at is not None and at != self._last:
+            f = group.frames.get(at)
+            if f is None or f.stream != self._stream:
+                return None
+            chain.append(f)
+            at = f.previous
+        if at is None:
+            return None
+        chain.reverse()
+        return chain
 
 
-__all__ = ["JOIN_INTERVAL", "SharedVideo", "VideoShare"]
+__all__ = ["JOIN_INTERVAL", "KEEP_FRAMES", "SharedVideo", "VideoShare"]
