@@ -92,6 +92,8 @@ def stats(server: VncServer, source: SyntheticCrtc, timings: dict[str, float]) -
                       "rects": r.rectangles, "rect_encodings": {int(k): v for k, v in r.rect_encodings.items()}}
                      for r in server.records],
         "video_encodes": server.ctx.video_share.encodes,
+        "video_members": [{k: getattr(v, k) for k in ("shared_frames", "private_frames", "caught_up")}
+                          for v in (getattr(s, "_video", None) for s in server.ctx.sessions) if v is not None],
     }
 
 

@@ -787,13 +787,17 @@ class Session:
         return True
 
     def _arm_refresh(self) -> None:
-        """LOSSLESS_REFRESH s after the last H.264 update, resend everything with the other encoding."""
+        """LOSSLESS_REFRESH s after the last H.264 update, resend everything with the other encoding (once
+        nothing new is waiting: a client too slow for the motion must not get whole lossless frames)."""
         if self._refresh_timer is not None:
             self._refresh_timer.cancel()
         self._refresh_timer = asyncio.get_running_loop().call_later(LOSSLESS_REFRESH, self._lossless_refresh)
 
     def _lossless_refresh(self) -> None:
         self._refresh_timer = None
+        if self._damage:  # still changing (this client is behind, not idle): not yet
+            self._arm_refresh()
+            return
         if self._damage is not None and not self._closing:
             self._damage.add_all()
             self._motion.refresh_pending = True
