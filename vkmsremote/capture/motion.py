@@ -14,7 +14,7 @@ Theory of operation (vectorised; Python loops run per candidate or per anchor, n
       (and is not one colour) votes for dy = old row - new row, dx = 0.
    b. *Anchors* (moved blocks): a few small patches of new pixels (ANCHOR_RUN pixels on each of the rows
       ANCHOR_ROWS, starting at a colour edge, not where they were) are looked for in the old frame within
-      MAX_SHIFT pixels: first by their first row, pixel by pixel, then whole; an anchor found at most
+      MAX_SHIFT pixels: by their rarest pixels first, then whole; an anchor found at most
       MAX_ANCHOR_HITS times votes for each (dx, dy) it was found at.
 
 3. Verification: for the best candidate of each kind, the exact equality mask of the shifted frames over
@@ -52,6 +52,8 @@ ANCHOR_ROWS = (0, 3, 6, 9, 12)
 """Rows of an anchor patch (relative): one row of text repeats too often to say where it came from."""
 MIN_ANCHOR_VOTES = 3
 MAX_SHIFT = 64
+SEARCH_REACH = (16, MAX_SHIFT)
+"""Anchors are looked for this far first, then (if not found) up to MAX_SHIFT."""
 """Anchors are searched this far in each direction (a window dragged across a few skipped frames)."""
 MAX_ANCHOR_HITS = 4
 """An anchor found more often than this in its search window is ambiguous (a run of a repeated pattern)."""
@@ -153,6 +155,38 @@ def _textured_run(new: npt.NDArray[np.uint32], xa: int, ya: int, x_end: int) -> 
     return None
 
 
+def _find_patch(old: npt.NDArray[np.uint32], patch: npt.NDArray[np.uint32], xa: int, ya: int, reach: int,
+                x_min: int, y_min: int, x_end: int, y_end: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp],
+                                                                      npt.NDArray[np.bool_]] | None:
+    """Top-left positions within ``reach`` of (xa, ya) where ``patch`` (rows ANCHOR_ROWS) lies in ``old``:
+    (ys, xs, found) with ``found`` True where every patch pixel matches; None if the window is empty."""
+    sy0, sy1 = max(y_min, ya - reach), min(y_end, ya + reach + 1)
+    sx0, sx1 = max(x_min, xa - reach), min(x_end, xa + reach + 1)
+    if sx1 <= sx0 or sy1 <= sy0:
+        return None
+    # Rarest patch pixels first (text is mostly paper: its colour matches everywhere), narrowing the
+    # candidate positions over the whole window while there are many, then only where some are left.
+    values, counts = np.unique(patch, return_counts=True)
+    rarity = counts[np.searchsorted(values, patch)]
+    checks = sorted((int(rarity[i, k]), i, k) for i in range(len(ANCHOR_ROWS)) for k in range(ANCHOR_RUN))
+    mask: npt.NDArray[np.bool_] | None = None
+    done = 0
+    while done < len(checks) and (mask is None or np.count_nonzero(mask) > 64):
+        _, i, k = checks[done]
+        dy = ANCHOR_ROWS[i]
+        hit = old[sy0 + dy:sy1 + dy, sx0 + k:sx1 + k] == patch[i, k]
+        mask = hit if mask is None else mask & hit
+        done += 1
+    assert mask is not None
+    hy, hx = np.nonzero(mask)
+    hy += sy0
+    hx += sx0
+    good = np.ones(hy.size, bool)
+    for _, i, k in checks[done:]:
+        good &= old[hy + ANCHOR_ROWS[i], hx + k] == patch[i, k]
+    return hy, hx, good
+
+
 def _anchor_candidate(old: npt.NDArray[np.uint32], new: npt.NDArray[np.uint32], region: Rect,
                       damage: list[Rect] | tuple[Rect, ...]) -> tuple[int, int, int, int] | None:
     """(dx, dy, x, y): the best-voted shift and an anchor (x, y) in the new frame that voted for it."""
@@ -172,28 +206,14 @@ def _anchor_candidate(old: npt.NDArray[np.uint32], new: npt.NDArray[np.uint32], 
         patch = new[ya + rows, xa:xa + ANCHOR_RUN]
         if (patch == old[ya + rows, xa:xa + ANCHOR_RUN]).all():
             continue  # unchanged: says nothing about where it came from
-        sy0, sy1 = max(y0, ya - MAX_SHIFT), min(y1 - height + 1, ya + MAX_SHIFT + 1)
-        sx0, sx1 = max(x0, xa - MAX_SHIFT), min(x1 - ANCHOR_RUN + 1, xa + MAX_SHIFT + 1)
-        if sx1 <= sx0 or sy1 <= sy0:
+        hits = None
+        for reach in SEARCH_REACH:  # near first (most moves are small), then as far as MAX_SHIFT
+            hits = _find_patch(old, patch, xa, ya, reach, x0, y0, x1 - ANCHOR_RUN + 1, y1 - height + 1)
+            if hits is not None and hits[2].any():
+                break
+        if hits is None:
             continue
-        # Narrow the candidates pixel by pixel over the whole window while there are many, then check the
-        # rest of the patch only where candidates are left.
-        mask = old[sy0:sy1, sx0:sx1] == patch[0, 0]
-        checks = [(i, k) for i in range(len(ANCHOR_ROWS)) for k in range(ANCHOR_RUN)][1:]
-        done = 0
-        while done < len(checks) and np.count_nonzero(mask) > 64:
-            i, k = checks[done]
-            dy = ANCHOR_ROWS[i]
-            mask &= old[sy0 + dy:sy1 + dy, sx0 + k:sx1 + k] == patch[i, k]
-            done += 1
-        hy, hx = np.nonzero(mask)
-        if hy.size == 0:
-            continue
-        hy += sy0
-        hx += sx0
-        good = np.ones(hy.size, bool)
-        for i, k in checks[done:]:
-            good &= old[hy + ANCHOR_ROWS[i], hx + k] == patch[i, k]
+        hy, hx, good = hits
         n = int(good.sum())
         if n == 0 or n > MAX_ANCHOR_HITS:
             continue
