@@ -26,10 +26,11 @@ debs=(
   libavcodec-dev libswscale-dev libavutil-dev
   # a Debian 13 tree for TigerVNC's H.264-capable viewer (below)
   mmdebstrap
-  # browser client
+  # browser client: noVNC 1.7 comes from the npm registry (scripts/install-novnc.sh); Debian's 1.3 is the
+  # fallback the tests also check
   novnc chromium chromium-driver
-  # node runs noVNC's decoders in tests/test_encodings_novnc.py; npm fetches noVNC 1.7 (below)
-  nodejs openssl
+  # node runs noVNC's decoders in tests/test_encodings_novnc.py
+  nodejs
   # US keymap check (tests/test_keymap.py regenerates vkmsremote/input/tables.py from libxkbcommon)
   libxkbcommon0 xkb-data
   # mode changes and checks on Xorg in the VM (tests/vm/test_compositor_vm.py)
@@ -64,32 +65,6 @@ else
   say "Python packages present"
 fi
 
-# noVNC from the npm registry (the Debian package is 1.3, without the Open H.264 decoder): a pinned version,
-# checked against its registry integrity, unpacked into the cache outside the git tree. Used by
-# tests/test_motion_novnc.py (noVNC's H.264 decoder in headless Chromium).
-novnc_version=1.7.0
-novnc_integrity="sha512-ucEJOx4T2avIRCleodk7YobZj5O2Ga2AeLfQ69A/yjG9HHba2+PDgwSkN3FttrmG+70ZGx21sElNFouK13RzyA=="
-novnc_dir="$stamp_dir/novnc-npm-$novnc_version"
-if [ ! -f "$novnc_dir/package/core/decoders/h264.js" ]; then
-  if ! command -v npm >/dev/null; then  # Debian's nodejs comes without npm (NodeSource's includes it)
-    if [ "$(id -u)" -ne 0 ]; then sudo apt-get install -y -q --no-install-recommends npm >&2
-    else DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm >&2; fi
-  fi
-  say "fetching noVNC $novnc_version from npm into $novnc_dir"
-  tmp=$(mktemp -d)
-  (cd "$tmp" && npm pack --silent "@novnc/novnc@$novnc_version" >/dev/null)
-  tarball=$(ls "$tmp"/*.tgz)
-  got="sha512-$(openssl dgst -sha512 -binary "$tarball" | base64 -w0)"
-  if [ "$got" != "$novnc_integrity" ]; then
-    say "noVNC tarball integrity mismatch: $got"; rm -rf "$tmp"; exit 1
-  fi
-  rm -rf "$novnc_dir" && mkdir -p "$novnc_dir"
-  tar -xzf "$tarball" -C "$novnc_dir"
-  rm -rf "$tmp"
-else
-  say "noVNC $novnc_version (npm) present"
-fi
-
 # TigerVNC's viewer 1.13+ decodes Open H.264 (Debian 12 has 1.12): Debian 13's, in a small trixie root
 # tree in the cache (mmdebstrap, about a minute and 330 MB), run with chroot by tests/test_motion_tigervnc.py.
 trixie_dir="$stamp_dir/trixie-tigervnc"
@@ -101,3 +76,4 @@ if [ ! -x "$trixie_dir/usr/bin/xtigervncviewer" ]; then
 else
   say "Debian 13 tigervnc-viewer tree present"
 fi
+"$top/scripts/install-novnc.sh"

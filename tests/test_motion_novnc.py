@@ -1,8 +1,8 @@
 """noVNC 1.7 (from the npm registry) decodes our Open H.264 in real headless Chromium (WebCodecs).
 
-Debian's novnc is 1.3, without an H.264 decoder; scripts/setup-host.sh unpacks @novnc/novnc 1.7.0
-(pinned, integrity-checked) into ~/.cache/vkmsremote. The npm package is noVNC's core library (no vnc.html
-app), so the page here is a few lines: ``new RFB(screen, ws://this origin/...)``. noVNC announces encoding
+Debian's novnc is 1.3, without an H.264 decoder; scripts/install-novnc.sh (run by setup-host.sh) unpacks
+@novnc/novnc 1.7.0 (pinned, integrity-checked) into /usr/local/share/vkmsremote/novnc. The npm package is
+noVNC's core library (no vnc.html app), so the page here is a few lines: ``new RFB(screen, ws://this origin/...)``. noVNC announces encoding
 50 only when its own start-up check decodes a real H.264 frame through WebCodecs, so the SetEncodings it
 sends proves the browser can decode H.264 at all; then the served frames change wholesale a few times
 (motion), the session sends them as H.264, and the canvas must show the last one's colours (read back
@@ -13,7 +13,6 @@ canvas shows is what noVNC's H.264 decoder painted.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import threading
 import time
@@ -37,13 +36,13 @@ import vkmsremote.server.session as session_module
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.server.app import VncServer
 from vkmsremote.server.session import Session
+from vkmsremote.web.novnc import NPM_ROOT
 from vkmsremote.web.server import WebConfig, WebServer, start_web_server
 
 __all__ = ["browser"]  # the pytest fixture used here
 
 T = TypeVar("T")
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vkmsremote"
-NOVNC_NPM = CACHE / "novnc-npm-1.7.0" / "package"
+NOVNC_NPM = NPM_ROOT
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>noVNC 1.7 H.264 test</title></head>
@@ -77,7 +76,7 @@ MOTION = [  # whole-screen colour changes: each one is damage everywhere
 @pytest.fixture(scope="module")
 def novnc17(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert (NOVNC_NPM / "core/decoders/h264.js").is_file(), (
-        f"noVNC 1.7 from npm is missing at {NOVNC_NPM}: run scripts/setup-host.sh")
+        f"noVNC 1.7 from npm is missing at {NOVNC_NPM}: run scripts/setup-host.sh (install-novnc.sh)")
     root = tmp_path_factory.mktemp("novnc17")
     for part in ("core", "vendor"):
         shutil.copytree(NOVNC_NPM / part, root / part)
