@@ -415,3 +415,22 @@ def test_serve_help_tells_about_h264(tmp_path: Any) -> None:
     out = subprocess.run([sys.executable, "-m", "vkmsremote", "serve", "--help"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0 and "Open H.264 (encoding 50): offered" in " ".join(out.stdout.split())
+
+
+def test_bench_client_decodes_h264(tmp_path: Any) -> None:
+    """scripts/bench_client.c's Open H.264 extension (LibVNCClient + libavcodec) reads frame numbers back
+    from H.264 frames: the `h264` benchmark encoding works end to end."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "rows.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_pipeline.py"
+    done = subprocess.run([sys.executable, str(script), "--sizes", "640x480", "--workloads", "full-motion",
+                           "--encodings", "h264", "--seconds", "1.5", "--warmup", "0.5", "--json", str(out)],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["rect_encodings"].get("50", 0) >= 5, row["rect_encodings"]
+    assert row["fps"] > 0 and row["unreadable"] == 0, row
