@@ -1,6 +1,6 @@
 """Motion (issue 15): Open H.264 decoded by FFmpeg, CopyRect from detected moves, shared H.264 streams.
 
-* Move detection (capture.motion) on the benchmark workloads: the moves found are exact, and the ones
+* Move detection (server.moves) on the benchmark workloads: the moves found are exact, and the ones
   that should be found (scrolling, a dragged window) are.
 * The real server (VncServer on a ControlledSource) with a small client that decodes Open H.264 with
   FFmpeg's h264 decoder (through PyAV, one decoder per rectangle context as rfbproto says) and applies
@@ -25,7 +25,6 @@ import pytest
 from clients.support import ControlledSource, RawClient, rgb_of
 
 from vkmsremote.bench.workloads import make_workload
-from vkmsremote.capture.motion import find_move
 from vkmsremote.frame import Rect
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.encodings import EncoderSettings, make_encoder
@@ -35,6 +34,7 @@ from vkmsremote.rfb.messages import EnableContinuousUpdates, FramebufferUpdateRe
 from vkmsremote.rfb.pixelformat import NATIVE
 from vkmsremote.server.app import VncServer
 from vkmsremote.server.encodeshare import JOIN_INTERVAL, KEEP_FRAMES, VideoShare
+from vkmsremote.server.moves import find_move
 
 W, H = 640, 400  # even sides (4:2:0), large enough for the workloads
 

@@ -4,15 +4,18 @@ Policy (all thresholds below):
 
 * A client that listed CopyRect, whose framebuffer is known to equal a snapshot (its last update left no
   damage behind and was not H.264), gets the damage searched for a move between that snapshot and the new
-  one (:func:`vkmsremote.capture.motion.find_move`). A move covering at least half the damage goes out as a
-  CopyRect first, then the rest of the damage around it.
+  one (:func:`vkmsremote.server.moves.find_move`). A move covering at least MOVE_MIN_FRACTION of the
+  damage goes out as a CopyRect first (it reads the client's old frame), then the rest of the damage around
+  it with the client's other encoding.
 * Otherwise a client that listed Open H.264 gets the whole framebuffer as one H.264 rectangle when the
   damage covers at least VIDEO_MIN_FRACTION of it in this update and the one before (motion: a single
-  large change, such as a window opening or a client's first frame, stays lossless). Small changes (typing, a cursor) keep the
-  client's other encoding, lossless or JPEG as before. While H.264 is flowing, moves are looked for only
-  every DETECT_EVERY-th update (video rarely is a move, and the search costs a few ms).
-* LOSSLESS_REFRESH seconds after the last H.264 update, the whole framebuffer is sent once more with the
-  client's other encoding (H.264 is lossy; the still picture should not stay so).
+  large change, such as a window opening or a client's first frame, stays lossless). Small changes
+  (typing, a cursor) keep the client's other encoding, lossless or JPEG as before. While H.264 is flowing,
+  moves are looked for only every DETECT_EVERY-th update (video rarely is a move, and the search costs a
+  few ms).
+* LOSSLESS_REFRESH seconds after the last H.264 update, once nothing new waits for the client, the whole
+  framebuffer is sent once more with the client's other encoding (H.264 is lossy; a still picture should
+  not stay so). The session keeps the timer.
 
 The worker-thread part is :func:`encode_update`; :class:`MotionState` is the per-session bookkeeping
 (event-loop thread only).
@@ -24,13 +27,13 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
-from vkmsremote.capture.motion import find_move
 from vkmsremote.frame import Pixels, Rect
 from vkmsremote.rfb.encodings import EncodedRect, Encoder
 from vkmsremote.rfb.encodings.copyrect import copyrect, subtract
 from vkmsremote.rfb.encodings.h264 import fits
 from vkmsremote.rfb.messages import Rectangle
 from vkmsremote.rfb.pixelformat import PixelFormat
+from vkmsremote.server.moves import find_move
 
 VIDEO_MIN_FRACTION = 0.25
 """Damage covering at least this fraction of the framebuffer goes out as H.264 (when the client has it)."""

@@ -3,7 +3,7 @@
 The payload is the source position, two U16. A client applies the rectangles of an update in order, so a
 CopyRect reads what the client shows after the rectangles before it: :func:`ordered` puts the copies
 first and drops a copy whose source an earlier copy has overwritten. Which moves exist is found in the
-pixels by :mod:`vkmsremote.capture.motion` (verified, so exact); what is left of the damage around the
+pixels by :mod:`vkmsremote.server.moves` (verified, so exact); what is left of the damage around the
 destination goes out with the client's other encoding (:func:`subtract`).
 """
 
