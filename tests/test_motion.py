@@ -434,3 +434,26 @@ def test_bench_client_decodes_h264(tmp_path: Any) -> None:
     [row] = json.loads(out.read_text())["rows"]
     assert row["rect_encodings"].get("50", 0) >= 5, row["rect_encodings"]
     assert row["fps"] > 0 and row["unreadable"] == 0, row
+
+
+def test_tight_jpeg_shared_between_clients() -> None:
+    """Two connections' Tight encoders sent the same rectangle of the same read-only frame: one JPEG
+    compression, the same JPEG bytes (each with its own control byte); a writable frame is never shared."""
+    from vkmsremote.rfb.encodings.shared import JPEG_RESULTS
+
+    img = frames("full-motion", 1, 1024, 768)[0][0]
+    snap = img.view()
+    snap.flags.writeable = False
+    settings = EncoderSettings(quality_level=8)
+    a, b = make_encoder(Encoding.TIGHT, settings), make_encoder(Encoding.TIGHT, settings)
+    assert a is not None and b is not None
+    whole = Rect(0, 0, 1024, 768)
+    before = (JPEG_RESULTS.computed, JPEG_RESULTS.shared)
+    out_a, out_b = a.encode(snap, whole, NATIVE), b.encode(snap, whole, NATIVE)
+    computed, shared = JPEG_RESULTS.computed - before[0], JPEG_RESULTS.shared - before[1]
+    assert computed >= 1 and shared == computed  # the second client compressed nothing
+    assert [(r, p[1:]) for r, _, p in out_a] == [(r, p[1:]) for r, _, p in out_b]  # same JPEG after the control byte
+    before = JPEG_RESULTS.computed, JPEG_RESULTS.shared
+    a.encode(img, whole, NATIVE)
+    b.encode(img, whole, NATIVE)
+    assert (JPEG_RESULTS.computed, JPEG_RESULTS.shared) == before  # writable: not cached at all
