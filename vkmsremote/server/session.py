@@ -490,7 +490,6 @@ class Session:
 
     def _on_set_encodings(self, ev: SetEncodings) -> None:
         self._encodings = ev.encodings
-        self.record.client_encodings = ev.encodings
         self._settings = EncoderSettings.from_encodings(ev.encodings)  # applied between encodes
         allowed = self.ctx.encodings
         chosen = next((e for e in ev.encodings if e in SUPPORTED and (allowed is None or e in allowed)),
@@ -514,6 +513,8 @@ class Session:
                 self._video = self.ctx.video_share.member(self._settings)
         else:
             self._video = None
+        # Last: a test (another thread) that sees the client's list may read the choice made from it.
+        self.record.client_encodings = ev.encodings
 
     def _on_set_desktop_size(self, ev: SetDesktopSize) -> None:
         assert self.flow is not None
