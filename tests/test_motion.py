@@ -457,3 +457,29 @@ def test_tight_jpeg_shared_between_clients() -> None:
     a.encode(img, whole, NATIVE)
     b.encode(img, whole, NATIVE)
     assert (JPEG_RESULTS.computed, JPEG_RESULTS.shared) == before  # writable: not cached at all
+
+
+def test_colour_map_client_gets_no_h264() -> None:
+    """A client with a colour map (8-bit indices) that lists encoding 50 still gets its motion as pixels."""
+    from vkmsremote.rfb.pixelformat import PixelFormat
+
+    async def main() -> None:
+        seq = frames("full-motion", 5)
+        src = ControlledSource(seq[0][0])
+        server = VncServer(src, port=0)  # type: ignore[arg-type]
+        await server.start()
+        try:
+            c = RawClient()
+            await c.connect(server.port)
+            c.set_pixel_format(PixelFormat(8, 8, False, False, 0, 0, 0, 0, 0, 0))
+            c.set_encodings(Encoding.OPEN_H264, Encoding.RAW)
+            for i, (img, damage) in enumerate(seq):
+                if i:
+                    src.set_frame(img, damage)
+                c.send(FramebufferUpdateRequest(i > 0, 0, 0, W, H))
+                up = await c.read_update(20)
+                assert all(r[4] != Encoding.OPEN_H264 for r in up.rects)
+            await c.close()
+        finally:
+            await server.close()
+    run(main())

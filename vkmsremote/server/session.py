@@ -610,7 +610,9 @@ class Session:
             video = self._video
             if video is not None:
                 video.settings = self._settings
-            choice = self._motion.choose(rects, snap.width, snap.height, video=video is not None,
+            # H.264 paints decoded colour: not for a colour-map client (its pixels are indices into our map)
+            use_video = video is not None and self.flow.pixel_format.true_colour
+            choice = self._motion.choose(rects, snap.width, snap.height, video=use_video,
                                          copy=self._copyrect and self._client_view is not None)
             old = self._client_view.pixels if choice.detect and self._client_view is not None else None
             loop = asyncio.get_running_loop()
