@@ -228,12 +228,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     cfs = _configfs(args)
     devices = status(args.device, configfs=cfs, state=_state(args, cfs))
+    from vkmsremote.rfb.encodings import h264
+
     web = _web_client()
     if args.json:
-        print(json.dumps({"configfs": str(cfs.vkms), "devices": [d.to_json() for d in devices], "web_client": web},
-                         indent=2))
+        print(json.dumps({"configfs": str(cfs.vkms), "devices": [d.to_json() for d in devices], "web_client": web,
+                          "open_h264": {"offered": h264.available(), "why_not": h264.unavailable_reason(),
+                                        "hardware_encoders": h264.hardware_encoders()}}, indent=2))
     else:
         _print_status(devices, sys.stdout)
+        print(f"server: {h264.describe()}")
         if web is None:
             print("web client (--web): none installed; run scripts/install-novnc.sh")
         else:

@@ -64,6 +64,16 @@ SOURCES["crtc"] = _crtc_source
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``vkmsremote serve``."""
+    plain_help = parser.format_help
+
+    def format_help() -> str:  # H.264's availability is looked up for --help only (PyAV is slow to import)
+        from vkmsremote.rfb.encodings.h264 import describe
+
+        parser.epilog = ("Encodings: Raw, RRE, Hextile, Zlib, Tight (JPEG), ZRLE; CopyRect from detected scrolling "
+                         f"and moves; {describe()}.")
+        return plain_help()
+
+    parser.format_help = format_help  # type: ignore[method-assign]
     src = parser.add_argument_group("what to serve")
     src.add_argument("--source", default="pattern", choices=sorted(SOURCES),
                      help="pattern: an animated test picture (default); crtc: what a DRM CRTC scans out")
