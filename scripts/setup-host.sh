@@ -65,15 +65,12 @@ else
   say "Python packages present"
 fi
 
-# TigerVNC's viewer 1.13+ decodes Open H.264 (Debian 12 has 1.12): Debian 13's, in a small trixie root
-# tree in the cache (mmdebstrap, about a minute and 330 MB), run with chroot by tests/test_motion_tigervnc.py.
+# One Debian 13 tree (scripts/build-guest.sh: mmdebstrap, cached, rebuilt when its package list changes)
+# serves both the booted systemd guest (vkmsremote.vm.guest) and TigerVNC 1.15's viewer (Open H.264,
+# RA2; Debian 12 has 1.12), which tests/test_motion_tigervnc.py runs from trixie-tigervnc with chroot.
+guest_tree=$("$top/scripts/build-guest.sh")
 trixie_dir="$stamp_dir/trixie-tigervnc"
-if [ ! -x "$trixie_dir/usr/bin/xtigervncviewer" ]; then
-  say "making a Debian 13 tree with tigervnc-viewer in $trixie_dir"
-  rm -rf "$trixie_dir.tmp"
-  mmdebstrap --quiet --variant=apt --include=tigervnc-viewer trixie "$trixie_dir.tmp" http://deb.debian.org/debian >&2
-  rm -rf "$trixie_dir" && mv "$trixie_dir.tmp" "$trixie_dir"
-else
-  say "Debian 13 tigervnc-viewer tree present"
+if [ "$(readlink "$trixie_dir" 2>/dev/null)" != "$guest_tree" ]; then
+  rm -rf "$trixie_dir" && ln -s "$guest_tree" "$trixie_dir"
 fi
 "$top/scripts/install-novnc.sh"

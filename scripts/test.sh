@@ -5,9 +5,12 @@
 #   3. ruff check, mypy vkmsremote
 #   4. host tests:  pytest -m "not vm" tests
 #   5. VM tests:    pytest -m vm tests, all in ONE boot of the test kernel (python -m vkmsremote.vm)
+#   6. guest tests: tests/guest in ONE boot of the Debian 13 guest with systemd as PID 1 (python -m
+#                   vkmsremote.vm.guest; the tree is scripts/build-guest.sh's, made by the set-up)
 # Every stage runs even if an earlier one failed (unless it depends on it); the exit status is
 # non-zero if any stage failed. Extra arguments go to both pytest runs (e.g. -k name, -x).
-# Guest artefacts and the VM tests' JUnit XML land in build/vm-results/. Environment: VKMSREMOTE_VM_TIMEOUT
+# Guest artefacts and the VM tests' JUnit XML land in build/vm-results/ (the Debian 13 guest's, with its
+# journal, console and systemd-analyze security, in build/guest-results/). Environment: VKMSREMOTE_VM_TIMEOUT
 # (seconds for the VM stage, default 3600, so the whole run stays inside CI's 90 minutes), VKMSREMOTE_VM_ACCEL=kvm|tcg|auto, VKMSREMOTE_KERNEL=<bzImage> (skips the build).
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -86,5 +89,15 @@ if [ -n "$kernel" ]; then
     "$py" -m pytest -m vm "${vm_targets[@]}" --junitxml="$results_dir/junit-vm.xml" "$@"
 else
   skip vm-tests "no test kernel"
+fi
+
+# The systemd unit under a real systemd: one boot of the Debian 13 guest runs every test in tests/guest.
+guest_dir=$top/build/guest-results
+if [ -n "$kernel" ]; then
+  rm -rf "$guest_dir"; mkdir -p "$guest_dir"
+  stage guest-tests "$py" -m vkmsremote.vm.guest --kernel "$kernel" --timeout 1200 \
+    --results-dir "$guest_dir" -- python3 -m pytest tests/guest --junitxml=/guest-run/junit-guest.xml
+else
+  skip guest-tests "no test kernel"
 fi
 finish
