@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vkmsremote.capture.xwd import SCHEME as XWD_SCHEME
+from vkmsremote.capture.xwd import source as xwd_source
 from vkmsremote.errors import UsageError
 from vkmsremote.rfb.auth import SecurityPolicy, plain_checker
 from vkmsremote.rfb.constants import SecurityType, VeNCryptSubtype
@@ -363,11 +365,18 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _source_option(text: str) -> str:
+    if text not in SOURCES and not text.startswith(XWD_SCHEME):
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(sorted(SOURCES))}, xwd:PATH)")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``vkmsremote serve``."""
     src = parser.add_argument_group("what to serve")
-    src.add_argument("--source", default="pattern", choices=sorted(SOURCES),
-                     help="pattern: an animated test picture (default); crtc: what a DRM CRTC scans out")
+    src.add_argument("--source", default="pattern", type=_source_option, metavar="{crtc,pattern,xwd:PATH}",
+                     help="pattern: an animated test picture (default); crtc: what a DRM CRTC scans out; "
+                     "xwd:PATH: an X server's screen file (Xvfb -fbdir DIR: DIR/Xvfb_screen0)")
     src.add_argument("--size", type=_size, default=(1920, 1080), metavar="WxH",
                      help="pattern: picture size (default 1920x1080)")
     src.add_argument("--fps", type=float, default=30.0, help="pattern: frames per second (default 30)")
@@ -461,7 +470,7 @@ def policy_from_args(args: argparse.Namespace) -> SecurityPolicy:
 def run(args: argparse.Namespace) -> int:
     """``vkmsremote serve``: serve until interrupted. Errors are raised as VkmsRemoteError subclasses."""
     policy = policy_from_args(args)
-    source = SOURCES[args.source](args)
+    source = xwd_source(args.source) if args.source.startswith(XWD_SCHEME) else SOURCES[args.source](args)
     input_kind = args.input or ("uinput" if args.source == "crtc" else "none")
     sink: InputSink | SinkFactory = NullSink()
     close_input: Callable[[], None] = lambda: None  # noqa: E731
