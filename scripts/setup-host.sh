@@ -20,6 +20,8 @@ debs=(
   # real VNC peers and display servers for tests and benchmarks
   xvfb x11vnc vncsnapshot tigervnc-viewer xserver-xorg-core xserver-xorg-input-libinput
   x11-utils xdotool xterm imagemagick libjpeg62-turbo
+  # the native side by side's peers (scripts/bench_native.py): TigerVNC's x0vncserver and Xvnc
+  tigervnc-scraping-server tigervnc-standalone-server
   # LibVNCClient headers: tests/test_encodings_libvncclient.py builds a tiny decoding client
   libvncserver-dev
   # browser client

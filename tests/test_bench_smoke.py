@@ -4,6 +4,7 @@
 * delivery(): frames, latencies and bytes of a hand-made update stream;
 * scripts/bench_pipeline.py --quick: driver, server and C client processes, rows with figures;
 * scripts/bench_peer.py --xvfb --quick: the peer harness against x11vnc on Xvfb (the host dry run);
+* scripts/bench_native.py --quick: vkmsremote (xwd source), x11vnc, x0vncserver and Xvnc on one screen;
 * in the VM (marked vm): the real side by side, x11vnc and vkmsremote on Xorg on VKMS, one workload.
 """
 
@@ -139,6 +140,26 @@ def test_bench_peer_harness_on_xvfb(tmp_path: Path) -> None:
     r = rows[0]
     assert r["frames"] > 0 and r["draws_per_s"] > 0 and math.isfinite(r["lat_p50"])
     assert r["cpu_pct"] >= 0 and math.isfinite(r["xorg_cpu_pct"])
+
+
+def test_bench_native_quick(tmp_path: Path) -> None:
+    out, md, png = tmp_path / "native.json", tmp_path / "native.md", tmp_path / "native.png"
+    run = subprocess.run([PY, str(TOP / "scripts" / "bench_native.py"), "--quick", "--workloads", "static,typing",
+                          "--json", str(out), "--markdown", str(md), "--plot", str(png)],
+                         capture_output=True, text=True, timeout=400, cwd=TOP)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    servers = {"vkmsremote", "x11vnc", "x0vncserver", "Xvnc"}
+    typing = {r["server"]: r for r in result["rows"] if r["workload"] == "typing"}
+    assert set(typing) == servers
+    for server, r in typing.items():  # the client read frame numbers from every server: the harness works
+        assert r["frames"] > 0 and r["draws_per_s"] > 0, f"{server}: no frame delivered"
+        assert math.isfinite(r["lat_p50"]) and r["cpu_pct"] >= 0 and math.isfinite(r["foreign_cpu_pct"])
+    assert math.isfinite(typing["x11vnc"]["xorg_cpu_pct"]) and math.isnan(typing["Xvnc"]["xorg_cpu_pct"])
+    assert set(result["idle"]["1024x768"]) == servers
+    assert {r["server"] for r in result["rows"] if r["workload"] == "static"} == servers
+    assert "fps ratio" in run.stdout and "| typing | tight-jpeg | x0vncserver |" in md.read_text()
+    assert png.stat().st_size > 10_000
 
 
 @pytest.mark.vm
