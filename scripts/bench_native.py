@@ -131,6 +131,14 @@ def drawing(procs: Procs, x_role: str) -> str:
     return f"draw-{x_role}"
 
 
+def stop_drawers(procs: Procs) -> None:
+    for x in set(X_OF.values()):
+        pid = procs.pid(f"draw-{x}")
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)  # a stopped process would act on SIGTERM only once continued
+        procs.stop(f"draw-{x}")
+
+
 def run_size(size: tuple[int, int], encodings: list[str], args: argparse.Namespace, client: Path, work: Path,
              results: dict[str, Any]) -> None:
     procs = Procs(work)
@@ -159,10 +167,11 @@ def run_size(size: tuple[int, int], encodings: list[str], args: argparse.Namespa
                 for server in order:
                     drawer = drawing(procs, X_OF[server])
                     for encoding in (encodings if WORKLOADS[workload].changes else encodings[:1]):
+                        started = time.monotonic()
                         row = measure(server, ports[server], workload, encoding, window, client, logs[X_OF[server]],
                                       procs, x_role=None if server == "Xvnc" else "Xvfb", drawer_role=drawer,
                                       servers=SERVERS)
-                        row.update(size=size_text, rep=rep)
+                        row.update(size=size_text, rep=rep, wall_s=time.monotonic() - started)
                         results["rows"].append(row)
                         print(format_row(row), flush=True)
             if args.profile and workload != "static" and size == results["profile_size"]:
@@ -175,13 +184,9 @@ def run_size(size: tuple[int, int], encodings: list[str], args: argparse.Namespa
                          *profiler.summarize(out)]
                 print("\n".join(lines), flush=True)
                 results["profiles"] += lines
-            for x in displays:
-                procs.stop(f"draw-{x}")
+            stop_drawers(procs)
     finally:
-        for x in X_OF.values():  # a stopped drawer cannot act on SIGTERM
-            pid = procs.pid(f"draw-{x}")
-            if pid is not None:
-                os.kill(pid, signal.SIGCONT)
+        stop_drawers(procs)
         procs.stop_all()
 
 
