@@ -2,7 +2,7 @@
 """Native side by side: vkmsremote, x11vnc, TigerVNC's x0vncserver and Xvnc on the same screen, same client.
 
     .venv/bin/python scripts/bench_native.py [--sizes 1920x1080:tight-jpeg,zrle 1024x768:tight-jpeg]
-        [--workloads all] [--repeats 3] [--seconds 2] [--warmup 0.7] [--fps 30] [--profile]
+        [--workloads all] [--repeats 3] [--seconds 2] [--warmup 0.5] [--fps 30] [--profile]
         [--json build/bench/native.json] [--plot docs/bench-native.png] [--markdown build/bench/native.md]
         [--quick] [--from-json FILE]
 
@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,10 @@ LOADED_PCT = 25.0
 """Median CPU of other processes (% of one core) above which a run is reported as made on a loaded machine."""
 DEFAULT_SIZES = ("1920x1080:tight-jpeg,zrle,raw", "1024x768:tight-jpeg")
 QUICK_SIZES = ("1024x768:tight-jpeg",)
+WINDOW_SCALE = {"full-motion": 2.0}
+"""Longer windows where a server may need most of a second per frame (full motion, ZRLE, 1080p)."""
+PROFILE_SECONDS, PROFILE_RATE = 4.0, 250
+"""The --profile window: long enough, and sampled often enough, for a few hundred samples at 10 % CPU."""
 
 _T0 = time.monotonic()
 
@@ -159,6 +164,7 @@ def run_size(size: tuple[int, int], encodings: list[str], args: argparse.Namespa
                 results["idle"][size_text] = idle
                 print(f"{size_text} idle, no client connected: "
                       + ", ".join(f"{s} {v:.2f} % CPU" for s, v in idle.items()), flush=True)
+            windows = replace(window, seconds=window.seconds * WINDOW_SCALE.get(workload, 1.0))
             for rep in range(args.repeats):
                 k = (rep + wi) % len(SERVERS)
                 order = list(SERVERS[k:] + SERVERS[:k])  # every server takes every place in turn
@@ -168,7 +174,7 @@ def run_size(size: tuple[int, int], encodings: list[str], args: argparse.Namespa
                     drawer = drawing(procs, X_OF[server])
                     for encoding in (encodings if WORKLOADS[workload].changes else encodings[:1]):
                         started = time.monotonic()
-                        row = measure(server, ports[server], workload, encoding, window, client, logs[X_OF[server]],
+                        row = measure(server, ports[server], workload, encoding, windows, client, logs[X_OF[server]],
                                       procs, x_role=None if server == "Xvnc" else "Xvfb", drawer_role=drawer,
                                       servers=SERVERS)
                         row.update(size=size_text, rep=rep, wall_s=time.monotonic() - started)
@@ -177,9 +183,11 @@ def run_size(size: tuple[int, int], encodings: list[str], args: argparse.Namespa
             if args.profile and workload != "static" and size == results["profile_size"]:
                 drawer = drawing(procs, "Xvfb")
                 out = work / f"profile-{size_text}-{workload}.txt"
-                row = measure("vkmsremote", ports["vkmsremote"], workload, encodings[0], window, client,
-                              logs["Xvfb"], procs, x_role="Xvfb", drawer_role=drawer, servers=SERVERS, profile=out)
-                lines = [f"py-spy (50 Hz), vkmsremote serve during an extra window: {size_text} {workload} "
+                row = measure("vkmsremote", ports["vkmsremote"], workload, encodings[0],
+                              replace(window, seconds=max(window.seconds, PROFILE_SECONDS)), client, logs["Xvfb"],
+                              procs, x_role="Xvfb", drawer_role=drawer, servers=SERVERS, profile=out,
+                              profile_rate=PROFILE_RATE)
+                lines = [f"py-spy ({PROFILE_RATE} Hz), vkmsremote serve during an extra window: {size_text} {workload} "
                          f"{encodings[0]} ({row['fps']:.1f} fps, {row['cpu_pct']:.0f} % CPU while sampled)",
                          *profiler.summarize(out)]
                 print("\n".join(lines), flush=True)
@@ -396,8 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"(default {' '.join(DEFAULT_SIZES)})")
     p.add_argument("--workloads", help=f"comma-separated: {', '.join(WORKLOADS)} (default all)")
     p.add_argument("--repeats", type=int, help="measurements of each pairing (default 3)")
-    p.add_argument("--seconds", type=float, help="measurement window (default 2)")
-    p.add_argument("--warmup", type=float, help="seconds connected before the window (default 0.7)")
+    p.add_argument("--seconds", type=float, help="measurement window (default 2; twice that for full-motion)")
+    p.add_argument("--warmup", type=float, help="seconds connected before the window (default 0.5)")
     p.add_argument("--fps", type=float, default=30.0, help="frames per second the X clients try to draw")
     p.add_argument("--quality", type=int, default=8, help="JPEG quality level asked for (Tight)")
     p.add_argument("--profile", action="store_true",
@@ -411,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the work directory (server logs)")
     args = p.parse_args(argv)
     defaults: dict[str, Any] = {"sizes": list(DEFAULT_SIZES), "workloads": "all", "repeats": 3, "seconds": 2.0,
-                                "warmup": 0.7}
+                                "warmup": 0.5}
     if args.quick:
         defaults = {"sizes": list(QUICK_SIZES), "workloads": "static,typing,full-motion", "repeats": 1,
                     "seconds": 1.0, "warmup": 0.4}

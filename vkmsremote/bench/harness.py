@@ -131,14 +131,15 @@ class Window:
 
 def measure(server: str, port: int, workload: str, encoding: str, window: Window, client: Path, log: FlipLog,
             procs: Procs, *, x_role: str | None = "Xorg", drawer_role: str = "drawer",
-            servers: Collection[str] = (), profile: Path | None = None) -> dict[str, Any]:
+            servers: Collection[str] = (), profile: Path | None = None, profile_rate: int = 50) -> dict[str, Any]:
     """The measuring client against ``server`` (a role of ``procs``) on ``port`` for one window.
 
     ``x_role``: the X server whose CPU counts with the server's where the server makes X copy for it
     (None: the server is the X server itself). ``servers``: every server role running, whose CPU outside
     ``server`` is reported as ``other_server_cpu_pct`` (what the idle ones cost meanwhile).
     ``foreign_cpu_pct``: the CPU that processes other than those of ``procs`` and the client used meanwhile
-    (% of one core, summed over the cores): the load others put on a shared machine.
+    (% of one core, summed over the cores): the load others put on a shared machine. ``profile``: sample
+    the server with py-spy (``profile_rate`` Hz) during the window and write the raw profile there.
     """
     bc = BenchClient(client, "127.0.0.1", port, encoding, window.warmup + window.seconds + 10,
                      quality=window.quality).start()
@@ -148,7 +149,7 @@ def measure(server: str, port: int, workload: str, encoding: str, window: Window
         t0, cpu0, ccpu0, load0, busy0 = (time.monotonic(), procs.cpu(), process_cpu(bc.pid), load_average(),
                                          busy_cpu_seconds())
         pid = procs.pid(server)
-        spy = profiler.spy(pid, window.seconds, profile, rate=50) if profile is not None and pid else None
+        spy = profiler.spy(pid, window.seconds, profile, rate=profile_rate) if profile is not None and pid else None
         time.sleep(window.seconds)
         t1, cpu1, ccpu1, load1, busy1 = (time.monotonic(), procs.cpu(), process_cpu(bc.pid), load_average(),
                                          busy_cpu_seconds())

@@ -157,8 +157,8 @@ def plot_native(summary: Sequence[dict[str, Any]], ratios: Sequence[dict[str, An
             ax.set_title(f"{size}: vkmsremote / peer, {what} ({'above' if name == 'fps' else 'below'} 1: "
                          "vkmsremote better)")
             ax.legend(fontsize=7)
-        for row in axes:
-            row[col].set_xticks([x + 0.4 - 0.4 / max(len(servers), 1) for x in xs])
+        for row, n in zip(axes, (len(servers), len(peers), len(peers)), strict=True):
+            row[col].set_xticks([x + 0.4 - 0.4 / max(n, 1) for x in xs])
             row[col].set_xticklabels(labels, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)

@@ -25,6 +25,7 @@ SIGBUS).
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -206,7 +207,8 @@ class _Mapping:
 
     def close(self) -> None:
         del self.pixels
-        self.map.close()
+        with contextlib.suppress(BufferError):  # a view of it still exists somewhere: unmapped when that goes
+            self.map.close()
         os.close(self.fd)
 
 
