@@ -2,7 +2,7 @@
 """Native side by side: vkmsremote, x11vnc, TigerVNC's x0vncserver and Xvnc on the same screen, same client.
 
     .venv/bin/python scripts/bench_native.py [--sizes 1920x1080:tight-jpeg,zrle 1024x768:tight-jpeg]
-        [--workloads all] [--repeats 3] [--seconds 2] [--warmup 0.5] [--fps 30] [--profile]
+        [--workloads all] [--repeats 3] [--seconds 1.5] [--warmup 0.5] [--fps 30] [--profile]
         [--json build/bench/native.json] [--plot docs/bench-native.png] [--markdown build/bench/native.md]
         [--quick] [--from-json FILE]
 
@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"(default {' '.join(DEFAULT_SIZES)})")
     p.add_argument("--workloads", help=f"comma-separated: {', '.join(WORKLOADS)} (default all)")
     p.add_argument("--repeats", type=int, help="measurements of each pairing (default 3)")
-    p.add_argument("--seconds", type=float, help="measurement window (default 2; twice that for full-motion)")
+    p.add_argument("--seconds", type=float, help="measurement window (default 1.5; twice that for full-motion)")
     p.add_argument("--warmup", type=float, help="seconds connected before the window (default 0.5)")
     p.add_argument("--fps", type=float, default=30.0, help="frames per second the X clients try to draw")
     p.add_argument("--quality", type=int, default=8, help="JPEG quality level asked for (Tight)")
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="smoke mode: 1024x768, typing and full-motion (and static), tight-jpeg, 1 repeat, 1 s windows")
     p.add_argument("--keep", action="store_true", help="keep the work directory (server logs)")
     args = p.parse_args(argv)
-    defaults: dict[str, Any] = {"sizes": list(DEFAULT_SIZES), "workloads": "all", "repeats": 3, "seconds": 2.0,
+    defaults: dict[str, Any] = {"sizes": list(DEFAULT_SIZES), "workloads": "all", "repeats": 3, "seconds": 1.5,
                                 "warmup": 0.5}
     if args.quick:
         defaults = {"sizes": list(QUICK_SIZES), "workloads": "static,typing,full-motion", "repeats": 1,
