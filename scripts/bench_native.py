@@ -160,7 +160,7 @@ def run_size(size: tuple[int, int], encodings: list[str], args: argparse.Namespa
             if not WORKLOADS[workload].changes:
                 drawing(procs, "none")
                 time.sleep(args.warmup)
-                idle = measure_idle(SERVERS, max(args.seconds, 2.0), procs)
+                idle = measure_idle(SERVERS, max(3 * args.seconds, 2.0), procs)
                 results["idle"][size_text] = idle
                 print(f"{size_text} idle, no client connected: "
                       + ", ".join(f"{s} {v:.2f} % CPU" for s, v in idle.items()), flush=True)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import math
 import subprocess
@@ -160,6 +161,28 @@ def test_bench_native_quick(tmp_path: Path) -> None:
     assert {r["server"] for r in result["rows"] if r["workload"] == "static"} == servers
     assert "fps ratio" in run.stdout and "| typing | tight-jpeg | x0vncserver |" in md.read_text()
     assert png.stat().st_size > 10_000
+
+
+def test_bench_native_medians_spreads_and_ratios() -> None:
+    spec = importlib.util.spec_from_file_location("bench_native", TOP / "scripts" / "bench_native.py")
+    assert spec is not None and spec.loader is not None
+    native = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(native)
+    rows = []
+    for rep, (ours, theirs) in enumerate([((20, 50), (10, 10)), ((30, 40), (10, 20)), ((25, 60), (20, 30))]):
+        for server, (fps, cpu) in (("vkmsremote", ours), ("x11vnc", theirs)):
+            rows.append({"size": "S", "workload": "typing", "encoding": "zrle", "server": server, "rep": rep,
+                         "fps": float(fps), "cpu_pct": float(cpu), "cpu_with_xorg_pct": float(cpu + 10)})
+    [vk, x11] = native.summarize(rows)
+    assert (vk["fps"], vk["fps_min"], vk["fps_max"], vk["repeats"]) == (25, 20, 30, 3)
+    assert (x11["cpu_pct"], x11["cpu_pct_min"], x11["cpu_pct_max"]) == (20, 10, 30)
+    assert math.isnan(vk["lat_p50"])  # not in the rows: no figure, no error
+    [q] = native.ratios(rows)
+    assert q["peer"] == "x11vnc"
+    assert q["fps"] == pytest.approx(25 / 10)  # ratio of the medians
+    assert (q["fps_min"], q["fps_max"]) == pytest.approx((1.25, 3.0))  # per-repeat ratios: 2, 3, 1.25
+    assert q["CPU"] == pytest.approx(50 / 20) and q["CPU+X"] == pytest.approx(60 / 30)
+    assert (q["CPU_min"], q["CPU_max"]) == pytest.approx((2.0, 5.0))
 
 
 @pytest.mark.vm
