@@ -147,7 +147,7 @@ def test_bench_native_quick(tmp_path: Path) -> None:
     out, md, png = tmp_path / "native.json", tmp_path / "native.md", tmp_path / "native.png"
     run = subprocess.run([PY, str(TOP / "scripts" / "bench_native.py"), "--quick", "--workloads", "static,typing",
                           "--json", str(out), "--markdown", str(md), "--plot", str(png)],
-                         capture_output=True, text=True, timeout=400, cwd=TOP)
+                         capture_output=True, text=True, timeout=280, cwd=TOP)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     result = json.loads(out.read_text())
     servers = {"vkmsremote", "x11vnc", "x0vncserver", "Xvnc"}
