@@ -24,7 +24,8 @@ debs=(
   tigervnc-scraping-server tigervnc-standalone-server
   # LibVNCClient headers: tests/test_encodings_libvncclient.py builds a tiny decoding client
   libvncserver-dev
-  # browser client
+  # browser client: noVNC 1.7 comes from the npm registry (scripts/install-novnc.sh); Debian's 1.3 is the
+  # fallback the tests also check
   novnc chromium chromium-driver
   # node runs noVNC's decoders in tests/test_encodings_novnc.py
   nodejs
@@ -61,3 +62,5 @@ if [ ! -f "$venv/.installed-$hash" ]; then
 else
   say "Python packages present"
 fi
+
+"$top/scripts/install-novnc.sh"
