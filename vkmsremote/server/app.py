@@ -18,8 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vkmsremote.capture.xwd import SCHEME as XWD_SCHEME
-from vkmsremote.capture.xwd import source as xwd_source
 from vkmsremote.errors import UsageError
 from vkmsremote.rfb.auth import SecurityPolicy, plain_checker
 from vkmsremote.rfb.constants import SecurityType, VeNCryptSubtype
@@ -355,6 +353,8 @@ def _crtc_source(args: argparse.Namespace) -> FrameSource:
 
 SOURCES["pattern"] = _pattern_source
 SOURCES["crtc"] = _crtc_source
+XWD_SCHEME = "xwd:"
+"""--source xwd:PATH: an X server's screen file (vkmsremote.capture.xwd)."""
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -363,6 +363,12 @@ def _size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxHEIGHT") from None
     return w, h
+
+
+def _xwd_source(spec: str) -> FrameSource:
+    from vkmsremote.capture.xwd import source
+
+    return source(spec)
 
 
 def _source_option(text: str) -> str:
@@ -470,7 +476,7 @@ def policy_from_args(args: argparse.Namespace) -> SecurityPolicy:
 def run(args: argparse.Namespace) -> int:
     """``vkmsremote serve``: serve until interrupted. Errors are raised as VkmsRemoteError subclasses."""
     policy = policy_from_args(args)
-    source = xwd_source(args.source) if args.source.startswith(XWD_SCHEME) else SOURCES[args.source](args)
+    source = _xwd_source(args.source) if args.source.startswith(XWD_SCHEME) else SOURCES[args.source](args)
     input_kind = args.input or ("uinput" if args.source == "crtc" else "none")
     sink: InputSink | SinkFactory = NullSink()
     close_input: Callable[[], None] = lambda: None  # noqa: E731
