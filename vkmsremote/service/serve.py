@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DESCRIPTION = ("Serve an animated test picture (default) or what a DRM CRTC scans out over VNC. Without "
+DESCRIPTION = ("Serve an animated test picture (default), what a DRM CRTC scans out or an X server's screen file "
+               "(Xvfb -fbdir) over VNC. Without "
                "options it listens on 127.0.0.1:5900 without authentication; give a password (and get "
                "VeNCrypt/TLS with a self-signed certificate by default) before listening elsewhere.")
 
