@@ -360,7 +360,9 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
         from vkmsremote.bench.plot import plot_native
 
         plot_native(summarize(result["rows"]), ratios(result["rows"]), args.plot,
-                    title=f"vkmsremote {result['info']['source']} vs peers, {result['info']['machine']}")
+                    title=f"vkmsremote {result['info']['source']} vs peers, {result['info']['machine']}, "
+                    f"{result['info']['started']}; other processes used a median "
+                    f"{fmt(_median([r.get('foreign_cpu_pct') for r in result['rows']]), '.0f')} % of a core")
         print(f"plot written to {args.plot}")
 
 
