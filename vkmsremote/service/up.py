@@ -270,6 +270,7 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
 
 async def _serve(server: Any, reader: Any, target: ServeTarget, args: argparse.Namespace, web_ssl: Any,
                  out: TextIO) -> None:
+    from vkmsremote.server.app import rsa_key_announcement
     from vkmsremote.web import WebConfig, start_web_server
     from vkmsremote.web.server import LOOPBACK_NAMES
 
@@ -288,6 +289,8 @@ async def _serve(server: Any, reader: Any, target: ServeTarget, args: argparse.N
             web = await start_web_server(server.handle_client, args.listen, args.web, ssl=web_ssl, config=config)
         _say(out, f"serving {target.desktop_name} on {args.listen} port {server.port} "
                   f"({', '.join(t.name for t in server.ctx.policy.types)})")
+        if (fingerprint := rsa_key_announcement(server.ctx.policy)) is not None:
+            _say(out, fingerprint)
         if announce:
             host, _, _ = announce.rpartition(":")
             _say(out, f"connect a VNC client to {host}:{server.port} on the host "
