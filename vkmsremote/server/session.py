@@ -141,6 +141,8 @@ class SessionContext:
     blacklist: Blacklist = field(default_factory=Blacklist)
     handshake_timeout: float = 120.0
     max_cut_text: int = 1 << 20
+    encodings: frozenset[int] | None = None
+    """The encodings this server may send (Raw always); None: every one it supports, in the client's order."""
     sessions: set[Session] = field(default_factory=set)
     on_record: Callable[[SessionRecord], None] | None = None
 
@@ -484,7 +486,9 @@ class Session:
         self._encodings = ev.encodings
         self.record.client_encodings = ev.encodings
         self._settings = EncoderSettings.from_encodings(ev.encodings)  # applied between encodes
-        chosen = next((e for e in ev.encodings if e in SUPPORTED), Encoding.RAW)
+        allowed = self.ctx.encodings
+        chosen = next((e for e in ev.encodings if e in SUPPORTED and (allowed is None or e in allowed)),
+                      Encoding.RAW)
         encoder = self._encoders.get(chosen)
         if encoder is None:
             encoder = make_encoder(chosen, self._settings)
