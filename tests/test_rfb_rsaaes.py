@@ -9,6 +9,7 @@ start-up line of ``vkmsremote serve``."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import socket
@@ -579,3 +580,21 @@ def test_serve_prints_the_fingerprint(tmp_path: Path) -> None:
         client = Ra2Client(Tcp(port), SecurityType.RA2, password=b"pw-serve")
         assert client.handshake() == (0, "")
         assert client.server_wire == key.public_bytes  # the key the line names is the one served
+
+
+def test_status_prints_the_fingerprint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from vkmsremote import cli
+
+    (tmp_path / "configfs" / "vkms").mkdir(parents=True)
+    monkeypatch.setenv("VKMSREMOTE_CONFIGFS_ROOT", str(tmp_path / "configfs"))
+    monkeypatch.setenv("VKMSREMOTE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    assert cli.main(["status"]) == 0
+    assert "RSA-AES" not in capsys.readouterr().out  # status makes no key
+    key = security_policy(password="pw", types=["ra2"]).rsa_key  # serving made one
+    assert key is not None and key.path == tmp_path / "cfg" / "vkmsremote" / "tls" / "rsa-key.pem"
+    assert cli.main(["status"]) == 0
+    assert f"RSA-AES key fingerprint {key.fingerprint} ({key.path})" in capsys.readouterr().out
+    assert cli.main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rsa_aes_key"] == {"path": str(key.path), "fingerprint": key.fingerprint}

@@ -245,11 +245,28 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     cfs = _configfs(args)
     devices = status(args.device, configfs=cfs, state=_state(args, cfs))
+    rsa_key = _rsa_key_status()
     if args.json:
-        print(json.dumps({"configfs": str(cfs.vkms), "devices": [d.to_json() for d in devices]}, indent=2))
+        print(json.dumps({"configfs": str(cfs.vkms), "devices": [d.to_json() for d in devices],
+                          "rsa_aes_key": rsa_key}, indent=2))
     else:
         _print_status(devices, sys.stdout)
+        if rsa_key is not None:
+            print(f"RSA-AES key fingerprint {rsa_key['fingerprint']} ({rsa_key['path']})")
     return 0
+
+
+def _rsa_key_status() -> dict[str, str] | None:
+    """The server's RSA-AES key as viewers show it, if one was made (serving makes it; status does not)."""
+    from vkmsremote.rfb.rsaaes import KEY_NAME, ServerKey, default_key_dir
+
+    path = default_key_dir() / KEY_NAME
+    if not path.exists():
+        return None
+    try:
+        return {"path": str(path), "fingerprint": ServerKey.load_or_create(path).fingerprint}
+    except UsageError as e:
+        return {"path": str(path), "fingerprint": f"unusable: {e}"}
 
 
 def _cmd_hotplug(args: argparse.Namespace) -> int:
