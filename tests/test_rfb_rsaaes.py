@@ -429,13 +429,19 @@ def test_hostile_handshake_is_a_remote_protocol_error(what: str, kwargs: dict[st
     assert t.conn.state is State.ERROR or "hash is wrong" in str(info.value)
 
 
-def test_huge_public_exponent_is_refused() -> None:
-    ck = client_key()
-    n = ck.public_key().public_numbers().n
-    wire = struct.pack(">I", 2048) + n.to_bytes(256, "big") + ((1 << 2040) + 1).to_bytes(256, "big")
-    client, _ = sans_io(SecurityType.RA2, tamper=lambda s, d: wire if s == "client-key" else d)
-    with pytest.raises(RemoteProtocolError, match="public exponent"):
+@pytest.mark.parametrize(("n", "e", "message"), [
+    (None, (1 << 2040) + 1, "public exponent has 2041 bits"),
+    (None, 2, "public key is invalid"),
+    (None, 0, "public key is invalid"),
+    ((1 << 2047) + 2, 65537, "modulus is even"),  # found by the fuzz campaign: OpenSSL took it, then failed
+])
+def test_unusable_client_keys_are_refused(n: int | None, e: int, message: str) -> None:
+    n = n or client_key().public_key().public_numbers().n
+    wire = struct.pack(">I", 2048) + n.to_bytes(256, "big") + e.to_bytes(256, "big")
+    client, t = sans_io(SecurityType.RA2, tamper=lambda s, d: wire if s == "client-key" else d)
+    with pytest.raises(RemoteProtocolError, match=message):
         client.handshake()
+    assert t.conn.state is State.ERROR
 
 
 def test_wrong_hash_means_a_replaced_key() -> None:

@@ -126,6 +126,8 @@ def decode_public_key(data: bytes) -> rsa.RSAPublicKey:
     # The modulus must fill the announced length: the encrypted random is sent as ceil(bits/8) bytes.
     if (n.bit_length() + 7) // 8 != size or n.bit_length() < MIN_KEY_BITS:
         raise RemoteProtocolError(f"RSA-AES: the client's modulus has {n.bit_length()} bits, its key length says {bits}")
+    if n % 2 == 0:  # (OpenSSL accepts an even modulus as a key, then fails to encrypt with it)
+        raise RemoteProtocolError("RSA-AES: the client's modulus is even")
     if e.bit_length() > MAX_PUBLIC_EXPONENT_BITS:
         raise RemoteProtocolError(f"RSA-AES: the client's public exponent has {e.bit_length()} bits "
                                   f"(cap {MAX_PUBLIC_EXPONENT_BITS})")
@@ -137,7 +139,11 @@ def decode_public_key(data: bytes) -> rsa.RSAPublicKey:
 
 def encrypt_random(key: rsa.RSAPublicKey, random: bytes) -> bytes:
     """RSAES-PKCS1-v1_5, the ciphertext as exactly ceil(key bits/8) bytes."""
-    return key.encrypt(random, _PKCS1).rjust((key.key_size + 7) // 8, b"\0")
+    try:
+        encrypted = key.encrypt(random, _PKCS1)
+    except ValueError as e:  # a key that passed the checks above but that OpenSSL cannot use
+        raise RemoteProtocolError(f"RSA-AES: cannot encrypt with the client's key: {e}") from e
+    return encrypted.rjust((key.key_size + 7) // 8, b"\0")
 
 
 def decrypt_random(key: rsa.RSAPrivateKey, data: bytes, size: int) -> bytes:
