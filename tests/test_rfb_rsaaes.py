@@ -9,13 +9,16 @@ start-up line of ``vkmsremote serve``."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import socket
 import stat
 import struct
-from collections.abc import Callable
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -29,7 +32,7 @@ from cryptography.hazmat.primitives.cmac import CMAC
 
 from vkmsremote.errors import RemoteProtocolError, UsageError
 from vkmsremote.rfb import eax as server_eax
-from vkmsremote.rfb.auth import SecurityPolicy, plain_checker
+from vkmsremote.rfb.auth import SecurityPolicy, obfuscate_vnc_password, plain_checker
 from vkmsremote.rfb.constants import SecurityType
 from vkmsremote.rfb.encodings import samples
 from vkmsremote.rfb.messages import ServerInit
@@ -604,3 +607,88 @@ def test_status_prints_the_fingerprint(tmp_path: Path, monkeypatch: pytest.Monke
     assert f"RSA-AES key fingerprint {key.fingerprint} ({key.path})" in capsys.readouterr().out
     assert cli.main(["status", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rsa_aes_key"] == {"path": str(key.path), "fingerprint": key.fingerprint}
+
+
+# --- TigerVNC's viewer 1.15 (Debian 13) ------------------------------------------------------------------------
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vkmsremote"
+TRIXIE = CACHE / "trixie-tigervnc"
+"""A Debian 13 tree with tigervnc-viewer, made by scripts/setup-host.sh (the same one test_motion_tigervnc uses);
+Debian 12's viewer is 1.12, without RSA-AES. The viewer runs in it with chroot, on an Xvfb reached over TCP."""
+TIGER_PASSWORD = b"pw-8byte"  # the viewer's -passwd file (vncpasswd format) holds 8 bytes
+
+
+@pytest.fixture(scope="module")
+def tcp_display() -> Iterator[dict[str, str]]:
+    assert (TRIXIE / "usr/bin/xtigervncviewer").is_file(), f"TigerVNC 1.15 is missing at {TRIXIE}: run scripts/setup-host.sh"
+    assert os.geteuid() == 0, "running the Debian 13 viewer needs chroot, i.e. root"
+    r, w = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "800x600x24", "-listen", "tcp", "-ac"],
+                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    try:
+        number = os.read(r, 100).decode().strip()
+        assert number, "Xvfb did not report its display number"
+        yield {"DISPLAY": f"127.0.0.1:{number}", "HOME": "/tmp", "PATH": "/usr/bin:/bin"}
+    finally:
+        os.close(r)
+        xvfb.terminate()
+        xvfb.wait(10)
+
+
+def _x(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(argv, env={**os.environ, "DISPLAY": env["DISPLAY"]}, capture_output=True, timeout=30)
+
+
+def _shows(env: dict[str, str], img: np.ndarray) -> bool:
+    from PIL import Image
+
+    shot = np.asarray(Image.open(io.BytesIO(_x(env, "import", "-window", "root", "png:-").stdout)).convert("RGB"))
+    ref = np.ascontiguousarray(img[:, :, 2::-1])
+    h, w = ref.shape[:2]
+    return any(np.array_equal(shot[dy:dy + h, dx:dx + w], ref) for dy in range(48) for dx in range(48))
+
+
+@pytest.mark.parametrize("security_type", RA2_TYPES, ids=lambda t: t.name)
+def test_tigervnc_115_viewer(security_type: SecurityType, tcp_display: dict[str, str]) -> None:
+    """Debian 13's TigerVNC viewer asks to accept our key's fingerprint (its dialog, answered "Yes"),
+    authenticates with the password and shows the frame exactly; a wrong password is refused."""
+    key = server_key()
+    pol = SecurityPolicy(types=RA2_TYPES, vnc_password=TIGER_PASSWORD, rsa_key=key)
+    passwd = TRIXIE / "tmp" / f"vkmsremote-rsaaes-{os.getpid()}.passwd"
+    name = {SecurityType.RA2: "RA2", SecurityType.RA2NE: "RA2ne", SecurityType.RA2_256: "RA2_256",
+            SecurityType.RA2NE_256: "RA2ne_256"}[security_type]
+    try:
+        for password, ok in ((b"wrong-pw", False), (TIGER_PASSWORD, True)):
+            passwd.write_bytes(obfuscate_vnc_password(password))
+            with ServerThread(ControlledSource(IMG, name="ra2-tiger"), policy=pol) as srv:
+                proc = subprocess.Popen(["/usr/sbin/chroot", str(TRIXIE), "/usr/bin/xtigervncviewer", "-geometry", "+0+0",
+                                         "-SecurityTypes", name, "-passwd", f"/tmp/{passwd.name}",
+                                         "-AutoSelect=0", "-PreferredEncoding", "ZRLE", "-FullColor",
+                                         f"127.0.0.1::{srv.port}"],
+                                        env=tcp_display, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                try:
+                    dialog = _x(tcp_display, "xdotool", "search", "--sync", "--name", "Server key fingerprint")
+                    wid = dialog.stdout.split()[0].decode()
+                    _x(tcp_display, "xdotool", "windowactivate", "--sync", wid)
+                    _x(tcp_display, "xdotool", "key", "--window", wid, "Return")  # "Yes", the default button
+                    deadline = time.monotonic() + 30
+                    if ok:
+                        while not _shows(tcp_display, IMG):
+                            assert proc.poll() is None, f"the viewer exited: {proc.communicate()[0][-2000:]}"
+                            assert time.monotonic() < deadline, "TigerVNC never showed the frame exactly"
+                            time.sleep(0.3)
+                    else:
+                        while not any(r.ended for r in srv.records()):
+                            assert time.monotonic() < deadline, "the wrong password was not refused"
+                            time.sleep(0.2)
+                    records = srv.records()
+                finally:
+                    proc.terminate()
+                    log = proc.communicate(timeout=10)[0]
+            assert records[0].security_type == security_type, log[-2000:]
+            if not ok:
+                assert records[0].outcome == "authentication failed", records[0]
+                assert "Authentication failed" in log, log[-2000:]
+    finally:
+        passwd.unlink(missing_ok=True)
