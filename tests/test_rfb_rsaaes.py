@@ -692,3 +692,19 @@ def test_tigervnc_115_viewer(security_type: SecurityType, tcp_display: dict[str,
                 assert "Authentication failed" in log, log[-2000:]
     finally:
         passwd.unlink(missing_ok=True)
+
+
+def test_tampered_record_closes_the_session_with_a_logged_reason(caplog: pytest.LogCaptureFixture) -> None:
+    with ServerThread(ControlledSource(IMG), policy=policy()) as srv:
+        client = Ra2Client(Tcp(srv.port), SecurityType.RA2_256)
+        assert client.handshake() == (0, "")
+        assert client.client_init() == (W, H, "controlled")
+        record = client.record(struct.pack(">BBHHHH", 3, 0, 0, 0, W, H))
+        assert isinstance(client.t, Tcp)
+        client.t.send(record[:-1] + bytes([record[-1] ^ 0x01]))  # the tag's last bit
+        assert client.t.sock.recv(100) == b""  # closed, nothing sent for it
+        deadline = time.monotonic() + 5
+        while (rec := srv.records()[-1]).ended is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert "RSA-AES: record 3 (10 bytes) failed authentication" in rec.outcome  # hash, credentials, ClientInit, this
+    assert any("the client broke the protocol: RSA-AES: record 3" in r.getMessage() for r in caplog.records)
