@@ -31,6 +31,8 @@ debs=(
   libxkbcommon0 xkb-data
   # mode changes and checks on Xorg in the VM (tests/vm/test_compositor_vm.py)
   x11-xserver-utils
+  # the Debian 13 tree with TigerVNC 1.15 below (RSA-AES: tests/test_rfb_rsaaes.py)
+  mmdebstrap
 )
 
 missing=()
@@ -61,4 +63,15 @@ else
   say "Python packages present"
 fi
 
+# TigerVNC's viewer 1.13+ decodes Open H.264 (Debian 12 has 1.12): Debian 13's, in a small trixie root
+# tree in the cache (mmdebstrap, about a minute and 330 MB), run with chroot by tests/test_motion_tigervnc.py.
+trixie_dir="$stamp_dir/trixie-tigervnc"
+if [ ! -x "$trixie_dir/usr/bin/xtigervncviewer" ]; then
+  say "making a Debian 13 tree with tigervnc-viewer in $trixie_dir"
+  rm -rf "$trixie_dir.tmp"
+  mmdebstrap --quiet --variant=apt --include=tigervnc-viewer trixie "$trixie_dir.tmp" http://deb.debian.org/debian >&2
+  rm -rf "$trixie_dir" && mv "$trixie_dir.tmp" "$trixie_dir"
+else
+  say "Debian 13 tigervnc-viewer tree present"
+fi
 "$top/scripts/install-novnc.sh"
