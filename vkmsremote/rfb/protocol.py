@@ -59,8 +59,6 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Final, cast
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from vkmsremote.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from vkmsremote.rfb import rsaaes
 from vkmsremote.rfb.auth import CHALLENGE_SIZE, Access, SecurityPolicy, vnc_auth_access
@@ -247,7 +245,6 @@ class ServerConnection:
         """Ciphertext not yet opened, while incoming bytes are AES-EAX records (RSA-AES)."""
         self._records_out = False
         self._ra2: rsaaes.Variant | None = None
-        self._ra2_client_key: rsa.RSAPublicKey | None = None
         self._ra2_client_key_bytes = b""
         self._ra2_server_random = b""
         self.version: tuple[int, int] | None = None
@@ -540,13 +537,13 @@ class ServerConnection:
         data = self._take(4 + rsaaes.public_key_size(head))
         if data is None:
             return NEED_DATA
-        self._ra2_client_key = rsaaes.decode_public_key(data)
+        client_key = rsaaes.decode_public_key(data)
         self._ra2_client_key_bytes = data
         assert self._ra2 is not None
         self._ra2_server_random = self._random_bytes(self._ra2.random_size)
         if len(self._ra2_server_random) != self._ra2.random_size:
             raise ValueError("random_bytes returned the wrong number of bytes")
-        encrypted = rsaaes.encrypt_random(self._ra2_client_key, self._ra2_server_random)
+        encrypted = rsaaes.encrypt_random(client_key, self._ra2_server_random)
         self._emit(_U16.pack(len(encrypted)) + encrypted)
         self._goto(State.RA2_CLIENT_RANDOM)
         return _CONTINUE

@@ -30,10 +30,8 @@ starting at 0. Records carry a byte stream: one record need not be one RFB messa
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -253,11 +251,6 @@ def subtype_for(username_required: bool) -> Ra2Subtype:
     return Ra2Subtype.USERNAME_AND_PASSWORD if username_required else Ra2Subtype.PASSWORD
 
 
-def password_matches(expected: bytes, given: bytes) -> bool:
-    """Whole-password comparison in constant time (RSA-AES does not truncate to 8 bytes as VNC auth does)."""
-    return hmac.compare_digest(expected, given)
-
-
 # --- the record layer ---------------------------------------------------------------------------------------
 
 
@@ -312,5 +305,3 @@ class RecordLayer:
         self.records_in += 1
         return plaintext
 
-
-RandomBytes = Callable[[int], bytes]
