@@ -49,6 +49,7 @@ from vkmsremote.rfb.protocol import (
 from vkmsremote.rfb.rsaaes import ServerKey
 from vkmsremote.server.app import rsa_key_announcement, security_policy
 from vkmsremote.server.blacklist import Blacklist
+from vkmsremote.server.rsakey import ensure_rsa_key
 
 RA2_TYPES = (SecurityType.RA2, SecurityType.RA2NE, SecurityType.RA2_256, SecurityType.RA2NE_256)
 W, H = 80, 48
@@ -521,21 +522,21 @@ def test_server_records_are_split_at_8192_bytes() -> None:
 
 def test_server_key_is_made_once_private_and_fingerprinted(tmp_path: Path) -> None:
     path = tmp_path / "state" / "rsa-key.pem"
-    key = ServerKey.load_or_create(path)
+    key = ensure_rsa_key(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert key.private.key_size == 2048
-    again = ServerKey.load_or_create(path)
+    again = ensure_rsa_key(path)
     assert again.public_bytes == key.public_bytes
     # TigerVNC's viewer shows the first 8 bytes of SHA-1 over the key as sent (U32 bits, modulus, exponent).
     digest = hashlib.sha1(wire_key(key.private.public_key())).hexdigest()[:16]
     assert key.fingerprint == "-".join(digest[i:i + 2] for i in range(0, 16, 2))
     path.chmod(0o644)
     with pytest.raises(UsageError, match="readable"):
-        ServerKey.load_or_create(path)
+        ensure_rsa_key(path)
     path.chmod(0o600)
     path.write_text("not a key")
     with pytest.raises(UsageError, match="PEM"):
-        ServerKey.load_or_create(path)
+        ensure_rsa_key(path)
 
 
 def test_defaults_offer_rsa_aes_first_when_a_password_is_set(tmp_path: Path) -> None:
@@ -584,7 +585,7 @@ def test_serve_prints_the_fingerprint(tmp_path: Path) -> None:
     with serving("--security", "ra2,ra2ne", env=env) as (proc, port):
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        key = ServerKey.load_or_create(tmp_path / "cfg" / "vkmsremote" / "tls" / "rsa-key.pem")
+        key = ensure_rsa_key(tmp_path / "cfg" / "vkmsremote" / "tls" / "rsa-key.pem")
         assert line.strip() == f"vkmsremote: RSA-AES key fingerprint {key.fingerprint} ({key.path})"
         client = Ra2Client(Tcp(port), SecurityType.RA2, password=b"pw-serve")
         assert client.handshake() == (0, "")

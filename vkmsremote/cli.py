@@ -258,14 +258,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _rsa_key_status() -> dict[str, str] | None:
     """The server's RSA-AES key as viewers show it, if one was made (serving makes it; status does not)."""
-    from vkmsremote.rfb.rsaaes import KEY_NAME, ServerKey, default_key_dir
+    from vkmsremote.server.rsakey import default_rsa_key_path, ensure_rsa_key
 
-    path = default_key_dir() / KEY_NAME
-    if not path.exists():
-        return None
+    path = default_rsa_key_path()
     try:
-        return {"path": str(path), "fingerprint": ServerKey.load_or_create(path).fingerprint}
-    except UsageError as e:
+        if not path.exists():
+            return None
+        return {"path": str(path), "fingerprint": ensure_rsa_key(path).fingerprint}
+    except PermissionError:
+        return None  # another user's key (status needs no root; serving as root made it)
+    except (UsageError, OSError) as e:
         return {"path": str(path), "fingerprint": f"unusable: {e}"}
 
 

@@ -30,16 +30,14 @@ starting at 0. Records carry a byte stream: one record need not be one RFB messa
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from vkmsremote.errors import RemoteProtocolError, UsageError
+from vkmsremote.errors import RemoteProtocolError
 from vkmsremote.rfb.constants import Ra2Subtype, SecurityType
 from vkmsremote.rfb.eax import TAG_SIZE, AesEax, InvalidTag
 
@@ -50,7 +48,6 @@ MAX_PUBLIC_EXPONENT_BITS: Final = 64
 """Our cap on a client's public exponent: real clients use 65537; a huge one would make each handshake's
 RSA encryption a full-size modular exponentiation the client chooses."""
 DEFAULT_KEY_BITS: Final = 2048
-KEY_NAME: Final = "rsa-key.pem"
 
 RECORD_HEADER: Final = struct.Struct(">H")
 MAX_RECORD: Final = 0xFFFF
@@ -167,18 +164,12 @@ def fingerprint(public_key: rsa.RSAPublicKey) -> str:
     return "-".join(f"{b:02x}" for b in hashlib.sha1(encode_public_key(public_key)).digest()[:8])
 
 
-# --- the server's key on disk ------------------------------------------------------------------------------
-
-
-def default_key_dir() -> Path:
-    """Next to the TLS certificate (vkmsremote.server.tls.default_tls_dir)."""
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "vkmsremote" / "tls"
+# --- the server's key ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class ServerKey:
-    """The server's RSA key, its wire form and fingerprint."""
+    """The server's RSA key, its wire form and fingerprint (stored on disk by vkmsremote.server.rsakey)."""
 
     private: rsa.RSAPrivateKey
     path: Path | None = None
@@ -194,31 +185,6 @@ class ServerKey:
     @classmethod
     def generate(cls, bits: int = DEFAULT_KEY_BITS) -> ServerKey:
         return cls(rsa.generate_private_key(public_exponent=65537, key_size=bits))
-
-    @classmethod
-    def load_or_create(cls, path: Path | None = None, *, bits: int = DEFAULT_KEY_BITS) -> ServerKey:
-        """The key in ``path`` (default: ``rsa-key.pem`` in :func:`default_key_dir`), made (0600, in a 0700
-        directory) if it does not exist. A key readable by others is refused."""
-        from vkmsremote.server.credentials import check_file
-        from vkmsremote.server.tls import _write_private
-
-        path = path or default_key_dir() / KEY_NAME
-        if not path.exists():
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-            _write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                   serialization.NoEncryption()), 0o600)
-            return cls(key, path)
-        check_file(path, "RSA-AES private key", secret=True)
-        try:
-            loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (ValueError, TypeError) as e:
-            raise UsageError(f"{path} is not an unencrypted PEM private key: {e}",
-                             hint="remove it to get a new one") from e
-        if not isinstance(loaded, rsa.RSAPrivateKey) or not MIN_KEY_BITS <= loaded.key_size <= MAX_KEY_BITS:
-            raise UsageError(f"{path} does not hold an RSA key of {MIN_KEY_BITS}-{MAX_KEY_BITS} bits",
-                             hint="remove it to get a new one")
-        return cls(loaded, path)
 
 
 # --- credentials -----------------------------------------------------------------------------------------------

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 from vkmsremote.errors import UsageError
 from vkmsremote.rfb.auth import SecurityPolicy, plain_checker
 from vkmsremote.rfb.constants import RSA_AES_TYPES, SecurityType, VeNCryptSubtype
-from vkmsremote.rfb.rsaaes import KEY_NAME as RSA_KEY_NAME
-from vkmsremote.rfb.rsaaes import ServerKey
 from vkmsremote.server.activation import socket_host, take_vnc_socket
 from vkmsremote.server.blacklist import Blacklist
 from vkmsremote.server.credentials import add_password_arguments
 from vkmsremote.server.hub import Hub
 from vkmsremote.server.input import InputSink, NullSink, WakingSink
+from vkmsremote.server.rsakey import KEY_NAME as RSA_KEY_NAME
+from vkmsremote.server.rsakey import ensure_rsa_key
 
 if TYPE_CHECKING:
     from vkmsremote.input import UinputDevices
@@ -99,7 +99,7 @@ def security_policy(
         tls = server_context(cert, key)
     server_key = None
     if any(t in RSA_AES_TYPES for t in rfb_types) and (password or username):
-        server_key = ServerKey.load_or_create(rsa_key or (tls_dir or default_tls_dir()) / RSA_KEY_NAME)
+        server_key = ensure_rsa_key(rsa_key or (tls_dir or default_tls_dir()) / RSA_KEY_NAME)
     check_plain = plain_checker(username, password) if username and password else None
     view_plain = plain_checker(username, view_only_password) if check_plain and username and view_only_password \
         else None
