@@ -669,8 +669,13 @@ def test_tigervnc_115_viewer(security_type: SecurityType, tcp_display: dict[str,
                                          f"127.0.0.1::{srv.port}"],
                                         env=tcp_display, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                 try:
-                    dialog = _x(tcp_display, "xdotool", "search", "--sync", "--name", "Server key fingerprint")
-                    wid = dialog.stdout.split()[0].decode()
+                    deadline = time.monotonic() + 30
+                    while not (found := _x(tcp_display, "xdotool", "search", "--name", "Server key fingerprint")
+                               .stdout.split()):
+                        assert proc.poll() is None, f"the viewer exited: {proc.communicate()[0][-2000:]}"
+                        assert time.monotonic() < deadline, "TigerVNC never asked about the server key"
+                        time.sleep(0.2)
+                    wid = found[0].decode()
                     _x(tcp_display, "xdotool", "windowactivate", "--sync", wid)
                     _x(tcp_display, "xdotool", "key", "--window", wid, "Return")  # "Yes", the default button
                     deadline = time.monotonic() + 30
