@@ -25,8 +25,8 @@ import numpy as np
 
 from vkmsremote.capture.driver import CODE_HEIGHT, CODE_WIDTH, encode_frame_number
 from vkmsremote.errors import UsageError
-from vkmsremote.rfb.encodings import samples
 from vkmsremote.frame import Pixels, Rect
+from vkmsremote.rfb.encodings import samples
 
 HEADER = 40
 """Rows at the top that only the frame number changes (the scrolling area and windows stay below)."""
@@ -34,12 +34,6 @@ SCROLL_STEP = 6
 GLYPH_W, GLYPH_H = 8, 16
 CODE_RECT = Rect(0, 0, CODE_WIDTH, CODE_HEIGHT)
 MIN_SIZE = (CODE_WIDTH + 128, 240)
-
-
-def union(a: Rect, b: Rect) -> Rect:
-    x0, y0 = min(a.x, b.x), min(a.y, b.y)
-    x1, y1 = max(a.x + a.w, b.x + b.w), max(a.y + a.h, b.y + b.h)
-    return Rect(x0, y0, x1 - x0, y1 - y0)
 
 
 def copy_rect(dst: Pixels, src: Pixels, r: Rect) -> None:

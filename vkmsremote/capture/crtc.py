@@ -193,7 +193,7 @@ class CrtcReader:
         res.crtc(crtc_id)  # raises UsageError for a wrong id
         self.card = card
         self.crtc_id = crtc_id
-        self.primary_plane_id = res.primary_plane(crtc_id).id
+        res.primary_plane(crtc_id)  # raises UsageError if the CRTC has no primary plane to follow
         cursor = res.cursor_plane(crtc_id)
         # With writeback the cursor plane is composed into the picture already.
         self.cursor_plane_id = cursor.id if cursor is not None and writeback is None else None

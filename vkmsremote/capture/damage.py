@@ -305,6 +305,3 @@ def _merge_runs(flags: npt.NDArray[np.bool_]) -> list[tuple[int, int, int, int]]
         row_spans[span] = idx
     return [(a, b, c, d) for a, b, c, d in out]
 
-
-def full_frame_damage(width: int, height: int) -> tuple[Rect, ...]:
-    return (Rect(0, 0, width, height),)

@@ -130,10 +130,6 @@ class WritebackCapture:
         self.captures += 1
         return fb
 
-    async def capture_async(self) -> Pixels:
-        """:meth:`capture` in a worker thread (the commit and the fence wait block for about a frame)."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.capture)
-
     def close(self) -> None:
         if self._fb is not None:
             self._fb.close()

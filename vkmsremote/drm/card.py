@@ -204,7 +204,6 @@ class CardNode:
     name: str  # "card0"
     minor: int  # 0
     dev_path: str  # "/dev/dri/card0"
-    device_path: str  # "/sys/devices/faux/xr" (realpath of /sys/class/drm/card0/device)
     bus: str  # "faux", "platform", "pci", ...: the parent directory's name under /sys/devices
     device_name: str  # "xr": for a configfs VKMS device, its configfs directory name
 
@@ -225,7 +224,7 @@ def list_cards(sysfs_root: str | os.PathLike[str] = "/sys", dev_root: str | os.P
         nodes.append(CardNode(
             name=entry.name, minor=int(m.group(1)),
             dev_path=str(Path(dev_root) / "dri" / entry.name),
-            device_path=str(device), bus=device.parent.name, device_name=device.name,
+            bus=device.parent.name, device_name=device.name,
         ))
     return sorted(nodes, key=lambda n: n.minor)
 

@@ -8,6 +8,7 @@ takes one snapshot of everything, with lookups by id and by DRM name ("Virtual-1
 from __future__ import annotations
 
 import ctypes
+import errno
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -30,7 +31,7 @@ def _array(ctype: Any, n: int) -> Any:
 
 def _check_count(n: int, what: str) -> int:
     if n > _MAX_COUNT:
-        raise DrmError(f"{what}: kernel reported {n} entries", 34)  # ERANGE
+        raise DrmError(f"{what}: kernel reported {n} entries", errno.ERANGE)
     return n
 
 
@@ -88,18 +89,6 @@ class ConnectionStatus(IntEnum):
     CONNECTED = 1
     DISCONNECTED = 2
     UNKNOWN = 3
-
-
-class EncoderType(IntEnum):
-    NONE = 0
-    DAC = 1
-    TMDS = 2
-    LVDS = 3
-    TVDAC = 4
-    VIRTUAL = 5
-    DSI = 6
-    DPMST = 7
-    DPI = 8
 
 
 class PlaneType(IntEnum):
@@ -201,10 +190,6 @@ class Property:
     def immutable(self) -> bool:
         return bool(self.flags & PropFlag.IMMUTABLE)
 
-    @property
-    def atomic_only(self) -> bool:
-        return bool(self.flags & PropFlag.ATOMIC)
-
     def enum_value(self, name: str) -> int:
         for n, v in self.enums:
             if n == name:
@@ -223,11 +208,6 @@ class Property:
 class PropertyValue:
     prop: Property
     value: int
-
-    @property
-    def signed(self) -> int:
-        """The value as the kernel means it for SIGNED_RANGE properties (two's complement u64)."""
-        return self.value - (1 << 64) if self.value >= 1 << 63 else self.value
 
 
 class ObjectProperties(Mapping[str, PropertyValue]):
@@ -289,7 +269,7 @@ def get_property(card: Card, prop_id: int) -> Property:
         )
         card.property_cache[prop_id] = prop
         return prop
-    raise DrmError("DRM_IOCTL_MODE_GETPROPERTY (counts kept changing)", 11, object_id=prop_id)
+    raise DrmError("DRM_IOCTL_MODE_GETPROPERTY (counts kept changing)", errno.EAGAIN, object_id=prop_id)
 
 
 def get_properties(card: Card, object_id: int, object_type: ObjectType = ObjectType.ANY) -> ObjectProperties:
@@ -308,7 +288,7 @@ def get_properties(card: Card, object_id: int, object_type: ObjectType = ObjectT
             prop = get_property(card, int(ids[i]))
             out[prop.name] = PropertyValue(prop, int(vals[i]))
         return ObjectProperties(object_id, out)
-    raise DrmError("DRM_IOCTL_MODE_OBJ_GETPROPERTIES (counts kept changing)", 11, object_id=object_id)
+    raise DrmError("DRM_IOCTL_MODE_OBJ_GETPROPERTIES (counts kept changing)", errno.EAGAIN, object_id=object_id)
 
 
 def get_blob(card: Card, blob_id: int) -> bytes:
@@ -316,7 +296,7 @@ def get_blob(card: Card, blob_id: int) -> bytes:
     arg = k.drm_mode_get_blob(blob_id=blob_id)
     card.ioctl(k.DRM_IOCTL_MODE_GETPROPBLOB, arg, "DRM_IOCTL_MODE_GETPROPBLOB", blob_id)
     if arg.length > 16 << 20:
-        raise DrmError(f"DRM_IOCTL_MODE_GETPROPBLOB: {arg.length}-byte blob", 34, object_id=blob_id)
+        raise DrmError(f"DRM_IOCTL_MODE_GETPROPBLOB: {arg.length}-byte blob", errno.ERANGE, object_id=blob_id)
     buf = ctypes.create_string_buffer(max(arg.length, 1))
     arg.data = ctypes.addressof(buf)
     card.ioctl(k.DRM_IOCTL_MODE_GETPROPBLOB, arg, "DRM_IOCTL_MODE_GETPROPBLOB", blob_id)
@@ -402,7 +382,7 @@ def _fill_ids(card: Card, op: str, arg: Any, pairs: list[tuple[str, str]], objec
         card.ioctl(getattr(k, f"DRM_IOCTL_{op}"), arg, f"DRM_IOCTL_{op}", object_id)
         if [getattr(arg, c) for c, _ in pairs] == counts:
             return [tuple(int(a[i]) for i in range(n)) for a, n in zip(arrays, counts, strict=True)]
-    raise DrmError(f"DRM_IOCTL_{op} (counts kept changing)", 11, object_id=object_id)
+    raise DrmError(f"DRM_IOCTL_{op} (counts kept changing)", errno.EAGAIN, object_id=object_id)
 
 
 def get_encoder(card: Card, encoder_id: int) -> Encoder:
@@ -445,7 +425,7 @@ def get_connector(card: Card, connector_id: int, *, probe: bool = True, with_pro
             mm_width=arg.mm_width, mm_height=arg.mm_height,
             properties=get_properties(card, connector_id, ObjectType.CONNECTOR) if with_properties else None,
         )
-    raise DrmError("DRM_IOCTL_MODE_GETCONNECTOR (counts kept changing)", 11, object_id=connector_id)
+    raise DrmError("DRM_IOCTL_MODE_GETCONNECTOR (counts kept changing)", errno.EAGAIN, object_id=connector_id)
 
 
 def get_crtc(card: Card, crtc_id: int, *, index: int = -1, with_properties: bool = True) -> Crtc:
@@ -498,7 +478,7 @@ def get_plane(card: Card, plane_id: int, *, with_properties: bool = True) -> Pla
             possible_crtcs=arg.possible_crtcs, formats=tuple(int(fmts[i]) for i in range(n)),
             fb_id=arg.fb_id, crtc_id=arg.crtc_id, properties=props if with_properties else None,
         )
-    raise DrmError("DRM_IOCTL_MODE_GETPLANE (counts kept changing)", 11, object_id=plane_id)
+    raise DrmError("DRM_IOCTL_MODE_GETPLANE (counts kept changing)", errno.EAGAIN, object_id=plane_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,6 @@ connector's ``status``) so the event cannot slip by between the action and the w
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -81,7 +80,3 @@ class DrmEvents:
             if dev.action == "change" and dev.sys_name == card_sysname and dev.properties.get("HOTPLUG") == "1":
                 return dev
 
-
-def dev_node_ready(path: str) -> bool:
-    """The /dev node exists and, when udevd runs, udev has finished with it."""
-    return os.path.exists(path)
