@@ -29,6 +29,11 @@ from vkmsremote.drm.framebuffer import (
     prime_export,
 )
 
+__all__ = [
+    "MAX_PLANES", "NO_HANDLES", "ExportedFramebuffer", "FramebufferExporter", "LocalExporter", "WritebackExporter",
+    "export_dumb_framebuffer", "export_framebuffer", "map_exported",
+]
+
 MAX_PLANES = 4
 
 
