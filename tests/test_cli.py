@@ -16,6 +16,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+import fake_configfs
 import pytest
 
 from vkmsremote import cli
@@ -37,6 +38,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "configfs"
     (root / "vkms").mkdir(parents=True)
     monkeypatch.setenv("VKMSREMOTE_CONFIGFS_ROOT", str(root))
+    fake_configfs.install(monkeypatch)  # the command line's Configfs on this directory is the test double
     monkeypatch.setenv("VKMSREMOTE_STATE_DIR", str(tmp_path / "state"))
     return root
 
