@@ -12,6 +12,7 @@ import pytest
 
 from vkmsremote.drm import ioctl as k
 from vkmsremote.drm.card import Card, card_for_vkms_device, list_cards
+from vkmsremote.drm.connector import ConnectorType, connector_name
 from vkmsremote.drm.events import CrtcSequenceEvent, UnknownEvent, VblankEvent, parse_events
 from vkmsremote.drm.fourcc import (
     DRM_FORMAT_BIG_ENDIAN,
@@ -22,7 +23,8 @@ from vkmsremote.drm.fourcc import (
     fourcc_str,
     modifier_name,
 )
-from vkmsremote.drm.resources import ConnectorType, Mode, Property, connector_name
+from vkmsremote.drm.mode import Mode
+from vkmsremote.drm.properties import Property
 from vkmsremote.errors import DeviceStateError, DrmError, UsageError
 
 # --- fourcc ---

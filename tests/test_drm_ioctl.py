@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from vkmsremote.drm import ioctl as k
+from vkmsremote.drm.connector import ConnectorType
 from vkmsremote.drm.fourcc import DRM_FORMAT_MOD_INVALID, DrmFormat
-from vkmsremote.drm.resources import ConnectorType
 
 HEADERS = ("drm.h", "drm_mode.h", "drm_fourcc.h")
 INCLUDE = Path("/usr/include/libdrm")

@@ -50,7 +50,9 @@ from vkmsremote.drm.card import Card
 from vkmsremote.drm.events import CrtcSequenceEvent, EventReader, queue_sequence
 from vkmsremote.drm.fourcc import DrmFormat
 from vkmsremote.drm.ioctl import ObjectType
-from vkmsremote.drm.resources import Resources, get_plane_state, get_properties
+from vkmsremote.drm.plane import get_plane_state
+from vkmsremote.drm.properties import get_properties
+from vkmsremote.drm.resources import Resources
 from vkmsremote.errors import DeviceStateError, DrmError, TimeoutError_, UsageError
 from vkmsremote.frame import Cursor, Frame, Pixels, Placement, Rect
 

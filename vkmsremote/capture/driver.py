@@ -17,11 +17,13 @@ import numpy as np
 
 from vkmsremote.drm.atomic import AtomicRequest, PropertyBlob
 from vkmsremote.drm.card import Card
+from vkmsremote.drm.connector import Connector
 from vkmsremote.drm.events import DrmEvent, EventReader, VblankEvent
 from vkmsremote.drm.fourcc import DrmFormat
 from vkmsremote.drm.framebuffer import DumbFramebuffer
 from vkmsremote.drm.ioctl import AtomicFlag, EventType
-from vkmsremote.drm.resources import Connector, Mode, Resources
+from vkmsremote.drm.mode import Mode
+from vkmsremote.drm.resources import Resources
 from vkmsremote.errors import UsageError
 from vkmsremote.frame import Pixels
 

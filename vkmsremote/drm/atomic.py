@@ -13,7 +13,8 @@ from typing import Protocol
 from vkmsremote.drm import ioctl as k
 from vkmsremote.drm.card import Card
 from vkmsremote.drm.ioctl import AtomicFlag, ClientCap
-from vkmsremote.drm.resources import Mode, get_properties
+from vkmsremote.drm.mode import Mode
+from vkmsremote.drm.properties import get_properties
 from vkmsremote.errors import DrmError, UsageError
 
 

@@ -42,7 +42,7 @@ class Card:
         self._is_master = False
         self._driver: DriverVersion | None = None
         self.client_caps: dict[ClientCap, int] = {}
-        # Property metadata by property id; filled lazily by vkmsremote.drm.resources.
+        # Property metadata by property id; filled lazily by vkmsremote.drm.properties.
         self.property_cache: dict[int, Any] = {}
         # Object id -> {property name: property id}; filled lazily by vkmsremote.drm.atomic.
         self.property_ids: dict[int, dict[str, int]] = {}
