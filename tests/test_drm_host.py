@@ -185,9 +185,9 @@ def test_ioctl_errno_becomes_drm_error_with_op() -> None:
     try:
         card = Card(fd, "/dev/null")
         with pytest.raises(DrmError) as ei:
-            card.get_cap(k.Cap.DUMB_BUFFER)
+            card.set_client_cap(k.ClientCap.ATOMIC)
         assert ei.value.errno == errno.ENOTTY
-        assert ei.value.op == "DRM_IOCTL_GET_CAP(DUMB_BUFFER)"
+        assert ei.value.op == "DRM_IOCTL_SET_CLIENT_CAP(ATOMIC)"
         with pytest.raises(DrmError) as ei2:
             card.gem_close(5)
         assert ei2.value.object_id == 5 and "object 5" in str(ei2.value)

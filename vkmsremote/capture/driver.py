@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from types import TracebackType
 
 import numpy as np
 
@@ -253,7 +252,7 @@ class PatternDriver:
     def __enter__(self) -> PatternDriver:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-from types import TracebackType
 from typing import Protocol
 
 from vkmsremote.drm import ioctl as k
@@ -140,5 +139,5 @@ class PropertyBlob:
     def __enter__(self) -> PropertyBlob:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()

@@ -5,29 +5,17 @@ that belongs to a device (a configfs VKMS device appears as /sys/devices/faux/<n
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from vkmsremote.drm import ioctl as k
-from vkmsremote.drm.ioctl import Cap, ClientCap, drm_error, drm_ioctl
+from vkmsremote.drm.ioctl import ClientCap, drm_error, drm_ioctl
 from vkmsremote.errors import DeviceStateError, DrmError, PermissionDeniedError
-
-
-@dataclass(frozen=True, slots=True)
-class DriverVersion:
-    name: str
-    major: int
-    minor: int
-    patchlevel: int
-    date: str
-    description: str
 
 
 class Card:
@@ -40,7 +28,6 @@ class Card:
         self._fd = fd
         self.path = path
         self._is_master = False
-        self._driver: DriverVersion | None = None
         self.client_caps: dict[ClientCap, int] = {}
         # Property metadata by property id; filled lazily by vkmsremote.drm.properties.
         self.property_cache: dict[int, Any] = {}
@@ -108,32 +95,13 @@ class Card:
     def __enter__(self) -> Card:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
         return f"<Card {self.path} fd={self._fd}{' master' if self._is_master else ''}>"
 
     # --- identity and capabilities ------------------------------------------------------------------------
-
-    @property
-    def driver(self) -> DriverVersion:
-        """DRM_IOCTL_VERSION (asked once: first for the lengths, then for the strings)."""
-        if self._driver is None:
-            v = k.drm_version()
-            self.ioctl(k.DRM_IOCTL_VERSION, v, "DRM_IOCTL_VERSION")
-            bufs = [ctypes.create_string_buffer(max(int(n), 1)) for n in (v.name_len, v.date_len, v.desc_len)]
-            v.name, v.date, v.desc = (ctypes.addressof(b) for b in bufs)
-            self.ioctl(k.DRM_IOCTL_VERSION, v, "DRM_IOCTL_VERSION")
-            name, date, desc = (b.raw[:n].decode("utf-8", "replace")
-                                for b, n in zip(bufs, (v.name_len, v.date_len, v.desc_len), strict=True))
-            self._driver = DriverVersion(name, v.version_major, v.version_minor, v.version_patchlevel, date, desc)
-        return self._driver
-
-    def get_cap(self, cap: Cap) -> int:
-        arg = k.drm_get_cap(capability=cap)
-        self.ioctl(k.DRM_IOCTL_GET_CAP, arg, f"DRM_IOCTL_GET_CAP({cap.name})")
-        return int(arg.value)
 
     def set_client_cap(self, cap: ClientCap, value: int = 1) -> None:
         arg = k.drm_set_client_cap(capability=cap, value=value)

@@ -11,7 +11,6 @@ import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from types import TracebackType
 
 import numpy as np
 import numpy.typing as npt
@@ -201,7 +200,7 @@ class MappedFramebuffer:
     def __enter__(self) -> MappedFramebuffer:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
 
 
@@ -375,5 +374,5 @@ class DumbFramebuffer:
     def __enter__(self) -> DumbFramebuffer:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()

@@ -44,7 +44,6 @@ def _mask_to_ids(mask: int, crtc_ids: tuple[int, ...]) -> tuple[int, ...]:
 class Resources:
     """One snapshot of everything on a card."""
 
-    fb_ids: tuple[int, ...]
     crtcs: tuple[Crtc, ...]
     connectors: tuple[Connector, ...]
     encoders: tuple[Encoder, ...]
@@ -67,15 +66,16 @@ class Resources:
     @classmethod
     def _fetch(cls, card: Card, probe: bool) -> Resources:
         res = k.drm_mode_card_res()
-        fbs, crtc_ids, conn_ids, enc_ids = fill_ids(card, k.DRM_IOCTL_MODE_GETRESOURCES, "DRM_IOCTL_MODE_GETRESOURCES", res, [
-            ("count_fbs", "fb_id_ptr"), ("count_crtcs", "crtc_id_ptr"),
-            ("count_connectors", "connector_id_ptr"), ("count_encoders", "encoder_id_ptr"),
-        ])
+        # The fb list (only this fd's own framebuffers) is not kept, but must be sized: the kernel writes
+        # count_fbs ids to fb_id_ptr if the count it is given says there is room.
+        _fbs, crtc_ids, conn_ids, enc_ids = fill_ids(
+            card, k.DRM_IOCTL_MODE_GETRESOURCES, "DRM_IOCTL_MODE_GETRESOURCES", res,
+            [("count_fbs", "fb_id_ptr"), ("count_crtcs", "crtc_id_ptr"),
+             ("count_connectors", "connector_id_ptr"), ("count_encoders", "encoder_id_ptr")])
         pres = k.drm_mode_get_plane_res()
         (plane_ids,) = fill_ids(card, k.DRM_IOCTL_MODE_GETPLANERESOURCES, "DRM_IOCTL_MODE_GETPLANERESOURCES", pres,
                                 [("count_planes", "plane_id_ptr")])
         return cls(
-            fb_ids=fbs,
             crtcs=tuple(get_crtc(card, cid, index=i) for i, cid in enumerate(crtc_ids)),
             connectors=tuple(get_connector(card, cid, probe=probe) for cid in conn_ids),
             encoders=tuple(get_encoder(card, eid) for eid in enc_ids),
