@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     package, allowlist = top / "vkmsremote", top / "vulture_allowlist.py"
     users = [p for p in (top / "tests", top / "scripts") if p.is_dir()]
     sys.path.insert(0, str(top))  # the allow-list's imports must see this checkout's package
-    try:  # every entry names something that exists (an AttributeError/ImportError otherwise)
+    try:  # every entry must name something that exists
         runpy.run_path(str(allowlist))
-    except (AttributeError, ImportError) as e:
+    except Exception as e:  # any failure (ImportError, AttributeError, NameError) means a stale entry
         print(f"deadcode: stale entry in {allowlist.name}: {e}", file=sys.stderr)
         return 1
     v = vulture.Vulture()

@@ -24,7 +24,7 @@ INCLUDE = Path("/usr/include/libdrm")
 STRUCTS: list[tuple[str, Any]] = [
     (("union " if issubclass(cls, ctypes.Union) else "struct ") + cls.__name__, cls)
     for cls in (
-        k.drm_set_client_cap, k.drm_gem_close, k.drm_prime_handle,
+        k.drm_version, k.drm_set_client_cap, k.drm_gem_close, k.drm_prime_handle,
         k.drm_crtc_get_sequence,
         k.drm_crtc_queue_sequence, k.drm_mode_modeinfo, k.drm_mode_card_res, k.drm_mode_crtc,
         k.drm_mode_get_encoder, k.drm_mode_get_connector, k.drm_mode_property_enum, k.drm_mode_get_property,
@@ -132,6 +132,7 @@ def test_constants_match_header(c_view: dict[str, Any]) -> None:
 
 def test_known_request_numbers() -> None:
     # Independent of the headers: values as printed by strace on x86-64.
+    assert k.DRM_IOCTL_VERSION == 0xC0406400
     assert k.DRM_IOCTL_SET_CLIENT_CAP == 0x4010640D
     assert k.DRM_IOCTL_SET_MASTER == 0x641E
     assert k.DRM_IOCTL_MODE_GETFB2 == 0xC06864CE

@@ -7,7 +7,7 @@ atomic (AtomicRequest, property blobs), events (vblank/flip events, asyncio read
 """
 
 from vkmsremote.drm.atomic import AtomicRequest, PropertyBlob
-from vkmsremote.drm.card import Card, CardNode, card_for_vkms_device, list_cards
+from vkmsremote.drm.card import Card, CardNode, DriverVersion, card_for_vkms_device, list_cards
 from vkmsremote.drm.connector import ConnectionStatus, Connector, ConnectorType, get_connector
 from vkmsremote.drm.crtc import Crtc, get_crtc
 from vkmsremote.drm.encoder import Encoder
@@ -27,7 +27,7 @@ from vkmsremote.drm.resources import Resources
 
 __all__ = [
     "AtomicFlag", "AtomicRequest", "Card", "CardNode", "ClientCap", "ConnectionStatus", "Connector",
-    "ConnectorType", "Crtc", "DrmFormat", "DumbFramebuffer", "Encoder", "FramebufferInfo",
+    "ConnectorType", "Crtc", "DriverVersion", "DrmFormat", "DumbFramebuffer", "Encoder", "FramebufferInfo",
     "MappedFramebuffer", "Mode", "ObjectType", "Plane", "PlaneType", "PropertyBlob", "Resources",
     "card_for_vkms_device", "fourcc", "fourcc_str", "get_connector", "get_crtc", "get_framebuffer",
     "get_plane", "get_properties", "list_cards", "map_framebuffer",

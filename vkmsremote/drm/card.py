@@ -5,6 +5,7 @@ that belongs to a device (a configfs VKMS device appears as /sys/devices/faux/<n
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import re
@@ -18,6 +19,16 @@ from vkmsremote.drm.ioctl import ClientCap, drm_error, drm_ioctl
 from vkmsremote.errors import DeviceStateError, DrmError, PermissionDeniedError
 
 
+@dataclass(frozen=True, slots=True)
+class DriverVersion:
+    """DRM_IOCTL_VERSION: the driver's name ("vkms"), version and date."""
+
+    name: str
+    major: int
+    minor: int
+    date: str
+
+
 class Card:
     """An open DRM primary node. Use :meth:`open`; close it (or use ``with``) when done.
 
@@ -28,6 +39,7 @@ class Card:
         self._fd = fd
         self.path = path
         self._is_master = False
+        self._driver: DriverVersion | None = None
         self.client_caps: dict[ClientCap, int] = {}
         # Property metadata by property id; filled lazily by vkmsremote.drm.properties.
         self.property_cache: dict[int, Any] = {}
@@ -102,6 +114,20 @@ class Card:
         return f"<Card {self.path} fd={self._fd}{' master' if self._is_master else ''}>"
 
     # --- identity and capabilities ------------------------------------------------------------------------
+
+    @property
+    def driver(self) -> DriverVersion:
+        """DRM_IOCTL_VERSION (asked once: first for the lengths, then for the strings)."""
+        if self._driver is None:
+            v = k.drm_version()
+            self.ioctl(k.DRM_IOCTL_VERSION, v, "DRM_IOCTL_VERSION")
+            bufs = [ctypes.create_string_buffer(max(int(n), 1)) for n in (v.name_len, v.date_len, v.desc_len)]
+            v.name, v.date, v.desc = (ctypes.addressof(b) for b in bufs)
+            self.ioctl(k.DRM_IOCTL_VERSION, v, "DRM_IOCTL_VERSION")
+            name, date = (b.raw[:n].decode("utf-8", "replace")
+                          for b, n in zip(bufs[:2], (v.name_len, v.date_len), strict=True))
+            self._driver = DriverVersion(name, v.version_major, v.version_minor, date)
+        return self._driver
 
     def set_client_cap(self, cap: ClientCap, value: int = 1) -> None:
         arg = k.drm_set_client_cap(capability=cap, value=value)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-from ctypes import c_char, c_int32, c_int64, c_uint, c_uint16, c_uint32, c_uint64
+from ctypes import c_char, c_int, c_int32, c_int64, c_uint, c_uint16, c_uint32, c_uint64, c_ulong
 from enum import IntEnum, IntFlag
 from typing import Any
 
@@ -54,6 +54,15 @@ DMA_BUF_BASE = "b"
 
 DRM_DISPLAY_MODE_LEN = 32
 DRM_PROP_NAME_LEN = 32
+
+
+class drm_version(ctypes.Structure):
+    _fields_ = [
+        ("version_major", c_int), ("version_minor", c_int), ("version_patchlevel", c_int),
+        ("name_len", c_ulong), ("name", c_uint64),
+        ("date_len", c_ulong), ("date", c_uint64),
+        ("desc_len", c_ulong), ("desc", c_uint64),
+    ]
 
 
 class drm_set_client_cap(ctypes.Structure):
@@ -224,6 +233,7 @@ class dma_buf_sync(ctypes.Structure):
 # --- request numbers (drm.h "DRM_IOCTL_*", dma-buf.h) -----------------------------------------------
 
 D = DRM_IOCTL_BASE
+DRM_IOCTL_VERSION = iowr(D, 0x00, drm_version)
 DRM_IOCTL_GEM_CLOSE = iow(D, 0x09, drm_gem_close)
 DRM_IOCTL_SET_CLIENT_CAP = iow(D, 0x0D, drm_set_client_cap)
 DRM_IOCTL_SET_MASTER = io(D, 0x1E)
