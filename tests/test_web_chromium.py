@@ -1,4 +1,4 @@
-"""noVNC (Debian's novnc 1.3) in real headless Chromium against our server over WebSocket.
+"""noVNC (Debian's novnc 1.3, the fallback when the npm install is missing) in real headless Chromium against our server.
 
 The browser is driven by chromedriver through a minimal W3C WebDriver client written here (plain HTTP +
 JSON). The frame source is synthetic: large solid-colour blocks, so neither Tight's JPEG nor noVNC's
@@ -35,7 +35,8 @@ from vkmsremote.rfb.constants import Encoding, SecurityType
 from vkmsremote.server.app import VncServer
 from vkmsremote.server.input import RecordingSink
 from vkmsremote.server.session import Session
-from vkmsremote.web.server import WebServer, start_web_server
+from vkmsremote.web.novnc import DEBIAN_ROOT
+from vkmsremote.web.server import WebConfig, WebServer, start_web_server
 
 T = TypeVar("T")
 
@@ -250,7 +251,8 @@ class ServerThread:
             self.sessions.append(session)
             await session.run()
 
-        self.web: WebServer = self.call(start_web_server(rfb_over_websocket, "127.0.0.1", 0))
+        self.web: WebServer = self.call(start_web_server(rfb_over_websocket, "127.0.0.1", 0,
+                                                          config=WebConfig(novnc_root=DEBIAN_ROOT)))
 
     def stop(self) -> None:
         try:
