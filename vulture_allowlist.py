@@ -12,10 +12,10 @@ from __future__ import annotations
 from vkmsremote.bench.xdraw import XShmSegmentInfo
 from vkmsremote.drm import ioctl as k
 from vkmsremote.drm.fourcc import DrmFormat
-from vkmsremote.rfb.constants import Encoding, SecurityResult, VeNCryptSubtype
+from vkmsremote.rfb.constants import Encoding, SecurityResult, VeNCryptSubtype, VeNCryptSubtypeResult
 from vkmsremote.rfb.messages import ExtendedDesktopSizeStatus
 from vkmsremote.service.privileges import Cap
-from vkmsremote.web.websocket import CloseCode
+from vkmsremote.web.transport import WebSocketStream
 
 # ctypes struct fields the kernel (or libXext) reads: written by us, never read back in Python.
 k.drm_mode_get_connector.modes_ptr
@@ -52,21 +52,15 @@ Cap.SETUID
 Cap.SETPCAP
 Cap.NET_BIND_SERVICE
 
-# Protocol registries (RFC 6143 / rfbproto, RFC 6455): values a peer may send, decoded through the enum.
+# Protocol registries (RFC 6143 / rfbproto): values a peer may send, decoded through the enum.
 VeNCryptSubtype.PLAIN
 VeNCryptSubtype.TLS_NONE
 VeNCryptSubtype.TLS_VNC
 VeNCryptSubtype.TLS_PLAIN
 SecurityResult.TOO_MANY_ATTEMPTS
 Encoding.X_CURSOR
+VeNCryptSubtypeResult.REJECTED
 ExtendedDesktopSizeStatus.FORWARDED
-CloseCode.ABNORMAL
-CloseCode.POLICY_VIOLATION
-CloseCode.MANDATORY_EXTENSION
-CloseCode.INTERNAL_ERROR
-CloseCode.SERVICE_RESTART
-CloseCode.TRY_AGAIN_LATER
-CloseCode.BAD_GATEWAY
 
 
 class _Any:
@@ -78,18 +72,26 @@ class _Any:
 
 _ = _Any()
 
-# Set for a library that reads it: ssl.SSLContext.num_tickets (server/tls.py), BaseException.__cause__
-# (web/transport.py), asyncio's transport interface method can_write_eof (web/transport.py, called by
-# asyncio.StreamWriter); __aexit__'s parameters (web/server.py) are the protocol's signature.
+# Set for a library that reads it: ssl.SSLContext.num_tickets (server/tls.py); __aexit__'s parameters
+# (web/server.py) are the protocol's signature.
 _.num_tickets
-_.__cause__
-_.can_write_eof
 _.exc_type
 _.tb
+# asyncio.Transport's interface, implemented by web/transport.py's WebSocketStream and called by asyncio's
+# streams (StreamWriter, StreamReaderProtocol), not by our code.
+WebSocketStream.can_write_eof
+WebSocketStream.writelines
+WebSocketStream.get_write_buffer_limits
+WebSocketStream.pause_reading
+WebSocketStream.resume_reading
+WebSocketStream.is_reading
+WebSocketStream.get_protocol
+WebSocketStream.set_protocol
 
 # Dead, left for the owners of the files (reported to the lead; not this branch's files):
-# server/session.py SessionContext.on_record and Session._pf (written, never read);
-# vkms/device.py DownResult.left_alone (written, never read).
+# server/session.py SessionContext.on_record (never read) and Session._encodings (written, never read);
+# vkms/device.py DownResult.left_alone (written, never read); web/http.py NOVNC_ROOT (never read).
 _.on_record
-_._pf
+_._encodings
 _.left_alone
+_.NOVNC_ROOT
