@@ -72,9 +72,13 @@ class _Any:
 
 _ = _Any()
 
-# Set for a library that reads it: ssl.SSLContext.num_tickets (server/tls.py); __aexit__'s parameters
-# (web/server.py) are the protocol's signature.
+# Set for a library that reads it: ssl.SSLContext.num_tickets (server/tls.py); PyAV's codec context and
+# frame (rfb/encodings/h264.py: pix_fmt, thread_count, pts); __aexit__'s parameters (web/server.py) are the
+# protocol's signature.
 _.num_tickets
+_.pix_fmt
+_.thread_count
+_.pts
 _.exc_type
 _.tb
 # asyncio.Transport's interface, implemented by web/transport.py's WebSocketStream and called by asyncio's
@@ -90,8 +94,11 @@ WebSocketStream.set_protocol
 
 # Dead, left for the owners of the files (reported to the lead; not this branch's files):
 # server/session.py SessionContext.on_record (never read) and Session._encodings (written, never read);
-# vkms/device.py DownResult.left_alone (written, never read); web/http.py NOVNC_ROOT (never read).
+# vkms/device.py DownResult.left_alone (written, never read); web/http.py NOVNC_ROOT (never read);
+# rfb/encodings/h264.py streams_started (counted, never read); service/activation.py socket_host (never called).
 _.on_record
 _._encodings
 _.left_alone
 _.NOVNC_ROOT
+_.streams_started
+_.socket_host
