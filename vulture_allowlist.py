@@ -93,12 +93,5 @@ WebSocketStream.get_protocol
 WebSocketStream.set_protocol
 
 # Dead, left for the owners of the files (reported to the lead; not this branch's files):
-# server/session.py SessionContext.on_record (never read) and Session._encodings (written, never read);
-# vkms/device.py DownResult.left_alone (written, never read); web/http.py NOVNC_ROOT (never read);
-# rfb/encodings/h264.py streams_started (counted, never read); service/activation.py socket_host (never called).
-_.on_record
-_._encodings
+# vkms/device.py DownResult.left_alone (written, never read).
 _.left_alone
-_.NOVNC_ROOT
-_.streams_started
-_.socket_host
