@@ -22,6 +22,10 @@ debs=(
   x11-utils xdotool xterm imagemagick libjpeg62-turbo
   # LibVNCClient headers: tests/test_encodings_libvncclient.py builds a tiny decoding client
   libvncserver-dev
+  # FFmpeg's decoder for the benchmark client's Open H.264 (scripts/bench_client.c)
+  libavcodec-dev libswscale-dev libavutil-dev
+  # a Debian 13 tree for TigerVNC's H.264-capable viewer (below)
+  mmdebstrap
   # browser client: noVNC 1.7 comes from the npm registry (scripts/install-novnc.sh); Debian's 1.3 is the
   # fallback the tests also check
   novnc chromium chromium-driver

@@ -17,6 +17,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+import fake_configfs
 import pytest
 
 import vkmsremote
@@ -39,6 +40,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "configfs"
     (root / "vkms").mkdir(parents=True)
     monkeypatch.setenv("VKMSREMOTE_CONFIGFS_ROOT", str(root))
+    fake_configfs.install(monkeypatch)  # the command line's Configfs on this directory is the test double
     monkeypatch.setenv("VKMSREMOTE_STATE_DIR", str(tmp_path / "state"))
     return root
 
@@ -83,10 +85,12 @@ def test_up_status_hotplug_down_cycle(fake: Path, capsys: pytest.CaptureFixture[
     assert dev["name"] == "vkmsremote" and dev["configfs"]["enabled"] is True and dev["managed"] is True
     assert [c["name"] for c in dev["connectors"]] == ["XR-0", "XR-1"]
     assert [c["connector_id"] for c in dev["connectors"]] == [None, None]  # a fake has no DRM
+    assert doc["web_client"]["version"] == "1.7.0" and doc["web_client"]["lacks"] == []  # scripts/install-novnc.sh
     code, out, _ = run(capsys, "hotplug", "XR-1", "--disconnect")
     assert code == 0 and out.strip() == "XR-1 disconnected"
     code, out, _ = run(capsys, "status")
     assert "connectors/XR-1 disconnected -> enc1" in out
+    assert "web client (--web): noVNC 1.7.0 from /usr/local/share/vkmsremote/novnc" in out
     code, out, _ = run(capsys, "down", "--dry-run")
     assert out.splitlines()[0].startswith(f"echo 0 > {fake}/vkms/vkmsremote/enabled")
     assert tree(fake / "vkms") != []
@@ -183,7 +187,7 @@ def test_not_root_on_the_system_configfs(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_not_root_on_a_root_owned_fake() -> None:
+def test_not_root_on_a_root_owned_fake(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """A fake configfs tree holding XR-0, made by this (root or not) process and then closed to writes for the
     non-root user: every change is refused with the root hint, status still reads, and nothing changes."""
     top = Path(tempfile.mkdtemp(prefix="vkmsremote-cli-"))
@@ -191,9 +195,13 @@ def test_not_root_on_a_root_owned_fake() -> None:
     try:
         os.chmod(top, 0o755)
         (top / "vkms").mkdir()
-        made = subprocess.run([PYTHON, "-m", "vkmsremote", "up", "-p", "xr-dual"], capture_output=True, text=True,
-                              timeout=60, env={**os.environ, **env})
-        assert made.returncode == 0, made.stderr
+        # The tree is made in this process through the test double (the kernel's default groups); the
+        # non-root commands below run the real command line on it.
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        fake_configfs.install(monkeypatch)
+        code, _, err = run(capsys, "up", "-p", "xr-dual")
+        assert code == 0, err
         # Root-owned for nobody; for a non-root suite, read-only for its own user too.
         for p in [top, *top.rglob("*")]:
             if not p.is_symlink():
@@ -238,24 +246,70 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "one of the arguments --disconnect --connect is required" in capsys.readouterr().err
 
 
-def test_serve_is_registered_only_when_its_module_exists(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(cli, "SERVE_MODULE", "vkmsremote_test_missing_app")
-    assert not re.search(r"^ +serve ", cli.build_parser().format_help(), re.M)
-    (tmp_path / "fake_serve_app.py").write_text(textwrap.dedent('''\
-        """Serve it."""
-        def add_arguments(parser):
-            parser.add_argument("--port", type=int, required=True)
-        def run(args):
-            print("serving", args.port, args.command)
-            return 7
-        '''))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(cli, "SERVE_MODULE", "fake_serve_app")
-    assert re.search(r"^ +serve +serve a connector", cli.build_parser().format_help(), re.M)
-    assert cli.main(["serve", "--port", "5900"]) == 7
-    assert capsys.readouterr().out == "serving 5900 serve\n"
+def test_serve_and_up_share_one_spelling_of_each_option() -> None:
+    parser = cli.build_parser()
+    serve = parser.parse_args(["serve", "--listen", "::1", "--port", "5901", "--web"])
+    up = parser.parse_args(["up", "--listen", "::1", "--port", "5901", "--web"])
+    shared = ("listen", "port", "web", "password_file", "security", "tls_cert", "insecure_listen", "view_only",
+              "always_shared")
+    assert [getattr(serve, k) for k in shared] == [getattr(up, k) for k in shared]
+    assert (serve.listen, serve.port, serve.web) == ("::1", 5901, 5800)
+    # serve's old spelling --host still works, and is not advertised
+    assert parser.parse_args(["serve", "--host", "0.0.0.0"]).listen == "0.0.0.0"
+    assert parser.parse_args(["serve"]).listen == "127.0.0.1"
+    sub = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[attr-defined]
+    for command in ("serve", "up"):
+        text = sub[command].format_help()
+        assert "--listen HOST" in text and "--host" not in text, command
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--port", "70000"])  # the same port check as up's
+
+
+def test_option_constants_are_the_librarys() -> None:
+    """options.py keeps the CLI light by not importing the server and web packages; these must agree."""
+    from vkmsremote.server.app import SECURITY_NAMES
+    from vkmsremote.service import options
+    from vkmsremote.web import DEFAULT_WEB_PORT
+
+    assert tuple(SECURITY_NAMES) == options.SECURITY_CHOICES
+    assert options.DEFAULT_WEB_PORT == DEFAULT_WEB_PORT
+
+
+def test_cli_start_does_not_load_the_server() -> None:
+    code = ("import sys; from vkmsremote import cli; cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'websockets', 'asyncio')))")
+    proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_command_arguments_skip_global_options() -> None:
+    assert cli.command_arguments(["--state-dir", "up", "up", "--vm", "-p", "xr-0"]) == ["--vm", "-p", "xr-0"]
+    assert cli.command_arguments(["--version"]) == []
+
+
+def test_layers_import_one_way() -> None:
+    """Nothing in the package imports the CLI, and web and server do not import each other (issue 21)."""
+    import ast
+
+    package = REPO / "vkmsremote"
+    found = []
+    for path in package.rglob("*.py"):
+        layer = path.relative_to(package).parts[0].removesuffix(".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                parts = name.split(".")
+                if parts[0] != "vkmsremote" or len(parts) < 2:
+                    continue
+                target = parts[1]
+                forbidden = (target == "cli" and layer != "__main__") or (layer, target) in {
+                    ("web", "server"), ("server", "web"), ("capture", "service"), ("capture", "vkms"),
+                    ("server", "service"), ("web", "service"), ("vm", "service"), ("vm", "server")}
+                if forbidden:
+                    found.append(f"{path.relative_to(REPO)} imports {name}")
+    assert found == []
 
 
 def test_python_dash_m_and_help() -> None:

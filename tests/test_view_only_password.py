@@ -55,12 +55,13 @@ from vkmsremote.rfb.protocol import (
     ConnectionClosed,
     ServerConnection,
 )
-from vkmsremote.server.app import VncServer, _password, _view_only_password, security_policy
+from vkmsremote.server.app import VncServer, security_policy
 from vkmsremote.server.blacklist import Blacklist
 from vkmsremote.server.hub import SCREEN_ID
 from vkmsremote.server.input import InputSink, RecordingSink
 from vkmsremote.server.pattern import PatternSource
 from vkmsremote.server.tls import generate_self_signed, server_context
+from vkmsremote.service.serve import _password, _view_only_password
 from vkmsremote.service.up import check_options
 
 BIN = Path(sys.executable).parent

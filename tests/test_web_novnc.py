@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -287,3 +287,50 @@ def test_served_page_needs_the_certificate(tmp_path: Path) -> None:
     finally:
         driver.quit()
         server.stop()
+
+
+def _fingerprint_of_peer(port: int) -> str:
+    import socket
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the point is to read the certificate and compare its fingerprint
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+def test_serve_off_loopback_is_https_with_a_printed_fingerprint(tmp_path: Path) -> None:
+    """`serve --web --listen 0.0.0.0` (as a tablet on the LAN would use it): https with the self-signed
+    certificate made once under the TLS directory, its fingerprint printed; on loopback plain http."""
+    import re
+    import ssl
+    import sys
+    import urllib.request
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from clients.support import serving
+
+    env = {"VKMSREMOTE_PASSWORD": "pw-for-web", "XDG_CONFIG_HOME": str(tmp_path)}
+    with serving("--source", "pattern", "--web", "0", "--listen", "0.0.0.0", env=env) as (proc, _):
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"open https://([^/]+):(\d+)/ in a browser; the certificate's SHA-256 fingerprint is "
+                      r"([0-9A-F:]{95}) ", line)
+        assert m is not None, line
+        web_port, printed = int(m.group(2)), m.group(3)
+        assert _fingerprint_of_peer(web_port) == printed
+        cert = tmp_path / "vkmsremote" / "tls" / "cert.pem"
+        assert (cert.parent / "key.pem").stat().st_mode & 0o777 == 0o600
+        loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+        assert ":".join(f"{b:02X}" for b in loaded.fingerprint(hashes.SHA256())) == printed
+        ctx = ssl.create_default_context(cafile=str(cert))  # the self-signed certificate is its own CA
+        with urllib.request.urlopen(f"https://127.0.0.1:{web_port}/", context=ctx, timeout=10) as resp:
+            page = resp.read().decode()
+        assert "<title>XR-0 test pattern" in page or ("<title>" in page and "pattern" in page.lower()), page[:300]
+    with serving("--source", "pattern", "--web", "0", env={"XDG_CONFIG_HOME": str(tmp_path)}) as (proc, _):
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert re.search(r"open http://127\.0\.0\.1:\d+/ in a browser$", line.strip()), line

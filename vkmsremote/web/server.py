@@ -72,7 +72,9 @@ class WebConfig:
 
 
 def is_loopback_host(host: str) -> bool:
-    """True if ``host`` (a name or an address, IPv6 with or without brackets) is this machine's loopback."""
+    """True if ``host`` (a Host header name or a bind address, IPv6 with or without brackets; not resolved)
+    is a loopback name or a loopback address literal. Compare vkmsremote.server.app.resolves_to_loopback,
+    which resolves names (the rule for listening without authentication)."""
     if host in LOOPBACK_NAMES:
         return True
     try:
@@ -232,6 +234,9 @@ class _Connection(ServerConnection):
 
 
 def _url_host(host: str) -> str:
+    """How a browser reaches ``host``: a wildcard bind is reached by this machine's name."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname() or "localhost"
     return f"[{host}]" if ":" in host else host
 
 
@@ -242,18 +247,14 @@ async def start_web_server(handler: SessionHandler, host: str = "127.0.0.1", por
 
     ``handler(reader, writer)`` runs once per WebSocket client, exactly like asyncio.start_server's
     callback. ``ssl``: serve https/wss with this context. ``sock``: an already listening socket instead of
-    host and port (by default the one systemd passed with FileDescriptorName=web, if any). The address policy
-    (loopback unless allowed otherwise) is the caller's, as for the RFB listener. Raises UsageError if no
-    noVNC is installed.
+    host and port (e.g. the one systemd passed: vkmsremote.service.activation). The address policy (loopback
+    unless allowed otherwise) is the caller's, as for the RFB listener. Raises UsageError if no noVNC is
+    installed.
     """
     config = config or WebConfig()
     bundle = load_bundle(config.novnc_root) if config.novnc_root is not None else find_bundle()
-    if sock is None:  # a socket systemd passed (socket activation, FileDescriptorName=web) wins
-        from vkmsremote.server.activation import socket_host, take_web_socket
-
-        sock = take_web_socket()
-        if sock is not None:
-            host = socket_host(sock)
+    if sock is not None:
+        host = str(sock.getsockname()[0])
     allowed = config.allowed_hosts
     if allowed is None and is_loopback_host(host):
         allowed = LOOPBACK_NAMES | {host.lower()}
