@@ -272,11 +272,11 @@ def run(args: argparse.Namespace) -> int:
 
         def started(server: VncServer, web_server: WebServer | None) -> None:
             print(f"vkmsremote: serving {source.desktop_name} on {server.host} port {server.port}", flush=True)
-            if (announcement := rsa_key_announcement(policy)) is not None:
-                print(f"vkmsremote: {announcement}", flush=True)
             if web_server is not None:
                 assert web is not None
                 print(f"vkmsremote: {web.describe(web_server.url)}", flush=True)
+            if (announcement := rsa_key_announcement(policy)) is not None:
+                print(f"vkmsremote: {announcement}", flush=True)
 
         asyncio.run(run_until_stopped(server, web=web, started=started, cleanup=source.close))
     finally:

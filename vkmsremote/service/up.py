@@ -238,8 +238,6 @@ async def _serve(server: Any, reader: Any, target: ServeTarget, web: Any, announ
     def started(server: Any, web_server: Any) -> None:
         _say(out, f"serving {target.desktop_name} on {server.host} port {server.port} "
                   f"({', '.join(t.name for t in server.ctx.policy.types)})")
-        if (fingerprint := rsa_key_announcement(server.ctx.policy)) is not None:
-            _say(out, fingerprint)
         if announce:
             host, _, _ = announce.rpartition(":")
             _say(out, f"connect a VNC client to {host}:{server.port} on the host "
@@ -249,6 +247,8 @@ async def _serve(server: Any, reader: Any, target: ServeTarget, web: Any, announ
                 _say(out, f"or {web.describe(f'{scheme}://{host}:{web.port}/')} on the host")
         elif web_server is not None:
             _say(out, web.describe(web_server.url))
+        if (fingerprint := rsa_key_announcement(server.ctx.policy)) is not None:
+            _say(out, fingerprint)
 
     try:
         await run_until_stopped(server, web=web, started=started, stopping=lambda: _say(out, "stopping"),
