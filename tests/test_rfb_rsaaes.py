@@ -624,7 +624,9 @@ def tcp_display() -> Iterator[dict[str, str]]:
     assert (TRIXIE / "usr/bin/xtigervncviewer").is_file(), f"TigerVNC 1.15 is missing at {TRIXIE}: run scripts/setup-host.sh"
     assert os.geteuid() == 0, "running the Debian 13 viewer needs chroot, i.e. root"
     r, w = os.pipe()
-    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "800x600x24", "-listen", "tcp", "-ac"],
+    # -noreset: the server must not reset when the last client (a viewer) leaves, or the next one can find it gone
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "800x600x24", "-listen", "tcp", "-ac",
+                             "-noreset"],
                             pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(w)
     try:
