@@ -24,6 +24,7 @@ VKMS = Path("/sys/kernel/config/vkms")
 PORT = 5900
 RESULTS = Path(os.environ.get("VKMSREMOTE_GUEST_RESULTS", "/tmp"))
 FIGURES: dict[str, object] = {}
+pytestmark = pytest.mark.timeout(900)  # a test may wait for two starts
 SLOW = 300.0
 """Seconds allowed for a start or restart: Python under TCG on a busy 2-core host took 60-100 s."""
 
