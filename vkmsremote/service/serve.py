@@ -265,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
     devices: UinputDevices | None = None
     try:
         if input_kind == "uinput" and not args.view_only:
-            devices = UinputDevices.open("vkmsremote")
+            devices = UinputDevices.open("vkmsremote", follow_layout=True)
             sink = uinput_sink_factory(devices, source)
         server = vnc_server(source, sink, policy, args)
 

@@ -203,7 +203,7 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
         if args.input == "uinput" and not args.view_only:
             from vkmsremote.input import UinputDevices
 
-            devices = UinputDevices.open("vkmsremote")
+            devices = UinputDevices.open("vkmsremote", follow_layout=True)
         preload_modules()
         from vkmsremote.capture.crtc import CrtcReader
         from vkmsremote.drm.card import Card
