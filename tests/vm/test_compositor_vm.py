@@ -283,6 +283,30 @@ def test_caps_lock_and_keypad_through_xkb(desktop: Desktop) -> None:
             wait_for(lambda: locks() == (False, False), "X to turn Num Lock off")
 
 
+@pytest.mark.parametrize(("layout", "text"), [("de", "zyäöüß@€"), ("fr", "azerty&é\"'("), ("us", TEXT)])
+def test_typing_follows_the_x_servers_layout(desktop: Desktop, layout: str, text: str) -> None:
+    """setxkbmap on XR-0's X server: the server reads the X keymap (xkbcomp) and types with it (issue 19)."""
+    out = desktop.workdir / f"layout-{layout}.txt"
+    x("setxkbmap", "-layout", layout)
+    assert f"layout:     {layout}" in x("setxkbmap", "-query")
+    time.sleep(3)  # vkmsremote re-reads the desktop's layout at most every 2 s
+    xterm(desktop, f"layout-{layout}", "40x2+400+300",
+          f'IFS= read -r line; printf "%s" "$line" > {out}; sleep 3600', LC_ALL="C.UTF-8")
+    lx, ly, lw, lh = desktop.window(f"layout-{layout}")
+    try:
+        with vnc(desktop.port) as client:
+            client.mouseMove(lx + lw // 2, ly + lh // 2)
+            wait_for(mouse_at(desktop, (lx + lw // 2, ly + lh // 2)), f"the pointer on the {layout} xterm",
+                     state=where(desktop, client))
+            type_text(client, text)
+            client.keyPress("enter")
+            wait_for(out.exists, f"the {layout} xterm's shell to write what was typed")
+            assert out.read_text(encoding="utf-8") == text
+    finally:
+        x("setxkbmap", "-layout", "us")
+    assert "built-in US tables" not in (desktop.workdir / "server.log").read_text(errors="replace")
+
+
 def test_clicks_and_wheel_land_on_the_pixel(desktop: Desktop) -> None:
     desktop.spawn(["stdbuf", "-oL", "xev", "-geometry", "300x200+600+100", "-name", "clicks", "-event", "button"], "xev.log")
     wx, wy, ww, wh = desktop.window("clicks")
