@@ -8,12 +8,13 @@ wrote: vncdotool (plain cut text both ways) and noVNC 1.7 in Chromium (Extended 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 import time
 import tracemalloc
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +225,65 @@ def browser() -> Any:
     for d in drivers:
         d.quit()
 
+
+
+# --- the desktop side: X selections through xclip, on a real X server --------------------------------------
+
+
+@pytest.fixture
+def xvfb() -> Iterator[str]:
+    import os
+    import subprocess
+
+    display = f":{60 + os.getpid() % 30}"
+    proc = subprocess.Popen(["Xvfb", display, "-nolisten", "tcp"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["xkbcomp", "-xkb", display, os.devnull], capture_output=True).returncode != 0:
+            assert proc.poll() is None and time.monotonic() < deadline, "Xvfb did not start"
+            time.sleep(0.2)
+        yield display
+    finally:
+        proc.terminate()
+        proc.wait(10)  # xclip's selection servers exit when their display goes
+
+
+def test_x_selections_both_ways(xvfb: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from vkmsremote.input.clipboard import XClipboard, open_desktop_clipboard
+
+    monkeypatch.setenv("DISPLAY", xvfb)
+    monkeypatch.delenv("SWAYSOCK", raising=False)
+    found, why = open_desktop_clipboard()
+    assert isinstance(found, XClipboard) and found.display == xvfb, why
+
+    def selection(name: str) -> str:
+        return subprocess.run(["xclip", "-display", xvfb, "-selection", name, "-o"], capture_output=True,
+                              check=True).stdout.decode()
+
+    clipboard = XClipboard(xvfb, poll=0.1, max_size=64)
+    clipboard.set(TEXT)  # a client pasted: both selections hold it for X applications
+    assert selection("clipboard") == TEXT and selection("primary") == TEXT
+
+    seen: list[str] = []
+
+    async def watch_while(action: Callable[[], None], until: Callable[[], bool]) -> None:
+        task = asyncio.create_task(clipboard.watch(seen.append))
+        await asyncio.sleep(0.3)
+        action()
+        deadline = time.monotonic() + 10
+        while not until() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    def x_client_copies(text: str) -> Callable[[], None]:
+        return lambda: subprocess.run(["xclip", "-display", xvfb, "-selection", "clipboard", "-i"],
+                                      input=text.encode(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      check=True)
+
+    asyncio.run(watch_while(x_client_copies("Kopiert auf XR-0 ✓"), lambda: bool(seen)))
+    assert seen == ["Kopiert auf XR-0 ✓"]  # our own TEXT (already there when watching began) was not news
+    asyncio.run(watch_while(x_client_copies("x" * 100), lambda: len(seen) > 1))
+    assert seen[1] == "x" * 64  # capped at max_size

@@ -29,13 +29,16 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from evdev import ecodes
 
 from vkmsremote.errors import InputDeviceError, PermissionDeniedError
 from vkmsremote.frame import Placement
 from vkmsremote.input.keymap import US, Keymap, KeyPress, State
+
+if TYPE_CHECKING:
+    from vkmsremote.input.clipboard import DesktopClipboard
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +297,8 @@ class UinputDevices:
     def __init__(self, keyboard: Keyboard, pointer: Pointer) -> None:
         self.keyboard = keyboard
         self.pointer = pointer
+        self.clipboard: DesktopClipboard | None = None
+        """Where the clients' clipboard text goes (vkmsremote.input.clipboard); None: dropped."""
 
     @classmethod
     def open(cls, name: str = "vkmsremote", *, keymap: Keymap = US,
@@ -457,7 +462,11 @@ class UinputSink:
         pointer.syn()
 
     def clipboard(self, text: str) -> None:
-        log.debug("clipboard text (%d chars) not injected: uinput has no clipboard", len(text))
+        desktop = self.devices.clipboard
+        if desktop is None:
+            log.debug("clipboard text (%d chars) dropped: no desktop clipboard", len(text))
+            return
+        desktop.set(text)
 
     # Leaving -------------------------------------------------------------------------------------------
 

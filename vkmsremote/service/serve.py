@@ -267,9 +267,16 @@ def run(args: argparse.Namespace) -> int:
         if input_kind == "uinput" and not args.view_only:
             devices = UinputDevices.open("vkmsremote", follow_layout=True)
             sink = uinput_sink_factory(devices, source)
+            from vkmsremote.input.clipboard import open_desktop_clipboard
+
+            devices.clipboard, clipboard_state = open_desktop_clipboard()
+            print(f"vkmsremote: {clipboard_state}", flush=True)
         server = vnc_server(source, sink, policy, args)
+        watchers: list[asyncio.Task[None]] = []  # kept referenced while the loop runs
 
         def started(server: VncServer, web_server: WebServer | None) -> None:
+            if devices is not None and devices.clipboard is not None:  # the desktop's copies go to the clients
+                watchers.append(asyncio.get_running_loop().create_task(devices.clipboard.watch(server.send_clipboard)))
             print(f"vkmsremote: serving {source.desktop_name} on {server.host} port {server.port}", flush=True)
             if web_server is not None:
                 assert web is not None
