@@ -151,7 +151,6 @@ class SessionContext:
     encodings: frozenset[int] | None = None
     """The encodings this server may send (Raw always); None: every one it supports, in the client's order."""
     sessions: set[Session] = field(default_factory=set)
-    on_record: Callable[[SessionRecord], None] | None = None
     video_share: VideoShare = field(default_factory=VideoShare)
     """Open H.264 streams shared by clients that receive the same frames (server.encodeshare)."""
 
@@ -181,7 +180,6 @@ class Session:
         self._extended_clipboard = False
         self._client_clipboard_max = 0
         self._clipboard_out: str | None = None  # the desktop's clipboard as last sent (answers requests)
-        self._encodings: tuple[int, ...] = ()
         self._encoders: dict[int, Encoder] = {}
         self._encoder: Encoder | None = None
         self._settings = EncoderSettings()
@@ -508,7 +506,6 @@ class Session:
         self._buttons = 0
 
     def _on_set_encodings(self, ev: SetEncodings) -> None:
-        self._encodings = ev.encodings
         self._settings = EncoderSettings.from_encodings(ev.encodings)  # applied between encodes
         allowed = self.ctx.encodings
         chosen = next((e for e in ev.encodings if e in SUPPORTED and (allowed is None or e in allowed)),
