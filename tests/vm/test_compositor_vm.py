@@ -307,6 +307,30 @@ def test_typing_follows_the_x_servers_layout(desktop: Desktop, layout: str, text
     assert "built-in US tables" not in (desktop.workdir / "server.log").read_text(errors="replace")
 
 
+def test_clipboard_both_ways_through_x_selections(desktop: Desktop) -> None:
+    """An X client's copy on XR-0 reaches a client without the Extended Clipboard as ServerCutText (Latin-1);
+    the client's paste lands in CLIPBOARD and PRIMARY (issue 19; the Extended Clipboard: tests/test_clipboard.py)."""
+    assert "clipboard: X selections on :7" in (desktop.workdir / "server.log").read_text(errors="replace")
+    with vnc(desktop.port) as client:
+        received: list[str] = []
+        frame(client)
+        client.protocol.copy_text = received.append  # vncdotool's ServerCutText hook
+        subprocess.run(["xclip", "-selection", "clipboard", "-i"], input="Grüße von XR-0".encode(),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=60,
+                       env={**os.environ, "DISPLAY": DISPLAY})
+
+        def arrived() -> bool:
+            frame(client)  # keeps vncdotool reading
+            return bool(received)
+
+        wait_for(arrived, "the X clipboard at the VNC client", timeout=120)
+        assert received == ["Grüße von XR-0"]
+        client.paste("Grüße aus dem Client")
+        for selection in ("clipboard", "primary"):
+            wait_for(lambda s=selection: x("xclip", "-selection", s, "-o", check=False) == "Grüße aus dem Client",
+                     f"the client's text in the X {selection} selection", timeout=120)
+
+
 def test_clicks_and_wheel_land_on_the_pixel(desktop: Desktop) -> None:
     desktop.spawn(["stdbuf", "-oL", "xev", "-geometry", "300x200+600+100", "-name", "clicks", "-event", "button"], "xev.log")
     wx, wy, ww, wh = desktop.window("clicks")
