@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from selenium import webdriver
 from test_rfb_protocol import events, finish_init, server
 from test_web_novnc import HttpsServer, page_state, wait_until
 
-from vkmsremote.errors import RemoteProtocolError
+from vkmsremote.errors import ProtocolError, RemoteProtocolError
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.messages import (
     MAX_EXTENDED_CLIPBOARD,
@@ -287,3 +289,21 @@ def test_x_selections_both_ways(xvfb: str, monkeypatch: pytest.MonkeyPatch) -> N
     assert seen == ["Kopiert auf XR-0 ✓"]  # our own TEXT (already there when watching began) was not news
     asyncio.run(watch_while(x_client_copies("x" * 100), lambda: len(seen) > 1))
     assert seen[1] == "x" * 64  # capped at max_size
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 0xFFFFFFFF))
+def test_any_extended_clipboard_bytes_parse_or_raise_the_protocol_error(body: bytes, flags: int) -> None:
+    conn = normal_connection()
+    conn.receive_data(struct.pack(">B3xiI", 6, -(4 + len(body)), flags) + body)
+    try:
+        got = events(conn)
+    except ProtocolError:
+        return
+    assert len(got) == 1 and isinstance(got[0], ExtendedClipboard)
+    try:
+        got[0].caps_sizes()
+        text, _ = got[0].provided_text(64)
+        assert text is None or len(text.encode()) <= 64 * 3  # U+FFFD is 3 bytes in UTF-8
+    except RemoteProtocolError:
+        pass
