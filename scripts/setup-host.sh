@@ -34,8 +34,9 @@ debs=(
   # US keymap check (tests/test_keymap.py regenerates vkmsremote/input/tables.py from libxkbcommon)
   libxkbcommon0 xkb-data
   # the desktop's own layout (vkmsremote.input.layout: xkbcomp dumps Xorg's keymap) and its clipboard
-  # (vkmsremote.input.clipboard: X selections through xclip, wlroots data-control through wl-clipboard)
-  x11-xkb-utils xclip wl-clipboard
+  # (vkmsremote.input.clipboard: X selections through xclip, wlroots data-control through wl-clipboard);
+  # sway, headless, is the wlroots desktop of tests/test_sway_desktop.py
+  x11-xkb-utils xclip wl-clipboard sway
   # mode changes and checks on Xorg in the VM (tests/vm/test_compositor_vm.py)
   x11-xserver-utils
 )

@@ -9,7 +9,8 @@ it with libxkbcommon (Debian ``libxkbcommon0`` through ctypes, the same library 
 * sway: ``swaymsg -t get_inputs`` names the active layout of each keyboard (``xkb_layout_names``,
   ``xkb_active_layout_index``) by its description ("German"); the layout and variant come back from
   xkeyboard-config's own list (``/usr/share/X11/xkb/rules/evdev.lst``) and are compiled with rules evdev.
-  (XKB options set in sway's config are not visible through IPC; they are not applied.)
+  With no keyboard plugged in yet, the ``input`` settings of sway's config (``get_config``) say it.
+  (XKB options are not read; they are not applied.)
 * Anything else, or a read that fails: the generated US tables, with a log line saying so.
 
 :class:`LayoutSource` re-reads at most every ``interval`` seconds and compiles only when the text changed,
@@ -25,6 +26,7 @@ import glob
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -256,14 +258,38 @@ def sway_layout(socket: str, device_name: str = "vkmsremote keyboard") -> tuple[
     """(layout, variant) sway applies to ``device_name`` (or to its first keyboard), or None."""
     inputs = json.loads(_run(["swaymsg", "-s", socket, "-t", "get_inputs", "-r"], {}))
     keyboards = [i for i in inputs if i.get("type") == "keyboard" and i.get("xkb_layout_names")]
-    if not keyboards:
-        return None
+    if not keyboards:  # none plugged in yet: what the config says a keyboard gets
+        config = json.loads(_run(["swaymsg", "-s", socket, "-t", "get_config", "-r"], {})).get("config", "")
+        return sway_config_layout(config, device_name)
     ours = [k for k in keyboards if k.get("name") == device_name]
     keyboard = (ours or keyboards)[0]
     names = keyboard["xkb_layout_names"]
     index = keyboard.get("xkb_active_layout_index") or 0
     description = names[index] if 0 <= index < len(names) else names[0]
     return layout_descriptions().get(description)
+
+
+_SWAY_INPUT = re.compile(r"^\s*input\s+(\S+)\s+(?:\{(?P<block>[^}]*)\}|(?P<line>.*))$", re.M)
+
+
+def sway_config_layout(config: str, device_name: str = "vkmsremote keyboard") -> tuple[str, str] | None:
+    """(layout, variant) that sway's config gives a keyboard (sway-input(5): ``input <identifier> xkb_layout
+    ...``, one line or a block): the device's own identifier first, then ``type:keyboard``, then ``*``.
+    Only the first of comma-separated layouts (the active one at start)."""
+    ours = "0:0:" + device_name.replace(" ", "_")
+    settings: dict[str, dict[str, str]] = {}
+    for match in _SWAY_INPUT.finditer(config):
+        identifier = match.group(1).strip('"')
+        body = match.group("block") if match.group("block") is not None else match.group("line")
+        for line in body.splitlines():
+            parts = line.split(None, 1)
+            if len(parts) == 2 and parts[0] in ("xkb_layout", "xkb_variant"):
+                settings.setdefault(identifier, {})[parts[0]] = parts[1].strip().strip('"').split(",")[0]
+    for identifier in (ours, "type:keyboard", "*"):
+        found = settings.get(identifier, {})
+        if "xkb_layout" in found:
+            return found["xkb_layout"], found.get("xkb_variant", "")
+    return None
 
 
 def _sway_sockets() -> list[str]:
