@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clients.test_tigervnc import display  # noqa: F401 (the Xvfb fixture the TigerVNC test uses)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from selenium import webdriver
@@ -237,15 +238,15 @@ def xvfb() -> Iterator[str]:
     import os
     import subprocess
 
-    display = f":{60 + os.getpid() % 30}"
-    proc = subprocess.Popen(["Xvfb", display, "-nolisten", "tcp"], stdout=subprocess.DEVNULL,
+    name = f":{60 + os.getpid() % 30}"
+    proc = subprocess.Popen(["Xvfb", name, "-nolisten", "tcp"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while subprocess.run(["xkbcomp", "-xkb", display, os.devnull], capture_output=True).returncode != 0:
+        while subprocess.run(["xkbcomp", "-xkb", name, os.devnull], capture_output=True).returncode != 0:
             assert proc.poll() is None and time.monotonic() < deadline, "Xvfb did not start"
             time.sleep(0.2)
-        yield display
+        yield name
     finally:
         proc.terminate()
         proc.wait(10)  # xclip's selection servers exit when their display goes
@@ -307,3 +308,39 @@ def test_any_extended_clipboard_bytes_parse_or_raise_the_protocol_error(body: by
         assert text is None or len(text.encode()) <= 64 * 3  # U+FFFD is 3 bytes in UTF-8
     except RemoteProtocolError:
         pass
+
+
+def test_tigervnc_viewer_extended_clipboard_both_ways(display: dict[str, str]) -> None:  # noqa: F811
+    """TigerVNC's viewer (1.12, Extended Clipboard) under Xvfb: the server's UTF-8 text ends up in the viewer's
+    X CLIPBOARD (read with xclip, as any X application pastes), and text copied on the viewer's X display
+    reaches the server's sink."""
+    import subprocess
+
+    from clients.support import ControlledSource, ServerThread
+    from clients.test_tigervnc import IMG, until, viewer, wait_for
+
+    from vkmsremote.server.input import RecordingSink
+
+    env = display
+    sink = RecordingSink()
+    with ServerThread(ControlledSource(IMG), sink=sink) as srv, \
+            viewer(env, srv.port, "-SecurityTypes", "None") as proc:
+        wait_for(env, IMG, proc)
+        # The viewer asks for the server's clipboard and offers its own only while it has the focus (no
+        # window manager here: give it explicitly; its title names the desktop).
+        subprocess.run(["xdotool", "search", "--sync", "--name", "controlled", "windowfocus", "--sync"],
+                       env=env, check=True, timeout=30)
+        [rec] = srv.records()
+        assert Encoding.EXTENDED_CLIPBOARD in rec.client_encodings
+        assert srv.server is not None
+        srv.loop.call_soon_threadsafe(srv.server.send_clipboard, TEXT)
+
+        def viewer_clipboard() -> str:
+            return subprocess.run(["xclip", "-selection", "clipboard", "-o"], env=env, capture_output=True,
+                                  timeout=30).stdout.decode()
+
+        until("the server's text in the viewer's X clipboard", lambda: viewer_clipboard() == TEXT)
+        subprocess.run(["xclip", "-selection", "clipboard", "-i"], input="vom Viewer ✓".encode(), env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=30)
+        until("the viewer's X clipboard at the server", lambda: ("clipboard", "vom Viewer ✓") in sink.events)
+
