@@ -8,9 +8,12 @@ The X server test reads a real Xvfb's keymap after ``setxkbmap``.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import shutil
 import subprocess
+import threading
+import time
 
 import pytest
 from evdev import ecodes as e
@@ -140,6 +143,34 @@ def test_layout_source_falls_back_to_us_with_a_warning_and_follows_changes(
         now[0] = 5.0
         assert source() is german  # same reading: not compiled again
         assert "keyboard layout test: de compiled" in caplog.text
+
+
+def test_background_reads_keep_the_event_loop_free() -> None:
+    """The first call waits for the first read; later ones return at once while a due re-read runs."""
+    now = [0.0]
+    release = threading.Event()
+    reads: list[float] = []
+
+    def slow_read() -> Reading:
+        reads.append(now[0])
+        if len(reads) > 1:
+            release.wait(10)
+        return Reading("de" if len(reads) == 1 else "fr", "test", functools.partial(from_names,
+                                                                                   "de" if len(reads) == 1 else "fr"))
+
+    source = LayoutSource(slow_read, interval=2.0, clock=lambda: now[0], background=True)
+    german = source()
+    assert german.description == "de" and reads == [0.0]
+    now[0] = 3.0
+    started = time.monotonic()
+    assert source() is german  # the re-read is due: started, not waited for
+    assert time.monotonic() - started < 0.5
+    release.set()
+    deadline = time.monotonic() + 10
+    while source().description != "fr":
+        assert time.monotonic() < deadline, "the background re-read never took effect"
+        time.sleep(0.01)
+    assert reads == [0.0, 3.0]
 
 
 def test_xkbcomp_text_as_an_x_server_dumps_it_compiles_to_the_same_layout() -> None:

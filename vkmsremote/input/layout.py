@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -339,11 +340,14 @@ def read_desktop_layout() -> Reading | None:
 class LayoutSource:
     """The keymap to type with, re-read from the desktop at most every ``interval`` seconds.
 
-    Falls back to the US tables (logged once per change) when no desktop layout can be read.
+    Falls back to the US tables (logged once per change) when no desktop layout can be read. With
+    ``background`` the reads run in a thread (a read is a subprocess, a compile ~0.1-0.3 s: not on the
+    event loop): the first starts at once and the first call waits for it; later calls return the current
+    keymap at once and start a re-read when one is due.
     """
 
     def __init__(self, read: Callable[[], Reading | None] = read_desktop_layout, interval: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, background: bool = False) -> None:
         self._read = read
         self._interval = interval
         self._clock = clock
@@ -351,12 +355,37 @@ class LayoutSource:
         self._key: str | None = None
         self._keymap: Keymap = US
         self.description = "US (built-in tables)"
+        self._background = background
+        self._thread: threading.Thread | None = None
+        self._first = threading.Event()
+        if background:
+            self._start()
 
     def __call__(self) -> Keymap:
-        now = self._clock()
-        if now - self._checked < self._interval:
+        if not self._background:
+            if self._clock() - self._checked >= self._interval:
+                self._refresh()
             return self._keymap
-        self._checked = now
+        if not self._first.wait(2 * READ_TIMEOUT):
+            log.warning("the desktop's layout is still being read: typing with %s meanwhile", self.description)
+        if self._thread is None or not self._thread.is_alive():
+            self._start()
+        return self._keymap
+
+    def _start(self) -> None:
+        if self._clock() - self._checked < self._interval:
+            return
+        self._thread = threading.Thread(target=self._refresh, name="vkmsremote-layout", daemon=True)
+        self._thread.start()
+
+    def _refresh(self) -> None:
+        self._checked = self._clock()
+        try:
+            self._update()
+        finally:
+            self._first.set()
+
+    def _update(self) -> None:
         try:
             reading = self._read()
         except (UsageError, OSError) as exc:
@@ -364,20 +393,20 @@ class LayoutSource:
             reading = None
         key = reading.key if reading is not None else ""
         if key == self._key:
-            return self._keymap
+            return
         self._key = key
         if reading is None:
             self._keymap, self.description = US, "US (built-in tables)"
             log.warning("no keyboard layout readable from the desktop (no X display or sway socket answered): "
                         "typing with the built-in US tables")
-            return self._keymap
+            return
         try:
-            self._keymap = reading.compile()
-            self.description = reading.description
-            log.info("keyboard layout %s compiled with libxkbcommon (%d keys)", reading.description,
-                     len(self._keymap.key_syms))
+            keymap = reading.compile()
         except UsageError as exc:
             self._keymap, self.description = US, "US (built-in tables)"
             log.warning("keyboard layout %s could not be compiled (%s): typing with the built-in US tables",
                         reading.description, exc)
-        return self._keymap
+            return
+        self._keymap, self.description = keymap, reading.description  # one assignment: readers see either
+        log.info("keyboard layout %s compiled with libxkbcommon (%d keys)", reading.description,
+                 len(keymap.key_syms))

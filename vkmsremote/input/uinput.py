@@ -316,7 +316,7 @@ class UinputDevices:
         if follow_layout:
             from vkmsremote.input.layout import LayoutSource
 
-            source = LayoutSource()
+            source = LayoutSource(background=True)
         return cls(Keyboard(keyboard_device, keymap, source), Pointer(pointer_device))
 
     def close(self) -> None:
