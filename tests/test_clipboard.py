@@ -186,7 +186,7 @@ def test_novnc17_extended_clipboard_both_ways(tmp_path: Path, browser: Callable[
         driver.execute_script("window.clips = []; window.vkmsremote.rfb.addEventListener('clipboard',"
                               " (e) => window.clips.push(e.detail.text));")
         record = server_.sessions[0].record
-        wait_until(driver, "noVNC's SetEncodings", lambda d: record.client_encodings is not None)
+        wait_until(driver, "noVNC's SetEncodings", lambda d: bool(record.client_encodings))
         assert Encoding.EXTENDED_CLIPBOARD in record.client_encodings  # type: ignore[operator]
         session = server_.sessions[0]
         server_.loop.call_soon_threadsafe(session.send_cut_text, TEXT)
@@ -267,7 +267,7 @@ def test_x_selections_both_ways(xvfb: str, monkeypatch: pytest.MonkeyPatch) -> N
                               check=True).stdout.decode()
 
     clipboard = XClipboard(xvfb, poll=0.1, max_size=64)
-    clipboard.set(TEXT)  # a client pasted: both selections hold it for X applications
+    clipboard.set(TEXT).result(30)  # a client pasted: both selections hold it for X applications
     assert selection("clipboard") == TEXT and selection("primary") == TEXT
 
     seen: list[str] = []

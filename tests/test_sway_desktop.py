@@ -97,7 +97,7 @@ def test_clipboard_both_ways_through_wlr_data_control(sway: Sway) -> None:
     found, why = open_desktop_clipboard()
     assert isinstance(found, WlrClipboard) and found.display == sway.display, why
     clipboard = WlrClipboard(str(sway.runtime), sway.display, max_size=64)
-    clipboard.set("Grüße ✓")  # a VNC client pasted: Wayland clients see it
+    clipboard.set("Grüße ✓").result(30)  # a VNC client pasted: Wayland clients see it
     pasted = subprocess.run(["wl-paste", "--no-newline"], env=sway.env(), capture_output=True, timeout=30,
                             check=True).stdout.decode()
     assert pasted == "Grüße ✓"

@@ -20,7 +20,9 @@ import glob
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -30,14 +32,18 @@ from vkmsremote.input.layout import _sway_sockets, _x_displays
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SIZE: Final = 1 << 20
+_WORKER: Final = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vkmsremote-clipboard")
+"""Runs the setting tools (xclip, wl-copy) off the event loop, one at a time, in the order asked."""
 TIMEOUT: Final = 5.0
+OWN_TIMEOUT: Final = 2.0  # how long xclip's child may take to own the selection
 
 
 class DesktopClipboard(Protocol):
     description: str
 
-    def set(self, text: str) -> None:
-        """Make ``text`` the desktop's clipboard (a client's ClientCutText or Extended Clipboard provide)."""
+    def set(self, text: str) -> Future[None]:
+        """Make ``text`` the desktop's clipboard (a client's ClientCutText or Extended Clipboard provide), in
+        the adapter's own worker thread (in order; the event loop does not wait)."""
 
     async def watch(self, changed: Callable[[str], None]) -> None:
         """Call ``changed(text)`` whenever the desktop's clipboard changes, until cancelled."""
@@ -111,17 +117,26 @@ class XClipboard:
         self._echo = _Echo(self.max_size)
         self._env = {"DISPLAY": self.display}
 
-    def set(self, text: str) -> None:
+    def set(self, text: str) -> Future[None]:
+        return _WORKER.submit(self._set, text)
+
+    def _set(self, text: str) -> None:
         data = self._echo.encode(text)
         for selection in ("clipboard", "primary"):
             try:
                 _spawn_owner(["xclip", "-selection", selection, "-i"], self._env, data)
             except OSError as exc:
                 log.warning("clipboard: could not set the X %s selection: %s", selection, exc)
+                continue
+            # xclip's forked child takes the selection a moment after its parent returned: wait for it, so
+            # a paste right after (the client's next key) gets the new text.
+            deadline = time.monotonic() + OWN_TIMEOUT
+            while self.read(selection) != data and time.monotonic() < deadline:
+                time.sleep(0.01)
 
-    def read(self) -> bytes:
+    def read(self, selection: str = "clipboard") -> bytes:
         try:
-            return _run(["xclip", "-selection", "clipboard", "-o", "-t", "UTF8_STRING"], self._env)
+            return _run(["xclip", "-selection", selection, "-o", "-t", "UTF8_STRING"], self._env)
         except OSError:
             return b""  # nobody owns CLIPBOARD, or the owner has no text
 
@@ -147,7 +162,10 @@ class WlrClipboard:
         self._echo = _Echo(self.max_size)
         self._env = {"XDG_RUNTIME_DIR": self.runtime_dir, "WAYLAND_DISPLAY": self.display}
 
-    def set(self, text: str) -> None:
+    def set(self, text: str) -> Future[None]:
+        return _WORKER.submit(self._set, text)
+
+    def _set(self, text: str) -> None:
         try:
             _spawn_owner(["wl-copy", "--type", "text/plain;charset=utf-8"], self._env, self._echo.encode(text))
         except OSError as exc:

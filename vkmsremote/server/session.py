@@ -549,7 +549,12 @@ class Session:
         elif action is ClipboardAction.NOTIFY and incoming and text_offered:
             self._send(ExtendedClipboard.request(ClipboardFormat.TEXT))
         elif action is ClipboardAction.REQUEST and outgoing and text_offered and self._clipboard_out is not None:
-            self._send(ExtendedClipboard.provide_text(self._clipboard_out))
+            out = self._clipboard_out
+            limit = self._client_clipboard_max  # what the client's caps said it takes (0: no caps seen)
+            if limit and len(out.encode("utf-8")) + 1 > limit:
+                log.warning("%s: clipboard text cut to the client's %d-byte limit", self.record.peer, limit)
+                out = out.encode("utf-8")[:max(limit - 1, 0)].decode("utf-8", errors="ignore")
+            self._send(ExtendedClipboard.provide_text(out))
         elif action is ClipboardAction.PEEK and outgoing:
             has = ClipboardFormat.TEXT if self._clipboard_out is not None else ClipboardFormat(0)
             self._send(ExtendedClipboard.notify(has))
