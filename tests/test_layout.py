@@ -146,31 +146,54 @@ def test_layout_source_falls_back_to_us_with_a_warning_and_follows_changes(
 
 
 def test_background_reads_keep_the_event_loop_free() -> None:
-    """The first call waits for the first read; later ones return at once while a due re-read runs."""
-    now = [0.0]
+    """The first call waits for the first read; later ones return at once, the thread re-reads on its own."""
     release = threading.Event()
-    reads: list[float] = []
+    reads: list[str] = []
 
     def slow_read() -> Reading:
-        reads.append(now[0])
-        if len(reads) > 1:
+        layout = "de" if not reads else "fr"
+        reads.append(layout)
+        if layout == "fr":
             release.wait(10)
-        return Reading("de" if len(reads) == 1 else "fr", "test", functools.partial(from_names,
-                                                                                   "de" if len(reads) == 1 else "fr"))
+        return Reading(layout, f"test {layout}", functools.partial(from_names, layout))
 
-    source = LayoutSource(slow_read, interval=2.0, clock=lambda: now[0], background=True)
-    german = source()
-    assert german.description == "de" and reads == [0.0]
-    now[0] = 3.0
-    started = time.monotonic()
-    assert source() is german  # the re-read is due: started, not waited for
-    assert time.monotonic() - started < 0.5
-    release.set()
-    deadline = time.monotonic() + 10
-    while source().description != "fr":
-        assert time.monotonic() < deadline, "the background re-read never took effect"
-        time.sleep(0.01)
-    assert reads == [0.0, 3.0]
+    source = LayoutSource(slow_read, interval=0.05, background=True)
+    try:
+        assert source().description == "de"
+        started = time.monotonic()
+        while len(reads) < 2:
+            time.sleep(0.01)
+        assert source().description == "de"  # the re-read is running: not waited for
+        assert time.monotonic() - started < 1.0
+        release.set()
+        deadline = time.monotonic() + 10
+        while source().description != "fr":
+            assert time.monotonic() < deadline, "the background re-read never took effect"
+            time.sleep(0.01)
+    finally:
+        source.close()
+
+
+def test_background_reads_stop_when_idle_and_the_next_key_waits_for_a_fresh_one() -> None:
+    now = [0.0]
+    reads: list[float] = []
+
+    def read() -> Reading:
+        reads.append(now[0])
+        return Reading(str(len(reads)), f"read {len(reads)}", functools.partial(from_names, "de"))
+
+    source = LayoutSource(read, interval=0.01, clock=lambda: now[0], background=True, idle=60.0)
+    try:
+        source()
+        now[0] = 100.0  # a minute and more without keys: the poller goes to sleep
+        time.sleep(0.2)
+        count = len(reads)
+        time.sleep(0.2)
+        assert len(reads) == count, "still reading while idle"
+        source()  # the first key after the pause: one fresh read, waited for
+        assert len(reads) > count and reads[-1] == 100.0
+    finally:
+        source.close()
 
 
 def test_xkbcomp_text_as_an_x_server_dumps_it_compiles_to_the_same_layout() -> None:

@@ -290,7 +290,7 @@ def test_typing_follows_the_x_servers_layout(desktop: Desktop, layout: str, text
     out = desktop.workdir / f"layout-{layout}.txt"
     x("setxkbmap", "-layout", layout)
     assert f"layout:     {layout}" in x("setxkbmap", "-query")
-    time.sleep(3)  # vkmsremote re-reads the desktop's layout at most every 2 s
+    time.sleep(8)  # vkmsremote re-reads the desktop's layout every 2 s (a read takes seconds under TCG)
     xterm(desktop, f"layout-{layout}", "40x2+400+300",
           f'IFS= read -r line; printf "%s" "$line" > {out}; sleep 3600', LC_ALL="C.UTF-8")
     lx, ly, lw, lh = desktop.window(f"layout-{layout}")

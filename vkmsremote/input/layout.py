@@ -47,7 +47,7 @@ XKB_STATE_MODS_DEPRESSED: Final = 1
 XK_ISO_LEVEL3_SHIFT: Final = 0xFE03
 EVDEV_LST: Final = Path("/usr/share/X11/xkb/rules/evdev.lst")
 MAX_KEYMAP_TEXT: Final = 4 << 20  # an xkbcomp dump is ~100 kB; refuse anything absurd
-READ_TIMEOUT: Final = 5.0
+READ_TIMEOUT: Final = 20.0  # xkbcomp under a loaded TCG VM can take seconds
 
 
 class _RuleNames(ctypes.Structure):
@@ -338,52 +338,64 @@ def read_desktop_layout() -> Reading | None:
 
 
 class LayoutSource:
-    """The keymap to type with, re-read from the desktop at most every ``interval`` seconds.
+    """The keymap to type with, re-read from the desktop every ``interval`` seconds while keys arrive.
 
     Falls back to the US tables (logged once per change) when no desktop layout can be read. With
-    ``background`` the reads run in a thread (a read is a subprocess, a compile ~0.1-0.3 s: not on the
-    event loop): the first starts at once and the first call waits for it; later calls return the current
-    keymap at once and start a re-read when one is due.
+    ``background`` the reads run in a thread of their own (a read is a subprocess, ~20 ms natively; a
+    compile, done only when the dump changed, ~0.1-0.3 s: neither belongs on the event loop). While keys
+    arrive it re-reads every ``interval`` seconds, so a key never waits for a layout switch to be seen;
+    after ``idle`` seconds without keys it stops reading, and the next key waits for one fresh read.
+    Without ``background`` (tests) a call re-reads when one is due.
     """
 
     def __init__(self, read: Callable[[], Reading | None] = read_desktop_layout, interval: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic, *, background: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, background: bool = False,
+                 idle: float = 60.0) -> None:
         self._read = read
         self._interval = interval
+        self._idle = idle
         self._clock = clock
         self._checked = -interval
+        self._used = clock()
         self._key: str | None = None
         self._keymap: Keymap = US
         self.description = "US (built-in tables)"
         self._background = background
-        self._thread: threading.Thread | None = None
-        self._first = threading.Event()
+        self._fresh = threading.Event()  # set after each read; cleared when a key asks for a fresh one
+        self._wake = threading.Event()
+        self._stop = threading.Event()
         if background:
-            self._start()
+            threading.Thread(target=self._poll, name="vkmsremote-layout", daemon=True).start()
 
     def __call__(self) -> Keymap:
+        now = self._clock()
         if not self._background:
-            if self._clock() - self._checked >= self._interval:
+            if now - self._checked >= self._interval:
                 self._refresh()
             return self._keymap
-        if not self._first.wait(2 * READ_TIMEOUT):
+        if now - self._used > self._idle:  # the poller sleeps: wake it and wait for one fresh read
+            self._fresh.clear()
+            self._wake.set()
+        self._used = now
+        if not self._fresh.wait(2 * READ_TIMEOUT):
             log.warning("the desktop's layout is still being read: typing with %s meanwhile", self.description)
-        if self._thread is None or not self._thread.is_alive():
-            self._start()
         return self._keymap
 
-    def _start(self) -> None:
-        if self._clock() - self._checked < self._interval:
-            return
-        self._thread = threading.Thread(target=self._refresh, name="vkmsremote-layout", daemon=True)
-        self._thread.start()
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._refresh()
+            self._fresh.set()
+            idle = self._clock() - self._used > self._idle
+            self._wake.wait(None if idle else self._interval)
+            self._wake.clear()
 
     def _refresh(self) -> None:
         self._checked = self._clock()
-        try:
-            self._update()
-        finally:
-            self._first.set()
+        self._update()
 
     def _update(self) -> None:
         try:

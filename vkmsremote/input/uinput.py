@@ -320,6 +320,9 @@ class UinputDevices:
         return cls(Keyboard(keyboard_device, keymap, source), Pointer(pointer_device))
 
     def close(self) -> None:
+        close_source = getattr(self.keyboard.keymap_source, "close", None)
+        if close_source is not None:
+            close_source()
         self.keyboard.device.close()
         self.pointer.device.close()
 
