@@ -316,24 +316,28 @@ class Reading:
 
 def read_desktop_layout() -> Reading | None:
     """The layout of the desktop this process can reach: sway first (its socket names one compositor), then
-    an X display. None if neither answers."""
+    an X display. None if there is none to ask; UsageError saying why if every one failed."""
+    failures: list[str] = []
     for socket in _sway_sockets():
         try:
             found = sway_layout(socket)
         except (UsageError, ValueError, KeyError, TypeError, OSError) as exc:
-            log.debug("sway at %s: %s", socket, exc)
+            failures.append(f"sway at {socket}: {exc}")
             continue
         if found is not None:
             layout, variant = found
             return Reading(f"sway {layout} {variant}", f"sway: {layout}{f'({variant})' if variant else ''}",
                            functools.partial(from_names, layout, variant))
+        failures.append(f"sway at {socket}: no keyboard layout in its inputs or config")
     for display in _x_displays():
         try:
             text = xorg_keymap_text(display)
         except UsageError as exc:
-            log.debug("X display %s: %s", display, exc)
+            failures.append(f"X display {display}: {exc}")
             continue
         return Reading(text, f"X {display}", functools.partial(_compile_text, text, f"X {display}"))
+    if failures:
+        raise UsageError("; ".join(failures))
     return None
 
 
@@ -398,19 +402,18 @@ class LayoutSource:
         self._update()
 
     def _update(self) -> None:
+        why = "no X display or sway socket found"
         try:
             reading = self._read()
         except (UsageError, OSError) as exc:
-            log.debug("reading the desktop's layout: %s", exc)
-            reading = None
+            why, reading = str(exc), None
         key = reading.key if reading is not None else ""
         if key == self._key:
             return
         self._key = key
         if reading is None:
             self._keymap, self.description = US, "US (built-in tables)"
-            log.warning("no keyboard layout readable from the desktop (no X display or sway socket answered): "
-                        "typing with the built-in US tables")
+            log.warning("no keyboard layout readable from the desktop (%s): typing with the built-in US tables", why)
             return
         try:
             keymap = reading.compile()
