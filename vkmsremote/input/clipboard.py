@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_SIZE: Final = 1 << 20
 _WORKER: Final = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vkmsremote-clipboard")
 """Runs the setting tools (xclip, wl-copy) off the event loop, one at a time, in the order asked."""
-TIMEOUT: Final = 5.0
+TIMEOUT: Final = 20.0  # a loaded TCG guest runs xclip in seconds
 OWN_TIMEOUT: Final = 2.0  # how long xclip's child may take to own the selection
 
 
@@ -50,8 +50,11 @@ class DesktopClipboard(Protocol):
 
 
 def _run(argv: list[str], env: Mapping[str, str], data: bytes | None = None) -> bytes:
-    out = subprocess.run(argv, input=data, capture_output=True, timeout=TIMEOUT, env={**os.environ, **env},
-                         check=False)
+    try:
+        out = subprocess.run(argv, input=data, capture_output=True, timeout=TIMEOUT, env={**os.environ, **env},
+                             check=False)
+    except subprocess.TimeoutExpired:
+        raise OSError(f"{argv[0]} did not answer within {TIMEOUT} s") from None
     if out.returncode != 0:
         raise OSError(f"{' '.join(argv)}: exit {out.returncode}: {out.stderr.decode(errors='replace').strip()}")
     return out.stdout
@@ -146,6 +149,7 @@ class XClipboard:
             await asyncio.sleep(self.poll)
             text = self._echo.decode(await asyncio.to_thread(self.read))
             if text is not None:
+                log.info("clipboard: the X CLIPBOARD changed (%d characters)", len(text))
                 changed(text)
 
 

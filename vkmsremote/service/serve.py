@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from vkmsremote.service.options import DEFAULT_PORT, add_listen_arguments, add_security_arguments, size
 
 if TYPE_CHECKING:
+    import asyncio
     import ssl
 
     from vkmsremote.frame import FrameSource
@@ -210,6 +211,11 @@ async def start_web(server: VncServer, web: WebListener) -> WebServer:
     return web_server
 
 
+def _clipboard_watch_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("the desktop's clipboard is no longer watched: %r", task.exception())
+
+
 async def run_until_stopped(server: VncServer, *, web: WebListener | None = None,
                             started: Callable[[VncServer, WebServer | None], None] | None = None,
                             stopping: Callable[[], None] | None = None,
@@ -277,7 +283,9 @@ def run(args: argparse.Namespace) -> int:
 
         def started(server: VncServer, web_server: WebServer | None) -> None:
             if devices is not None and devices.clipboard is not None:  # the desktop's copies go to the clients
-                watchers.append(asyncio.get_running_loop().create_task(devices.clipboard.watch(server.send_clipboard)))
+                task = asyncio.get_running_loop().create_task(devices.clipboard.watch(server.send_clipboard))
+                task.add_done_callback(_clipboard_watch_ended)
+                watchers.append(task)
             print(f"vkmsremote: serving {source.desktop_name} on {server.host} port {server.port}", flush=True)
             if web_server is not None:
                 assert web is not None
