@@ -130,6 +130,13 @@ def build_parser(*, load_serve: bool = False) -> argparse.ArgumentParser:
                     help="seconds to wait for the udev event (default 20)")
     hp.add_argument("--json", action="store_true", help="print the connector's mapping as JSON")
 
+    co = sub.add_parser("consume", help="a local consumer of XR-0's consumer socket (reference client)",
+                        description="Connect to a connector's consumer socket as an ordinary user, receive its "
+                        "buffers once and every frame with its damage (docs/consumer-protocol.md).")
+    from vkmsremote.consumer.consume import add_arguments as add_consume_arguments
+
+    add_consume_arguments(co)
+
     serve = _serve_module(load_serve)
     if serve:
         help_text = "serve a connector's CRTC over VNC"
@@ -266,7 +273,13 @@ def _cmd_hotplug(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "hotplug": _cmd_hotplug}
+def _cmd_consume(args: argparse.Namespace) -> int:
+    from vkmsremote.consumer.consume import run
+
+    return run(args)
+
+
+COMMANDS = {"consume": _cmd_consume, "up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "hotplug": _cmd_hotplug}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

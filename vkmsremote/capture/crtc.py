@@ -188,7 +188,8 @@ class CrtcReader:
     def __init__(self, card: Card, crtc_id: int, *, desktop_name: str = "", tile: int = DEFAULT_TILE,
                  idle_poll: float = 0.25, vblank_timeout: float = 1.0, own_card: bool = False,
                  default_size: tuple[int, int] = DEFAULT_SIZE, exporter: FramebufferExporter | None = None,
-                 writeback: WritebackExporter | None = None, pacing: Pacing | None = None) -> None:
+                 writeback: WritebackExporter | None = None, pacing: Pacing | None = None,
+                 report_flips: bool = False) -> None:
         res = Resources.fetch(card, probe=False)
         res.crtc(crtc_id)  # raises UsageError for a wrong id
         self.card = card
@@ -230,6 +231,8 @@ class CrtcReader:
         self.torn = 0  # reads discarded because the buffer was flipped away meanwhile
         self._torn_in_row = 0
         self.probes = 0  # cheap idle looks
+        self.report_flips = report_flips  # also return a frame (damage ()) when only the fb id changed
+        self.last_vblank = (0, 0)  # (sequence, CLOCK_MONOTONIC ns) of the vblank the last look waited for
 
     @classmethod
     def open(cls, card_path: str, *, crtc_id: int | None = None, connector: int | str | None = None,
@@ -328,6 +331,7 @@ class CrtcReader:
                 self._unchanged = 0
                 return self._frame(pixels, None)
             was_no_signal = self._no_signal
+            fb_before = self.fb_id
             cursor_serial = self._cursor.serial if self._cursor else None
             probe = status in (_TIMER, _VBLANK) and not full
             started = time.thread_time()
@@ -340,7 +344,8 @@ class CrtcReader:
             if self._no_signal and was_no_signal:
                 continue
             cursor_changed = (self._cursor.serial if self._cursor else None) != cursor_serial
-            if damage is None or damage or cursor_changed:
+            flipped = self.report_flips and self.fb_id != fb_before
+            if damage is None or damage or cursor_changed or flipped:
                 self._unchanged = 0
                 return self._frame(pixels, damage)
             self._unchanged += 1
@@ -387,12 +392,14 @@ class CrtcReader:
                 return _OFF
             raise
         try:
-            await self._events.wait_for(
+            event = await self._events.wait_for(
                 lambda e: isinstance(e, CrtcSequenceEvent) and e.user_data == token, timeout=self._vblank_timeout)
         except TimeoutError_:
             log.debug("no vblank on CRTC %d within %.1f s", self.crtc_id, self._vblank_timeout)
             return _TIMEOUT
         self._events.pending()  # stale events (an earlier timeout's) are of no use
+        if isinstance(event, CrtcSequenceEvent):
+            self.last_vblank = (event.sequence, event.time_ns)
         self.vblanks += 1
         return _VBLANK
 

@@ -43,7 +43,7 @@ DEFAULT_USER = "nobody"
 DEFAULT_DRIVE_FPS = 30.0
 ANNOUNCE_ENV = "VKMSREMOTE_ANNOUNCE"
 """Set by ``up --vm``: the host address clients use (the guest prints it instead of its own address)."""
-SERVING_PACKAGES = ("vkmsremote.capture", "vkmsremote.drm", "vkmsremote.rfb", "vkmsremote.server",
+SERVING_PACKAGES = ("vkmsremote.capture", "vkmsremote.consumer", "vkmsremote.drm", "vkmsremote.rfb", "vkmsremote.server",
                     "vkmsremote.web", "vkmsremote.input", "vkmsremote.service")
 """Everything the network-facing process may import after the privilege drop (see preload_modules)."""
 SECURITY_CHOICES = ("none", "vncauth", "x509none", "x509vnc", "x509plain")
@@ -112,6 +112,9 @@ def add_arguments(up: argparse.ArgumentParser) -> None:
                      "from every client (--view-only-password-file: from some)")
     sec.add_argument("--always-shared", action="store_true",
                      help="never disconnect other clients when one asks for exclusive access")
+    from vkmsremote.consumer.service import add_arguments as add_consumer_arguments
+
+    add_consumer_arguments(up)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +226,7 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
                       down_on_exit=target.device if args.down_on_exit else None)
     broker = spawn_broker(spec)  # it starts up (imports, modeset) while this process prepares
     devices: Any = None
+    consumers: Any = None
     try:
         # Everything that needs root's files is read now: password file, TLS key and certificate.
         from vkmsremote.server.app import VncServer, is_loopback, policy_from_args, uinput_sink_factory
@@ -247,6 +251,9 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
         # Opened after the broker is ready: a first opener is DRM master for a moment, which could make
         # the broker's --drive fail to become master.
         card = Card.open(target.card)  # authenticated as root at open: GETCRTC, GETPLANE, vblank events
+        from vkmsremote.consumer.service import ConsumerService
+
+        consumers = ConsumerService.prepare(args, target, broker)  # the socket is bound as root
         dropped = drop_privileges(user.pw_name)
         log.info("serving as %s (uid %d, no capabilities); capture broker pid %s keeps CAP_SYS_ADMIN",
                  dropped.user, dropped.uid, broker.pid)
@@ -257,7 +264,7 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
         server = VncServer(reader, sink, host=args.listen, port=args.port, policy=policy,
                            view_only=args.view_only, always_shared=args.always_shared,
                            insecure_listen=args.insecure_listen)
-        asyncio.run(_serve(server, reader, target, args, web_ssl, out))
+        asyncio.run(_serve(server, reader, target, args, web_ssl, out, consumers))
     finally:
         if devices is not None:
             devices.close()  # releases anything still pressed
@@ -269,7 +276,7 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
 
 
 async def _serve(server: Any, reader: Any, target: ServeTarget, args: argparse.Namespace, web_ssl: Any,
-                 out: TextIO) -> None:
+                 out: TextIO, consumers: Any = None) -> None:
     from vkmsremote.web import WebConfig, start_web_server
     from vkmsremote.web.server import LOOPBACK_NAMES
 
@@ -282,6 +289,9 @@ async def _serve(server: Any, reader: Any, target: ServeTarget, args: argparse.N
     announce = os.environ.get(ANNOUNCE_ENV)
     try:
         await server.start()
+        if consumers is not None:
+            await consumers.start()
+            _say(out, f"consumer socket {consumers.path}")
         if args.web is not None:
             # Behind `up --vm` clients come through the host's loopback forward: accept only those names.
             config = WebConfig(allowed_hosts=LOOPBACK_NAMES) if announce else WebConfig()
@@ -304,6 +314,8 @@ async def _serve(server: Any, reader: Any, target: ServeTarget, args: argparse.N
             loop.remove_signal_handler(sig)
         if web is not None:
             await web.close()
+        if consumers is not None:
+            await consumers.close()
         await server.close()
         await reader.close()
         log.info("capture: %d frames from %d vblanks; %d full checks, %d idle probes, %d torn reads discarded; "
