@@ -49,8 +49,12 @@ def _emit(out: TextIO, as_json: bool, kind: str, fields: dict[str, Any]) -> None
     if as_json:
         out.write(json.dumps({"type": kind, **fields}) + "\n")
     else:
-        out.write(kind + " " + " ".join(f"{k}={v}" for k, v in fields.items()) + "\n")
+        out.write(kind + " " + " ".join(f"{k}={_text(v)}" for k, v in fields.items()) + "\n")
     out.flush()
+
+
+def _text(value: Any) -> str:
+    return str(value) if isinstance(value, (str, int, float)) else json.dumps(value, separators=(",", ":"))
 
 
 def changed_outside(previous: np.ndarray, current: np.ndarray, damage: tuple[Any, ...]) -> int:
