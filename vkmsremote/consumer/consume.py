@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "through GL; falls back to mmap when EGL cannot")
     p.add_argument("--record", metavar="FILE", help="record the frames into a video file (PyAV; e.g. out.mkv)")
     p.add_argument("--record-fps", type=float, default=30.0, metavar="N", help="--record: frame rate (default 30)")
+    p.add_argument("--record-codec", default="libx264", metavar="NAME",
+                   help="--record: encoder (default libx264; ffv1 is lossless)")
 
 
 def _emit(out: TextIO, as_json: bool, kind: str, fields: dict[str, Any]) -> None:
@@ -79,12 +81,12 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         if args.egl:
             from vkmsremote.consumer.egl import open_importer
 
-            importer = open_importer()
+            importer = open_importer(h.card)
             _emit(out, args.json, "path", {"path": importer.path, "why": importer.why})
         if args.record:
             from vkmsremote.consumer.record import Recorder
 
-            recorder = Recorder(args.record, args.record_fps)
+            recorder = Recorder(args.record, args.record_fps, args.record_codec)
         previous: np.ndarray | None = None
         frames = 0
         for item in consumer.events(args.timeout):

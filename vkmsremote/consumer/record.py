@@ -16,7 +16,7 @@ from vkmsremote.errors import UsageError
 
 
 class Recorder:
-    def __init__(self, path: str, fps: float = 30.0) -> None:
+    def __init__(self, path: str, fps: float = 30.0, codec: str = "libx264") -> None:
         try:
             import av
         except ImportError:
@@ -24,6 +24,7 @@ class Recorder:
         self._av = av
         self.container = av.open(path, "w")
         self.fps = fps
+        self.codec = codec
         self.stream: Any = None
         self.picture: np.ndarray | None = None
         self.started = 0.0
@@ -37,10 +38,10 @@ class Recorder:
             if self.stream is None:
                 from fractions import Fraction
 
-                self.stream = self.container.add_stream("libx264" if w % 2 == 0 and h % 2 == 0 else "ffv1",
-                                                        rate=Fraction(round(self.fps * 1000), 1000))
+                self.stream = self.container.add_stream(self.codec, rate=Fraction(round(self.fps * 1000), 1000))
+                # 4:2:0 codecs need even sizes; ffv1 (lossless) keeps B, G, R as they are.
                 self.stream.width, self.stream.height = w - w % 2, h - h % 2
-                self.stream.pix_fmt = "yuv420p" if self.stream.codec_context.name == "libx264" else "bgr0"
+                self.stream.pix_fmt = "bgr0" if self.codec == "ffv1" else "yuv420p"
                 self.started = time.monotonic()
             self.picture = np.array(picture)
         elif damage is None:
