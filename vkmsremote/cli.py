@@ -252,11 +252,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     cfs = _configfs(args)
     devices = status(args.device, configfs=cfs, state=_state(args, cfs))
+    sockets = _consumer_sockets(devices)
     if args.json:
-        print(json.dumps({"configfs": str(cfs.vkms), "devices": [d.to_json() for d in devices]}, indent=2))
+        print(json.dumps({"configfs": str(cfs.vkms), "devices": [d.to_json() for d in devices],
+                          "consumer_sockets": sockets}, indent=2))
     else:
         _print_status(devices, sys.stdout)
+        for name, path in sockets.items():
+            print(f"consumer socket: {name} -> {path}")
     return 0
+
+
+def _consumer_sockets(devices: list[Any]) -> dict[str, str]:
+    """Connector name -> its consumer socket, for those ``up`` serves now (docs/consumer-protocol.md)."""
+    from vkmsremote.consumer.service import default_socket_path
+
+    paths = {c.name: default_socket_path(c.name) for d in devices for c in d.connectors}
+    return {name: str(path) for name, path in paths.items() if path.is_socket()}
 
 
 def _cmd_hotplug(args: argparse.Namespace) -> int:

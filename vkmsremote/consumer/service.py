@@ -43,13 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help=f"consumers at once (default {DEFAULT_MAX_CONSUMERS})")
 
 
+def default_socket_path(connector: str) -> Path:
+    """Where ``up`` puts a connector's consumer socket unless told otherwise (``status`` looks there)."""
+    return Path(os.environ.get(STATE_DIR_ENV) or "/run/vkmsremote") / f"{connector}.sock"
+
+
 def socket_path(args: argparse.Namespace, connector: str) -> Path | None:
     chosen = getattr(args, "consumer_socket", None)
     if chosen == "none":
         return None
     if chosen:
         return Path(chosen)
-    return Path(os.environ.get(STATE_DIR_ENV) or "/run/vkmsremote") / f"{connector}.sock"
+    return default_socket_path(connector)
 
 
 @dataclass
