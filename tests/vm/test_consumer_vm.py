@@ -48,36 +48,39 @@ status = dict(line.split(":", 1) for line in open("/proc/self/status").read().sp
 assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0 and status["Uid"].split()[0] == "65534"
 fds_before = len(os.listdir("/proc/self/fd"))
 out = {"frames": [], "bad_pixels": [], "damage_missed": [], "unreadable": 0, "buffers": set()}
+got = []  # (frame, picture): copied at once, checked after the loop (TCG is slow; the driver does not wait)
 with Consumer.connect(path, timeout=60) as xr:
     out["hello"] = [xr.hello.name, xr.hello.card, xr.hello.connector, xr.hello.connector_id, xr.hello.crtc_id,
                     xr.mode.width, xr.mode.height]
-    base, previous = None, None
     for f in xr.frames(timeout=60):
         mapped = f.buffer.mapped()
         with mapped.reading():
             picture = np.array(f.pixels())
-        number = decode_frame_number(picture)
-        crc = zlib.crc32(picture.tobytes())
+        got.append((f, picture))
         out["buffers"].add(f.buffer.meta.buffer_id)
-        if number is None:
-            out["unreadable"] += 1
-        else:
-            if base is None or base.shape != picture.shape:
-                base = pattern_base(picture.shape[1], picture.shape[0])
-            expected = np.zeros_like(picture)
-            draw_pattern(expected, base, number)
-            if not np.array_equal(picture[..., :3], expected[..., :3]):
-                out["bad_pixels"].append(f.event.serial)
-        if previous is not None and f.damage is not None and changed_outside(previous, picture, f.damage):
-            out["damage_missed"].append(f.event.serial)
-        previous = picture
-        out["frames"].append([f.event.serial, f.buffer.meta.buffer_id, f.buffer.meta.fb_id, number, f"{crc:08x}",
-                              f.received_ns - f.event.vblank_ns, f.damage is None])
-        if len(out["frames"]) >= want:
+        if len(got) >= want:
             break
     out["held_fds"] = xr.open_fds()
     out["held_buffers"] = len(xr.buffers)
     out["fds_in_process"] = len(os.listdir("/proc/self/fd")) - fds_before
+base, previous = None, None
+for f, picture in got:
+    number = decode_frame_number(picture)
+    if number is None:
+        out["unreadable"] += 1
+    else:
+        if base is None or base.shape != picture.shape:
+            base = pattern_base(picture.shape[1], picture.shape[0])
+        expected = np.zeros_like(picture)
+        draw_pattern(expected, base, number)
+        if not np.array_equal(picture[..., :3], expected[..., :3]):
+            out["bad_pixels"].append(f.event.serial)
+    if previous is not None and f.damage is not None and changed_outside(previous, picture, f.damage):
+        out["damage_missed"].append(f.event.serial)
+    previous = picture
+    out["frames"].append([f.event.serial, f.buffer.meta.buffer_id, f.buffer.meta.fb_id, number,
+                          f"{zlib.crc32(picture.tobytes()):08x}", f.received_ns - f.event.vblank_ns,
+                          f.damage is None])
 out["buffers"] = sorted(out["buffers"])
 print(json.dumps(out))
 """
@@ -139,7 +142,7 @@ def test_unprivileged_consumers_get_every_flip_buffers_once_pixels_and_damage(vk
     for parent in tmp_path.parents:  # the C client runs as uid 65534: it must reach its own binary
         if str(parent).startswith("/tmp/") or str(parent) == "/tmp":
             os.chmod(parent, os.stat(parent).st_mode | 0o755)
-    up = Up(tmp_path, "--drive", "pattern", "--drive-fps", "10", "--input", "none", port=5941)
+    up = Up(tmp_path, "--drive", "pattern", "--drive-fps", "5", "--input", "none", port=5941)
     viewer: Viewer | None = None
     try:
         m = up.wait_for(r"consumer socket (\S+)", 60)
