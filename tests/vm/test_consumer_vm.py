@@ -80,7 +80,7 @@ for f, picture in got:
     previous = picture
     out["frames"].append([f.event.serial, f.buffer.meta.buffer_id, f.buffer.meta.fb_id, number,
                           f"{zlib.crc32(picture.tobytes()):08x}", f.received_ns - f.event.vblank_ns,
-                          f.damage is None])
+                          f.damage is None, f.event.sent_ns - f.event.vblank_ns])
 out["buffers"] = sorted(out["buffers"])
 print(json.dumps(out))
 """
@@ -142,7 +142,7 @@ def test_unprivileged_consumers_get_every_flip_buffers_once_pixels_and_damage(vk
     for parent in tmp_path.parents:  # the C client runs as uid 65534: it must reach its own binary
         if str(parent).startswith("/tmp/") or str(parent) == "/tmp":
             os.chmod(parent, os.stat(parent).st_mode | 0o755)
-    up = Up(tmp_path, "--drive", "pattern", "--drive-fps", "5", "--input", "none", port=5941)
+    up = Up(tmp_path, "--drive", "pattern", "--drive-fps", "2", "--input", "none", port=5941)
     viewer: Viewer | None = None
     try:
         m = up.wait_for(r"consumer socket (\S+)", 60)
@@ -155,8 +155,8 @@ def test_unprivileged_consumers_get_every_flip_buffers_once_pixels_and_damage(vk
         assert refused.returncode == 4 and "Permission denied" in refused.stderr, refused
 
         # Python and C consumers at once, both unprivileged, in the video group.
-        py = _run_consumer(path, 40)
-        c = subprocess.Popen(_setpriv(str(exe), path, "40", groups=str(_video_gid())), stdout=subprocess.PIPE,
+        py = _run_consumer(path, 30)
+        c = subprocess.Popen(_setpriv(str(exe), path, "20", groups=str(_video_gid())), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         py_out, py_err = py.communicate(timeout=900)
         c_out, c_err = c.communicate(timeout=300)
@@ -168,7 +168,9 @@ def test_unprivileged_consumers_get_every_flip_buffers_once_pixels_and_damage(vk
             up.connector_id, up.crtc_id]
         frames = result["frames"]
         numbers = [f[3] for f in frames]
-        assert len(frames) == 40 and not result["unreadable"], result
+        tap = [f[7] for f in frames[1:]]
+        print(f"vblank -> FRAME sent (the tap's work): p50 {_pct(tap, 0.5):.1f} ms, p99 {_pct(tap, 0.99):.1f} ms")
+        assert len(frames) == 30 and not result["unreadable"], result
         assert not result["bad_pixels"], f"frames whose pixels are not the pattern frame: {result['bad_pixels']}"
         assert not result["damage_missed"], f"damage missed changed pixels in frames {result['damage_missed']}"
         assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), numbers
@@ -185,7 +187,7 @@ def test_unprivileged_consumers_get_every_flip_buffers_once_pixels_and_damage(vk
         c_crc = {int(f["serial"]): f["crc32"] for k, f in c_lines if k == "frame"}
         py_crc = {f[0]: f[4] for f in frames}
         common = set(c_crc) & set(py_crc)
-        assert len(common) >= 20, (sorted(c_crc), sorted(py_crc))
+        assert len(common) >= 15, (sorted(c_crc), sorted(py_crc))
         assert all(c_crc[s] == py_crc[s] for s in common), {s: (c_crc[s], py_crc[s]) for s in common}
 
         # Latency: the consumer's event after the flip's vblank, against a 60 Hz GETCRTC poller.
