@@ -183,6 +183,7 @@ def test_python_consumer_gets_buffers_once_pixels_and_damage(served: tuple[Serve
     ids = [prod.new_buffer() for _ in range(3)]
     picture = _draw(prod, ids[0], rng, None, None)
     prod.show(ids[0], None)
+    fds_before = len(open_fds())
     with Consumer.connect("XR-0") as xr:  # found by name
         assert (xr.hello.name, xr.hello.connector, xr.hello.crtc_id) == ("XR-0", "Virtual-3", 40)
         frames = xr.frames(timeout=5)
@@ -201,6 +202,9 @@ def test_python_consumer_gets_buffers_once_pixels_and_damage(served: tuple[Serve
             assert f.checksum() == zlib.crc32(previous.tobytes())
             received_buffers.add(bid)
         assert received_buffers == set(ids) and xr.open_fds() == 3  # each buffer's fd came once
+        # Mapped and all: one fd per buffer (the mappings keep none), plus the connection's two ends (the
+        # server runs in this process too; its dups of the producer's fds were there before).
+        assert len(open_fds()) - fds_before == 3 + 2
         prod.retire(ids[0])
         events = xr.poll() or [next(xr.events(timeout=5))]
         assert isinstance(events[0], Retire) and xr.open_fds() == 2 and ids[0] not in xr.buffers

@@ -16,6 +16,7 @@ message (MODE, BUFFER, FRAME, RETIRE) for consumers that want more than frames.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -81,21 +82,55 @@ def find_socket(name: str) -> Path:
                      hint="is `vkmsremote up` serving it? `vkmsremote status` prints the socket's path")
 
 
+class _Mapping:
+    """One mmap(2) of a whole fd, unmapped when the last numpy view of it is gone.
+
+    Python's mmap module keeps a dup of the fd for as long as the mapping lives: a consumer would hold
+    two fds per buffer. mmap(2) itself needs none after it returns, so the library calls it directly."""
+
+    _libc: ctypes.CDLL | None = None
+
+    def __init__(self, fd: int) -> None:
+        libc = _Mapping._libc
+        if libc is None:
+            libc = _Mapping._libc = ctypes.CDLL(None, use_errno=True)
+            libc.mmap.restype = ctypes.c_void_p
+            libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                  ctypes.c_long]
+            libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.size = os.lseek(fd, 0, os.SEEK_END)
+        if self.size <= 0:
+            raise ConsumerProtocolError(f"a buffer fd of {self.size} bytes")
+        address = libc.mmap(None, self.size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if address in (None, ctypes.c_void_p(-1).value):
+            err = ctypes.get_errno()
+            raise OSError(err, f"mmap of a buffer: {os.strerror(err)}")
+        self.address: int = address
+
+    def array(self) -> npt.NDArray[np.uint8]:
+        raw = (ctypes.c_uint8 * self.size).from_address(self.address)
+        raw._mapping = self  # type: ignore[attr-defined]  # every view keeps the mapping alive
+        out: npt.NDArray[np.uint8] = np.frombuffer(memoryview(raw).cast("B"), np.uint8)
+        out.flags.writeable = False  # PROT_READ: a write would fault
+        return out
+
+    def __del__(self) -> None:
+        if self._libc is not None:
+            self._libc.munmap(self.address, self.size)
+
+
 class MappedBuffer:
-    """A buffer's planes mapped read-only, once (unmapped on retire)."""
+    """A buffer's planes mapped read-only, once (unmapped on retire, or later if views are still held)."""
 
     def __init__(self, held: HeldBuffer) -> None:
         self.meta = held.meta
-        self._maps: list[mmap.mmap] = []
-        for fd in held.fds:
-            size = os.lseek(fd, 0, os.SEEK_END)
-            self._maps.append(mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ))
+        self._maps: list[npt.NDArray[np.uint8]] = [_Mapping(fd).array() for fd in held.fds]
         self._fds = held.fds
 
     def plane(self, index: int = 0, bytes_per_pixel: int = 4) -> npt.NDArray[np.uint8]:
         """(height, width, bytes_per_pixel) view of a plane (rows ``pitch`` apart)."""
         p = self.meta.planes[index]
-        raw = np.frombuffer(self._maps[p.fd_index], np.uint8)
+        raw = self._maps[p.fd_index]
         need = p.offset + p.pitch * (self.meta.height - 1) + self.meta.width * bytes_per_pixel
         if raw.size < need:
             raise ConsumerProtocolError(f"buffer {self.meta.buffer_id}: {raw.size} bytes, its layout needs {need}")
@@ -113,10 +148,7 @@ class MappedBuffer:
                 _sync(fd, _SYNC_END_READ)
 
     def close(self) -> None:
-        for m in self._maps:
-            with contextlib.suppress(BufferError):  # a numpy view still held keeps the mapping alive
-                m.close()
-        self._maps = []
+        self._maps = []  # munmap(2) once no view of a mapping is left
 
 
 def _sync(fd: int, flags: int) -> bool:
