@@ -156,6 +156,7 @@ def test_unprivileged_consumers_get_every_flip_buffers_once_pixels_and_damage(vk
 
         # Python and C consumers at once, both unprivileged, in the video group.
         py = _run_consumer(path, 30)
+        up.wait_for(rf"consumer pid {py.pid} uid", 600)  # connected: from here both get the same FRAMEs
         c = subprocess.Popen(_setpriv(str(exe), path, "20", groups=str(_video_gid())), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         py_out, py_err = py.communicate(timeout=900)
