@@ -22,7 +22,12 @@ debs=(
   x11-utils xdotool xterm imagemagick libjpeg62-turbo
   # LibVNCClient headers: tests/test_encodings_libvncclient.py builds a tiny decoding client
   libvncserver-dev
-  # browser client
+  # FFmpeg's decoder for the benchmark client's Open H.264 (scripts/bench_client.c)
+  libavcodec-dev libswscale-dev libavutil-dev
+  # a Debian 13 tree for TigerVNC's H.264-capable viewer (below)
+  mmdebstrap
+  # browser client: noVNC 1.7 comes from the npm registry (scripts/install-novnc.sh); Debian's 1.3 is the
+  # fallback the tests also check
   novnc chromium chromium-driver
   # node runs noVNC's decoders in tests/test_encodings_novnc.py
   nodejs
@@ -62,3 +67,16 @@ if [ ! -f "$venv/.installed-$hash" ]; then
 else
   say "Python packages present"
 fi
+
+# TigerVNC's viewer 1.13+ decodes Open H.264 (Debian 12 has 1.12): Debian 13's, in a small trixie root
+# tree in the cache (mmdebstrap, about a minute and 330 MB), run with chroot by tests/test_motion_tigervnc.py.
+trixie_dir="$stamp_dir/trixie-tigervnc"
+if [ ! -x "$trixie_dir/usr/bin/xtigervncviewer" ]; then
+  say "making a Debian 13 tree with tigervnc-viewer in $trixie_dir"
+  rm -rf "$trixie_dir.tmp"
+  mmdebstrap --quiet --variant=apt --include=tigervnc-viewer trixie "$trixie_dir.tmp" http://deb.debian.org/debian >&2
+  rm -rf "$trixie_dir" && mv "$trixie_dir.tmp" "$trixie_dir"
+else
+  say "Debian 13 tigervnc-viewer tree present"
+fi
+"$top/scripts/install-novnc.sh"

@@ -237,6 +237,9 @@ def test_ten_thousand_frames_hold_no_more_fds_than_buffers(served: tuple[ServerT
                 n += 1 if not isinstance(item, (Buffer, Retire)) else 0
             assert xr.open_fds() <= 2
         assert xr.frames_received == 10_001 and len(xr.buffers) <= 2
+    deadline = time.monotonic() + 10
+    while st.server.consumers and time.monotonic() < deadline:  # the server closes its end when it sees EOF
+        time.sleep(0.01)
     # The producer replaced 10 buffers (a memfd and the server's dup each, the old ones closed): as many fds
     # as before, so the consumer closed every fd it was given.
     assert len(open_fds()) == len(before), open_fds() ^ before

@@ -102,14 +102,6 @@ class HttpRequestError(RemoteProtocolError):
         super().__init__(message, hint=hint)
 
 
-class WebSocketError(RemoteProtocolError):
-    """A WebSocket peer broke RFC 6455 or a cap; ``close_code`` is the close status to fail it with (7.4.1)."""
-
-    def __init__(self, message: str, *, close_code: int, hint: str = "") -> None:
-        self.close_code = close_code
-        super().__init__(message, hint=hint)
-
-
 class AuthenticationError(VkmsRemoteError):
     """A VNC peer failed authentication."""
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from vkmsremote.consumer.options import SYSTEM_DIR
 from vkmsremote.consumer.protocol import (
     MAX_PACKET,
     MAX_PLANES,
@@ -51,7 +52,6 @@ from vkmsremote.consumer.protocol import (
 from vkmsremote.errors import PermissionDeniedError, TimeoutError_, UsageError
 
 SOCKET_DIR_ENV = "VKMSREMOTE_CONSUMER_DIR"
-SYSTEM_DIR = Path("/run/vkmsremote")
 _DMA_BUF_IOCTL_SYNC = 0x40086200  # _IOW('b', 0, struct dma_buf_sync)
 _SYNC_START_READ, _SYNC_END_READ = 1, 4 | 1
 

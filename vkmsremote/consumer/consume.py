@@ -28,25 +28,6 @@ class DamageViolation(VkmsRemoteError):
     """A FRAME's damage missed pixels that changed (``--verify-damage``)."""
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", nargs="?", default="XR-0", help="connector name (default XR-0) or socket path")
-    p.add_argument("--frames", type=int, metavar="N", help="stop after N frames (default: until the server stops)")
-    p.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                   help="fail if nothing arrives for S seconds (default 30)")
-    p.add_argument("--json", action="store_true", help="JSON lines: hello, buffer, frame, retire, mode, bye")
-    p.add_argument("--checksums", action="store_true", help="CRC-32 of each frame's picture")
-    p.add_argument("--verify-damage", action="store_true",
-                   help="check each frame's damage against a full compare with the previous picture")
-    p.add_argument("--egl", action="store_true",
-                   help="import each buffer once into EGL (EGL_EXT_image_dma_buf_import) and read pixels back "
-                        "through GL; falls back to mmap when EGL cannot")
-    p.add_argument("--record", metavar="FILE", help="record the frames into a video file (PyAV; e.g. out.mkv)")
-    p.add_argument("--record-fps", type=float, default=30.0, metavar="N", help="--record: frame rate (default 30)")
-    p.add_argument("--record-codec", default="libx264", metavar="NAME",
-                   help="--record: encoder (default libx264; ffv1 is lossless)")
-
-
 def _emit(out: TextIO, as_json: bool, kind: str, fields: dict[str, Any]) -> None:
     if as_json:
         out.write(json.dumps({"type": kind, **fields}) + "\n")

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vkmsremote.consumer.options import DEFAULT_GROUP, DEFAULT_MAX_CONSUMERS, DEFAULT_MODE
 from vkmsremote.consumer.protocol import (
     MAX_BUFFERS,
     MAX_RECTS,
@@ -50,9 +51,6 @@ from vkmsremote.errors import PermissionDeniedError, UsageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_CONSUMERS = 8
-DEFAULT_GROUP = "video"
-DEFAULT_MODE = 0o660
 DEFAULT_SEND_BUFFER = 256 * 1024
 """SO_SNDBUF of each consumer socket: about a thousand small FRAME packets, many seconds of flips."""
 LISTEN_BACKLOG = 16

@@ -14,47 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vkmsremote.consumer.server import DEFAULT_GROUP, DEFAULT_MAX_CONSUMERS, DEFAULT_MODE
+from vkmsremote.consumer.options import socket_path
 
 log = logging.getLogger(__name__)
-STATE_DIR_ENV = "VKMSREMOTE_STATE_DIR"
-
-
-def _mode(text: str) -> int:
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"mode {text!r} is not octal (e.g. 0660)") from None
-    if mode & ~0o777:
-        raise argparse.ArgumentTypeError(f"mode {text!r} is not a permission mode")
-    return mode
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    grp = parser.add_argument_group("local consumers (docs/consumer-protocol.md)")
-    grp.add_argument("--consumer-socket", metavar="PATH|none",
-                     help="consumer socket (default: <state dir>/<connector>.sock, e.g. /run/vkmsremote/XR-0.sock; "
-                          "none: no socket)")
-    grp.add_argument("--consumer-group", default=DEFAULT_GROUP, metavar="GROUP",
-                     help=f"group that may connect (default {DEFAULT_GROUP}, as DRM devices)")
-    grp.add_argument("--consumer-mode", type=_mode, default=DEFAULT_MODE, metavar="OCTAL",
-                     help=f"the socket's permission mode (default {DEFAULT_MODE:04o})")
-    grp.add_argument("--max-consumers", type=int, default=DEFAULT_MAX_CONSUMERS, metavar="N",
-                     help=f"consumers at once (default {DEFAULT_MAX_CONSUMERS})")
-
-
-def default_socket_path(connector: str) -> Path:
-    """Where ``up`` puts a connector's consumer socket unless told otherwise (``status`` looks there)."""
-    return Path(os.environ.get(STATE_DIR_ENV) or "/run/vkmsremote") / f"{connector}.sock"
-
-
-def socket_path(args: argparse.Namespace, connector: str) -> Path | None:
-    chosen = getattr(args, "consumer_socket", None)
-    if chosen == "none":
-        return None
-    if chosen:
-        return Path(chosen)
-    return default_socket_path(connector)
 
 
 @dataclass

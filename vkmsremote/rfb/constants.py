@@ -80,6 +80,7 @@ class Encoding(IntEnum):
     ZLIB = 6
     TIGHT = 7
     ZRLE = 16
+    OPEN_H264 = 50  # rfbproto "Open H.264 Encoding"
     # pseudo-encodings
     JPEG_QUALITY_LEVEL_0 = -32  # ... -23 is level 9
     JPEG_QUALITY_LEVEL_9 = -23
