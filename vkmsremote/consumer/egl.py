@@ -16,8 +16,6 @@ import ctypes
 import os
 from typing import Any
 
-import numpy as np
-
 from vkmsremote.consumer.client import ConsumerFrame
 
 EGL_EXTENSIONS = 0x3055
@@ -139,8 +137,10 @@ class EglImporter:
         gl.glBindFramebuffer(GL_FRAMEBUFFER, fbo)
         gl.glFinish()
         x0, y0, w, h = frame.event.view
-        rng = np.random.default_rng(frame.event.serial)
-        xs, ys = rng.integers(0, w, SAMPLES), rng.integers(0, h, SAMPLES)
+        # Spread over the picture, moving with the serial (no numpy.random: after a privilege drop its lazy
+        # import may find the interpreter's files unreadable).
+        xs = [(i * 7919 + frame.event.serial * 31) % w for i in range(SAMPLES)]
+        ys = [(i * 104729 + frame.event.serial * 17) % h for i in range(SAMPLES)]
         pixel = (ctypes.c_uint8 * 4)()
         via_gl = []
         for x, y in zip(xs, ys, strict=True):
