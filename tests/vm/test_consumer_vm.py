@@ -186,7 +186,10 @@ def test_unprivileged_consumers_get_every_flip_buffers_once_pixels_and_damage(vk
         hello = c_lines[0][1]
         assert [hello["name"], hello["card"], hello["connector"], int(hello["connector_id"]),
                 int(hello["crtc_id"])] == result["hello"][:5]
+        # The C client's first FRAME is the server's last one replayed at connect: its buffer may have been
+        # drawn again since (the Python consumer read that frame when it was new). The rest are live for both.
         c_crc = {int(f["serial"]): f["crc32"] for k, f in c_lines if k == "frame"}
+        c_crc.pop(min(c_crc))
         py_crc = {f[0]: f[4] for f in frames}
         common = set(c_crc) & set(py_crc)
         assert len(common) >= 15, (sorted(c_crc), sorted(py_crc))
