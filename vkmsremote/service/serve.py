@@ -255,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from vkmsremote.input import UinputDevices
+    from vkmsremote.server.app import rsa_key_announcement
     from vkmsremote.server.input import NullSink
 
     policy = policy_from_args(args)
@@ -274,6 +275,8 @@ def run(args: argparse.Namespace) -> int:
             if web_server is not None:
                 assert web is not None
                 print(f"vkmsremote: {web.describe(web_server.url)}", flush=True)
+            if (announcement := rsa_key_announcement(policy)) is not None:
+                print(f"vkmsremote: {announcement}", flush=True)
 
         asyncio.run(run_until_stopped(server, web=web, started=started, cleanup=source.close))
     finally:

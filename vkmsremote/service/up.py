@@ -238,6 +238,7 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
 
 async def _serve(server: Any, reader: Any, target: ServeTarget, web: Any, announce: str | None,
                  out: TextIO, consumers: Any = None) -> None:
+    from vkmsremote.server.app import rsa_key_announcement
     from vkmsremote.service.serve import run_until_stopped
 
     def started(server: Any, web_server: Any) -> None:
@@ -252,6 +253,8 @@ async def _serve(server: Any, reader: Any, target: ServeTarget, web: Any, announ
                 _say(out, f"or {web.describe(f'{scheme}://{host}:{web.port}/')} on the host")
         elif web_server is not None:
             _say(out, web.describe(web_server.url))
+        if (fingerprint := rsa_key_announcement(server.ctx.policy)) is not None:
+            _say(out, fingerprint)
 
     async def cleanup() -> None:
         if consumers is not None:
