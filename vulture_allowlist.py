@@ -9,6 +9,7 @@ they are class attributes, so a rename breaks here too.
 # ruff: noqa: B018
 from __future__ import annotations
 
+import vkmsremote.consumer as consumer_package
 from vkmsremote.bench.xdraw import XShmSegmentInfo
 from vkmsremote.drm import ioctl as k
 from vkmsremote.drm.fourcc import DrmFormat
@@ -91,6 +92,9 @@ WebSocketStream.resume_reading
 WebSocketStream.is_reading
 WebSocketStream.get_protocol
 WebSocketStream.set_protocol
+
+# Module __getattr__ (PEP 562): vkmsremote.consumer's lazy exports, called by the import system.
+consumer_package.__getattr__
 
 # Dead, left for the owners of the files (reported to the lead; not this branch's files):
 # vkms/device.py DownResult.left_alone (written, never read).

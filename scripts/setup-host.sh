@@ -35,14 +35,11 @@ debs=(
   libxkbcommon0 xkb-data
   # mode changes and checks on Xorg in the VM (tests/vm/test_compositor_vm.py)
   x11-xserver-utils
-<<<<<<< HEAD
   # consumer socket (tests/test_consumer.py, tests/vm/test_consumer_vm.py): the C client is built through
   # pkg-config; consume --egl uses EGL/GLES/GBM (Mesa); ffmpeg -f kmsgrab captures XR-0 for comparison
   pkg-config libegl1 libegl-mesa0 libgles2 libgbm1 libgl1-mesa-dri ffmpeg
-=======
   # the Debian 13 tree with TigerVNC 1.15 below (RSA-AES: tests/test_rfb_rsaaes.py)
   mmdebstrap
->>>>>>> main
 )
 
 missing=()

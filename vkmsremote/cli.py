@@ -238,20 +238,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from vkmsremote.rfb.encodings import h264
 
     web = _web_client()
-<<<<<<< HEAD
     sockets = _consumer_sockets(devices)
-=======
     rsa_key = _rsa_key_status()
->>>>>>> main
     if args.json:
         print(json.dumps({"configfs": str(cfs.vkms), "devices": [d.to_json() for d in devices], "web_client": web,
                           "open_h264": {"offered": h264.available(), "why_not": h264.unavailable_reason(),
                                         "hardware_encoders": h264.hardware_encoders()},
-<<<<<<< HEAD
-                          "consumer_sockets": sockets}, indent=2))
-=======
-                          "rsa_aes_key": rsa_key}, indent=2))
->>>>>>> main
+                          "rsa_aes_key": rsa_key, "consumer_sockets": sockets}, indent=2))
     else:
         _print_status(devices, sys.stdout)
         for name, path in sockets.items():

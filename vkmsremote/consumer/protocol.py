@@ -61,7 +61,6 @@ class ByeReason(IntEnum):
     TOO_MANY = 2  # the consumer cap is reached
     TOO_SLOW = 3  # the consumer did not read: its socket buffer filled up
     PROTOCOL = 4  # the consumer sent something (version 1 consumers send nothing)
-    GONE = 5  # the connector or its device went away
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +352,6 @@ class ClientState:
         self.buffers: dict[int, HeldBuffer] = {}
         self.last_frame: FrameEvent | None = None
         self.closed = False
-        self.bye: Bye | None = None
 
     def receive(self, packet: bytes, fds: list[int] | tuple[int, ...]) -> Received:
         """Digest one packet and the fds that came with it. On ConsumerProtocolError the fds of this
@@ -404,7 +402,7 @@ class ClientState:
                 raise ConsumerProtocolError(f"RETIRE of buffer {message.buffer_id}, which is not held")
             return Received(message, gone, gone.fds)
         assert isinstance(message, Bye)
-        self.closed, self.bye = True, message
+        self.closed = True
         release = tuple(fd for b in self.buffers.values() for fd in b.fds)
         self.buffers.clear()
         return Received(message, None, release)

@@ -332,10 +332,6 @@ class ConsumerServer:
         if not self.consumers:
             self.watched.clear()
 
-    @property
-    def live_buffers(self) -> tuple[int, ...]:
-        return tuple(self._buffers)
-
 
 def _bounding_box(rects: tuple[Rect, ...]) -> Rect:
     x0, y0 = min(r.x for r in rects), min(r.y for r in rects)
