@@ -24,7 +24,7 @@ debs=(
   libvncserver-dev
   # FFmpeg's decoder for the benchmark client's Open H.264 (scripts/bench_client.c)
   libavcodec-dev libswscale-dev libavutil-dev
-  # a Debian 13 tree for TigerVNC's H.264-capable viewer (below)
+  # a Debian 13 tree for TigerVNC's 1.15 viewer: Open H.264 and RSA-AES (below)
   mmdebstrap
   # browser client: noVNC 1.7 comes from the npm registry (scripts/install-novnc.sh); Debian's 1.3 is the
   # fallback the tests also check
@@ -38,8 +38,6 @@ debs=(
   # consumer socket (tests/test_consumer.py, tests/vm/test_consumer_vm.py): the C client is built through
   # pkg-config; consume --egl uses EGL/GLES/GBM (Mesa); ffmpeg -f kmsgrab captures XR-0 for comparison
   pkg-config libegl1 libegl-mesa0 libgles2 libgbm1 libgl1-mesa-dri ffmpeg
-  # the Debian 13 tree with TigerVNC 1.15 below (RSA-AES: tests/test_rfb_rsaaes.py)
-  mmdebstrap
 )
 
 missing=()

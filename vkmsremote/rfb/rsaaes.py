@@ -228,15 +228,13 @@ class RecordLayer:
     not complete yet. A record whose tag does not verify (tampered, cut, out of order or replayed, since the
     nonce is the message counter) is a :class:`RemoteProtocolError`; its bytes never reach the parser."""
 
-    __slots__ = ("_recv", "_recv_counter", "_send", "_send_counter", "records_in", "records_out")
+    __slots__ = ("_recv", "_recv_counter", "_send", "_send_counter")
 
     def __init__(self, recv_key: bytes, send_key: bytes) -> None:
         self._recv = AesEax(recv_key)
         self._send = AesEax(send_key)
         self._recv_counter = 0
         self._send_counter = 0
-        self.records_in = 0
-        self.records_out = 0
 
     def seal(self, data: bytes, *, max_record: int = SEND_RECORD) -> bytes:
         out = bytearray()
@@ -246,7 +244,6 @@ class RecordLayer:
             header = RECORD_HEADER.pack(len(chunk))
             ciphertext, tag = self._send.encrypt(self._send_counter.to_bytes(16, "little"), header, chunk)
             self._send_counter += 1
-            self.records_out += 1
             out += header + ciphertext + tag
         return bytes(out)
 
@@ -268,6 +265,5 @@ class RecordLayer:
                 "(tampered, truncated, reordered or replayed)") from e
         del buffer[:end]
         self._recv_counter += 1
-        self.records_in += 1
         return plaintext
 
