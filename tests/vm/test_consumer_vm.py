@@ -143,7 +143,7 @@ def test_unprivileged_consumers_get_every_flip_buffers_once_pixels_and_damage(vk
     for parent in tmp_path.parents:  # the C client runs as uid 65534: it must reach its own binary
         if str(parent).startswith("/tmp/") or str(parent) == "/tmp":
             os.chmod(parent, os.stat(parent).st_mode | 0o755)
-    up = Up(tmp_path, "--drive", "pattern", "--drive-fps", "2", "--input", "none", port=5941)
+    up = Up(tmp_path, "--drive", "pattern", "--drive-fps", "1", "--input", "none", port=5941)
     viewer: Viewer | None = None
     try:
         m = up.wait_for(r"consumer socket (\S+)", 60)
