@@ -35,6 +35,8 @@ debs=(
   libxkbcommon0 xkb-data
   # mode changes and checks on Xorg in the VM (tests/vm/test_compositor_vm.py)
   x11-xserver-utils
+  # `cvt -r`, the reference for vkmsremote.drm.cvt's reduced-blanking modes (tests/test_drm_cvt.py)
+  xcvt
 )
 
 missing=()
