@@ -279,6 +279,8 @@ class BrokerSpec:
     crtc_id: int
     drive_connector: str | None = None
     drive_size: tuple[int, int] | None = None
+    drive_refresh: float | None = None
+    """Hz of the driven mode (a size or rate VKMS does not list gets a CVT reduced-blanking mode)."""
     drive_fps: float | None = None
     writeback: bool = False
     restrict: bool = True
@@ -316,6 +318,7 @@ class Broker:
             wb_fn: WritebackFn | None = None
             if spec.drive_connector is not None:
                 self.driver = PatternDriver.open(spec.card_path, connector=spec.drive_connector, size=spec.drive_size,
+                                                 refresh=spec.drive_refresh,
                                                  writeback=spec.writeback, buffers=3)
                 if self.driver.crtc_id != spec.crtc_id:
                     raise BrokerError(f"{spec.drive_connector} is driven through CRTC {self.driver.crtc_id}, "
