@@ -9,6 +9,7 @@ bench all build on it (docs/architecture.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -96,6 +97,21 @@ class FrameSource(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+MAX_RESIZE = 8192
+"""The largest width or height a client may ask a source for (VKMS's mode_config maximum, XRES_MAX)."""
+
+
+class ResizeStatus(IntEnum):
+    """What became of a resize request: the ExtendedDesktopSize status codes (rfbproto "ExtendedDesktopSize"),
+    here so that sources below the RFB layer can answer with them."""
+
+    OK = 0
+    PROHIBITED = 1
+    OUT_OF_RESOURCES = 2
+    INVALID = 3
+    FORWARDED = 4
 
 
 @runtime_checkable

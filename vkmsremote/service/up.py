@@ -227,7 +227,8 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
         log.info("serving as %s (uid %d, no capabilities); capture broker pid %s keeps CAP_SYS_ADMIN",
                  dropped.user, dropped.uid, broker.pid)
         reader = CrtcReader(card, target.crtc_id, desktop_name=target.desktop_name, own_card=True,
-                            exporter=broker, writeback=broker if args.capture == "writeback" else None)
+                            exporter=broker, writeback=broker if args.capture == "writeback" else None,
+                            resizer=broker if args.drive else None)
         sink = uinput_sink_factory(devices, reader) if devices is not None else None
         server = vnc_server(reader, sink, policy, args)
         asyncio.run(_serve(server, reader, target, web, announce, out))
