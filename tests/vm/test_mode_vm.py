@@ -54,14 +54,16 @@ def test_unlisted_modes_and_their_flip_rate(vkms_clean: Path, vm_results_dir: Pa
             drv.set_mode(mode)
             crtc = get_crtc(drv.card, drv.crtc_id, with_properties=False)
             assert crtc.mode is not None and crtc.mode.raw == mode.raw
-            flips, vblanks = asyncio.run(drv.measure_flip_rate(MEASURE_SECONDS))
-            line = (f"{width}x{height}@{rate:g} (CVT-RB {mode.refresh:.3f} Hz): {flips:.2f} page-flip events/s, "
-                    f"{vblanks:.2f} vblanks/s over {MEASURE_SECONDS:g} s")
+            measured = asyncio.run(drv.measure_flip_rate(MEASURE_SECONDS))
+            line = f"{width}x{height}@{rate:g} CVT-RB: {measured}"
             print(line)
             lines.append(line)
-            record_property(f"flip_rate_{width}x{height}@{rate:g}", round(flips, 3))
-            assert abs(vblanks - mode.refresh) / mode.refresh < 0.02, line
-            assert abs(flips - mode.refresh) / mode.refresh < 0.02, line
+            record_property(f"flip_event_rate_{width}x{height}@{rate:g}", round(measured.event_rate, 3))
+            record_property(f"flips_per_second_{width}x{height}@{rate:g}", round(measured.flips_per_second, 2))
+            assert measured.seconds > MEASURE_SECONDS * 0.9 and measured.flips > 10, line
+            # the page-flip events are locked to the mode's rate (2 %), and so is the CRTC's vblank counter
+            assert abs(measured.event_rate - rate) / rate < 0.02, line
+            assert abs(measured.vblank_rate - rate) / rate < 0.02, line
         (vm_results_dir / "mode-flip-rates.txt").write_text("\n".join(lines) + "\n")
 
 
@@ -72,19 +74,23 @@ async def _layout(c: RawClient) -> tuple[int, int, int, int, list[Screen]]:
 
 
 async def _pattern_frame(c: RawClient) -> tuple[int, np.ndarray]:
-    """A whole frame of the pattern (non-incremental, Raw) and its frame number."""
+    """A whole frame of the pattern in one update (Raw) and its frame number. A non-incremental request makes
+    everything due; an ExtendedDesktopSize client gets the layout first, in an update of its own, and the
+    pixels in answer to its next request."""
     c.send(FramebufferUpdateRequest(False, 0, 0, c.width, c.height))
-    while True:
+    for _ in range(6):
         up = await c.read_update(60)
-        if all(r[4] == Encoding.RAW for r in up.rects):
-            break
-        c.send(FramebufferUpdateRequest(False, 0, 0, c.width, c.height))
-    rgb = c.rgb()
-    number = decode_frame_number(np.ascontiguousarray(rgb[..., ::-1]))
-    assert number is not None, "a frame without an intact frame number"
-    return number, rgb
+        area = sum(r[2] * r[3] for r in up.rects if r[4] == Encoding.RAW)
+        if area == c.width * c.height:
+            rgb = c.rgb()
+            number = decode_frame_number(np.ascontiguousarray(rgb[..., ::-1]))
+            assert number is not None, "a frame without an intact frame number"
+            return number, rgb
+        c.send(FramebufferUpdateRequest(not area, 0, 0, c.width, c.height))
+    raise AssertionError("no update with the whole frame")
 
 
+@pytest.mark.timeout(900)  # `up` alone takes about two minutes to start under TCG
 def test_up_mode_and_set_desktop_size(vkms_clean: Path, tmp_path: Path) -> None:
     up = Up(tmp_path, "--drive", "pattern", "--mode", "1920x1080@120", "--drive-fps", "4", "--input", "none",
             port=5951)

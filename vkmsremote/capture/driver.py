@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 
 import numpy as np
@@ -92,6 +93,31 @@ def draw_pattern(pixels: Pixels, base: Pixels, number: int, step: int = 8) -> No
         pixels[y:y + side, x:x + side, :3] = 255
     if h >= CODE_HEIGHT and w >= CODE_WIDTH:
         encode_frame_number(pixels, number)
+
+
+@dataclass(frozen=True, slots=True)
+class FlipRate:
+    """What :meth:`PatternDriver.measure_flip_rate` saw. ``event_rate``: the vblanks per second between the
+    first and the last page-flip event, from the sequence number and timestamp the kernel put in the events
+    (the rate the flips are locked to); ``vblank_rate``: the same from the CRTC's own counter
+    (DRM_IOCTL_CRTC_GET_SEQUENCE) around the run; ``flips / seconds``: flips this process managed (one per
+    vblank when it keeps up: ``frames_per_flip`` 1.0)."""
+
+    mode_rate: float
+    flips: int
+    seconds: float
+    event_rate: float
+    vblank_rate: float
+    frames_per_flip: float
+
+    @property
+    def flips_per_second(self) -> float:
+        return (self.flips - 1) / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (f"mode {self.mode_rate:.3f} Hz: page-flip events {self.event_rate:.3f} Hz, CRTC counter "
+                f"{self.vblank_rate:.3f} Hz; {self.flips} flips in {self.seconds:.2f} s "
+                f"({self.flips_per_second:.2f}/s, one every {self.frames_per_flip:.2f} vblanks)")
 
 
 class PatternDriver:
@@ -255,19 +281,18 @@ class PatternDriver:
         finally:
             events.close()
 
-    async def measure_flip_rate(self, seconds: float) -> tuple[float, float]:
-        """Page-flip between the buffers as fast as the CRTC allows (no drawing) for ``seconds``: returns
-        (page-flip events per second, vblanks per second by the CRTC's own sequence counter)."""
+    async def measure_flip_rate(self, seconds: float) -> FlipRate:
+        """Page-flip between the buffers, each flip queued as soon as the last one's event arrived (no drawing),
+        for ``seconds``; see :class:`FlipRate` for what is measured."""
         if not self.started:
             self.start()
         events = EventReader(self.card)
         loop = asyncio.get_running_loop()
+        flips: list[VblankEvent] = []
         try:
-            flips = 0
-            first = last = 0.0
             seq0 = get_sequence(self.card, self.crtc_id)
             end = loop.time() + seconds
-            while True:
+            while not flips or loop.time() < end:
                 back = (self._front + 1) % len(self._fbs)
                 token = (self.flips + 1) & 0xFFFFFFFF
                 AtomicRequest(self.card).add(self.plane_id, "FB_ID", self._fbs[back].fb_id).commit(
@@ -276,19 +301,18 @@ class PatternDriver:
                 assert isinstance(event, VblankEvent)
                 self._front = back
                 self.flips += 1
-                if flips == 0:
-                    first = event.timestamp
-                flips += 1
-                last = event.timestamp
-                if loop.time() >= end:
-                    break
+                flips.append(event)
             seq1 = get_sequence(self.card, self.crtc_id)
         finally:
             events.close()
-        flip_rate = (flips - 1) / (last - first) if last > first else 0.0
-        vblank_rate = ((seq1.sequence - seq0.sequence) * 1e9 / (seq1.time_ns - seq0.time_ns)
-                       if seq1.time_ns > seq0.time_ns else 0.0)
-        return flip_rate, vblank_rate
+        first, last = flips[0], flips[-1]
+        span = last.timestamp - first.timestamp
+        return FlipRate(
+            mode_rate=self.mode.refresh, flips=len(flips), seconds=span,
+            event_rate=(last.sequence - first.sequence) / span if span > 0 else 0.0,
+            vblank_rate=((seq1.sequence - seq0.sequence) * 1e9 / (seq1.time_ns - seq0.time_ns)
+                         if seq1.time_ns > seq0.time_ns else 0.0),
+            frames_per_flip=(last.sequence - first.sequence) / max(len(flips) - 1, 1))
 
     def stop(self) -> None:
         """Turn the CRTC off and free the buffers (the card stays open)."""
