@@ -2,7 +2,7 @@
 # vkmsremote's test command. On a fresh Debian machine it does everything:
 #   1. scripts/setup-host.sh     Debian packages + .venv with the project and its dev tools
 #   2. scripts/build-kernel.sh   the VKMS test kernel (cached in ~/.cache/vkmsremote/kernel)
-#   3. ruff check, mypy vkmsremote
+#   3. ruff check, dead code (vulture, scripts/deadcode.py), mypy vkmsremote
 #   4. host tests:  pytest -m "not vm" tests
 #   5. VM tests:    pytest -m vm tests, all in ONE boot of the test kernel (python -m vkmsremote.vm)
 # Every stage runs even if an earlier one failed (unless it depends on it); the exit status is
@@ -70,6 +70,7 @@ else
 fi
 
 stage ruff "$top/.venv/bin/ruff" check .
+stage deadcode "$py" scripts/deadcode.py  # vulture over vkmsremote/, allow-list: vulture_allowlist.py
 stage mypy "$top/.venv/bin/mypy" vkmsremote
 # the layer contracts in pyproject.toml (docs/architecture.md); the host tests report coverage of the core layers
 stage imports env PYTHONPATH="$top" "$top/.venv/bin/lint-imports" --no-cache --no-logo

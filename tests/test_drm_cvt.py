@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from vkmsremote.drm.cvt import cvt_rb_mode, modeline, parse_mode
-from vkmsremote.drm.resources import Mode
+from vkmsremote.drm.mode import Mode
 from vkmsremote.errors import UsageError
 
 

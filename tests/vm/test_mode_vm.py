@@ -16,9 +16,10 @@ from clients.support import RawClient, rgb_of, screens_of
 
 from vkmsremote.capture.driver import PatternDriver, decode_frame_number, draw_pattern, pattern_base
 from vkmsremote.drm.card import Card
+from vkmsremote.drm.crtc import get_crtc
 from vkmsremote.drm.cvt import cvt_rb_mode
 from vkmsremote.drm.framebuffer import get_framebuffer, release_handles
-from vkmsremote.drm.resources import Resources, get_crtc
+from vkmsremote.drm.resources import Resources
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.messages import FramebufferUpdateRequest, Screen, SetDesktopSize
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 from vkmsremote.drm import ioctl as k
-from vkmsremote.drm.resources import Mode
+from vkmsremote.drm.mode import Mode
 from vkmsremote.errors import UsageError
 
 MAX_DIMENSION = 8192

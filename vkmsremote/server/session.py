@@ -148,7 +148,6 @@ class SessionContext:
     encodings: frozenset[int] | None = None
     """The encodings this server may send (Raw always); None: every one it supports, in the client's order."""
     sessions: set[Session] = field(default_factory=set)
-    on_record: Callable[[SessionRecord], None] | None = None
     video_share: VideoShare = field(default_factory=VideoShare)
     """Open H.264 streams shared by clients that receive the same frames (server.encodeshare)."""
 
@@ -175,7 +174,6 @@ class Session:
         self.conn = ServerConnection(ctx.policy, refuse=refuse, max_cut_text=ctx.max_cut_text)
 
         # what the client announced
-        self._encodings: tuple[int, ...] = ()
         self._encoders: dict[int, Encoder] = {}
         self._encoder: Encoder | None = None
         self._settings = EncoderSettings()
@@ -489,7 +487,6 @@ class Session:
         self._buttons = 0
 
     def _on_set_encodings(self, ev: SetEncodings) -> None:
-        self._encodings = ev.encodings
         self._settings = EncoderSettings.from_encodings(ev.encodings)  # applied between encodes
         allowed = self.ctx.encodings
         chosen = next((e for e in ev.encodings if e in SUPPORTED and (allowed is None or e in allowed)),

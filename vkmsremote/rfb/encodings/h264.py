@@ -202,7 +202,6 @@ class H264Encoder:
         self._stream: H264Stream | None = None
         self._rect: Rect | None = None
         self._lock = threading.Lock()
-        self.streams_started = 0
 
     def reset(self) -> None:
         """Start a new stream (with an IDR and ResetAllContexts) at the next encode."""
@@ -219,7 +218,6 @@ class H264Encoder:
             if stream is None or rect != self._rect or stream.crf != crf:
                 stream = self._stream = H264Stream(rect.w, rect.h, crf)
                 self._rect = rect
-                self.streams_started += 1
                 flags = H264Flags.RESET_ALL_CONTEXTS
             data, _ = stream.encode(frame[rect.y:rect.y + rect.h, rect.x:rect.x + rect.w])
         return [(rect, Encoding.OPEN_H264, payload(flags, data))]
