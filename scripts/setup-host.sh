@@ -20,11 +20,13 @@ debs=(
   # real VNC peers and display servers for tests and benchmarks
   xvfb x11vnc vncsnapshot tigervnc-viewer xserver-xorg-core xserver-xorg-input-libinput
   x11-utils xdotool xterm imagemagick libjpeg62-turbo
+  # the native side by side's peers (scripts/bench_native.py): TigerVNC's x0vncserver and Xvnc
+  tigervnc-scraping-server tigervnc-standalone-server
   # LibVNCClient headers: tests/test_encodings_libvncclient.py builds a tiny decoding client
   libvncserver-dev
   # FFmpeg's decoder for the benchmark client's Open H.264 (scripts/bench_client.c)
   libavcodec-dev libswscale-dev libavutil-dev
-  # a Debian 13 tree for TigerVNC's H.264-capable viewer (below)
+  # a Debian 13 tree for TigerVNC's 1.15 viewer: Open H.264 and RSA-AES (below)
   mmdebstrap
   # browser client: noVNC 1.7 comes from the npm registry (scripts/install-novnc.sh); Debian's 1.3 is the
   # fallback the tests also check

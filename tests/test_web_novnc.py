@@ -33,6 +33,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from vkmsremote.frame import Cursor, Frame
 from vkmsremote.rfb.auth import SecurityPolicy
 from vkmsremote.rfb.constants import Encoding, SecurityType
+from vkmsremote.rfb.rsaaes import ServerKey
 from vkmsremote.server.app import VncServer
 from vkmsremote.server.input import RecordingSink
 from vkmsremote.server.session import Session
@@ -193,11 +194,29 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str]
         d.quit()
 
 
-@pytest.mark.parametrize("encoding,auth", [(Encoding.TIGHT, "vncauth"), (Encoding.ZRLE, "none")])
+def rsa_key() -> ServerKey:
+    global _RSA_KEY
+    if _RSA_KEY is None:
+        _RSA_KEY = ServerKey.generate()
+    return _RSA_KEY
+
+
+_RSA_KEY: ServerKey | None = None
+POLICIES: dict[str, Callable[[], SecurityPolicy | None]] = {
+    "none": lambda: None,
+    "vncauth": lambda: SecurityPolicy(types=(SecurityType.VNC_AUTH,), vnc_password=PASSWORD.encode()),
+    # the order vkmsremote offers by default with a password: noVNC 1.7 takes the first it speaks, RA2ne
+    "ra2ne": lambda: SecurityPolicy(types=(SecurityType.RA2_256, SecurityType.RA2, SecurityType.RA2NE_256,
+                                           SecurityType.RA2NE, SecurityType.VNC_AUTH),
+                                    vnc_password=PASSWORD.encode(), rsa_key=rsa_key()),
+}
+
+
+@pytest.mark.parametrize("encoding,auth", [(Encoding.TIGHT, "vncauth"), (Encoding.ZRLE, "none"),
+                                           (Encoding.TIGHT, "ra2ne")])
 def test_novnc17_over_https_shows_xr0_exactly_and_types(tmp_path: Path, browser: Callable[[str], webdriver.Chrome],
                                                          encoding: int, auth: str) -> None:
-    policy = SecurityPolicy(types=(SecurityType.VNC_AUTH,), vnc_password=PASSWORD.encode()) if auth == "vncauth" \
-        else None
+    policy = POLICIES[auth]()
     server = HttpsServer(tmp_path, policy, frozenset({encoding}))
     try:
         driver = browser(server.spki_sha256())
@@ -205,6 +224,11 @@ def test_novnc17_over_https_shows_xr0_exactly_and_types(tmp_path: Path, browser:
         started = time.monotonic()
         driver.get(server.web.url + "?scale=0&resize=0")
         assert driver.title == "XR-0 - vkmsremote"
+        if auth == "ra2ne":  # our page shows the RSA key's fingerprint: it must be the one the server prints
+            wait_until(driver, "the server key check", lambda d: page_state(d) == "verify")
+            assert policy is not None and policy.rsa_key is not None
+            assert driver.find_element(By.ID, "fingerprint").text == policy.rsa_key.fingerprint
+            driver.find_element(By.ID, "accept-key").click()
         if policy is not None:  # our page's password form, filled in like a user would
             wait_until(driver, "the password prompt", lambda d: page_state(d) == "credentials")
             field = wait_until(driver, "a usable password field",
@@ -223,7 +247,8 @@ def test_novnc17_over_https_shows_xr0_exactly_and_types(tmp_path: Path, browser:
         # (SetEncodings follows "connect" at once: it is in by the time a frame is on the canvas)
         assert {Encoding.ZRLE, Encoding.TIGHT, Encoding.EXTENDED_DESKTOP_SIZE} <= set(record.client_encodings)
         assert record.encoding == encoding
-        assert record.security_type == (SecurityType.VNC_AUTH if policy else SecurityType.NONE)
+        assert record.security_type == {"none": SecurityType.NONE, "vncauth": SecurityType.VNC_AUTH,
+                                        "ra2ne": SecurityType.RA2NE}[auth]
 
         changed = picture(2)
         server.source.show(changed)

@@ -244,6 +244,7 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
 
 async def _serve(server: Any, reader: Any, target: ServeTarget, web: Any, announce: str | None,
                  out: TextIO) -> None:
+    from vkmsremote.server.app import rsa_key_announcement
     from vkmsremote.service.serve import run_until_stopped
 
     def started(server: Any, web_server: Any) -> None:
@@ -258,6 +259,8 @@ async def _serve(server: Any, reader: Any, target: ServeTarget, web: Any, announ
                 _say(out, f"or {web.describe(f'{scheme}://{host}:{web.port}/')} on the host")
         elif web_server is not None:
             _say(out, web.describe(web_server.url))
+        if (fingerprint := rsa_key_announcement(server.ctx.policy)) is not None:
+            _say(out, fingerprint)
 
     try:
         await run_until_stopped(server, web=web, started=started, stopping=lambda: _say(out, "stopping"),
