@@ -20,6 +20,8 @@ debs=(
   # real VNC peers and display servers for tests and benchmarks
   xvfb x11vnc vncsnapshot tigervnc-viewer xserver-xorg-core xserver-xorg-input-libinput
   x11-utils xdotool xterm imagemagick libjpeg62-turbo
+  # the native side by side's peers (scripts/bench_native.py): TigerVNC's x0vncserver and Xvnc
+  tigervnc-scraping-server tigervnc-standalone-server
   # LibVNCClient headers: tests/test_encodings_libvncclient.py builds a tiny decoding client
   libvncserver-dev
   # FFmpeg's decoder for the benchmark client's Open H.264 (scripts/bench_client.c)
@@ -38,6 +40,8 @@ debs=(
   # consumer socket (tests/test_consumer.py, tests/vm/test_consumer_vm.py): the C client is built through
   # pkg-config; consume --egl uses EGL/GLES/GBM (Mesa); ffmpeg -f kmsgrab captures XR-0 for comparison
   pkg-config libegl1 libegl-mesa0 libgles2 libgbm1 libgl1-mesa-dri ffmpeg
+  # `cvt -r`, the reference for vkmsremote.drm.cvt's reduced-blanking modes (tests/test_drm_cvt.py)
+  xcvt
 )
 
 missing=()

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DESCRIPTION = ("Serve an animated test picture (default) or what a DRM CRTC scans out over VNC. Without "
+DESCRIPTION = ("Serve an animated test picture (default), what a DRM CRTC scans out or an X server's screen file "
+               "(Xvfb -fbdir) over VNC. Without "
                "options it listens on 127.0.0.1:5900 without authentication; give a password (and get "
                "VeNCrypt/TLS with a self-signed certificate by default) before listening elsewhere.")
 
@@ -60,6 +61,22 @@ def _crtc_source(args: argparse.Namespace) -> FrameSource:
 
 SOURCES["pattern"] = _pattern_source
 SOURCES["crtc"] = _crtc_source
+XWD_SCHEME = "xwd:"
+"""--source xwd:PATH: an X server's screen file, e.g. Xvfb -fbdir's (vkmsremote.capture.xwd)."""
+
+
+def _source_option(text: str) -> str:
+    if text not in SOURCES and not text.startswith(XWD_SCHEME):
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(sorted(SOURCES))}, xwd:PATH)")
+    return text
+
+
+def _source(args: argparse.Namespace) -> FrameSource:
+    if args.source.startswith(XWD_SCHEME):
+        from vkmsremote.capture.xwd import source
+
+        return source(args.source)
+    return SOURCES[args.source](args)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,8 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.format_help = format_help  # type: ignore[method-assign]
     src = parser.add_argument_group("what to serve")
-    src.add_argument("--source", default="pattern", choices=sorted(SOURCES),
-                     help="pattern: an animated test picture (default); crtc: what a DRM CRTC scans out")
+    src.add_argument("--source", default="pattern", type=_source_option, metavar="{crtc,pattern,xwd:PATH}",
+                     help="pattern: an animated test picture (default); crtc: what a DRM CRTC scans out; "
+                     "xwd:PATH: an X server's screen file (Xvfb -fbdir DIR: DIR/Xvfb_screen0)")
     src.add_argument("--size", type=size, default=(1920, 1080), metavar="WxH",
                      help="pattern: picture size (default 1920x1080)")
     src.add_argument("--fps", type=float, default=30.0, help="pattern: frames per second (default 30)")
@@ -260,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
 
     policy = policy_from_args(args)
     web = WebListener.from_args(args)
-    source = SOURCES[args.source](args)
+    source = _source(args)
     input_kind = args.input or ("uinput" if args.source == "crtc" else "none")
     sink: InputSink | SinkFactory = NullSink()
     devices: UinputDevices | None = None
