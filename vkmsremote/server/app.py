@@ -377,6 +377,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--crtc", type=int, help="crtc: CRTC id (default: the connector's, or the only one)")
     src.add_argument("--input", choices=("none", "uinput"),
                      help="where keyboard and pointer go (default: uinput for crtc, none for pattern)")
+    from vkmsremote.desktop.binding import add_pointer_output_argument
+
+    add_pointer_output_argument(src)
     net = parser.add_argument_group("network and security")
     net.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     net.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
@@ -447,6 +450,15 @@ def _uinput_sinks(source: object = None) -> tuple[SinkFactory, Callable[[], None
     return uinput_sink_factory(devices, source), devices.close
 
 
+def _chain(first: Callable[[], None], then: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        try:
+            first()
+        finally:
+            then()
+    return both
+
+
 def policy_from_args(args: argparse.Namespace) -> SecurityPolicy:
     """The security policy of ``serve``'s and ``up``'s options (reads the password files now)."""
     password = _password(args)
@@ -466,7 +478,14 @@ def run(args: argparse.Namespace) -> int:
     sink: InputSink | SinkFactory = NullSink()
     close_input: Callable[[], None] = lambda: None  # noqa: E731
     if input_kind == "uinput" and not args.view_only:
-        sink, close_input = _uinput_sinks(source)
+        if args.source == "crtc":  # bound before the devices exist (Weston reads WL_OUTPUT when one is added)
+            from vkmsremote.desktop.binding import bind_pointer
+
+            named = args.connector if args.connector and not args.connector.isdigit() else None
+            binding = bind_pointer(args.pointer_output, args.card, named, lambda t: print(f"vkmsremote: {t}"))
+            close_input = binding.undo
+        sink, close_uinput = _uinput_sinks(source)
+        close_input = _chain(close_uinput, close_input)
     server = VncServer(source, sink, host=args.host, port=args.port, policy=policy,
                        view_only=args.view_only, always_shared=args.always_shared,
                        insecure_listen=args.insecure_listen)
