@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import time
 
+from vkmsremote.frame import Rect
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.encodings import EncoderSettings, make_encoder, samples
 from vkmsremote.rfb.pixelformat import NATIVE, PixelFormat
-from vkmsremote.frame import Rect
 
 FORMATS = {"native": NATIVE, "565": PixelFormat(16, 16, False, True, 31, 63, 31, 11, 5, 0)}
 

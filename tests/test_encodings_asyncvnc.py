@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from asyncvnc import Video
 
+from vkmsremote.frame import Rect
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import convert_array, value_bytes
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings, make_encoder, samples
 from vkmsremote.rfb.pixelformat import NATIVE, PixelFormat
-from vkmsremote.frame import Rect
 
 FORMATS = {
     "bgra": NATIVE,

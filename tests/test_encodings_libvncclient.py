@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vkmsremote.frame import Rect
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import BGR233, convert_array, value_bytes
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings, make_encoder, samples
 from vkmsremote.rfb.encodings.tight import MAX_WIDTH
 from vkmsremote.rfb.pixelformat import NATIVE, PixelFormat
-from vkmsremote.frame import Rect
 
 CLIENT_C = r"""
 #include <rfb/rfbclient.h>

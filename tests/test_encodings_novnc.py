@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 import simplejpeg
 
+from vkmsremote.frame import Rect
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import convert_array
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings, make_encoder, samples
 from vkmsremote.rfb.pixelformat import PixelFormat
-from vkmsremote.frame import Rect
 
 NOVNC = Path("/usr/share/novnc")
 NOVNC_PF = PixelFormat(32, 24, False, True, 255, 255, 255, 0, 8, 16)

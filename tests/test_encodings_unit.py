@@ -13,13 +13,13 @@ import simplejpeg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vkmsremote.frame import Rect
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import BGR233
 from vkmsremote.rfb.encodings import SUPPORTED, EncoderSettings, make_encoder, samples, tight
 from vkmsremote.rfb.encodings.tight import MAX_WIDTH, compact_length, jpeg_parameters
 from vkmsremote.rfb.encodings.zrle import pack_indices
 from vkmsremote.rfb.pixelformat import NATIVE, PixelFormat
-from vkmsremote.frame import Rect
 
 RGB565 = PixelFormat(16, 16, False, True, 31, 63, 31, 11, 5, 0)
 

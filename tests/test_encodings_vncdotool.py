@@ -16,11 +16,11 @@ import zlib
 import numpy as np
 import pytest
 
+from vkmsremote.frame import Rect
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import BGR233, convert_array, value_bytes
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings, make_encoder, samples
 from vkmsremote.rfb.pixelformat import NATIVE, PixelFormat
-from vkmsremote.frame import Rect
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # vncdotool warns that these hooks may change

@@ -7,8 +7,8 @@ import asyncio
 
 import numpy as np
 
-from vkmsremote.server.hub import Hub
 from vkmsremote.frame import Cursor, Frame
+from vkmsremote.server.hub import Hub
 
 
 class SwallowingSource:

@@ -11,12 +11,12 @@ import pytest
 from clients.support import ControlledSource, RawClient, rgb_of
 
 from vkmsremote.capture.damage import DamageTracker
+from vkmsremote.frame import Cursor, Frame, Pixels, Rect
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.encodings import samples
 from vkmsremote.rfb.messages import FramebufferUpdateRequest
 from vkmsremote.server.app import VncServer
 from vkmsremote.server.hub import DAMAGE_HISTORY, POOL_BUFFERS, Hub, Snapshot, _SnapshotPool
-from vkmsremote.frame import Cursor, Frame, Pixels, Rect
 
 W, H = 64, 48
 

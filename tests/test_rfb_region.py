@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vkmsremote.rfb.region import DamageGrid
 from vkmsremote.frame import Rect
+from vkmsremote.rfb.region import DamageGrid
 
 
 def covered(rects: list[Rect], w: int, h: int) -> np.ndarray:

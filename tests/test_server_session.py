@@ -16,6 +16,7 @@ import pytest
 from clients.support import ControlledSource, RawClient, rgb_of, screens_of
 
 from vkmsremote.errors import UsageError
+from vkmsremote.frame import Cursor, Rect
 from vkmsremote.rfb.auth import SecurityPolicy
 from vkmsremote.rfb.constants import Encoding, SecurityType
 from vkmsremote.rfb.encodings import samples
@@ -38,7 +39,6 @@ from vkmsremote.server.hub import SCREEN_ID
 from vkmsremote.server.input import RecordingSink
 from vkmsremote.server.pattern import PatternSource
 from vkmsremote.server.session import WRITE_HIGH
-from vkmsremote.frame import Cursor, Rect
 
 W, H = 96, 64
 IMG = samples.photo_like(H, W)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from evdev import ecodes as e
 
-from vkmsremote.frame import Placement
 from vkmsremote.errors import InputDeviceError
+from vkmsremote.frame import Placement
 from vkmsremote.input.uinput import (
     ABS_RANGE,
     DeviceSpec,

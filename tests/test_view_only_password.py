@@ -35,6 +35,7 @@ from vncdotool import rfb as vncdotool_rfb
 
 from vkmsremote import cli
 from vkmsremote.errors import UsageError
+from vkmsremote.frame import Rect
 from vkmsremote.rfb.auth import Access, SecurityPolicy, obfuscate_vnc_password, plain_checker, vnc_auth_access
 from vkmsremote.rfb.constants import Encoding, SecurityType, VeNCryptSubtype
 from vkmsremote.rfb.encodings import samples
@@ -59,7 +60,6 @@ from vkmsremote.server.blacklist import Blacklist
 from vkmsremote.server.hub import SCREEN_ID
 from vkmsremote.server.input import InputSink, RecordingSink
 from vkmsremote.server.pattern import PatternSource
-from vkmsremote.frame import Rect
 from vkmsremote.server.tls import generate_self_signed, server_context
 from vkmsremote.service.up import check_options
 

@@ -29,12 +29,12 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
+from vkmsremote.frame import Cursor, Frame
 from vkmsremote.rfb.auth import SecurityPolicy
 from vkmsremote.rfb.constants import Encoding, SecurityType
 from vkmsremote.server.app import VncServer
 from vkmsremote.server.input import RecordingSink
 from vkmsremote.server.session import Session
-from vkmsremote.frame import Cursor, Frame
 from vkmsremote.web.server import WebServer, start_web_server
 
 T = TypeVar("T")

@@ -20,12 +20,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from vkmsremote.frame import Cursor, Frame, Pixels, Rect
 from vkmsremote.rfb.auth import vnc_auth_response
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.messages import Screen, SetEncodings, SetPixelFormat
 from vkmsremote.rfb.pixelformat import NATIVE, PixelFormat
 from vkmsremote.server.app import VncServer
-from vkmsremote.frame import Cursor, Frame, Pixels, Rect
 
 T = TypeVar("T")
 

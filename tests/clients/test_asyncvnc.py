@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from clients.support import ControlledSource, ServerThread, rgb_of
+from vkmsremote.frame import Rect
 from vkmsremote.rfb.auth import SecurityPolicy
 from vkmsremote.rfb.constants import Encoding, SecurityType
 from vkmsremote.rfb.encodings import samples
 from vkmsremote.server.input import RecordingSink
-from vkmsremote.frame import Rect
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:asyncvnc")  # its deprecated TripleDES use
 

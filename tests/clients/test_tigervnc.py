@@ -23,11 +23,11 @@ import pytest
 from PIL import Image
 
 from clients.support import ControlledSource, ServerThread, rgb_of
+from vkmsremote.frame import Rect
 from vkmsremote.rfb.auth import SecurityPolicy, obfuscate_vnc_password, plain_checker
 from vkmsremote.rfb.constants import Encoding, SecurityType, VeNCryptSubtype
 from vkmsremote.rfb.encodings import samples
 from vkmsremote.server.input import RecordingSink
-from vkmsremote.frame import Rect
 from vkmsremote.server.tls import generate_self_signed, server_context
 
 VIEWER = shutil.which("xtigervncviewer") or "/usr/bin/xtigervncviewer"

@@ -18,11 +18,11 @@ import pytest
 from PIL import Image
 
 from clients.support import ControlledSource, ServerThread, rgb_of
+from vkmsremote.frame import Rect
 from vkmsremote.rfb.auth import SecurityPolicy
 from vkmsremote.rfb.constants import Encoding, SecurityType
 from vkmsremote.rfb.encodings import samples
 from vkmsremote.server.input import RecordingSink
-from vkmsremote.frame import Rect
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -25,8 +25,8 @@ import numpy as np
 
 from vkmsremote.capture.driver import CODE_HEIGHT, CODE_WIDTH, encode_frame_number
 from vkmsremote.errors import UsageError
-from vkmsremote.rfb.encodings import samples
 from vkmsremote.frame import Pixels, Rect
+from vkmsremote.rfb.encodings import samples
 
 HEADER = 40
 """Rows at the top that only the frame number changes (the scrolling area and windows stay below)."""

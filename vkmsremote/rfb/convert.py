@@ -21,8 +21,8 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-from vkmsremote.rfb.pixelformat import NATIVE, PixelFormat
 from vkmsremote.frame import Pixels
+from vkmsremote.rfb.pixelformat import NATIVE, PixelFormat
 
 Values = npt.NDArray[np.uint32]
 """Client pixel values, one unsigned integer per pixel (shape (h, w) or flat)."""

@@ -29,8 +29,8 @@ from vkmsremote.server.input import InputSink, NullSink, WakingSink
 
 if TYPE_CHECKING:
     from vkmsremote.input import UinputDevices
-from vkmsremote.server.session import Session, SessionContext, SessionRecord
 from vkmsremote.frame import FrameSource
+from vkmsremote.server.session import Session, SessionContext, SessionRecord
 from vkmsremote.server.tls import ensure_certificate, server_context
 from vkmsremote.web import DEFAULT_WEB_PORT, WebServer
 

@@ -32,8 +32,8 @@ from typing import Protocol
 
 import numpy as np
 
-from vkmsremote.rfb.messages import MAX_DESKTOP_DIMENSION, ExtendedDesktopSizeStatus, Screen
 from vkmsremote.frame import Cursor, Frame, FrameSource, Pixels, Rect, ResizableSource
+from vkmsremote.rfb.messages import MAX_DESKTOP_DIMENSION, ExtendedDesktopSizeStatus, Screen
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from vkmsremote.rfb.messages import MAX_DESKTOP_DIMENSION, ExtendedDesktopSizeStatus
 from vkmsremote.frame import Cursor, Frame, Pixels, Rect
+from vkmsremote.rfb.messages import MAX_DESKTOP_DIMENSION, ExtendedDesktopSizeStatus
 
 # 3x5 digits, one string of 15 bits per digit (rows top to bottom).
 _DIGITS = [

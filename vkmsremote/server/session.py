@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vkmsremote.errors import ProtocolError
+from vkmsremote.frame import Cursor, Pixels, Rect
 from vkmsremote.rfb.auth import SecurityPolicy
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import convert
@@ -86,7 +87,6 @@ from vkmsremote.rfb.region import DamageGrid
 from vkmsremote.server.blacklist import Blacklist
 from vkmsremote.server.hub import Hub, Snapshot
 from vkmsremote.server.input import InputSink, NullSink
-from vkmsremote.frame import Cursor, Pixels, Rect
 
 log = logging.getLogger(__name__)
 

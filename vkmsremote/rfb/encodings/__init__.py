@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from vkmsremote.frame import Pixels, Rect
 from vkmsremote.rfb.constants import Encoding, compress_level, jpeg_quality_level
 from vkmsremote.rfb.pixelformat import PixelFormat
-from vkmsremote.frame import Pixels, Rect
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from vkmsremote.frame import Pixels, Rect
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import convert_array, pixel_values, value_bytes
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings
 from vkmsremote.rfb.encodings._subrects import decompose
 from vkmsremote.rfb.pixelformat import PixelFormat
-from vkmsremote.frame import Pixels, Rect
 
 TILE = 16
 RAW = 1

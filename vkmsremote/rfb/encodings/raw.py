@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from vkmsremote.frame import Pixels, Rect
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import convert
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings
 from vkmsremote.rfb.pixelformat import PixelFormat
-from vkmsremote.frame import Pixels, Rect
 
 
 def raw_rect(frame: Pixels, rect: Rect, pf: PixelFormat) -> EncodedRect:

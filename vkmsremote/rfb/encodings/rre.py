@@ -12,13 +12,13 @@ import struct
 
 import numpy as np
 
+from vkmsremote.frame import Pixels, Rect
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import pixel_values, value_bytes
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings
 from vkmsremote.rfb.encodings._subrects import decompose
 from vkmsremote.rfb.encodings.raw import raw_rect
 from vkmsremote.rfb.pixelformat import PixelFormat
-from vkmsremote.frame import Pixels, Rect
 
 _U32 = struct.Struct(">I")
 

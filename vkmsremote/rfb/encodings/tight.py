@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 import simplejpeg
 
+from vkmsremote.frame import Pixels, Rect
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import (
     Values,
@@ -46,7 +47,6 @@ from vkmsremote.rfb.convert import (
 )
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings
 from vkmsremote.rfb.pixelformat import PixelFormat
-from vkmsremote.frame import Pixels, Rect
 
 MAX_WIDTH = 2048  # the spec's limit for any Tight rectangle
 STRIP_WIDTH = 512  # narrower strips keep UI beside a video lossless

@@ -9,11 +9,11 @@ from __future__ import annotations
 import struct
 import zlib
 
+from vkmsremote.frame import Pixels, Rect
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import convert
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings
 from vkmsremote.rfb.pixelformat import PixelFormat
-from vkmsremote.frame import Pixels, Rect
 
 DEFAULT_ZLIB_LEVEL = 2
 _U32 = struct.Struct(">I")

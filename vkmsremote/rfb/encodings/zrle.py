@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from vkmsremote.frame import Pixels, Rect
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import Values, cpixel_bytes, cpixel_size, pixel_values
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings
 from vkmsremote.rfb.encodings.zlibenc import ZlibStream, zlib_level
 from vkmsremote.rfb.pixelformat import PixelFormat
-from vkmsremote.frame import Pixels, Rect
 
 TILE = 64
 RAW, SOLID, PLAIN_RLE = 0, 1, 128
