@@ -165,13 +165,19 @@ class Binding:
     _undo: list[Callable[[], None]] = field(default_factory=list)
     _keeper_fd: int | None = None
 
+    say: Callable[[str], None] | None = None
+
     def undo(self) -> None:
+        done = bool(self._undo)
         while self._undo:
             step = self._undo.pop()
             try:
                 step()
             except (OSError, VkmsRemoteError, subprocess.SubprocessError) as e:
                 log.warning("undoing the pointer binding: %s", e)
+                done = False
+        if done and self.say is not None:
+            self.say(f"pointer binding to {self.plan.output} undone ({self.plan.method.value})")
 
     def undo_at_exit_of_parent(self) -> int | None:
         """Fork a process that keeps this process's privileges and undoes the binding when this process
@@ -268,5 +274,6 @@ def add_pointer_output_argument(group: object) -> None:
 def bind_pointer(mode: str, card: str, output: str | None, say: Callable[[str], None]) -> Binding:
     """Plan and apply the binding for serving ``output`` of ``card``; ``say`` reports what happened."""
     binding = apply_binding(plan_binding(mode, card, output))
+    binding.say = say
     say(binding.plan.describe())
     return binding
