@@ -545,10 +545,11 @@ def status(
     """Every VKMS device (or ``device``) with its configfs and DRM views."""
     cfs = configfs or Configfs()
     store = state or StateStore(configfs=cfs)
+    # VKMS's default device (the only one before 6.19, optional since) is listed after configfs's
+    legacy = [m for m in (default_device_mapping(),) if m is not None] if cfs.is_system and device is None else []
     if not cfs.available():
-        legacy = default_device_mapping() if cfs.is_system and device is None else None
-        if legacy is not None:
-            return [legacy]
+        if legacy:
+            return legacy
         raise VkmsUnavailableError(f"no VKMS configfs directory at {cfs.vkms}", hint=UNAVAILABLE_HINT)
     names = cfs.device_names()
     if device is not None:
@@ -561,7 +562,7 @@ def status(
         observed = cfs.observe(name)
         if observed is not None:
             out.append(_mapping(cfs, observed, store))
-    return out
+    return out + legacy
 
 
 # --- hotplug ----------------------------------------------------------------------------------------------
