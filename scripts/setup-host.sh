@@ -30,6 +30,9 @@ debs=(
   libxkbcommon0 xkb-data
   # mode changes and checks on Xorg in the VM (tests/vm/test_compositor_vm.py)
   x11-xserver-utils
+  # Wayland compositors on XR-0 in the VM (tests/vm/test_wayland_vm.py): Weston, sway with seatd,
+  # foot (a terminal to type into), wev (shows where clicks land)
+  weston sway seatd foot wev
 )
 
 missing=()
