@@ -49,7 +49,9 @@ output {xr1} mode 1024x768 position 1024 0
 default_border none
 default_floating_border none
 focus_follows_mouse no
-for_window [app_id="wev"] fullscreen enable
+workspace 1 output {xr0}
+workspace 2 output {xr1}
+for_window [title="^wev$"] fullscreen enable
 for_window [app_id="foot"] fullscreen enable
 """
 
@@ -139,7 +141,7 @@ def _start_sway(comp: Compositor) -> None:
     env = {"XDG_RUNTIME_DIR": str(comp.runtime), "LIBSEAT_BACKEND": "seatd", "WLR_RENDERER": "pixman",
            "WLR_DRM_DEVICES": comp.card, "WLR_LIBINPUT_NO_DEVICES": "1", "HOME": str(comp.runtime)}
     proc = comp.spawn(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                       "sway", "-c", str(cfg), "--debug"], "sway.out", env)
+                       "sway", "-c", str(cfg)], "sway.out", env)
     comp.pid = proc.pid  # setpriv execs sway: same pid
 
 
@@ -177,6 +179,14 @@ def compositor(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
         wait_for(ready, f"{name} to light XR-0 and XR-1 and open its socket", timeout=300)
         print(f"{name}: both outputs lit and socket up {time.monotonic() - t0:.1f} s after start")
+        if name == "sway":  # new windows open on the focused output's workspace
+            from vkmsremote.desktop.sway_ipc import SwayIpc, socket_path_of
+
+            sock = socket_path_of(comp.pid)
+            assert sock is not None
+            wait_for(sock.exists, "sway's IPC socket", timeout=60)
+            with SwayIpc(sock) as ipc:
+                ipc.command(f"focus output {comp.xr0}")
         yield comp
     finally:
         for proc in reversed(comp.processes):
