@@ -85,6 +85,7 @@ class Compositor:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     display: str = ""
     pid: int = 0
+    started_s: float = 0.0  # from start to both outputs lit and the socket up
 
     def spawn(self, argv: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.workdir / log_name, "wb")  # noqa: SIM115 (closed with the process)
@@ -138,8 +139,9 @@ def _start_sway(comp: Compositor) -> None:
     os.chmod(comp.workdir, 0o755)
     comp.spawn(["seatd", "-u", "nobody", "-g", "nogroup"], "seatd.out")
     wait_for(lambda: Path("/run/seatd.sock").exists(), "seatd's socket", timeout=60)
+    # No WLR_DRM_DEVICES: sway takes the cards there are (one), and may take a card added later (measured below)
     env = {"XDG_RUNTIME_DIR": str(comp.runtime), "LIBSEAT_BACKEND": "seatd", "WLR_RENDERER": "pixman",
-           "WLR_DRM_DEVICES": comp.card, "WLR_LIBINPUT_NO_DEVICES": "1", "HOME": str(comp.runtime)}
+           "WLR_LIBINPUT_NO_DEVICES": "1", "HOME": str(comp.runtime)}
     proc = comp.spawn(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
                        "sway", "-c", str(cfg)], "sway.out", env)
     comp.pid = proc.pid  # setpriv execs sway: same pid
@@ -178,7 +180,8 @@ def compositor(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
             return True
 
         wait_for(ready, f"{name} to light XR-0 and XR-1 and open its socket", timeout=300)
-        print(f"{name}: both outputs lit and socket up {time.monotonic() - t0:.1f} s after start")
+        comp.started_s = time.monotonic() - t0
+        print(f"{name}: both outputs lit and socket up {comp.started_s:.1f} s after start")
         if name == "sway":  # new windows open on the focused output's workspace
             from vkmsremote.desktop.sway_ipc import SwayIpc, socket_path_of
 
@@ -316,6 +319,39 @@ def test_clicks_land_on_the_pixel_of_xr0_and_never_leave_it(compositor: Composit
     finally:
         viewer.close()
         compositor.stop(wev)
+
+
+def test_card_added_while_running(compositor: Compositor, vm_results_dir: Path) -> None:
+    """Start order, measured: ``up`` while the compositor runs makes a new card; does the compositor light
+    it? (Those that do not need ``up`` before the display manager: the unit's Before=display-manager.service.)
+    Either way the compositor keeps running and XR-0 stays lit."""
+    from dataclasses import replace
+
+    from vkmsremote.vkms.profile import load_profile
+
+    late = up(replace(load_profile("xr-0"), name="late")).device
+    conn = late.connectors[0]
+    assert late.card and late.card != compositor.card and conn.crtc_id
+    t0 = time.monotonic()
+    picked = None
+    while time.monotonic() - t0 < 30:
+        if _crtc_lit(late.card, conn.crtc_id):
+            picked = time.monotonic() - t0
+            break
+        time.sleep(0.5)
+    with open(vm_results_dir / "compositors.jsonl", "a") as f:
+        f.write(json.dumps({"compositor": compositor.name, "start_to_lit_s": round(compositor.started_s, 1),
+                            "hot_added_card_lit_after_s": picked}) + "\n")
+    print(f"{compositor.name}: card added while running: "
+          + (f"lit after {picked:.1f} s" if picked is not None else "not lit in 30 s"))
+    assert Path(f"/proc/{compositor.pid}").exists(), f"{compositor.name} exited when a card was added"
+    assert lit(compositor.card, compositor.crtc0, compositor.crtc1), "XR-0/XR-1 went dark when a card was added"
+    down("late")
+
+
+def _crtc_lit(card: str, crtc_id: int) -> bool:
+    with Card.open(card) as c:
+        return bool(get_crtc(c, crtc_id, with_properties=False).fb_id)
 
 
 def test_serve_exit_undoes_the_binding(compositor: Compositor, served: Served) -> None:
