@@ -23,6 +23,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -133,9 +134,9 @@ def _start_weston(comp: Compositor) -> None:
 
 def _start_sway(comp: Compositor) -> None:
     os.chown(comp.runtime, NOBODY, NOBODY)
-    cfg = comp.workdir / "sway.config"
+    cfg = comp.runtime.parent / "sway.config"
     cfg.write_text(SWAY_CONFIG.format(xr0=comp.xr0, xr1=comp.xr1))
-    os.chmod(comp.workdir, 0o755)
+    cfg.chmod(0o644)
     comp.spawn(["seatd", "-u", "nobody", "-g", "nogroup"], "seatd.out")
     wait_for(lambda: Path("/run/seatd.sock").exists(), "seatd's socket", timeout=60)
     # No WLR_DRM_DEVICES: sway takes the cards there are (one), and may take a card added later (measured below)
@@ -157,7 +158,10 @@ def _wayland_socket(comp: Compositor) -> str | None:
 def compositor(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compositor]:
     name = request.param
     workdir = tmp_path_factory.mktemp(name)
-    runtime = workdir / "xdg"
+    # pytest's directories are 0700; sway runs as nobody: its config and runtime directory live beside them
+    shared = Path(tempfile.mkdtemp(prefix=f"vkmsremote-{name}-", dir="/tmp"))
+    shared.chmod(0o755)
+    runtime = shared / "xdg"
     runtime.mkdir(mode=0o700)
     with contextlib.suppress(Exception):
         down(force=True)
