@@ -482,7 +482,7 @@ def run(args: argparse.Namespace) -> int:
             from vkmsremote.desktop.binding import bind_pointer
 
             named = args.connector if args.connector and not args.connector.isdigit() else None
-            binding = bind_pointer(args.pointer_output, args.card, named, lambda t: print(f"vkmsremote: {t}"))
+            binding = bind_pointer(args.pointer_output, args.card, named, lambda t: print(f"vkmsremote: {t}", flush=True))
             close_input = binding.undo
         sink, close_uinput = _uinput_sinks(source)
         close_input = _chain(close_uinput, close_input)
