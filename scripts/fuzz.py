@@ -61,12 +61,13 @@ class _Env:
     def __init__(self) -> None:
         import numpy as np
 
-        from vkmsremote import errors, tls
+        from vkmsremote import errors
         from vkmsremote import frame as source
         from vkmsremote.input import keymap
         from vkmsremote.rfb import auth, constants, convert, messages, protocol
         from vkmsremote.rfb.encodings import SUPPORTED, EncoderSettings, make_encoder
         from vkmsremote.rfb.pixelformat import NATIVE
+        from vkmsremote.server import tls
         from vkmsremote.web import http, server, websocket
 
         self.np, self.errors, self.keymap = np, errors, keymap
