@@ -287,7 +287,17 @@ WEV_MOTION = re.compile(r"wl_pointer\] (?:enter|motion): .*x, y: (-?[\d.]+), (-?
 WEV_BUTTON = re.compile(r"wl_pointer\] button: .*button: (\d+).*state: 1")
 
 
-def test_clicks_land_on_the_pixel_of_xr0_and_never_leave_it(compositor: Compositor, served: Served) -> None:
+def cursor_plane_in_use(card: str, crtc_id: int) -> bool:
+    """Whether a cursor plane shows a framebuffer on ``crtc_id`` (the compositor uses the cursor plane)."""
+    from vkmsremote.drm.resources import PlaneType, Resources
+
+    with Card.open(card) as c:
+        return any(p.type == PlaneType.CURSOR and p.crtc_id == crtc_id and p.fb_id
+                   for p in Resources.fetch(c, probe=False).planes)
+
+
+def test_clicks_land_on_the_pixel_of_xr0_and_never_leave_it(compositor: Compositor, served: Served,
+                                                             vm_results_dir: Path) -> None:
     log = "wev.log"  # wev sets no app_id: kiosk-shell puts it on the first output (XR-0), sway's rule fullscreens it
     wev = compositor.client(["stdbuf", "-oL", "wev", "-f", "wl_pointer"], log)
     viewer = Viewer(served.port)
@@ -316,6 +326,9 @@ def test_clicks_land_on_the_pixel_of_xr0_and_never_leave_it(compositor: Composit
             assert motions, text[-2000:]
             x, y = (float(v) for v in motions[-1])
             assert (int(x), int(y)) == (px, py), f"click at {px},{py} arrived at {x},{y} on {compositor.name}"
+        with open(vm_results_dir / "compositors.jsonl", "a") as f:  # measured, for docs/compositors.md
+            f.write(json.dumps({"compositor": compositor.name,
+                                "cursor_plane": cursor_plane_in_use(compositor.card, compositor.crtc0)}) + "\n")
         text = compositor.log(log)
         assert "wl_pointer] leave" not in text, f"the pointer left XR-0's wev surface: {text[-2000:]}"
         assert all(int(b) == BTN_LEFT for b in WEV_BUTTON.findall(text))
