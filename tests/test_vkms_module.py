@@ -66,3 +66,30 @@ def test_new_vkms_has_configfs(tmp_path: Path) -> None:
     assert new.builtin and new.has_configfs is True
     assert m.default_device_card(tmp_path) is None
     assert m.module_state(tmp_path / "none").has_configfs is None
+
+
+def test_up_falls_back_to_the_default_device_only_without_configfs_vkms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """up's decision: configfs VKMS missing + a loaded VKMS without configfs -> the default device;
+    a VKMS with configfs (or none loaded) -> the configfs error stands."""
+    from vkmsremote.vkms import device
+    from vkmsremote.vkms.configfs import Configfs
+    from vkmsremote.vkms.profile import load_profile
+
+    def unavailable(self: Configfs) -> None:
+        raise VkmsUnavailableError("no VKMS configfs directory")
+
+    monkeypatch.setattr(Configfs, "ensure_available", unavailable)
+    monkeypatch.setattr(device, "_require_root", lambda cfs, action: None)
+    used: list[str] = []
+    monkeypatch.setattr(device, "_up_default_device", lambda spec, timeout: used.append(spec.name) or "legacy")
+    spec = load_profile("xr-0")
+    cfs = Configfs("/sys/kernel/config")  # the system's: only there is a fallback
+    for params, falls_back in (({"enable_cursor": "Y"}, True), ({"create_default_dev": "N"}, False), (None, False)):
+        state = m.ModuleState(params is not None, False, params or {})
+        monkeypatch.setattr(device, "module_state", lambda state=state: state)
+        if falls_back:
+            assert device.up(spec, configfs=cfs) == "legacy"
+        else:
+            with pytest.raises(VkmsUnavailableError):
+                device.up(spec, configfs=cfs)
+    assert used == [spec.name]
