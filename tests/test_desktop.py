@@ -44,6 +44,23 @@ def test_master_from_debugfs(tmp_path: Path) -> None:
     assert drm_master("/dev/dri/card0", debugfs=tmp_path, exclude=[412]) is None  # the others are not master
 
 
+def test_master_opened_by_seatd_is_the_compositor_it_serves(tmp_path: Path) -> None:
+    """seatd (libseat) opens the card and passes the fd to sway: debugfs names seatd, /proc shows sway."""
+    card = tmp_path / "card0"
+    card.write_text("")
+    (tmp_path / "dri" / "0").mkdir(parents=True)
+    (tmp_path / "dri" / "0" / "clients").write_text(CLIENTS.splitlines()[0] + "\n"
+                                                   "               seatd   136   0   y    y     0          0\n")
+    proc = tmp_path / "proc"
+    for pid, comm in ((136, "seatd"), (137, "sway")):
+        (proc / str(pid) / "fd").mkdir(parents=True)
+        (proc / str(pid) / "comm").write_text(comm + "\n")
+        os.symlink(card, proc / str(pid) / "fd" / "9")
+    found = drm_master(str(card), debugfs=tmp_path / "dri", proc=proc)
+    assert found is not None and (found.pid, found.command, found.master) == (137, "sway", True)
+    assert found.source == "debugfs via seatd"
+
+
 def test_master_from_proc_when_debugfs_is_unreadable(tmp_path: Path) -> None:
     card = tmp_path / "card0"
     card.write_text("")

@@ -24,6 +24,8 @@ PROC = Path("/proc")
 KNOWN_COMPOSITORS = ("weston", "sway", "Xorg", "X", "gnome-shell", "mutter", "kwin_wayland", "labwc",
                      "wayfire", "hyprland", "Hyprland", "cage", "river", "niri")
 """Process names (comm) of display servers that become DRM master."""
+SEAT_MANAGERS = ("seatd", "systemd-logind")
+"""They open the card and hand the fd to the compositor (libseat); debugfs may name them as the master."""
 
 _ROW = re.compile(r"^\s*(?P<command>.+?)\s+(?P<tgid>\d+)\s+(?P<dev>\d+)\s+(?P<master>[yn])\s+(?P<auth>[yn])"
                   r"\s+(?P<uid>\d+)\s+(?P<magic>\d+)")
@@ -141,7 +143,13 @@ def drm_master(card: str, *, debugfs: Path = DEBUGFS_DRI, proc: Path = PROC,
     clients = [c for c in card_clients(card, debugfs=debugfs, proc=proc) if c.pid not in skip]
     masters = [c for c in clients if c.master]
     if masters:
-        return masters[0]
+        master = masters[0]
+        if master.command in SEAT_MANAGERS:  # the compositor it opened the card for holds the same file
+            users = [c for c in _proc_clients(card, proc) if c.command in KNOWN_COMPOSITORS and c.pid not in skip]
+            if len(users) == 1:
+                return DrmClient(users[0].pid, users[0].command, True, users[0].uid,
+                                 source=f"{master.source} via {master.command}")
+        return master
     if any(c.master is False for c in clients):
         return None  # debugfs says nobody is master
     known = [c for c in clients if c.command in KNOWN_COMPOSITORS]
