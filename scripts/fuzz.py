@@ -6,8 +6,8 @@ the HTTP request heads of the web listener.
 Usage: .venv/bin/python scripts/fuzz.py [--runs 1000000] [--targets rfb-handshake,...] [--engine atheris]
                                         [--timeout 10] [--rss-limit-mb 1024] [--json] [--keep DIR]
 
-Each target is a function of one byte string that may raise only ProtocolError (and its subclasses
-HttpRequestError, WebSocketError); anything else is a crash. The default engine is atheris (libFuzzer,
+Each target is a function of one byte string that may raise only ProtocolError (and its subclasses,
+HttpRequestError among them); anything else is a crash. The default engine is atheris (libFuzzer,
 coverage-guided over the vkmsremote modules): each target runs in its own child process with a seed
 corpus and a dictionary, libFuzzer's ``-timeout`` turns an input that runs longer than ``--timeout``
 seconds into a reported hang, and ``-rss_limit_mb`` a memory blow-up into a reported crash. The
@@ -68,12 +68,12 @@ class _Env:
         from vkmsremote.rfb.encodings import SUPPORTED, EncoderSettings, make_encoder
         from vkmsremote.rfb.pixelformat import NATIVE
         from vkmsremote.server import tls
-        from vkmsremote.web import http, server, websocket
+        from vkmsremote.web import http, server
 
         self.np, self.errors, self.keymap = np, errors, keymap
         self.auth, self.constants, self.convert, self.messages, self.protocol = auth, constants, convert, messages, protocol
         self.SUPPORTED, self.EncoderSettings, self.make_encoder, self.NATIVE = SUPPORTED, EncoderSettings, make_encoder, NATIVE
-        self.source, self.http, self.web_server, self.websocket = source, http, server, websocket
+        self.source, self.http, self.web_server = source, http, server
         self.tmp = Path(tempfile.mkdtemp(prefix="vkmsremote-fuzz-"))
         cert, key = self.tmp / "cert.pem", self.tmp / "key.pem"
         tls.generate_self_signed(cert, key)
@@ -94,6 +94,9 @@ class _Env:
         (root / "vnc.html").write_text("<html></html>")
         (root / "core" / "rfb.js").write_text("//")
         self.novnc_root = root
+        from websockets.exceptions import SecurityError
+
+        self.websockets_errors = SecurityError
         ST, VS = constants.SecurityType, constants.VeNCryptSubtype
         pw = b"fuzzpw"
         self.password = pw
@@ -370,83 +373,77 @@ def target_rfb_tls(data: bytes) -> None:
 
 
 def target_websocket(data: bytes) -> None:
-    """RFC 6455 frames from a client (byte 0: chunking; byte 1: small or default caps); each binary
-    message's payload goes on into an RFB connection, as in the web listener; pings are answered,
-    a Close is answered once, and a WebSocketError's close code must be one that may go on the wire."""
+    """RFC 6455 frames from a client (byte 0: chunking; byte 1: small or default caps) through the websockets
+    library's sans-IO server protocol, as the web listener runs it (vkmsremote.web.transport); each data
+    frame's payload goes on into an RFB connection (RFB over WebSocket is a byte stream). A frame over the
+    size cap must fail the connection (1009) before its payload is buffered."""
     if len(data) < 2:
         return
+    from websockets.frames import Opcode
+    from websockets.protocol import OPEN, State
+    from websockets.server import ServerProtocol
+
     e = env()
-    ws_mod = e.websocket
-    small = bool(data[1] & 1)
-    ws = ws_mod.WebSocketConnection(ws_mod.Role.SERVER, max_frame_size=4096 if small else ws_mod.DEFAULT_MAX_FRAME,
-                                    max_message_size=16384 if small else ws_mod.DEFAULT_MAX_MESSAGE)
+    cap = 4096 if data[1] & 1 else e.web_server.DEFAULT_MAX_MESSAGE
+    ws = ServerProtocol(state=OPEN, max_size=cap)
     rfb = _normal_connection()
     sink = _MessageSink()
     budget = MAX_EVENTS_PER_BYTE * len(data) + 16
     events = 0
-    try:
-        for piece in [*_chunks(data[2:], data[0]), b""]:
-            ws.receive_data(piece)
-            while True:
-                ev = ws.next_event()
-                if ev is ws_mod.NEED_DATA:
-                    break
-                events += 1
-                if events > budget:
-                    raise AssertionError("WebSocket parser is looping")
-                if isinstance(ev, ws_mod.Data):
-                    if rfb.state is e.protocol.State.NORMAL:
-                        with contextlib.suppress(e.errors.ProtocolError):
-                            _feed_rfb(rfb, ev.payload, 0, sink)
-                elif isinstance(ev, ws_mod.Ping):
-                    ws.send(ws_mod.Pong(ev.payload))
-                elif isinstance(ev, ws_mod.Close):
-                    if not ws.close_sent:
-                        code = ev.code if ev.code != ws_mod.CloseCode.NO_STATUS else ws_mod.CloseCode.NORMAL
-                        ws.send(ws_mod.Close(code, "bye"))
-                elif isinstance(ev, ws_mod.EndOfStream):
-                    return
-    except e.errors.WebSocketError as err:
-        if ws.state is not ws_mod.State.FAILED:
-            raise AssertionError("WebSocketError raised but the connection is not FAILED") from None
-        if not ws.close_sent:
-            ws.send(ws_mod.Close(err.close_code, err.message))  # must not raise: the code is sendable
+    for piece in _chunks(data[2:], data[0]):
+        ws.receive_data(piece)
+        for ev in ws.events_received():
+            events += 1
+            if events > budget:
+                raise AssertionError("WebSocket parser is looping")
+            if len(ev.data) > cap:
+                raise AssertionError(f"a {len(ev.data)}-byte frame got past the {cap}-byte cap")
+            if ev.opcode in (Opcode.BINARY, Opcode.CONT) and rfb.state is e.protocol.State.NORMAL:
+                with contextlib.suppress(e.errors.ProtocolError):
+                    _feed_rfb(rfb, ev.data, 0, sink)
+        ws.data_to_send()
+        if ws.state is not State.OPEN:
+            return
+    ws.receive_eof()
 
 
 def target_http(data: bytes) -> None:
-    """Request heads (possibly pipelined) as the web listener reads them: head framing, parsing, the
-    WebSocket upgrade checks, the Host name, the static path resolution; errors become responses."""
+    """Request heads as the web listener reads them (websockets' parser), then our part: the Host name,
+    the request path, the static path resolution that must never leave its folder."""
     if not data:
         return
+    from websockets.http11 import Request
+    from websockets.streams import StreamReader
+
     e = env()
     http, server = e.http, e.web_server
-    buf = bytearray()
-    for piece in [*_chunks(data[1:], data[0])]:
-        buf += piece
-        while True:
-            try:
-                end = http.find_head_end(buf)
-                if end < 0:
-                    break
-                head = bytes(buf[:end])
-                del buf[:end]
-                request = http.parse_request_head(head)
-                host = request.header("host")
-                if host is not None:
-                    server._host_name(host)
-                request.keep_alive  # noqa: B018  (a property that parses Connection)
-                path = request.path
-                if e.websocket.is_upgrade_request(request):
-                    hs = e.websocket.accept_upgrade(request)
-                    if not hs.response.startswith(b"HTTP/1.1 101 "):
-                        raise AssertionError("upgrade accepted without a 101 response")
-                elif path != "/":
-                    found = http.resolve_static(e.novnc_root, path)
-                    if e.novnc_root.resolve() not in found.resolve().parents:
-                        raise AssertionError(f"{path!r} resolved outside the root: {found}")
-            except e.errors.HttpRequestError as err:
-                http.simple_response(http.Status(err.status), err.message)
-                return
+    reader = StreamReader()
+    parser = Request.parse(reader.read_line)
+    request = None
+    try:
+        next(parser)
+        for piece in [*_chunks(data[1:], data[0])]:
+            reader.feed_data(piece)
+            next(parser)
+        reader.feed_eof()
+        next(parser)
+    except StopIteration as done:
+        request = done.value
+    except (EOFError, ValueError, LookupError, e.websockets_errors):
+        return  # websockets refuses the request (400/414/431, or drops it)
+    if request is None:
+        return
+    host = request.headers.get("Host")
+    if host is not None:
+        server._host_name(host)
+    try:
+        path = http.request_path(request.path)
+    except ValueError:
+        return
+    if path.startswith("/novnc/"):
+        found = http.resolve_static(e.novnc_root, path[len("/novnc"):])
+        if e.novnc_root.resolve() not in found.resolve().parents:
+            raise AssertionError(f"{path!r} resolved outside the root: {found}")
 
 
 def target_canary(data: bytes) -> None:
@@ -483,9 +480,18 @@ WEIGHTS = {"rfb-handshake": 0.25, "rfb-messages": 0.30, "rfb-tls": 0.05, "websoc
 
 
 def _ws_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
-    e = env()
-    frame: bytes = e.websocket.encode_frame(e.websocket.Opcode(opcode), payload, fin=fin, mask=b"\x11\x22\x33\x44")
-    return frame
+    """A masked client frame (RFC 6455 5.2), as a browser sends it."""
+    mask = b"\x11\x22\x33\x44"
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 1 << 16:
+        head += bytes([0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + masked
 
 
 def _messages_sample() -> list[bytes]:
@@ -532,9 +538,9 @@ def seeds(name: str) -> list[bytes]:
         up = (b"GET /websockify HTTP/1.1\r\nHost: localhost:5800\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
               b"Sec-WebSocket-Protocol: binary\r\nOrigin: http://localhost:5800\r\n\r\n")
-        get = b"GET /vnc.html HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n"
-        return [b"\x00" + up, b"\x00" + get + get, b"\x09" + b"HEAD /core/rfb.js?x=1 HTTP/1.0\r\n\r\n" + up,
-                b"\x00GET /%2e%2e/etc/passwd HTTP/1.1\r\nHost: [::1]:80\r\n\r\n"]
+        get = b"GET /novnc/core/rfb.js HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n"
+        return [b"\x00" + up, b"\x00" + get, b"\x09" + b"GET /novnc/core/rfb.js?x=1 HTTP/1.1\r\nHost: a\r\n\r\n",
+                b"\x00GET /novnc/%2e%2e/etc/passwd HTTP/1.1\r\nHost: [::1]:80\r\n\r\n"]
     raise KeyError(name)
 
 
@@ -614,7 +620,6 @@ def _child(name: str, libfuzzer_args: list[str]) -> None:
         import vkmsremote.rfb.protocol
         import vkmsremote.web.http
         import vkmsremote.web.server
-        import vkmsremote.web.websocket
         for mod in ("hextile", "raw", "rre", "tight", "zlibenc", "zrle", "_subrects"):
             __import__(f"vkmsremote.rfb.encodings.{mod}")
     env()  # TLS context, frame: made before the first input so the first input is not "slow"

@@ -22,7 +22,8 @@ debs=(
   x11-utils xdotool xterm imagemagick libjpeg62-turbo
   # LibVNCClient headers: tests/test_encodings_libvncclient.py builds a tiny decoding client
   libvncserver-dev
-  # browser client
+  # browser client: noVNC 1.7 comes from the npm registry (scripts/install-novnc.sh); Debian's 1.3 is the
+  # fallback the tests also check
   novnc chromium chromium-driver
   # node runs noVNC's decoders in tests/test_encodings_novnc.py
   nodejs
@@ -62,3 +63,5 @@ if [ ! -f "$venv/.installed-$hash" ]; then
 else
   say "Python packages present"
 fi
+
+"$top/scripts/install-novnc.sh"

@@ -72,7 +72,10 @@ fi
 
 stage ruff "$top/.venv/bin/ruff" check .
 stage mypy "$top/.venv/bin/mypy" vkmsremote
-stage host-tests "$py" -m pytest -m "not vm" tests "$@"
+# the layer contracts in pyproject.toml (docs/architecture.md); the host tests report coverage of the core layers
+stage imports env PYTHONPATH="$top" "$top/.venv/bin/lint-imports" --no-cache --no-logo
+stage host-tests "$py" -m pytest -m "not vm" tests \
+  --cov=vkmsremote.rfb --cov=vkmsremote.capture --cov=vkmsremote.server --cov-report=term "$@"
 
 # Every vm-marked test (tests/vm/ and the VM benchmark smoke) in one boot.
 vm_targets=(tests)

@@ -1,4 +1,4 @@
-"""The benchmarks run and print figures (tiny modes, a few seconds each); no timing is asserted.
+"""The benchmarks run and print figures (tiny modes, a few seconds each); only coarse CPU relations are asserted.
 
 * workloads: every workload's damage covers every changed pixel and each frame's number reads back;
 * delivery(): frames, latencies and bytes of a hand-made update stream;
@@ -126,7 +126,12 @@ def test_bench_pipeline_quick(tmp_path: Path) -> None:
         assert math.isfinite(r["lat_p50"]) and r["lat_p50"] > 0
         assert r["server_encoding"] == 7  # the server really sent Tight
         assert set(r["stages_cpu_s"]) == {"damage", "snapshot", "encode", "send", "other"}
-    assert rows["static"]["frames"] == 0 and rows["static"]["idle_cpu_pct"] >= 0
+    # A static screen: no new frame, and the server with nobody connected sleeps on its vblank pacing: it costs
+    # less CPU than serving full motion, and little in absolute terms (a polling loop would take a whole core).
+    static = rows["static"]
+    assert static["frames"] == 0
+    assert 0 <= static["idle_cpu_pct"] < rows["full-motion"]["cpu_pct"], (static, rows["full-motion"])
+    assert static["idle_cpu_pct"] < 25, static
 
 
 def test_bench_peer_harness_on_xvfb(tmp_path: Path) -> None:
@@ -138,7 +143,9 @@ def test_bench_peer_harness_on_xvfb(tmp_path: Path) -> None:
     assert [(r["server"], r["workload"]) for r in rows] == [("x11vnc", "typing")]
     r = rows[0]
     assert r["frames"] > 0 and r["draws_per_s"] > 0 and math.isfinite(r["lat_p50"])
-    assert r["cpu_pct"] >= 0 and math.isfinite(r["xorg_cpu_pct"])
+    # x11vnc's CPU was sampled from its own process: it encoded those frames, so it used some; Xvfb's is read too.
+    assert r["cpu_pct"] > 0 and r["cpu_ms_per_frame"] > 0, r
+    assert math.isfinite(r["xorg_cpu_pct"]) and r["xorg_cpu_pct"] >= 0, r
 
 
 @pytest.mark.vm

@@ -26,13 +26,13 @@ from vkmsremote.capture.broker import (
     Reply,
     Request,
     Status,
-    start_broker,
 )
 from vkmsremote.capture.exporter import ExportedFramebuffer, map_exported
 from vkmsremote.capture.fbcache import FramebufferCache
 from vkmsremote.drm.fourcc import DrmFormat
 from vkmsremote.drm.framebuffer import FramebufferInfo
 from vkmsremote.errors import BrokerError, DeviceStateError, DrmError
+from vkmsremote.service.broker import start_broker
 
 W, H = 64, 16
 PITCH = W * 4

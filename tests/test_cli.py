@@ -6,6 +6,7 @@ EXIT_CODES table, and no change to configfs.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import vkmsremote
 from vkmsremote import cli
 from vkmsremote.errors import (
     DeviceStateError,
@@ -160,42 +162,65 @@ def test_no_vkms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest
     assert list(tmp_path.iterdir()) == []
 
 
-def _as_nobody(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON, "-m", "vkmsremote", *argv],
-        capture_output=True, text=True, timeout=60, env={**os.environ, **env}, cwd="/",
-    )
+def _as_non_root(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m vkmsremote ARGV`` without root: as nobody through setpriv when the suite runs as root (CI),
+    else as the suite's own (non-root) user; either way the kernel refuses what root alone may do."""
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    return subprocess.run([*drop, PYTHON, "-m", "vkmsremote", *argv], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env}, cwd="/")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")
 def test_not_root_on_the_system_configfs(tmp_path: Path) -> None:
+    # /sys/kernel/config is "the system's" even where it is not mounted (this host): changing it needs root,
+    # and that is said before anything is looked up. (In the VM, test_lifecycle_vm does the same on real VKMS.)
     env = {"VKMSREMOTE_CONFIGFS_ROOT": "", "VKMSREMOTE_STATE_DIR": str(tmp_path)}
-    for argv in (["up"], ["down"], ["hotplug", "XR-0", "--disconnect"]):
-        proc = _as_nobody(argv, env)
-        if argv[0] == "hotplug" and proc.returncode == 2:
-            continue  # no such connector on this machine: refused before needing root, also fine
+    for argv in (["up"], ["down"]):
+        proc = _as_non_root(argv, env)
         assert proc.returncode == cli.EXIT_CODES[PermissionDeniedError] == 4, proc.stderr
         line = one_line_error(proc.stderr)
-        assert "needs root" in line and "run as root or with sudo" in line
+        assert f"vkmsremote {argv[0]} changes /sys/kernel/config/vkms and needs root" in line
+        assert "run as root or with sudo" in line
+    assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")
 def test_not_root_on_a_root_owned_fake() -> None:
+    """A fake configfs tree holding XR-0, made by this (root or not) process and then closed to writes for the
+    non-root user: every change is refused with the root hint, status still reads, and nothing changes."""
     top = Path(tempfile.mkdtemp(prefix="vkmsremote-cli-"))
+    env = {"VKMSREMOTE_CONFIGFS_ROOT": str(top), "VKMSREMOTE_STATE_DIR": str(top / "state")}
     try:
         os.chmod(top, 0o755)
         (top / "vkms").mkdir()
-        env = {"VKMSREMOTE_CONFIGFS_ROOT": str(top), "VKMSREMOTE_STATE_DIR": str(top / "state")}
-        proc = _as_nobody(["up"], env)
-        assert proc.returncode == 4, proc.stderr
-        line = one_line_error(proc.stderr)
-        assert f"mkdir {top}/vkms/vkmsremote: Permission denied" in line and "run as root or with sudo" in line
-        assert tree(top) == ["vkms"]
-        os.chmod(top, 0o700)  # now nobody cannot even look
-        proc = _as_nobody(["status"], env)
+        made = subprocess.run([PYTHON, "-m", "vkmsremote", "up", "-p", "xr-dual"], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, **env})
+        assert made.returncode == 0, made.stderr
+        # Root-owned for nobody; for a non-root suite, read-only for its own user too.
+        for p in [top, *top.rglob("*")]:
+            if not p.is_symlink():
+                p.chmod(0o555 if p.is_dir() else 0o444)
+        before = tree(top)
+        status = (top / "vkms" / "vkmsremote" / "connectors" / "XR-1" / "status").read_text()
+        for argv, what in ((["hotplug", "XR-1", "--disconnect"], "connectors/XR-1/status"),
+                           (["down"], f"cannot write state file in {top}/state"),
+                           (["up", "-p", "xr-0", "--replace"], "vkmsremote/enabled")):
+            proc = _as_non_root(argv, env)
+            assert proc.returncode == cli.EXIT_CODES[PermissionDeniedError], (argv, proc.stderr)
+            line = one_line_error(proc.stderr)
+            assert what in line and "run as root or with sudo" in line, (argv, line)
+            assert tree(top) == before
+        assert (top / "vkms" / "vkmsremote" / "connectors" / "XR-1" / "status").read_text() == status
+        proc = _as_non_root(["status", "--json"], env)  # reading needs no root
+        assert proc.returncode == 0, proc.stderr
+        assert [c["name"] for c in json.loads(proc.stdout)["devices"][0]["connectors"]] == ["XR-0", "XR-1"]
+        os.chmod(top, 0o000 if os.geteuid() != 0 else 0o700)  # now the non-root user cannot even look
+        proc = _as_non_root(["status"], env)
         assert proc.returncode == 4, proc.stderr
         assert "run as root or with sudo" in one_line_error(proc.stderr)
     finally:
+        os.chmod(top, 0o755)
+        for p in top.rglob("*"):
+            if not p.is_symlink():
+                p.chmod(0o755)
         shutil.rmtree(top)
 
 
@@ -213,29 +238,92 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "one of the arguments --disconnect --connect is required" in capsys.readouterr().err
 
 
-def test_serve_is_registered_only_when_its_module_exists(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(cli, "SERVE_MODULE", "vkmsremote_test_missing_app")
-    assert not re.search(r"^ +serve ", cli.build_parser().format_help(), re.M)
-    (tmp_path / "fake_serve_app.py").write_text(textwrap.dedent('''\
-        """Serve it."""
-        def add_arguments(parser):
-            parser.add_argument("--port", type=int, required=True)
-        def run(args):
-            print("serving", args.port, args.command)
-            return 7
-        '''))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(cli, "SERVE_MODULE", "fake_serve_app")
-    assert re.search(r"^ +serve +serve a connector", cli.build_parser().format_help(), re.M)
-    assert cli.main(["serve", "--port", "5900"]) == 7
-    assert capsys.readouterr().out == "serving 5900 serve\n"
+def test_serve_and_up_share_one_spelling_of_each_option() -> None:
+    parser = cli.build_parser()
+    serve = parser.parse_args(["serve", "--listen", "::1", "--port", "5901", "--web"])
+    up = parser.parse_args(["up", "--listen", "::1", "--port", "5901", "--web"])
+    shared = ("listen", "port", "web", "password_file", "security", "tls_cert", "insecure_listen", "view_only",
+              "always_shared")
+    assert [getattr(serve, k) for k in shared] == [getattr(up, k) for k in shared]
+    assert (serve.listen, serve.port, serve.web) == ("::1", 5901, 5800)
+    # serve's old spelling --host still works, and is not advertised
+    assert parser.parse_args(["serve", "--host", "0.0.0.0"]).listen == "0.0.0.0"
+    assert parser.parse_args(["serve"]).listen == "127.0.0.1"
+    sub = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[attr-defined]
+    for command in ("serve", "up"):
+        text = sub[command].format_help()
+        assert "--listen HOST" in text and "--host" not in text, command
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--port", "70000"])  # the same port check as up's
+
+
+def test_option_constants_are_the_librarys() -> None:
+    """options.py keeps the CLI light by not importing the server and web packages; these must agree."""
+    from vkmsremote.server.app import SECURITY_NAMES
+    from vkmsremote.service import options
+    from vkmsremote.web import DEFAULT_WEB_PORT
+
+    assert tuple(SECURITY_NAMES) == options.SECURITY_CHOICES
+    assert options.DEFAULT_WEB_PORT == DEFAULT_WEB_PORT
+
+
+def test_cli_start_does_not_load_the_server() -> None:
+    code = ("import sys; from vkmsremote import cli; cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'websockets', 'asyncio')))")
+    proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_command_arguments_skip_global_options() -> None:
+    assert cli.command_arguments(["--state-dir", "up", "up", "--vm", "-p", "xr-0"]) == ["--vm", "-p", "xr-0"]
+    assert cli.command_arguments(["--version"]) == []
+
+
+def test_layers_import_one_way() -> None:
+    """Nothing in the package imports the CLI, and web and server do not import each other (issue 21)."""
+    import ast
+
+    package = REPO / "vkmsremote"
+    found = []
+    for path in package.rglob("*.py"):
+        layer = path.relative_to(package).parts[0].removesuffix(".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                parts = name.split(".")
+                if parts[0] != "vkmsremote" or len(parts) < 2:
+                    continue
+                target = parts[1]
+                forbidden = (target == "cli" and layer != "__main__") or (layer, target) in {
+                    ("web", "server"), ("server", "web"), ("capture", "service"), ("capture", "vkms"),
+                    ("server", "service"), ("web", "service"), ("vm", "service"), ("vm", "server")}
+                if forbidden:
+                    found.append(f"{path.relative_to(REPO)} imports {name}")
+    assert found == []
 
 
 def test_python_dash_m_and_help() -> None:
-    proc = subprocess.run([PYTHON, "-m", "vkmsremote", "--help"], capture_output=True, text=True, timeout=60,
-                          cwd=REPO)
-    assert proc.returncode == 0
-    for word in ("up", "down", "status", "hotplug"):
-        assert word in proc.stdout
+    """``python -m vkmsremote`` is the command: its help lists exactly the parser's subcommands under the name
+    vkmsremote (not __main__.py), each subcommand's --help is its own, and a missing command is a usage error."""
+
+    def dash_m(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PYTHON, "-m", "vkmsremote", *argv], capture_output=True, text=True, timeout=60,
+                              cwd=REPO, env={**os.environ, "COLUMNS": "200"})
+
+    proc = dash_m("--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: vkmsremote [-h] [--version]")
+    listed = re.findall(r"^    (\S+) {2,}\S", proc.stdout, re.M)
+    subparsers = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert listed == list(subparsers.choices)
+    assert {"up", "down", "status", "hotplug", "serve"} <= set(listed)
+    for command in listed:
+        sub = dash_m(command, "--help")
+        assert sub.returncode == 0, (command, sub.stderr)
+        assert sub.stdout.startswith(f"usage: vkmsremote {command} "), (command, sub.stdout[:200])
+    version = dash_m("--version")
+    assert (version.returncode, version.stdout) == (0, f"vkmsremote {vkmsremote.__version__}\n")
+    missing = dash_m()
+    assert missing.returncode == 2 and "the following arguments are required: COMMAND" in missing.stderr

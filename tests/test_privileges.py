@@ -6,18 +6,20 @@ what it can still open, whether it can get root back), so nothing here changes t
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from vkmsremote.errors import UsageError
 from vkmsremote.server.input import WakingSink
-from vkmsremote.service.privileges import Cap, Capabilities, mask, resolve_user
+from vkmsremote.service.privileges import Cap, Capabilities, last_cap, mask, resolve_user
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges can only be tested as root")
 
@@ -96,11 +98,60 @@ def test_broker_keeps_only_cap_sys_admin(tmp_path: Path) -> None:
     assert out["port81"] == "denied"  # CAP_NET_BIND_SERVICE is gone even though the uid is still 0
 
 
-def test_capabilities_of_this_process_parse() -> None:
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+PR_CAPBSET_READ, PR_GET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET = 23, 39, 47, 1
+
+
+def kernel_caps(pid: int) -> tuple[int, int, int]:
+    """(effective, permitted, inheritable) of ``pid`` from capget(2): the kernel's answer, not /proc's text."""
+    header = _CapHeader(0x20080522, pid)  # _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set
+    data = (_CapData * 2)()
+    assert _LIBC.capget(ctypes.byref(header), data) == 0, os.strerror(ctypes.get_errno())
+    return tuple((data[1].__getattribute__(f) << 32) | data[0].__getattribute__(f)  # type: ignore[return-value]
+                 for f in ("effective", "permitted", "inheritable"))
+
+
+def test_capabilities_parse_agrees_with_the_kernel() -> None:
+    """Capabilities.of() (text of /proc/PID/status) against capget(2) and prctl(2) for this process and for a
+    child started by setpriv with no_new_privs and (as root) a one-capability bounding set."""
     caps = Capabilities.of()
+    assert (caps.effective, caps.permitted, caps.inheritable) == kernel_caps(0)
+    bounding = mask(c for c in range(last_cap() + 1) if _LIBC.prctl(PR_CAPBSET_READ, c, 0, 0, 0) == 1)
+    ambient = mask(c for c in range(last_cap() + 1)
+                   if _LIBC.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, c, 0, 0) == 1)
+    assert (caps.bounding, caps.ambient) == (bounding, ambient)
+    assert caps.no_new_privs is (_LIBC.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1)
+    assert caps.bounding != 0  # the bits really were read (a test process always has some bounding caps)
+
+    # Another process, in a state this one is not in: NoNewPrivs set, and as root a bounding set of one.
+    argv = ["setpriv", "--no-new-privs"]
     if os.geteuid() == 0:
-        assert caps.effective & mask([Cap.SYS_ADMIN])
-    assert caps.bounding  # never empty for a normal test process
+        argv += ["--bounding-set=-all,+sys_admin", "--inh-caps=-all"]
+    child = subprocess.Popen([*argv, "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/comm").read_text().strip() != "sleep":  # setpriv has exec'd sleep
+            assert time.monotonic() < deadline, "setpriv did not exec sleep"
+            time.sleep(0.01)
+        theirs = Capabilities.of(child.pid)
+        assert theirs.no_new_privs is True
+        assert (theirs.effective, theirs.permitted, theirs.inheritable) == kernel_caps(child.pid)
+        if os.geteuid() == 0:
+            assert theirs.bounding == mask([Cap.SYS_ADMIN])
+            assert theirs.effective == theirs.permitted == mask([Cap.SYS_ADMIN])  # exec kept root's caps in bound
+        else:
+            assert theirs.bounding == caps.bounding and theirs.effective == 0
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_resolve_user_refuses_root_and_unknown_users() -> None:

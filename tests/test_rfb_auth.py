@@ -8,6 +8,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 from vkmsremote.errors import UsageError
 from vkmsremote.rfb.auth import (
+    PERMISSIONS,
+    Access,
+    Permission,
     SecurityPolicy,
     deobfuscate_vnc_password,
     obfuscate_vnc_password,
@@ -54,3 +57,9 @@ def test_policy_validation() -> None:
         SecurityPolicy(types=(SecurityType(2), SecurityType.INVALID))
     assert not SecurityPolicy().authenticates
     assert SecurityPolicy(types=(SecurityType.VNC_AUTH,), vnc_password=b"x").authenticates
+
+
+def test_one_permission_table_decides_what_view_only_may_do() -> None:
+    assert all(Access.FULL.permits(p) for p in Permission)
+    assert not any(Access.VIEW_ONLY.permits(p) for p in Permission)  # TigerVNC's view-only: look, nothing else
+    assert set(PERMISSIONS) == set(Access)

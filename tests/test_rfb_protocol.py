@@ -16,13 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vncdotool import rfb as vncdotool_rfb  # an independent VNC-auth DES implementation
 
-from vkmsremote.errors import ProtocolError
+from vkmsremote.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from vkmsremote.rfb.auth import SecurityPolicy, plain_checker
 from vkmsremote.rfb.constants import SecurityType, VeNCryptSubtype
 from vkmsremote.rfb.messages import KeyEvent, ServerInit
 from vkmsremote.rfb.pixelformat import NATIVE
 from vkmsremote.rfb.protocol import (
     NEED_DATA,
+    TRANSITIONS,
     AuthenticationFailed,
     AuthenticationSucceeded,
     ClientInit,
@@ -203,8 +204,28 @@ def test_eof_during_handshake() -> None:
 
 def test_send_before_handshake_is_refused() -> None:
     conn = server()
-    with pytest.raises(ProtocolError, match="ServerInit can only be sent after ClientInit"):
+    with pytest.raises(LocalProtocolError, match="ServerInit can only be sent after ClientInit"):  # our mistake
         conn.send(ServerInit(1, 1, NATIVE, ""))
+
+
+def test_client_mistakes_are_remote_errors() -> None:
+    conn = server()
+    conn.receive_data(b"HTTP/1.1 200")  # not a ProtocolVersion
+    with pytest.raises(RemoteProtocolError, match="not an RFB ProtocolVersion"):
+        conn.next_event()
+    assert conn.state is State.ERROR
+    with pytest.raises(LocalProtocolError, match="already failed"):  # asking again is our mistake
+        conn.next_event()
+
+
+def test_handshake_transition_table() -> None:
+    """Every state has an entry; a move the table does not list is refused as our bug."""
+    assert set(TRANSITIONS) == set(State) - {State.ERROR}
+    assert all(State.ERROR not in targets for targets in TRANSITIONS.values())
+    conn = server()
+    with pytest.raises(LocalProtocolError, match="no transition from VERSION to NORMAL"):
+        conn._goto(State.NORMAL)
+    assert conn.state is State.VERSION
 
 
 # --- VeNCrypt with real TLS ------------------------------------------------------------------------------

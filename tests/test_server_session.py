@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -31,8 +32,10 @@ from vkmsremote.rfb.messages import (
     QemuExtendedKeyEvent,
     Screen,
     SetDesktopSize,
+    SetPixelFormat,
 )
 from vkmsremote.rfb.pixelformat import PixelFormat
+from vkmsremote.server import session as session_module
 from vkmsremote.server.app import VncServer
 from vkmsremote.server.blacklist import Blacklist
 from vkmsremote.server.hub import SCREEN_ID
@@ -225,24 +228,114 @@ def test_continuous_updates() -> None:
     run(main())
 
 
-def test_fences() -> None:
+class GatedEncoder:
+    """Wraps the session's worker-thread encode so a test can hold an update "being built"."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        original = session_module._encode_rects
+
+        def gated(*args: Any) -> Any:
+            self.started.set()
+            assert self.release.wait(10)
+            return original(*args)
+
+        monkeypatch.setattr(session_module, "_encode_rects", gated)
+
+    async def hold_next(self) -> None:
+        self.started.clear()
+        self.release.clear()
+
+    async def building(self) -> None:
+        assert await asyncio.to_thread(self.started.wait, 5), "no update started"
+
+
+def test_fences(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rfbproto "ClientFence": the reply echoes the known flags and the payload; BlockBefore/SyncNext replies
+    wait for the update being built; after a SyncNext reply every update reflects the next message; a
+    BlockAfter-only reply is not delayed; a fence response nobody asked for ends the session (the client's
+    fault)."""
+    gate = GatedEncoder(monkeypatch)
+
     async def main() -> None:
         src = ControlledSource(IMG)
         async with serving(src) as srv:
             c = await client(srv, Encoding.RAW, Encoding.FENCE)
             msg = await c.read_message()
             assert msg.kind == "fence" and msg.data[0] & FenceFlag.REQUEST  # announces support
-            c.send(ClientFence(0, b""))  # the client's answer: ignored
-            flags = FenceFlag.REQUEST | FenceFlag.BLOCK_BEFORE | FenceFlag.SYNC_NEXT | (1 << 5)
-            c.send(ClientFence(flags, b"xyz"))
-            c.set_pixel_format(PixelFormat(16, 16, False, True, 31, 63, 31, 11, 5, 0))  # the SyncNext message
+            c.send(ClientFence(0, b""))  # the client's answer: accepted once
+
+            # BlockBefore while an update is being built: the update first, then the reply
+            await gate.hold_next()
             c.send(full(c))
+            await gate.building()
+            c.send(ClientFence(FenceFlag.REQUEST | FenceFlag.BLOCK_BEFORE | (1 << 5), b"bb"))
+            await nothing_arrives(c, 0.3)  # the reply waits for the update in progress
+            gate.release.set()
+            assert (await c.read_message()).kind == "update"
             msg = await c.read_message()
-            # request bit and the unknown bit 5 cleared; the rest echoed with the payload
-            assert msg.kind == "fence" and msg.data == (FenceFlag.BLOCK_BEFORE | FenceFlag.SYNC_NEXT, b"xyz")
+            assert msg.kind == "fence" and msg.data == (FenceFlag.BLOCK_BEFORE, b"bb")  # bit 5 and Request cleared
+
+            # BlockAfter alone while an update is being built: answered at once, before the update
+            await gate.hold_next()
+            c.send(full(c))
+            await gate.building()
+            c.send(ClientFence(FenceFlag.REQUEST | FenceFlag.BLOCK_AFTER, b"ba"))
+            msg = await c.read_message()
+            assert msg.kind == "fence" and msg.data == (FenceFlag.BLOCK_AFTER, b"ba")
+            gate.release.set()
+            assert (await c.read_message()).kind == "update"
+
+            # SyncNext while an update is being built, then SetPixelFormat: the old format before the
+            # reply, the new one in every update after it
+            await gate.hold_next()
+            c.send(full(c))
+            await gate.building()
+            c.send(ClientFence(FenceFlag.REQUEST | FenceFlag.SYNC_NEXT, b"sn"))
+            new_pf = PixelFormat(16, 16, False, True, 31, 63, 31, 11, 5, 0)
+            c.writer.write(SetPixelFormat(new_pf).to_bytes())  # RawClient decodes in c.pf: switch after the reply
+            c.send(full(c))
+            gate.release.set()
+            first = await c.read_message()
+            assert first.kind == "update" and len(first.update.rects[0][5]) == W * H * 4  # old format, 4 bytes
+            msg = await c.read_message()
+            assert msg.kind == "fence" and msg.data == (FenceFlag.SYNC_NEXT, b"sn")
+            c.pf = new_pf
             await c.read_update()
-            assert srv.records[-1].pixel_format.bits_per_pixel == 16
+            assert srv.records[-1].pixel_format == new_pf
             assert c.fb.max() <= 0xFFFF and c.fb.any()
+
+            # a second fence response: the server sent one request only
+            c.send(ClientFence(FenceFlag.BLOCK_BEFORE, b""))
+            with pytest.raises(asyncio.IncompleteReadError):
+                await c.read_message()
+            await ended(srv)
+            assert srv.records[-1].outcome.startswith("the client broke the protocol: a fence response")
+    run(main())
+
+
+def test_sync_next_holds_continuous_updates_until_the_next_message() -> None:
+    """After the reply to a SyncNext fence no update may go out until the message after the fence is in,
+    even with continuous updates on and the screen changing (else it would show the old pixel format)."""
+    async def main() -> None:
+        src = ControlledSource(IMG)
+        async with serving(src) as srv:
+            c = await client(srv, Encoding.RAW, Encoding.FENCE, Encoding.CONTINUOUS_UPDATES)
+            assert {(await c.read_message()).kind for _ in range(2)} == {"fence", "eocu"}
+            c.send(ClientFence(0, b""), EnableContinuousUpdates(True, 0, 0, W, H))
+            await c.read_update()
+            c.send(ClientFence(FenceFlag.REQUEST | FenceFlag.SYNC_NEXT, b"s"))
+            msg = await c.read_message()
+            assert msg.kind == "fence" and msg.data == (FenceFlag.SYNC_NEXT, b"s")
+            img = IMG.copy()
+            img[0:4, 0:4] = 77
+            src.set_frame(img, (Rect(0, 0, 4, 4),))
+            await nothing_arrives(c)  # held: the message after the fence has not arrived
+            c.set_pixel_format(PixelFormat(16, 16, False, True, 31, 63, 31, 11, 5, 0))
+            up = await c.read_update()
+            assert [r[:4] for r in up.rects] == [(0, 0, 16, 16)] and len(up.rects[0][5]) == 16 * 16 * 2
     run(main())
 
 
@@ -449,7 +542,7 @@ def test_misbehaving_client_is_dropped_others_continue() -> None:
             with pytest.raises(asyncio.IncompleteReadError):
                 await bad.read_message()
             await ended(srv, 1)
-            assert srv.records[1].outcome.startswith("protocol error: unknown client message type 99")
+            assert srv.records[1].outcome == "the client broke the protocol: unknown client message type 99"
             good.send(full(good))
             await good.read_update()
             assert np.array_equal(good.rgb(), rgb_of(IMG))

@@ -21,7 +21,6 @@ from vkmsremote.vm.command import Forward, VmSpec, qemu_opts
 
 def parse(*argv: str) -> argparse.Namespace:
     args = cli.build_parser().parse_args(["up", *argv])
-    args.argv = ["up", *argv]
     return args
 
 
@@ -98,8 +97,8 @@ def test_vm_guest_command_without_password_listens_insecurely_on_the_guest_nic(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VKMSREMOTE_PASSWORD", raising=False)
     args = parse("--vm", "--drive", "pattern", "--port", "5901", "--web")
-    cmd = upvm.guest_argv(args, upvm.up_arguments(["--state-dir", "/x", "up", "--vm", "--drive", "pattern",
-                                                   "--port", "5901", "--web"]), python="/py")
+    cmd = upvm.guest_argv(args, cli.command_arguments(["--state-dir", "/x", "up", "--vm", "--drive", "pattern",
+                                                        "--port", "5901", "--web"]), python="/py")
     assert cmd == ["/py", "-m", "vkmsremote", "up", "--drive", "pattern", "--port", "5901", "--web",
                    "--listen", "10.0.2.15", "--insecure-listen"]
     guest = cli.build_parser().parse_args(cmd[3:])  # what the guest's `up` will make of it

@@ -55,12 +55,13 @@ from vkmsremote.rfb.protocol import (
     ConnectionClosed,
     ServerConnection,
 )
-from vkmsremote.server.app import VncServer, _password, _view_only_password, security_policy
+from vkmsremote.server.app import VncServer, security_policy
 from vkmsremote.server.blacklist import Blacklist
 from vkmsremote.server.hub import SCREEN_ID
 from vkmsremote.server.input import InputSink, RecordingSink
 from vkmsremote.server.pattern import PatternSource
 from vkmsremote.server.tls import generate_self_signed, server_context
+from vkmsremote.service.serve import _password, _view_only_password
 from vkmsremote.service.up import check_options
 
 BIN = Path(sys.executable).parent
@@ -228,7 +229,8 @@ def png(path: Path) -> np.ndarray:
 def ended_records(srv: ServerThread, count: int) -> list[Any]:
     """The server's session records once ``count`` sessions have ended (clients close before the server
     notices)."""
-    for _ in range(500):
+    deadline = time.monotonic() + 60  # generous for a loaded machine; returns as soon as they have ended
+    while time.monotonic() < deadline:
         recs = srv.records()
         if len(recs) == count and all(r.ended is not None for r in recs):
             return recs
@@ -379,7 +381,10 @@ def test_tigervnc_viewer_x509vnc_with_the_view_only_password(
                                env=display, check=True, timeout=30)
                 subprocess.run(["xdotool", "mousemove", str(dx + 50), str(dy + 60), "click", "1", "type", "--delay",
                                 "20", "ok"], env=display, check=True, timeout=30)
-                deadline = time.monotonic() + (3 if password == VIEW else 10)
+                # With the full password, wait for what was typed (60 s at most, on a loaded machine). With the
+                # view-only one nothing can arrive to wait for: 3 s of nothing, and anything arriving later
+                # would still be caught by the second round's exact list of events.
+                deadline = time.monotonic() + (3 if password == VIEW else 60)
                 while time.monotonic() < deadline and sum(e[0] == "scancode" for e in sink.events) < 4:
                     time.sleep(0.1)
                 results.append(list(sink.events))

@@ -1,4 +1,4 @@
-"""noVNC (Debian's novnc 1.3) in real headless Chromium against our server over WebSocket.
+"""noVNC (Debian's novnc 1.3, the fallback when the npm install is missing) in real headless Chromium against our server.
 
 The browser is driven by chromedriver through a minimal W3C WebDriver client written here (plain HTTP +
 JSON). The frame source is synthetic: large solid-colour blocks, so neither Tight's JPEG nor noVNC's
@@ -35,7 +35,9 @@ from vkmsremote.rfb.constants import Encoding, SecurityType
 from vkmsremote.server.app import VncServer
 from vkmsremote.server.input import RecordingSink
 from vkmsremote.server.session import Session
-from vkmsremote.web.server import WebServer, start_web_server
+from vkmsremote.web.http import landing_location
+from vkmsremote.web.novnc import DEBIAN_ROOT
+from vkmsremote.web.server import WebConfig, WebServer, start_web_server
 
 T = TypeVar("T")
 
@@ -123,7 +125,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 45.0, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -162,6 +164,48 @@ def browser() -> Iterator[WebDriver]:
                 driver_proc.kill()
                 driver_proc.wait()
             shutil.rmtree(profile, ignore_errors=True)
+
+
+# Ready for a user's next action: laid out with a size, nothing on its way in or out (no running CSS transition
+# on it or an ancestor: noVNC's panels fade and slide for 0.5 s), fully opaque and visible, and the topmost
+# element at its centre (so a click or keys land on it, not on a dialog or the connect overlay above it).
+# A class such as noVNC_open is set at the *start* of the transition, before any of this holds.
+INTERACTABLE_JS = """
+const el = arguments[0];
+const r = el.getBoundingClientRect();
+if (r.width === 0 || r.height === 0) return false;
+if (getComputedStyle(el).visibility !== 'visible') return false;
+for (let e = el; e; e = e.parentElement) {
+    const cs = getComputedStyle(e);
+    if (cs.display === 'none' || parseFloat(cs.opacity) < 1) return false;
+    if (e.getAnimations().some(a => a.playState === 'running')) return false;
+}
+const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+return hit === el || el.contains(hit);
+"""
+
+# Gone for good: not displayed, or hidden with no transition still running on it.
+GONE_JS = """
+const el = arguments[0];
+if (el.getAnimations().some(a => a.playState === 'running')) return false;
+const cs = getComputedStyle(el);
+return cs.display === 'none' || cs.visibility === 'hidden';
+"""
+
+
+def wait_interactable(browser: WebDriver, css: str, what: str, timeout: float = 45.0) -> str:
+    """The element matching ``css`` once a user could use it (INTERACTABLE_JS)."""
+    element = wait_for(f"{what} to be present", lambda: _find_or_none(browser, css), timeout)
+    wait_for(f"{what} to be interactable", lambda: browser.execute(INTERACTABLE_JS, {W3C_ELEMENT: element}),
+             timeout)
+    return str(element)
+
+
+def _find_or_none(browser: WebDriver, css: str) -> str | None:
+    try:
+        return browser.find(css)
+    except WebDriverError:
+        return None
 
 
 def _status_ok(driver: WebDriver) -> bool:
@@ -250,7 +294,8 @@ class ServerThread:
             self.sessions.append(session)
             await session.run()
 
-        self.web: WebServer = self.call(start_web_server(rfb_over_websocket, "127.0.0.1", 0))
+        self.web: WebServer = self.call(start_web_server(rfb_over_websocket, "127.0.0.1", 0,
+                                                          config=WebConfig(novnc_root=DEBIAN_ROOT)))
 
     def stop(self) -> None:
         try:
@@ -300,10 +345,11 @@ def test_novnc_shows_xr0_and_types_into_it(browser: WebDriver, server: ServerThr
     browser.navigate(server.web.url)
     assert "/vnc.html?autoconnect=1" in browser.execute("return location.href")
     if server.policy is not None:  # noVNC's credentials dialog, filled in like a user would
-        wait_for("the password prompt", lambda: browser.execute(
-            "return document.getElementById('noVNC_credentials_dlg').classList.contains('noVNC_open')"))
-        browser.send_keys(browser.find("#noVNC_password_input"), PASSWORD)
-        browser.click(browser.find("#noVNC_credentials_button"))
+        password = wait_interactable(browser, "#noVNC_password_input", "the password field")
+        browser.send_keys(password, PASSWORD)
+        wait_for("the password in its field", lambda: browser.execute(
+            "return arguments[0].value", {W3C_ELEMENT: password}) == PASSWORD)
+        browser.click(wait_interactable(browser, "#noVNC_credentials_button", "the Send Credentials button"))
     status = "return document.getElementById('noVNC_status').textContent"
     try:
         wait_for("noVNC to connect", lambda: browser.execute(  # ui.js updateVisualState('connected')
@@ -311,6 +357,9 @@ def test_novnc_shows_xr0_and_types_into_it(browser: WebDriver, server: ServerThr
     except AssertionError as exc:
         raise AssertionError(f"{exc}; noVNC says {browser.execute(status)!r}; "
                              f"sessions: {[s.record for s in server.sessions]}") from None
+    if server.policy is not None:  # the dialog slides away over the canvas for 0.5 s
+        dialog = browser.find("#noVNC_credentials_dlg")
+        wait_for("the credentials dialog to close", lambda: browser.execute(GONE_JS, {W3C_ELEMENT: dialog}))
     canvas = browser.find("#noVNC_container canvas")
     size = browser.execute("const c = arguments[0]; return [c.width, c.height];", {W3C_ELEMENT: canvas})
     assert size == [WIDTH, HEIGHT]  # the canvas is the framebuffer; resize=scale only scales its CSS box
@@ -335,8 +384,18 @@ def test_novnc_shows_xr0_and_types_into_it(browser: WebDriver, server: ServerThr
     server.source.show(changed)
     wait_for("the changed blocks", lambda: _shot_if(browser, canvas, changed))
 
-    # a click and typing reach the server's InputSink
+    # a click and typing reach the server's InputSink; the keys go to whatever has focus, so wait for the
+    # click to have given it to the canvas (noVNC focuses it on mousedown) and to have reached the server
+    wait_interactable(browser, "#noVNC_container canvas", "the canvas")
     browser.click(canvas)
+    wait_for("the canvas to have the focus", lambda: browser.execute(
+        "return document.activeElement === arguments[0]", {W3C_ELEMENT: canvas}))
+
+    def clicked() -> bool:  # button 1 went down and is up again
+        buttons = [e[3] for e in server.sink.events if e[0] == "pointer"]
+        return 1 in buttons and buttons[-1] == 0
+
+    wait_for("the click at the server", clicked)
     browser.type_keys("Hi")
 
     def typed() -> list[tuple[object, object]]:
@@ -358,3 +417,32 @@ def _shot_if(browser: WebDriver, canvas: str,
              colours: tuple[tuple[int, int, int], ...]) -> npt.NDArray[np.uint8] | None:
     image = decode_png(browser.element_screenshot(canvas))
     return image if blocks_match(image, colours) else None
+
+
+def test_the_password_field_is_not_usable_while_its_dialog_fades_in(browser: WebDriver) -> None:
+    """The race behind the old flake, made certain: with the page's animations paused, noVNC's credentials
+    dialog has its noVNC_open class (what the test used to wait for) but is still transparent, so typing into
+    it fails ("element not interactable") and INTERACTABLE_JS says no; once the fade runs, it says yes."""
+    srv = ServerThread(SecurityPolicy(types=(SecurityType.VNC_AUTH,), vnc_password=PASSWORD.encode()))
+    srv.start()
+    try:
+        # "/" redirects to noVNC with autoconnect=1; the same page without it waits for the Connect button
+        origin = srv.web.url.split("/", 3)[:3]
+        browser.navigate("/".join([*origin, landing_location().lstrip("/").replace("autoconnect=1", "autoconnect=0")]))
+        connect = wait_interactable(browser, "#noVNC_connect_button", "the Connect button")
+        browser.s("POST", "/goog/cdp/execute", {"cmd": "Animation.setPlaybackRate", "params": {"playbackRate": 0}})
+        browser.click(connect)
+        wait_for("the credentials dialog's noVNC_open class", lambda: browser.execute(
+            "return document.getElementById('noVNC_credentials_dlg').classList.contains('noVNC_open')"))
+        password = browser.find("#noVNC_password_input")
+        assert browser.execute(INTERACTABLE_JS, {W3C_ELEMENT: password}) is False
+        with pytest.raises(WebDriverError, match="element not interactable"):
+            browser.send_keys(password, PASSWORD)
+        browser.s("POST", "/goog/cdp/execute", {"cmd": "Animation.setPlaybackRate", "params": {"playbackRate": 1}})
+        browser.send_keys(wait_interactable(browser, "#noVNC_password_input", "the password field"), PASSWORD)
+        browser.click(wait_interactable(browser, "#noVNC_credentials_button", "the Send Credentials button"))
+        wait_for("noVNC to connect", lambda: browser.execute(
+            "return document.documentElement.classList.contains('noVNC_connected')"))
+        assert [s.record.outcome for s in srv.sessions] == ["running"]
+    finally:
+        srv.stop()

@@ -7,13 +7,10 @@ exit status by EXIT_CODES (the most specific class in an exception's MRO wins).
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import sys
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any
 
 from vkmsremote import __version__
@@ -41,7 +38,6 @@ EXIT_CODES: dict[type[BaseException], int] = {
 }
 """Exception class -> exit status. Subclasses not listed use their nearest listed base."""
 
-SERVE_MODULE = "vkmsremote.server.app"
 _GLOBAL_VALUE_OPTIONS = ("--configfs-root", "--state-dir")
 
 
@@ -52,30 +48,20 @@ def exit_code(exc: BaseException) -> int:
     return 1
 
 
-def _serve_module(load: bool) -> ModuleType | bool | None:
-    """The serve app module if ``load``; else whether it exists (without importing its dependencies)."""
-    try:
-        if importlib.util.find_spec(SERVE_MODULE) is None:
-            return None
-    except ModuleNotFoundError:
-        return None
-    return importlib.import_module(SERVE_MODULE) if load else True
-
-
-def _command_word(argv: Sequence[str]) -> str | None:
+def command_arguments(argv: Sequence[str]) -> list[str]:
+    """The arguments after the command word (``up`` in ``--state-dir D up --vm``), as the user wrote them."""
     skip = False
-    for a in argv:
+    for i, a in enumerate(argv):
         if skip:
             skip = False
-            continue
-        if a in _GLOBAL_VALUE_OPTIONS:
+        elif a in _GLOBAL_VALUE_OPTIONS:
             skip = True
         elif not a.startswith("-"):
-            return a
-    return None
+            return list(argv[i + 1:])
+    return []
 
 
-def build_parser(*, load_serve: bool = False) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vkmsremote",
         description="A real KMS connector (XR-0) made with VKMS through configfs, served over VNC.",
@@ -133,14 +119,11 @@ def build_parser(*, load_serve: bool = False) -> argparse.ArgumentParser:
                     help="seconds to wait for the udev event (default 20)")
     hp.add_argument("--json", action="store_true", help="print the connector's mapping as JSON")
 
-    serve = _serve_module(load_serve)
-    if serve:
-        help_text = "serve a connector's CRTC over VNC"
-        if isinstance(serve, ModuleType):
-            sp = sub.add_parser("serve", help=help_text, description=(serve.__doc__ or "").strip() or None)
-            serve.add_arguments(sp)
-        else:  # listed in --help; its own options are built when it is the command
-            sub.add_parser("serve", help=help_text, add_help=False)
+    from vkmsremote.service import serve
+
+    sp = sub.add_parser("serve", help="serve a test pattern or a DRM CRTC over VNC (no VKMS device needed)",
+                        description=serve.DESCRIPTION)
+    serve.add_arguments(sp)
     return p
 
 
@@ -196,7 +179,7 @@ def _print_status(devices: list[Any], out: Any) -> None:
             print(f"  note: {m.note}", file=out)
 
 
-def _cmd_up(args: argparse.Namespace) -> int:
+def _cmd_up(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from vkmsremote.service.up import check_options, serve_up
     from vkmsremote.vkms.device import preview_up, up
     from vkmsremote.vkms.profile import load_profile
@@ -205,7 +188,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if args.vm:
         from vkmsremote.service.vm import run_up_in_vm
 
-        return run_up_in_vm(args, args.argv)
+        return run_up_in_vm(args, command_arguments(argv))
     spec = load_profile(args.profile)
     cfs = _configfs(args)
     if args.dry_run:
@@ -273,24 +256,26 @@ def _cmd_hotplug(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "hotplug": _cmd_hotplug}
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from vkmsremote.service.serve import run
+
+    return run(args)
+
+
+COMMANDS = {"down": _cmd_down, "status": _cmd_status, "hotplug": _cmd_hotplug, "serve": _cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = build_parser(load_serve=_command_word(argv) == "serve")
-        args = parser.parse_args(argv)
-        args.argv = argv
+        args = build_parser().parse_args(argv)
         # The global options are the environment variables' equivalents (serve reads them too).
         if args.configfs_root:
             os.environ["VKMSREMOTE_CONFIGFS_ROOT"] = args.configfs_root
         if args.state_dir:
             os.environ["VKMSREMOTE_STATE_DIR"] = args.state_dir
-        if args.command == "serve":
-            serve = _serve_module(True)
-            assert isinstance(serve, ModuleType)
-            return int(serve.run(args))
+        if args.command == "up":
+            return _cmd_up(args, argv)  # up --vm passes the user's own arguments on to the guest
         return COMMANDS[args.command](args)
     except (VkmsRemoteError, KeyboardInterrupt) as exc:
         message = str(exc) if isinstance(exc, VkmsRemoteError) else "interrupted"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import os
+from typing import ClassVar
 
 
 class VkmsRemoteError(Exception):
@@ -69,22 +70,35 @@ class UnsupportedFormatError(VkmsRemoteError):
 
 
 class ProtocolError(VkmsRemoteError):
-    """A VNC peer sent bytes that violate RFB (RFC 6143) or exceed a cap. The connection is closed."""
+    """A protocol (RFB, HTTP, WebSocket) was broken; the connection is closed. Raise one of the two
+    subclasses, which say whose fault it was (h11's split): :class:`RemoteProtocolError` (the peer's) or
+    :class:`LocalProtocolError` (ours). ``blame()`` is the sentence logs use."""
+
+    culprit: ClassVar[str] = "someone"
+
+    def blame(self, peer: str = "the peer") -> str:
+        """``"<who> broke the protocol: <what>"``, naming the peer as ``peer`` (e.g. "the client")."""
+        return f"{peer if self.culprit == 'the peer' else self.culprit} broke the protocol: {self}"
 
 
-class HttpRequestError(ProtocolError):
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that violate the protocol (RFC 6143 for RFB) or exceed one of our caps."""
+
+    culprit: ClassVar[str] = "the peer"
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to break the protocol (a bug on our side, or something we cannot say within the
+    protocol, such as a size change to a client without DesktopSize). Nothing invalid was sent."""
+
+    culprit: ClassVar[str] = "we"
+
+
+class HttpRequestError(RemoteProtocolError):
     """A web peer sent an HTTP request the web server refuses; ``status`` is the HTTP status to answer."""
 
     def __init__(self, message: str, *, status: int, hint: str = "") -> None:
         self.status = status
-        super().__init__(message, hint=hint)
-
-
-class WebSocketError(ProtocolError):
-    """A WebSocket peer broke RFC 6455 or a cap; ``close_code`` is the close status to fail it with (7.4.1)."""
-
-    def __init__(self, message: str, *, close_code: int, hint: str = "") -> None:
-        self.close_code = close_code
         super().__init__(message, hint=hint)
 
 

@@ -14,9 +14,10 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from vkmsremote.rfb.encodings import samples
 from vkmsremote.server.input import RecordingSink
 from vkmsremote.server.tls import generate_self_signed, server_context
 
+T = TypeVar("T")
 VIEWER = shutil.which("xtigervncviewer") or "/usr/bin/xtigervncviewer"
 W, H = 320, 200
 IMG = samples.text_like(H, W)
@@ -89,7 +91,24 @@ def find(shot: np.ndarray, ref: np.ndarray, max_offset: int = 64) -> tuple[int, 
     return None
 
 
-def wait_for(env: dict[str, str], pixels: np.ndarray, proc: subprocess.Popen[str], timeout: float = 20
+# Generous: each wait returns as soon as its condition holds, and a loaded 2-core machine (CI, other jobs)
+# can take many seconds to start a viewer, shake hands over TLS and let ImageMagick grab the screen.
+TIMEOUT = 60.0
+
+
+def until(what: str, check: Callable[[], T], timeout: float = TIMEOUT) -> T:
+    """Poll ``check`` until it returns something true; fail naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def wait_for(env: dict[str, str], pixels: np.ndarray, proc: subprocess.Popen[str], timeout: float = TIMEOUT
              ) -> tuple[int, int]:
     ref = rgb_of(pixels)
     deadline = time.monotonic() + timeout
@@ -140,12 +159,8 @@ def test_vencrypt_x509vnc(display: dict[str, str], cert: tuple[Path, Path], tmp_
                             tls_context=server_context(*cert), vnc_password=b"tls-pw")
     args = ("-SecurityTypes", "X509Vnc", "-X509CA", str(cert[0]), "-PreferredEncoding", "ZRLE")
     with ServerThread(ControlledSource(IMG), policy=policy) as srv:
-        with viewer(display, srv.port, *args, "-passwd", str(wrong)):
-            for _ in range(100):
-                recs = srv.records()
-                if recs and recs[0].outcome != "handshake":
-                    break
-                time.sleep(0.1)
+        with viewer(display, srv.port, *args, "-passwd", str(wrong)):  # refused: wait for the server's verdict
+            until("the wrong password's outcome", lambda: [r for r in srv.records() if r.outcome != "handshake"])
         with viewer(display, srv.port, *args, "-passwd", str(passwd)) as proc:
             wait_for(display, IMG, proc)
         recs = srv.records()
@@ -179,9 +194,9 @@ def test_keyboard_and_mouse_through_the_viewer(display: dict[str, str]) -> None:
                        env=display, check=True, timeout=30)
         xdo = ["xdotool", "mousemove", str(dx + 50), str(dy + 60), "click", "1", "type", "--delay", "20", "ok"]
         subprocess.run(xdo, env=display, check=True, timeout=30)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and sum(e[0] in ("key", "scancode") for e in sink.events) < 4:
-            time.sleep(0.1)
+        until("the click and four key events at the server",
+              lambda: sum(e[0] in ("key", "scancode") for e in sink.events) >= 4
+              and ("pointer", 50, 60, 0) in sink.events)
     keys = [e for e in sink.events if e[0] in ("key", "scancode")]
     pointer = [e for e in sink.events if e[0] == "pointer"]
     assert ("pointer", 50, 60, 1) in pointer and ("pointer", 50, 60, 0) in pointer
@@ -196,14 +211,12 @@ def test_viewer_resizes_the_desktop(display: dict[str, str]) -> None:
     src = PatternSource(320, 200, animate=False)  # resizable, and still between resizes
     with ServerThread(src) as srv, viewer(display, srv.port, "-SecurityTypes", "None",
                                           "-DesktopSize", "400x300") as proc:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+        def resized() -> Any:
             snap = srv.server.hub.snapshot if srv.server else None
-            if snap is not None and (snap.width, snap.height) == (400, 300):
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the viewer's SetDesktopSize did not resize the source")
+            return snap if snap is not None and (snap.width, snap.height) == (400, 300) else None
+
+        snap = until("the viewer's SetDesktopSize to resize the source to 400x300", resized)
         wait_for(display, snap.pixels, proc)
         [rec] = srv.records()
     # the layout rectangle on the first request, then the answer to SetDesktopSize

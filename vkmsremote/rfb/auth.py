@@ -61,12 +61,34 @@ def vnc_auth_ok(password: bytes, challenge: bytes, response: bytes) -> bool:
     return hmac.compare_digest(vnc_auth_response(password, challenge), response)
 
 
+class Permission(Enum):
+    """Something a client may be allowed to do beyond seeing the screen."""
+
+    INPUT = "send keys and pointer events"
+    CLIPBOARD_IN = "set the server's clipboard"
+    CLIPBOARD_OUT = "receive the server's clipboard"
+    RESIZE = "resize the desktop"
+    EXCLUSIVE = "take exclusive access (disconnect the others)"
+
+
 class Access(Enum):
-    """What an authenticated client may do."""
+    """What an authenticated client may do: :data:`PERMISSIONS` is the one table that decides."""
 
     FULL = "full"
     VIEW_ONLY = "view-only"
     """See the screen; no keyboard, pointer, clipboard, desktop resizing or exclusive access."""
+
+    def permits(self, permission: Permission) -> bool:
+        return permission in PERMISSIONS[self]
+
+
+PERMISSIONS: dict[Access, frozenset[Permission]] = {
+    Access.FULL: frozenset(Permission),
+    # As TigerVNC's view-only access: the screen (and the bell), nothing the client sends takes effect,
+    # and the clipboard is not the screen. A non-shared ClientInit is treated as shared; SetDesktopSize
+    # is answered "prohibited".
+    Access.VIEW_ONLY: frozenset(),
+}
 
 
 def vnc_auth_access(password: bytes | None, view_only_password: bytes | None, challenge: bytes,

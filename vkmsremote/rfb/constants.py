@@ -48,6 +48,24 @@ class VeNCryptSubtype(IntEnum):
     X509_PLAIN = 262
 
 
+class VeNCryptVersionResult(IntEnum):
+    """The server's U8 after the client's VeNCrypt version (rfbproto "VeNCrypt"): 0 accepts it."""
+
+    OK = 0
+    UNSUPPORTED = 1  # any non-zero value; the connection closes
+
+
+class VeNCryptSubtypeResult(IntEnum):
+    """The server's U8 after the client's VeNCrypt subtype: 1 accepts it (the TLS handshake follows)."""
+
+    REJECTED = 0
+    ACCEPTED = 1
+
+
+NO_SECURITY_TYPES = 0
+"""number-of-security-types 0 (RFB 3.7+): the connection failed, a reason string follows (RFC 6143 7.1.2)."""
+
+
 class SecurityResult(IntEnum):
     OK = 0
     FAILED = 1

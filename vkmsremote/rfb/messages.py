@@ -4,7 +4,8 @@ Every message is a frozen, slotted dataclass named as in the spec. Client-to-ser
 read themselves (``HEADER`` is the fixed leading part, ``tail_length(header)`` says how many bytes follow,
 ``from_bytes(whole message)``) and how to write themselves (``to_bytes``: tests and the benchmark client
 use it). Server-to-client messages only write themselves. Every peer-supplied length is checked against a
-cap here, before anything is buffered; a lie gets a :class:`ProtocolError` naming the field.
+cap here, before anything is buffered; a lie gets a :class:`~vkmsremote.errors.RemoteProtocolError` naming the field. A message
+this server could not send without breaking the spec raises :class:`~vkmsremote.errors.LocalProtocolError`.
 
 Pseudo-rectangles (DesktopSize, ExtendedDesktopSize, Cursor, ...) are :class:`Rectangle` values built by
 the ``*_rect`` functions at the bottom; the session puts them into a :class:`FramebufferUpdate`.
@@ -16,11 +17,12 @@ import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum, IntFlag
 from typing import ClassVar, Protocol
 
 import numpy as np
 
-from vkmsremote.errors import ProtocolError
+from vkmsremote.errors import LocalProtocolError, RemoteProtocolError
 from vkmsremote.rfb.constants import ClientMessage, Encoding, QemuSubtype, ServerMessage
 from vkmsremote.rfb.pixelformat import PixelFormat
 
@@ -42,7 +44,7 @@ MAX_DESKTOP_DIMENSION = 16384
 class ClientMessageType(Protocol):
     """What the protocol needs to parse one client message class."""
 
-    TYPE: ClassVar[int]
+    TYPE: ClassVar[ClientMessage]
     HEADER: ClassVar[struct.Struct]
 
     @classmethod
@@ -70,7 +72,7 @@ class ProtocolVersion:
     def from_bytes(cls, data: bytes) -> ProtocolVersion:
         m = _VERSION_RE.fullmatch(data)
         if m is None:
-            raise ProtocolError(f"not an RFB ProtocolVersion message: {data[:12]!r}")
+            raise RemoteProtocolError(f"not an RFB ProtocolVersion message: {data[:12]!r}")
         return cls(int(m.group(1)), int(m.group(2)))
 
     def to_bytes(self) -> bytes:
@@ -105,7 +107,7 @@ class Screen:
 class SetPixelFormat:
     pixel_format: PixelFormat
 
-    TYPE: ClassVar[int] = ClientMessage.SET_PIXEL_FORMAT
+    TYPE: ClassVar[ClientMessage] = ClientMessage.SET_PIXEL_FORMAT
     HEADER: ClassVar[struct.Struct] = struct.Struct(">B3x16s")  # type, padding, PIXEL_FORMAT
 
     @classmethod
@@ -125,14 +127,14 @@ class SetPixelFormat:
 class SetEncodings:
     encodings: tuple[int, ...]
 
-    TYPE: ClassVar[int] = ClientMessage.SET_ENCODINGS
+    TYPE: ClassVar[ClientMessage] = ClientMessage.SET_ENCODINGS
     HEADER: ClassVar[struct.Struct] = struct.Struct(">BxH")  # type, padding, number-of-encodings
 
     @classmethod
     def tail_length(cls, header: bytes) -> int:
         _, count = cls.HEADER.unpack(header)
         if count > MAX_ENCODINGS:
-            raise ProtocolError(f"SetEncodings lists {count} encodings, more than the {MAX_ENCODINGS} accepted")
+            raise RemoteProtocolError(f"SetEncodings lists {count} encodings, more than the {MAX_ENCODINGS} accepted")
         return 4 * int(count)
 
     @classmethod
@@ -153,7 +155,7 @@ class FramebufferUpdateRequest:
     width: int
     height: int
 
-    TYPE: ClassVar[int] = ClientMessage.FRAMEBUFFER_UPDATE_REQUEST
+    TYPE: ClassVar[ClientMessage] = ClientMessage.FRAMEBUFFER_UPDATE_REQUEST
     HEADER: ClassVar[struct.Struct] = struct.Struct(">BBHHHH")
 
     @classmethod
@@ -174,7 +176,7 @@ class KeyEvent:
     down: bool
     key: int  # X11 keysym
 
-    TYPE: ClassVar[int] = ClientMessage.KEY_EVENT
+    TYPE: ClassVar[ClientMessage] = ClientMessage.KEY_EVENT
     HEADER: ClassVar[struct.Struct] = struct.Struct(">BBxxI")
 
     @classmethod
@@ -196,7 +198,7 @@ class PointerEvent:
     x: int
     y: int
 
-    TYPE: ClassVar[int] = ClientMessage.POINTER_EVENT
+    TYPE: ClassVar[ClientMessage] = ClientMessage.POINTER_EVENT
     HEADER: ClassVar[struct.Struct] = struct.Struct(">BBHH")
 
     @classmethod
@@ -216,14 +218,14 @@ class PointerEvent:
 class ClientCutText:
     text: bytes  # ISO 8859-1 per RFC 6143 7.5.6; kept as bytes, decoding cannot fail later
 
-    TYPE: ClassVar[int] = ClientMessage.CLIENT_CUT_TEXT
+    TYPE: ClassVar[ClientMessage] = ClientMessage.CLIENT_CUT_TEXT
     HEADER: ClassVar[struct.Struct] = struct.Struct(">B3xI")
 
     @classmethod
     def tail_length(cls, header: bytes) -> int:
         _, length = cls.HEADER.unpack(header)
         if length > MAX_CUT_TEXT_LENGTH:
-            raise ProtocolError(
+            raise RemoteProtocolError(
                 f"ClientCutText length 0x{length:08x} is an Extended Clipboard message, which was not negotiated"
             )
         return int(length)
@@ -244,7 +246,7 @@ class EnableContinuousUpdates:
     width: int
     height: int
 
-    TYPE: ClassVar[int] = ClientMessage.ENABLE_CONTINUOUS_UPDATES
+    TYPE: ClassVar[ClientMessage] = ClientMessage.ENABLE_CONTINUOUS_UPDATES
     HEADER: ClassVar[struct.Struct] = struct.Struct(">BBHHHH")
 
     @classmethod
@@ -260,7 +262,7 @@ class EnableContinuousUpdates:
         return self.HEADER.pack(self.TYPE, int(self.enable), self.x, self.y, self.width, self.height)
 
 
-class FenceFlag:
+class FenceFlag(IntFlag):
     """Bits of ClientFence / ServerFence *flags* (rfbproto "ClientFence")."""
 
     BLOCK_BEFORE = 1 << 0
@@ -275,14 +277,14 @@ class ClientFence:
     flags: int
     payload: bytes
 
-    TYPE: ClassVar[int] = ClientMessage.CLIENT_FENCE
+    TYPE: ClassVar[ClientMessage] = ClientMessage.CLIENT_FENCE
     HEADER: ClassVar[struct.Struct] = struct.Struct(">B3xIB")
 
     @classmethod
     def tail_length(cls, header: bytes) -> int:
         _, _, length = cls.HEADER.unpack(header)
         if length > MAX_FENCE_PAYLOAD:
-            raise ProtocolError(f"ClientFence payload of {length} bytes exceeds the {MAX_FENCE_PAYLOAD} allowed")
+            raise RemoteProtocolError(f"ClientFence payload of {length} bytes exceeds the {MAX_FENCE_PAYLOAD} allowed")
         return int(length)
 
     @classmethod
@@ -304,7 +306,7 @@ class SetDesktopSize:
     height: int
     screens: tuple[Screen, ...]
 
-    TYPE: ClassVar[int] = ClientMessage.SET_DESKTOP_SIZE
+    TYPE: ClassVar[ClientMessage] = ClientMessage.SET_DESKTOP_SIZE
     HEADER: ClassVar[struct.Struct] = struct.Struct(">BxHHBx")  # type, pad, width, height, n-screens, pad
 
     @classmethod
@@ -332,7 +334,7 @@ class QemuExtendedKeyEvent:
     keysym: int
     keycode: int  # XT scancode; 0xE0-prefixed codes have the high bit set
 
-    TYPE: ClassVar[int] = ClientMessage.QEMU
+    TYPE: ClassVar[ClientMessage] = ClientMessage.QEMU
     HEADER: ClassVar[struct.Struct] = struct.Struct(">BB")  # type, submessage-type
     STRUCT: ClassVar[struct.Struct] = struct.Struct(">BBHII")
 
@@ -340,7 +342,7 @@ class QemuExtendedKeyEvent:
     def tail_length(cls, header: bytes) -> int:
         _, sub = cls.HEADER.unpack(header)
         if sub != QemuSubtype.EXTENDED_KEY_EVENT:
-            raise ProtocolError(f"QEMU client message with submessage-type {sub}, which was not negotiated")
+            raise RemoteProtocolError(f"QEMU client message with submessage-type {sub}, which was not negotiated")
         return cls.STRUCT.size - cls.HEADER.size
 
     @classmethod
@@ -402,7 +404,7 @@ class Rectangle:
 class FramebufferUpdate:
     rectangles: Sequence[Rectangle] = field(default_factory=tuple)
 
-    TYPE: ClassVar[int] = ServerMessage.FRAMEBUFFER_UPDATE
+    TYPE: ClassVar[ServerMessage] = ServerMessage.FRAMEBUFFER_UPDATE
     HEADER: ClassVar[struct.Struct] = struct.Struct(">BxH")
     MAX_RECTANGLES: ClassVar[int] = 0xFFFF
 
@@ -410,7 +412,7 @@ class FramebufferUpdate:
         """The message as a list of byte strings (so a large payload is not copied to build it)."""
         n = len(self.rectangles)
         if n > self.MAX_RECTANGLES:
-            raise ProtocolError(f"a FramebufferUpdate cannot carry {n} rectangles (at most 65535)")
+            raise LocalProtocolError(f"a FramebufferUpdate cannot carry {n} rectangles (at most 65535)")
         out = [self.HEADER.pack(self.TYPE, n)]
         for r in self.rectangles:
             out.append(r.header_bytes())
@@ -427,7 +429,7 @@ class SetColourMapEntries:
     first_colour: int
     colours: tuple[tuple[int, int, int], ...]  # 16-bit red, green, blue
 
-    TYPE: ClassVar[int] = ServerMessage.SET_COLOUR_MAP_ENTRIES
+    TYPE: ClassVar[ServerMessage] = ServerMessage.SET_COLOUR_MAP_ENTRIES
     HEADER: ClassVar[struct.Struct] = struct.Struct(">BxHH")
 
     def to_bytes(self) -> bytes:
@@ -438,7 +440,7 @@ class SetColourMapEntries:
 
 @dataclass(frozen=True, slots=True)
 class Bell:
-    TYPE: ClassVar[int] = ServerMessage.BELL
+    TYPE: ClassVar[ServerMessage] = ServerMessage.BELL
     HEADER: ClassVar[struct.Struct] = struct.Struct(">B")
 
     def to_bytes(self) -> bytes:
@@ -449,7 +451,7 @@ class Bell:
 class ServerCutText:
     text: bytes  # ISO 8859-1 (RFC 6143 7.6.4)
 
-    TYPE: ClassVar[int] = ServerMessage.SERVER_CUT_TEXT
+    TYPE: ClassVar[ServerMessage] = ServerMessage.SERVER_CUT_TEXT
     HEADER: ClassVar[struct.Struct] = struct.Struct(">B3xI")
 
     @classmethod
@@ -463,7 +465,7 @@ class ServerCutText:
 
 @dataclass(frozen=True, slots=True)
 class EndOfContinuousUpdates:
-    TYPE: ClassVar[int] = ServerMessage.END_OF_CONTINUOUS_UPDATES
+    TYPE: ClassVar[ServerMessage] = ServerMessage.END_OF_CONTINUOUS_UPDATES
     HEADER: ClassVar[struct.Struct] = struct.Struct(">B")
 
     def to_bytes(self) -> bytes:
@@ -475,12 +477,12 @@ class ServerFence:
     flags: int
     payload: bytes = b""
 
-    TYPE: ClassVar[int] = ServerMessage.SERVER_FENCE
+    TYPE: ClassVar[ServerMessage] = ServerMessage.SERVER_FENCE
     HEADER: ClassVar[struct.Struct] = struct.Struct(">B3xIB")
 
     def to_bytes(self) -> bytes:
         if len(self.payload) > MAX_FENCE_PAYLOAD:
-            raise ProtocolError(f"fence payload of {len(self.payload)} bytes exceeds {MAX_FENCE_PAYLOAD}")
+            raise LocalProtocolError(f"fence payload of {len(self.payload)} bytes exceeds {MAX_FENCE_PAYLOAD}")
         return self.HEADER.pack(self.TYPE, self.flags, len(self.payload)) + self.payload
 
 
@@ -491,7 +493,7 @@ ServerMessageValue = (ServerInit | FramebufferUpdate | SetColourMapEntries | Bel
 # --- pseudo-rectangles (rfbproto "Pseudo-encodings") -------------------------------------------------------
 
 
-class ExtendedDesktopSizeReason:
+class ExtendedDesktopSizeReason(IntEnum):
     """x-position of an ExtendedDesktopSize rectangle."""
 
     SERVER = 0
@@ -499,7 +501,7 @@ class ExtendedDesktopSizeReason:
     OTHER_CLIENT = 2
 
 
-class ExtendedDesktopSizeStatus:
+class ExtendedDesktopSizeStatus(IntEnum):
     """y-position of an ExtendedDesktopSize rectangle."""
 
     OK = 0
@@ -519,7 +521,7 @@ _EDS_HEAD = struct.Struct(">B3x")
 def extended_desktop_size_rect(reason: int, status: int, width: int, height: int,
                                screens: Sequence[Screen]) -> Rectangle:
     if not 1 <= len(screens) <= 255:
-        raise ProtocolError(f"an ExtendedDesktopSize rectangle needs 1..255 screens, not {len(screens)}")
+        raise LocalProtocolError(f"an ExtendedDesktopSize rectangle needs 1..255 screens, not {len(screens)}")
     payload = _EDS_HEAD.pack(len(screens)) + b"".join(s.to_bytes() for s in screens)
     return Rectangle(reason, status, width, height, Encoding.EXTENDED_DESKTOP_SIZE, payload)
 

@@ -6,7 +6,7 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from vkmsremote.errors import ProtocolError
+from vkmsremote.errors import RemoteProtocolError
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,26 +41,26 @@ class PixelFormat:
         return self.bits_per_pixel // 8
 
     def validate(self) -> None:
-        """Raise ProtocolError unless this is a format a server can honour (RFC 6143 7.4).
+        """Raise RemoteProtocolError unless this is a format a server can honour (RFC 6143 7.4).
 
         bits-per-pixel must be 8, 16 or 32; depth at most bits-per-pixel; for true colour every maximum
         must be 2**n - 1 and each channel must fit inside bits-per-pixel at its shift.
         """
         if self.bits_per_pixel not in (8, 16, 32):
-            raise ProtocolError(f"bits-per-pixel {self.bits_per_pixel} is not 8, 16 or 32")
+            raise RemoteProtocolError(f"bits-per-pixel {self.bits_per_pixel} is not 8, 16 or 32")
         if not 1 <= self.depth <= self.bits_per_pixel:
-            raise ProtocolError(f"depth {self.depth} does not fit bits-per-pixel {self.bits_per_pixel}")
+            raise RemoteProtocolError(f"depth {self.depth} does not fit bits-per-pixel {self.bits_per_pixel}")
         if not self.true_colour:
             if self.bits_per_pixel != 8:
-                raise ProtocolError("a colour-map pixel format must have 8 bits per pixel")
+                raise RemoteProtocolError("a colour-map pixel format must have 8 bits per pixel")
             return
         for name, mx, shift in (("red", self.red_max, self.red_shift),
                                 ("green", self.green_max, self.green_shift),
                                 ("blue", self.blue_max, self.blue_shift)):
             if mx == 0 or (mx & (mx + 1)) != 0:
-                raise ProtocolError(f"{name}-max {mx} is not 2**n - 1")
+                raise RemoteProtocolError(f"{name}-max {mx} is not 2**n - 1")
             if shift + mx.bit_length() > self.bits_per_pixel:
-                raise ProtocolError(f"{name} channel (max {mx}, shift {shift}) exceeds {self.bits_per_pixel} bits")
+                raise RemoteProtocolError(f"{name} channel (max {mx}, shift {shift}) exceeds {self.bits_per_pixel} bits")
 
 
 # The format every frame source delivers and the server announces in ServerInit: 32 bpp, depth 24,

@@ -29,7 +29,11 @@ that client. A failed authentication produces SecurityResult "failed" (with a re
 A connection created with ``refuse=reason`` (a blacklisted address) fails right after the version
 exchange with that reason (:class:`ConnectionRefused`). In NORMAL every client message is parsed into its
 dataclass from :mod:`vkmsremote.rfb.messages`; any byte stream either parses or raises
-:class:`~vkmsremote.errors.ProtocolError` (after which the connection is dead: state ERROR).
+:class:`~vkmsremote.errors.RemoteProtocolError` (the client's fault; the connection is dead: state ERROR).
+Using the connection wrongly (``send`` in the wrong state, a state change the diagram does not have, asking
+for events after an error) raises :class:`~vkmsremote.errors.LocalProtocolError`: our fault. The diagram is
+also data, :data:`TRANSITIONS`, and every state change is checked against it. What may be sent *when* once
+in NORMAL (requests, continuous updates, fences) is :mod:`vkmsremote.rfb.flow`'s business.
 
 TLS (VeNCrypt X509*) runs inside this object through ``ssl.MemoryBIO``: after the subtype is agreed, all
 incoming bytes go through the TLS object and all outgoing bytes come out encrypted; the application
@@ -46,9 +50,16 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Final, cast
 
-from vkmsremote.errors import ProtocolError
+from vkmsremote.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from vkmsremote.rfb.auth import CHALLENGE_SIZE, Access, SecurityPolicy, vnc_auth_access
-from vkmsremote.rfb.constants import SecurityResult, SecurityType, VeNCryptSubtype
+from vkmsremote.rfb.constants import (
+    NO_SECURITY_TYPES,
+    SecurityResult,
+    SecurityType,
+    VeNCryptSubtype,
+    VeNCryptSubtypeResult,
+    VeNCryptVersionResult,
+)
 from vkmsremote.rfb.messages import (
     CLIENT_MESSAGES,
     MAX_PLAIN_CREDENTIAL,
@@ -85,6 +96,23 @@ class State(Enum):
     NORMAL = auto()
     CLOSED = auto()
     ERROR = auto()
+
+
+TRANSITIONS: Final[dict[State, frozenset[State]]] = {
+    State.VERSION: frozenset({State.SECURITY_TYPE, State.VNC_AUTH, State.CLIENT_INIT, State.CLOSED}),  # 3.3: no list
+    State.SECURITY_TYPE: frozenset({State.VNC_AUTH, State.VENCRYPT_VERSION, State.CLIENT_INIT}),
+    State.VNC_AUTH: frozenset({State.CLIENT_INIT, State.CLOSED}),
+    State.VENCRYPT_VERSION: frozenset({State.VENCRYPT_SUBTYPE}),
+    State.VENCRYPT_SUBTYPE: frozenset({State.TLS_HANDSHAKE}),
+    State.TLS_HANDSHAKE: frozenset({State.VNC_AUTH, State.PLAIN_AUTH, State.CLIENT_INIT}),
+    State.PLAIN_AUTH: frozenset({State.CLIENT_INIT, State.CLOSED}),
+    State.CLIENT_INIT: frozenset({State.SERVER_INIT}),
+    State.SERVER_INIT: frozenset({State.NORMAL}),
+    State.NORMAL: frozenset(),
+    State.CLOSED: frozenset(),
+}
+"""The handshake diagram above as data: every state a handler may move to (besides CLOSED when the client
+hangs up and ERROR on a protocol error, which any state may reach). Any other move is our bug."""
 
 
 class NeedData:
@@ -239,7 +267,7 @@ class ServerConnection:
     def next_event(self) -> Event | NeedData:
         """The next thing the client did, or NEED_DATA. Raises ProtocolError on a malformed stream."""
         if self._state is State.ERROR:
-            raise ProtocolError("the connection already failed with a protocol error")
+            raise LocalProtocolError("the connection already failed with a protocol error")
         try:
             self._pump_tls()
             while True:
@@ -258,10 +286,10 @@ class ServerConnection:
         """The bytes to write for ``message`` (preceded by anything still in the outbox)."""
         if isinstance(message, ServerInit):
             if self._state is not State.SERVER_INIT:
-                raise ProtocolError(f"ServerInit can only be sent after ClientInit, not in state {self._state.name}")
-            self._state = State.NORMAL
+                raise LocalProtocolError(f"ServerInit can only be sent after ClientInit, not in state {self._state.name}")
+            self._goto(State.NORMAL)
         elif self._state is not State.NORMAL:
-            raise ProtocolError(f"{type(message).__name__} cannot be sent in state {self._state.name}")
+            raise LocalProtocolError(f"{type(message).__name__} cannot be sent in state {self._state.name}")
         data = message.to_bytes()
         if self._tls is None:
             if not self._outbox:
@@ -278,6 +306,11 @@ class ServerConnection:
         out = bytes(self._outbox)
         self._outbox.clear()
         return out
+
+    def _goto(self, state: State) -> None:
+        if state not in TRANSITIONS[self._state]:
+            raise LocalProtocolError(f"no transition from {self._state.name} to {state.name}")
+        self._state = state
 
     # --- buffer helpers ---------------------------------------------------------------------------------
 
@@ -342,7 +375,7 @@ class ServerConnection:
                 self._eof = True
                 return
             except ssl.SSLError as e:
-                raise ProtocolError(f"TLS error: {e}") from e
+                raise RemoteProtocolError(f"TLS error: {e}") from e
             if not chunk:
                 self._eof = True
                 return
@@ -356,7 +389,7 @@ class ServerConnection:
             return NEED_DATA
         v = ProtocolVersion.from_bytes(data)
         if v.major != 3:
-            raise ProtocolError(f"client asked for RFB {v.major}.{v.minor}; this server speaks 3.3, 3.7 and 3.8")
+            raise RemoteProtocolError(f"client asked for RFB {v.major}.{v.minor}; this server speaks 3.3, 3.7 and 3.8")
         # rfbproto "ProtocolVersion": 3.5 (and any other unknown 3.x) is to be treated as 3.3.
         self.version = (3, v.minor) if v.minor in (7, 8) else (3, 3)
         if self._refuse is not None:
@@ -369,16 +402,16 @@ class ServerConnection:
             self._emit(_U32.pack(usable[0]))
             return self._begin_security(usable[0])
         self._emit(_U8.pack(len(self._policy.types)) + bytes(self._policy.types))
-        self._state = State.SECURITY_TYPE
+        self._goto(State.SECURITY_TYPE)
         return _CONTINUE
 
     def _refuse_connection(self, reason: str) -> ConnectionRefused:
         if self.version == (3, 3):
             self._emit(_U32.pack(SecurityType.INVALID))
         else:
-            self._emit(_U8.pack(0))  # number-of-security-types 0: failure, reason follows
+            self._emit(_U8.pack(NO_SECURITY_TYPES))  # a reason follows
         self._emit_reason(reason)
-        self._state = State.CLOSED
+        self._goto(State.CLOSED)
         return ConnectionRefused(reason)
 
     def _on_security_type(self) -> object:
@@ -391,7 +424,7 @@ class ServerConnection:
             self._emit(_U32.pack(SecurityResult.FAILED))
             if self.version == (3, 8):
                 self._emit_reason(reason)
-            raise ProtocolError(f"client chose {reason}")
+            raise RemoteProtocolError(f"client chose {reason}")
         return self._begin_security(SecurityType(chosen))
 
     def _begin_security(self, security_type: SecurityType) -> object:
@@ -402,7 +435,7 @@ class ServerConnection:
         if security_type == SecurityType.VNC_AUTH:
             return self._send_challenge()
         self._emit(_U8_PAIR.pack(*VENCRYPT_VERSION))
-        self._state = State.VENCRYPT_VERSION
+        self._goto(State.VENCRYPT_VERSION)
         return _CONTINUE
 
     def _send_challenge(self) -> object:
@@ -410,7 +443,7 @@ class ServerConnection:
         if len(self._challenge) != CHALLENGE_SIZE:
             raise ValueError("random_bytes returned the wrong number of bytes")
         self._emit(self._challenge)
-        self._state = State.VNC_AUTH
+        self._goto(State.VNC_AUTH)
         return _CONTINUE
 
     def _on_vnc_auth(self) -> object:
@@ -429,11 +462,11 @@ class ServerConnection:
             return NEED_DATA
         major, minor = _U8_PAIR.unpack(data)
         if (major, minor) != VENCRYPT_VERSION:
-            self._emit(_U8.pack(1))  # non-zero: version not supported, the connection closes
-            raise ProtocolError(f"client asked for VeNCrypt {major}.{minor}; this server speaks only 0.2")
+            self._emit(_U8.pack(VeNCryptVersionResult.UNSUPPORTED))
+            raise RemoteProtocolError(f"client asked for VeNCrypt {major}.{minor}; this server speaks only 0.2")
         subtypes = self._policy.vencrypt_subtypes
-        self._emit(_U8.pack(0) + _U8.pack(len(subtypes)) + struct.pack(f">{len(subtypes)}I", *subtypes))
-        self._state = State.VENCRYPT_SUBTYPE
+        self._emit(_U8.pack(VeNCryptVersionResult.OK) + _U8.pack(len(subtypes)) + struct.pack(f">{len(subtypes)}I", *subtypes))
+        self._goto(State.VENCRYPT_SUBTYPE)
         return _CONTINUE
 
     def _on_vencrypt_subtype(self) -> object:
@@ -442,11 +475,11 @@ class ServerConnection:
             return NEED_DATA
         (chosen,) = _U32.unpack(data)
         if chosen not in self._policy.vencrypt_subtypes:
-            raise ProtocolError(f"client chose VeNCrypt subtype {chosen}, which was not offered")
+            raise RemoteProtocolError(f"client chose VeNCrypt subtype {chosen}, which was not offered")
         self.vencrypt_subtype = VeNCryptSubtype(chosen)
-        self._emit(_U8.pack(1))  # rfbproto "VeNCrypt": 1 = OK, TLS handshake follows
+        self._emit(_U8.pack(VeNCryptSubtypeResult.ACCEPTED))  # the TLS handshake follows
         self._start_tls()
-        self._state = State.TLS_HANDSHAKE
+        self._goto(State.TLS_HANDSHAKE)
         return _CONTINUE
 
     def _on_tls_handshake(self) -> object:
@@ -460,7 +493,7 @@ class ServerConnection:
         except ssl.SSLError as e:
             if self._tls_out.pending:  # the alert, so the client learns why
                 self._outbox += self._tls_out.read()
-            raise ProtocolError(f"TLS handshake failed: {e.reason or e}") from e
+            raise RemoteProtocolError(f"TLS handshake failed: {e.reason or e}") from e
         if self._tls_out.pending:
             self._outbox += self._tls_out.read()
         self._tls_ready = True
@@ -468,7 +501,7 @@ class ServerConnection:
         if self.vencrypt_subtype == VeNCryptSubtype.X509_VNC:
             return self._send_challenge()
         if self.vencrypt_subtype == VeNCryptSubtype.X509_PLAIN:
-            self._state = State.PLAIN_AUTH
+            self._goto(State.PLAIN_AUTH)
             return _CONTINUE
         return self._auth_succeeded(send_result=True)
 
@@ -478,7 +511,7 @@ class ServerConnection:
             return NEED_DATA
         user_len, pass_len = _U32_PAIR.unpack(head)
         if user_len > MAX_PLAIN_CREDENTIAL or pass_len > MAX_PLAIN_CREDENTIAL:
-            raise ProtocolError(
+            raise RemoteProtocolError(
                 f"Plain credentials of {user_len}/{pass_len} bytes exceed the {MAX_PLAIN_CREDENTIAL}-byte cap"
             )
         data = self._take(_U32_PAIR.size + user_len + pass_len)
@@ -497,7 +530,7 @@ class ServerConnection:
     def _auth_succeeded(self, *, send_result: bool, view_only: bool = False) -> AuthenticationSucceeded:
         if send_result:
             self._emit(_U32.pack(SecurityResult.OK))
-        self._state = State.CLIENT_INIT
+        self._goto(State.CLIENT_INIT)
         self.view_only = view_only
         assert self.version is not None and self.security_type is not None
         return AuthenticationSucceeded(self.version, self.security_type, self.vencrypt_subtype, self.username,
@@ -507,7 +540,7 @@ class ServerConnection:
         self._emit(_U32.pack(SecurityResult.FAILED))
         if self.version == (3, 8):  # RFC 6143 7.1.3: the reason string exists from 3.8 on
             self._emit_reason(reason)
-        self._state = State.CLOSED
+        self._goto(State.CLOSED)
         assert self.security_type is not None
         return AuthenticationFailed(reason, self.security_type, self.vencrypt_subtype, self.username)
 
@@ -515,7 +548,7 @@ class ServerConnection:
         data = self._take(1)
         if data is None:
             return NEED_DATA
-        self._state = State.SERVER_INIT
+        self._goto(State.SERVER_INIT)
         return ClientInit(shared=data[0] != 0)
 
     def _on_server_init(self) -> object:
@@ -538,7 +571,7 @@ class ServerConnection:
             return NEED_DATA
         cls = CLIENT_MESSAGES.get(head[0])
         if cls is None:
-            raise ProtocolError(f"unknown client message type {head[0]}")
+            raise RemoteProtocolError(f"unknown client message type {head[0]}")
         header = self._peek(cls.HEADER.size)
         if header is None:
             return NEED_DATA

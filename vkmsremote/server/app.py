@@ -1,17 +1,16 @@
-"""Serve a frame source over VNC (RFB): the ``vkmsremote serve`` command and the server's library API.
+"""The VNC (RFB) server's library API: :class:`VncServer` serves one frame source to many clients, and
+:func:`security_policy` turns user-level choices into a SecurityPolicy.
 
-Without options it serves an animated test picture on 127.0.0.1:5900 without authentication; give a
-password (and get VeNCrypt/TLS with a self-signed certificate by default) before listening elsewhere.
+What builds a running server from command-line options (``vkmsremote serve`` and ``up``) is
+vkmsremote.service.serve.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ipaddress
 import logging
-import signal
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -21,22 +20,18 @@ from typing import TYPE_CHECKING
 from vkmsremote.errors import UsageError
 from vkmsremote.rfb.auth import SecurityPolicy, plain_checker
 from vkmsremote.rfb.constants import SecurityType, VeNCryptSubtype
-from vkmsremote.server.activation import socket_host, take_vnc_socket
+from vkmsremote.server import DEFAULT_PORT
 from vkmsremote.server.blacklist import Blacklist
-from vkmsremote.server.credentials import add_password_arguments
 from vkmsremote.server.hub import Hub
-from vkmsremote.server.input import InputSink, NullSink, WakingSink
-
-if TYPE_CHECKING:
-    from vkmsremote.input import UinputDevices
-from vkmsremote.frame import FrameSource
+from vkmsremote.server.input import InputSink, NullSink
 from vkmsremote.server.session import Session, SessionContext, SessionRecord
 from vkmsremote.server.tls import ensure_certificate, server_context
-from vkmsremote.web import DEFAULT_WEB_PORT, WebServer
+
+if TYPE_CHECKING:
+    from vkmsremote.frame import FrameSource
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 5900
 SECURITY_NAMES: dict[str, SecurityType | VeNCryptSubtype] = {
     "none": SecurityType.NONE,
     "vncauth": SecurityType.VNC_AUTH,
@@ -101,8 +96,10 @@ def security_policy(
     )
 
 
-def is_loopback(host: str) -> bool:
-    """True if every address ``host`` names is a loopback address."""
+def resolves_to_loopback(host: str) -> bool:
+    """True if every address ``host`` names (an address, or a name resolved now) is a loopback address.
+    The rule for listening without authentication (compare vkmsremote.web.server.is_loopback_name, which
+    checks a Host header without resolving it)."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -134,7 +131,7 @@ class VncServer:
 
     ``handle_client(reader, writer)`` serves one already-accepted connection (the web listener uses it
     for RFB over WebSocket). ``listen_socket``: an already listening socket to serve on instead of host and
-    port; by default the one systemd passed, if the process was socket-activated (server/activation.py).
+    port (e.g. the one systemd passed: vkmsremote.service.activation).
     """
 
     def __init__(
@@ -154,11 +151,10 @@ class VncServer:
         listen_socket: socket.socket | None = None,
     ) -> None:
         policy = policy or SecurityPolicy()
-        # A socket systemd passed (socket activation) replaces host and port.
-        self._listen_socket = listen_socket if listen_socket is not None else take_vnc_socket()
-        if self._listen_socket is not None:
-            host = socket_host(self._listen_socket)
-        if not is_loopback(host) and not policy.authenticates and not insecure_listen:
+        self._listen_socket = listen_socket
+        if listen_socket is not None:
+            host = str(listen_socket.getsockname()[0])
+        if not resolves_to_loopback(host) and not policy.authenticates and not insecure_listen:
             raise UsageError(
                 f"refusing to listen on {host or 'all addresses'} without authentication",
                 hint="set a password (--password) or pass --insecure-listen if the network is trusted",
@@ -274,246 +270,3 @@ class VncServer:
         finally:
             if task is not None:
                 self._tasks.discard(task)
-
-
-async def serve(
-    source: FrameSource,
-    sink: InputSink | SinkFactory | None = None,
-    *,
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
-    password: str | None = None,
-    username: str | None = None,
-    security: list[str] | None = None,
-    tls_cert: Path | None = None,
-    tls_key: Path | None = None,
-    view_only: bool = False,
-    view_only_password: str | None = None,
-    always_shared: bool = False,
-    insecure_listen: bool = False,
-    web_port: int | None = None,
-    ready: Callable[[VncServer], None] | None = None,
-) -> None:
-    """Serve ``source`` until cancelled (the ``vkmsremote up`` entry point).
-
-    ``web_port``: also serve noVNC and RFB over WebSocket on that port (0: any free one), https when a
-    TLS certificate was given. ``ready`` is called once the listeners are up.
-    """
-    policy = security_policy(password=password, username=username, types=security, tls_cert=tls_cert,
-                             tls_key=tls_key, view_only_password=view_only_password)
-    server = VncServer(source, sink, host=host, port=port, policy=policy, view_only=view_only,
-                       always_shared=always_shared, insecure_listen=insecure_listen)
-    await server.start()
-    web = None
-    try:
-        if web_port is not None:
-            web = await start_web(server, web_port, tls_cert=tls_cert, tls_key=tls_key)
-        if ready is not None:
-            ready(server)
-        await server.serve_forever()
-    finally:
-        if web is not None:
-            await web.close()
-        await server.close()
-
-
-async def start_web(server: VncServer, port: int, *, tls_cert: Path | None = None,
-                    tls_key: Path | None = None) -> WebServer:
-    """The noVNC page and RFB-over-WebSocket listener next to ``server`` (same host, same sessions)."""
-    from vkmsremote.web import start_web_server
-
-    web_ssl = server_context(*ensure_certificate(tls_cert, tls_key)) if tls_cert is not None else None
-    web = await start_web_server(server.handle_client, server.host, port, ssl=web_ssl)
-    log.info("noVNC at %s", web.url)
-    return web
-
-
-# --- the `vkmsremote serve` command -----------------------------------------------------------------------
-
-SourceFactory = Callable[[argparse.Namespace], FrameSource]
-SOURCES: dict[str, SourceFactory] = {}
-"""--source name -> factory. Other modules may register more at import time."""
-
-
-def _pattern_source(args: argparse.Namespace) -> FrameSource:
-    from vkmsremote.server.pattern import PatternSource
-
-    width, height = args.size
-    return PatternSource(width, height, fps=args.fps, full_motion=args.full_motion)
-
-
-def _crtc_source(args: argparse.Namespace) -> FrameSource:
-    from vkmsremote.capture.crtc import CrtcReader
-
-    connector: int | str | None = args.connector
-    if isinstance(connector, str) and connector.isdigit():
-        connector = int(connector)
-    return CrtcReader.open(args.card, crtc_id=args.crtc, connector=connector)
-
-
-SOURCES["pattern"] = _pattern_source
-SOURCES["crtc"] = _crtc_source
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxHEIGHT") from None
-    return w, h
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``vkmsremote serve``."""
-    src = parser.add_argument_group("what to serve")
-    src.add_argument("--source", default="pattern", choices=sorted(SOURCES),
-                     help="pattern: an animated test picture (default); crtc: what a DRM CRTC scans out")
-    src.add_argument("--size", type=_size, default=(1920, 1080), metavar="WxH",
-                     help="pattern: picture size (default 1920x1080)")
-    src.add_argument("--fps", type=float, default=30.0, help="pattern: frames per second (default 30)")
-    src.add_argument("--full-motion", action="store_true", help="pattern: change every pixel every frame")
-    src.add_argument("--card", default="/dev/dri/card0", help="crtc: DRM card (default /dev/dri/card0)")
-    src.add_argument("--connector", help="crtc: connector name (e.g. Virtual-1) or id whose CRTC to serve")
-    src.add_argument("--crtc", type=int, help="crtc: CRTC id (default: the connector's, or the only one)")
-    src.add_argument("--input", choices=("none", "uinput"),
-                     help="where keyboard and pointer go (default: uinput for crtc, none for pattern)")
-    from vkmsremote.desktop.binding import add_pointer_output_argument
-
-    add_pointer_output_argument(src)
-    net = parser.add_argument_group("network and security")
-    net.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    net.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
-    net.add_argument("--web", type=int, nargs="?", const=DEFAULT_WEB_PORT, metavar="PORT",
-                     help=f"also serve noVNC in a browser on PORT (default {DEFAULT_WEB_PORT})")
-    add_password_arguments(net)
-    net.add_argument("--username", help="username for VeNCrypt X509Plain (which uses the whole password)")
-    net.add_argument("--security", help="comma-separated security types in order of preference: "
-                     + ", ".join(SECURITY_NAMES) + " (default: x509vnc,vncauth with a password, else none)")
-    net.add_argument("--tls-cert", type=Path, help="PEM certificate for VeNCrypt and the web page (default: a "
-                     "self-signed one, made on first use under ~/.config/vkmsremote/tls)")
-    net.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
-    net.add_argument("--insecure-listen", action="store_true",
-                     help="allow a non-loopback --host without authentication")
-    beh = parser.add_argument_group("behaviour")
-    beh.add_argument("--view-only", action="store_true", help="ignore keyboard, pointer and clipboard input "
-                     "from every client (--view-only-password-file: from some)")
-    beh.add_argument("--always-shared", action="store_true",
-                     help="never disconnect other clients when one asks for exclusive access")
-
-
-def _password(args: argparse.Namespace) -> str | None:
-    """The password from --password-file, --password (refused unless --allow-password-argument) or
-    $VKMSREMOTE_PASSWORD (see vkmsremote.server.credentials)."""
-    from vkmsremote.server.credentials import password_from
-
-    allow: bool | None = getattr(args, "allow_password_argument", None)  # None: this command has no such option
-    password = password_from(args.password_file, args.password, allow_argument=allow)
-    if args.password is not None and args.password_file is None:
-        log.warning("the password is on the command line, where every local user can read it")
-    return password
-
-
-def _view_only_password(args: argparse.Namespace, password: str | None) -> str | None:
-    """The view-only password from --view-only-password-file or $VKMSREMOTE_VIEW_ONLY_PASSWORD; refused
-    without a full-access ``password`` or equal to it (see vkmsremote.server.credentials)."""
-    from vkmsremote.server.credentials import view_only_password_from
-
-    view_only = view_only_password_from(getattr(args, "view_only_password_file", None), password)
-    if view_only is not None and len(view_only.encode()) > 8:
-        log.warning("VNC authentication uses only the first 8 bytes of the view-only password")
-    return view_only
-
-
-def uinput_sink_factory(devices: UinputDevices, source: object = None) -> SinkFactory:
-    """A SinkFactory giving each client its own UinputSink over ``devices`` (one shared pair of uinput
-    devices). With a ``source`` that knows its placement (a CrtcReader), the pointer maps into the
-    connector's place in the compositor's framebuffer (several outputs in one desktop); one that can be
-    woken is woken by input, which is usually followed by a change on screen."""
-    from vkmsremote.input import UinputSink, area_of
-
-    placement = getattr(source, "placement", None)
-    area = (lambda: area_of(placement())) if callable(placement) else None
-    wake = getattr(source, "wake", None)
-
-    def factory(width: int, height: int) -> InputSink:
-        sink = UinputSink(devices, width, height, area_source=area)
-        return WakingSink(sink, wake) if callable(wake) else sink
-
-    return factory
-
-
-def _uinput_sinks(source: object = None) -> tuple[SinkFactory, Callable[[], None]]:
-    """:func:`uinput_sink_factory` over devices opened now, and what closes them."""
-    from vkmsremote.input import UinputDevices
-
-    devices = UinputDevices.open("vkmsremote")
-    return uinput_sink_factory(devices, source), devices.close
-
-
-def _chain(first: Callable[[], None], then: Callable[[], None]) -> Callable[[], None]:
-    def both() -> None:
-        try:
-            first()
-        finally:
-            then()
-    return both
-
-
-def policy_from_args(args: argparse.Namespace) -> SecurityPolicy:
-    """The security policy of ``serve``'s and ``up``'s options (reads the password files now)."""
-    password = _password(args)
-    if password is not None and len(password.encode()) > 8:
-        log.warning("VNC authentication uses only the first 8 bytes of the password")
-    view_only_password = _view_only_password(args, password)
-    types = [t for t in args.security.split(",") if t.strip()] if args.security else None
-    return security_policy(password=password, username=args.username, types=types,
-                           tls_cert=args.tls_cert, tls_key=args.tls_key, view_only_password=view_only_password)
-
-
-def run(args: argparse.Namespace) -> int:
-    """``vkmsremote serve``: serve until interrupted. Errors are raised as VkmsRemoteError subclasses."""
-    policy = policy_from_args(args)
-    source = SOURCES[args.source](args)
-    input_kind = args.input or ("uinput" if args.source == "crtc" else "none")
-    sink: InputSink | SinkFactory = NullSink()
-    close_input: Callable[[], None] = lambda: None  # noqa: E731
-    if input_kind == "uinput" and not args.view_only:
-        if args.source == "crtc":  # bound before the devices exist (Weston reads WL_OUTPUT when one is added)
-            from vkmsremote.desktop.binding import bind_pointer
-
-            named = args.connector if args.connector and not args.connector.isdigit() else None
-            binding = bind_pointer(args.pointer_output, args.card, named, lambda t: print(f"vkmsremote: {t}", flush=True))
-            close_input = binding.undo
-        sink, close_uinput = _uinput_sinks(source)
-        close_input = _chain(close_uinput, close_input)
-    server = VncServer(source, sink, host=args.host, port=args.port, policy=policy,
-                       view_only=args.view_only, always_shared=args.always_shared,
-                       insecure_listen=args.insecure_listen)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        await server.start()
-        web = None
-        try:
-            print(f"vkmsremote: serving {source.desktop_name} on {args.host} port {server.port}", flush=True)
-            if args.web is not None:
-                web = await start_web(server, args.web, tls_cert=args.tls_cert, tls_key=args.tls_key)
-                print(f"vkmsremote: open {web.url} in a browser", flush=True)
-            await server.serve_forever()
-        except asyncio.CancelledError:
-            pass
-        finally:
-            if web is not None:
-                await web.close()
-            await server.close()
-            await source.close()
-
-    try:
-        asyncio.run(main())
-    finally:
-        close_input()
-    return 0

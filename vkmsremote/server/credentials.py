@@ -17,7 +17,6 @@ chmod that fixes it.
 
 from __future__ import annotations
 
-import argparse
 import os
 import stat
 from pathlib import Path
@@ -114,27 +113,3 @@ def view_only_password_from(password_file: Path | None, password: str | None) ->
         raise UsageError("the view-only password is the full-access password: every client would get full access",
                          hint="choose a different view-only password")
     return value
-
-
-def has_full_password_source(args: argparse.Namespace) -> bool:
-    """True if the command line or the environment names a full-access password (without reading it)."""
-    return bool(args.password is not None or args.password_file is not None or os.environ.get(PASSWORD_ENV))
-
-
-def has_view_only_password_source(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "view_only_password_file", None) is not None or os.environ.get(VIEW_ONLY_PASSWORD_ENV))
-
-
-def add_password_arguments(group: argparse._ArgumentGroup) -> None:
-    """The password options ``vkmsremote serve`` and ``vkmsremote up`` share."""
-    group.add_argument("--password", help="password; refused unless --allow-password-argument (a command line is "
-                       f"visible to other users: use --password-file or ${PASSWORD_ENV}); VNC authentication uses "
-                       "its first 8 bytes")
-    group.add_argument("--password-file", type=Path,
-                       help="file whose first line is the password (mode 0600 or stricter)")
-    group.add_argument("--allow-password-argument", action="store_true",
-                       help="accept --password although every local user can read a command line")
-    group.add_argument("--view-only-password-file", type=Path, metavar="FILE",
-                       help="file whose first line is a second password (or give it in "
-                       f"${VIEW_ONLY_PASSWORD_ENV}) for clients that may only watch: no keyboard, pointer or "
-                       "clipboard; needs the full-access password too")

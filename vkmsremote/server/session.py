@@ -7,18 +7,17 @@ takes the client's accumulated damage (a tile grid, see :mod:`vkmsremote.rfb.reg
 newest snapshot, encodes in a worker thread, and writes. So a slow client never delays the others and
 never makes the server queue frames for it: changes it could not take yet are merged into its damage.
 
-Ordering rules the spec imposes and where they are kept:
+The flow rules (which requests are pending, continuous updates, fences and what waits for what, when an
+update may start and what goes into it) are not here: :class:`~vkmsremote.rfb.flow.UpdateFlow` keeps them,
+without I/O. The reader feeds it every client message (``receive``) and writes what it returns; the
+updater asks it ``begin_update`` and reports ``update_done``. This module only waits (for bytes, for the
+update in progress when the flow is ``paused``, for the write buffer) and encodes.
 
-* An update carrying DesktopSize/ExtendedDesktopSize carries no pixel data (rfbproto "ExtendedDesktopSize");
-  such "no-data" updates go out as soon as possible, without waiting for a request, as TigerVNC does.
-* Fences (rfbproto "ClientFence"): BlockBefore and SyncNext wait until no update is being built
-  (``_quiesce``); with SyncNext no update starts until the message after the fence has been applied.
-* Disabling continuous updates is answered with EndOfContinuousUpdates after any update in progress.
-
-View-only sessions (the whole server is view-only, or this client proved the view-only password; see
-``Session.view_only``) never get an InputSink: keys, pointer and clipboard go nowhere. Like TigerVNC's
-view-only access they also get no clipboard from the server, cannot resize the desktop (SetDesktopSize is
-answered "prohibited") and cannot take exclusive access (a non-shared ClientInit is treated as shared).
+What a view-only session (the whole server is view-only, or this client proved the view-only password) may
+do is decided by one table, :data:`vkmsremote.rfb.auth.PERMISSIONS`, through ``Session.access``: client
+messages needing a permission the session lacks are dropped at one gate (``_permitted``; SetDesktopSize is
+answered "prohibited"), a non-shared ClientInit does not disconnect the others, no ServerCutText is sent,
+and the session never gets an InputSink.
 """
 
 from __future__ import annotations
@@ -33,31 +32,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vkmsremote.errors import ProtocolError
+from vkmsremote.errors import LocalProtocolError, ProtocolError
 from vkmsremote.frame import Cursor, Pixels, Rect
-from vkmsremote.rfb.auth import SecurityPolicy
+from vkmsremote.rfb.auth import Access, Permission, SecurityPolicy
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import convert
 from vkmsremote.rfb.encodings import SUPPORTED, Encoder, EncoderSettings, make_encoder
+from vkmsremote.rfb.flow import LayoutUpdate, PixelUpdate, SizeChange, UpdateFlow, UpdatePlan
 from vkmsremote.rfb.messages import (
-    BGR233,
     Bell,
     ClientCutText,
-    ClientFence,
-    EnableContinuousUpdates,
-    EndOfContinuousUpdates,
+    ClientEvent,
     ExtendedDesktopSizeReason,
     ExtendedDesktopSizeStatus,
-    FenceFlag,
     FramebufferUpdate,
-    FramebufferUpdateRequest,
     KeyEvent,
     PointerEvent,
     QemuExtendedKeyEvent,
     Rectangle,
-    Screen,
     ServerCutText,
-    ServerFence,
     ServerInit,
     ServerMessageValue,
     SetDesktopSize,
@@ -83,7 +76,6 @@ from vkmsremote.rfb.protocol import (
     NeedData,
     ServerConnection,
 )
-from vkmsremote.rfb.region import DamageGrid
 from vkmsremote.server.blacklist import Blacklist
 from vkmsremote.server.hub import Hub, Snapshot
 from vkmsremote.server.input import InputSink, NullSink
@@ -94,10 +86,14 @@ READ_CHUNK = 65536
 WRITE_HIGH = 256 * 1024
 """Transport write-buffer high-water mark: above it the updater waits (drain) before encoding again."""
 WRITE_LOW = 64 * 1024
-MAX_UPDATE_RECTS = 256
-"""Damage rectangles per update before the region is coarsened (encoders may still split them)."""
-
-CURSOR_ENCODINGS = (Encoding.CURSOR_WITH_ALPHA, Encoding.CURSOR)
+REQUIRED_PERMISSION: dict[type, Permission] = {
+    KeyEvent: Permission.INPUT,
+    QemuExtendedKeyEvent: Permission.INPUT,
+    PointerEvent: Permission.INPUT,
+    ClientCutText: Permission.CLIPBOARD_IN,
+    SetDesktopSize: Permission.RESIZE,
+}
+"""Client messages that take effect only with a permission (see rfb.auth.PERMISSIONS)."""
 
 
 @dataclass(slots=True)
@@ -145,6 +141,8 @@ class SessionContext:
     blacklist: Blacklist = field(default_factory=Blacklist)
     handshake_timeout: float = 120.0
     max_cut_text: int = 1 << 20
+    encodings: frozenset[int] | None = None
+    """The encodings this server may send (Raw always); None: every one it supports, in the client's order."""
     sessions: set[Session] = field(default_factory=set)
     on_record: Callable[[SessionRecord], None] | None = None
 
@@ -156,16 +154,6 @@ def _encode_rects(encoder: Encoder, pixels: Pixels, rects: list[Rect], pf: Pixel
         for sub, enc, payload in encoder.encode(pixels, r, pf):
             out.append(Rectangle(sub.x, sub.y, sub.w, sub.h, enc, payload))
     return out
-
-
-def _union(a: Rect | None, b: Rect | None) -> Rect | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    x0, y0 = min(a.x, b.x), min(a.y, b.y)
-    x1, y1 = max(a.x + a.w, b.x + b.w), max(a.y + a.h, b.y + b.h)
-    return Rect(x0, y0, x1 - x0, y1 - y0)
 
 
 class Session:
@@ -194,32 +182,15 @@ class Session:
         self._encoders: dict[int, Encoder] = {}
         self._encoder: Encoder | None = None
         self._settings = EncoderSettings()
-        self._pf = NATIVE
-        self._encode_pf = NATIVE
-        self._colour_map_pending = False
-        self._seen_fence = False
-        self._seen_cu = False
 
-        # update state (event-loop thread only)
+        # the flow rules (made at ClientInit, when the framebuffer size is known); event-loop thread only
         self._attached = False
-        self._fb_size = (0, 0)
-        self._damage: DamageGrid | None = None
-        self._requested = False
-        self._req_area: Rect | None = None
-        self._cu_area: Rect | None = None
-        self._resize_reason = ExtendedDesktopSizeReason.SERVER
-        self._eds_replies: list[tuple[int, int, tuple[Screen, ...] | None]] = []
-        self._cursor_pending = False
-        self._name_pending = False
-        self._qemu_pending = False
-        self._qemu_confirmed = False
+        self.flow: UpdateFlow | None = None
 
-        # flow control between the reader and the updater
+        # waiting between the reader and the updater
         self._wake = asyncio.Event()
         self._update_idle = asyncio.Event()
         self._update_idle.set()
-        self._hold = 0
-        self._release_after_next = False
         self._closing = False
 
         # input: this client's sink, and what the client holds down (released when it leaves)
@@ -229,9 +200,13 @@ class Session:
         self._scancodes_down: dict[int, int] = {}
         self._buttons = 0
         self._pointer = (0, 0)
-        self.view_only = ctx.view_only
-        """This session takes no input; decided at authentication (server-wide flag OR view-only password)."""
+        self.access = Access.VIEW_ONLY if ctx.view_only else Access.FULL
+        """What this client may do; decided at authentication (server-wide flag OR view-only password)."""
         self.record.view_only = self.view_only
+
+    @property
+    def view_only(self) -> bool:
+        return self.access is Access.VIEW_ONLY
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
@@ -245,8 +220,7 @@ class Session:
             await self._read_loop()
             self._end("closed by client")
         except ProtocolError as e:
-            log.warning("%s: protocol error: %s", self.record.peer, e)
-            self._end(f"protocol error: {e}")
+            self._protocol_error(e)
         except TimeoutError:
             log.warning("%s: handshake not finished within %.0f s", self.record.peer, self.ctx.handshake_timeout)
             self._end("handshake timeout")
@@ -274,6 +248,15 @@ class Session:
             self.record.ended = time.monotonic()
             log.info("%s: session ended (%s): %d updates, %d bytes", self.record.peer, self.record.outcome,
                      self.record.updates, self.record.bytes_sent)
+
+    def _protocol_error(self, e: ProtocolError) -> None:
+        """Log and record whose fault it was: "the client broke the protocol: ..." or "we broke ..."."""
+        blame = e.blame("the client")
+        if isinstance(e, LocalProtocolError):
+            log.error("%s: %s", self.record.peer, blame)
+        else:
+            log.warning("%s: %s", self.record.peer, blame)
+        self._end(blame)
 
     def _end(self, outcome: str) -> None:
         if self.record.outcome in ("handshake", "running"):
@@ -313,7 +296,7 @@ class Session:
             self._send(Bell())
 
     def send_cut_text(self, text: str) -> None:
-        if self._attached and not self._closing and not self.view_only:  # the clipboard is not the screen
+        if self._attached and not self._closing and self.access.permits(Permission.CLIPBOARD_OUT):
             self._send(ServerCutText.from_str(text))
 
     # --- handshake ----------------------------------------------------------------------------------------
@@ -332,7 +315,9 @@ class Session:
                     rec.version, rec.security_type = ev.version, ev.security_type
                     rec.vencrypt_subtype, rec.username = ev.vencrypt_subtype, ev.username
                     rec.tls_version = self.conn.tls_version
-                    self.view_only = rec.view_only = self.ctx.view_only or ev.view_only
+                    if self.ctx.view_only or ev.view_only:
+                        self.access = Access.VIEW_ONLY
+                    rec.view_only = self.view_only
                     self.ctx.blacklist.success(self.address)
                     log.info("%s: authenticated (RFB %d.%d, %s%s%s)", rec.peer, *ev.version, ev.security_type.name,
                              f"/{ev.vencrypt_subtype.name}" if ev.vencrypt_subtype else "",
@@ -361,57 +346,52 @@ class Session:
 
     async def _client_init(self, ev: ClientInit) -> None:
         self.record.shared = ev.shared
-        if not ev.shared and not self.ctx.always_shared and not self.view_only:
+        if not ev.shared and not self.ctx.always_shared and self.access.permits(Permission.EXCLUSIVE):
             for other in list(self.ctx.sessions):
                 if other is not self and other._attached:
                     other.abort("another client asked for exclusive access")
         snap = await self.ctx.hub.attach(self)
         self._attached = True
-        if self.view_only:
+        if not self.access.permits(Permission.INPUT):
             self.sink = NullSink()  # nothing this client sends can reach the shared sink or uinput
         elif self.ctx.sink is not None:
             self.sink = self.ctx.sink
         elif self.ctx.sink_factory is not None:
             self.sink = self.ctx.sink_factory(snap.width, snap.height)
             self._own_sink = True
-        self._fb_size = (snap.width, snap.height)
-        self._damage = DamageGrid(snap.width, snap.height)
-        self._damage.add_all()
+        self.flow = UpdateFlow(snap.width, snap.height, has_cursor=self.ctx.hub.cursor is not None)
         self._send(ServerInit(snap.width, snap.height, NATIVE, self.ctx.hub.desktop_name))
         self.record.outcome = "running"
 
     # --- hub callbacks --------------------------------------------------------------------------------------
 
     def frame_ready(self, snapshot: Snapshot, damage: tuple[Rect, ...] | None, resized_by: object | None) -> None:
-        if self._damage is None:
+        if self.flow is None:
             return
-        if (snapshot.width, snapshot.height) != self._fb_size:
-            if resized_by is self:
-                self._resize_reason = ExtendedDesktopSizeReason.THIS_CLIENT
-            elif resized_by is not None:
-                self._resize_reason = ExtendedDesktopSizeReason.OTHER_CLIENT
-            else:
-                self._resize_reason = ExtendedDesktopSizeReason.SERVER
-        elif damage is None:
-            self._damage.add_all()
+        if resized_by is self:
+            reason = ExtendedDesktopSizeReason.THIS_CLIENT
+        elif resized_by is not None:
+            reason = ExtendedDesktopSizeReason.OTHER_CLIENT
         else:
-            for r in damage:
-                self._damage.add(r)
+            reason = ExtendedDesktopSizeReason.SERVER
+        self.flow.frame(snapshot.width, snapshot.height, damage, reason)
         self._wake.set()
 
     def cursor_changed(self, cursor: Cursor | None) -> None:
-        if self._supports_cursor():
-            self._cursor_pending = True
+        if self.flow is not None:
+            self.flow.cursor_changed(cursor is not None)
             self._wake.set()
 
     def name_changed(self, name: str) -> None:
-        if Encoding.DESKTOP_NAME in self._encodings:
-            self._name_pending = True
+        if self.flow is not None:
+            self.flow.name_changed()
             self._wake.set()
 
     # --- reading ------------------------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        flow = self.flow
+        assert flow is not None
         while True:
             ev = self.conn.next_event()
             if isinstance(ev, NeedData):
@@ -421,16 +401,30 @@ class Session:
                 continue
             if isinstance(ev, ConnectionClosed):
                 return
-            release = self._release_after_next
-            self._release_after_next = False
-            await self._handle(ev)
-            if release:
-                self._release()
+            # The flow's rules first (they may refuse the message); then the message's own effects, with no
+            # await in between, so no update starts between the two (fences rely on it).
+            for message in flow.receive(ev):
+                self._send(message)
+            self.record.continuous_updates = flow.continuous_updates
+            self._handle(ev)
+            self._wake.set()
+            if flow.paused:  # a reply waits for the update being built: read nothing more until it is out
+                await self._update_idle.wait()
 
-    async def _handle(self, ev: Event) -> None:
-        if isinstance(ev, FramebufferUpdateRequest):
-            self._on_update_request(ev)
-        elif isinstance(ev, PointerEvent):
+    def _permitted(self, ev: object) -> bool:
+        """The one gate for what this session's access allows (rfb.auth.PERMISSIONS)."""
+        needed = REQUIRED_PERMISSION.get(type(ev))
+        if needed is None or self.access.permits(needed):
+            return True
+        if isinstance(ev, SetDesktopSize):
+            assert self.flow is not None
+            self.flow.desktop_size_result(ev, ExtendedDesktopSizeStatus.PROHIBITED)
+        return False
+
+    def _handle(self, ev: Event) -> None:
+        if not self._permitted(ev):
+            return
+        if isinstance(ev, PointerEvent):
             self._on_pointer(ev)
         elif isinstance(ev, KeyEvent):
             self._on_key(ev)
@@ -439,50 +433,26 @@ class Session:
         elif isinstance(ev, SetEncodings):
             self._on_set_encodings(ev)
         elif isinstance(ev, SetPixelFormat):
-            self._on_set_pixel_format(ev)
-        elif isinstance(ev, ClientFence):
-            await self._on_fence(ev)
-        elif isinstance(ev, EnableContinuousUpdates):
-            await self._on_enable_cu(ev)
+            self.record.pixel_format = ev.pixel_format  # validated by the protocol, kept by the flow
         elif isinstance(ev, SetDesktopSize):
             self._on_set_desktop_size(ev)
         elif isinstance(ev, ClientCutText):
-            if not self.view_only:
-                self.sink.clipboard(ev.text.decode("latin-1"))
+            self.sink.clipboard(ev.text.decode("latin-1"))
         elif isinstance(ev, ClientCutTextDiscarded):
             log.warning("%s: ignored a ClientCutText of %d bytes (limit %d)", self.record.peer, ev.length,
                         self.ctx.max_cut_text)
-        else:  # handshake events cannot occur after ServerInit
-            raise ProtocolError(f"unexpected event {type(ev).__name__} after the handshake")
-
-    def _clip(self, x: int, y: int, w: int, h: int) -> Rect | None:
-        return Rect(x, y, w, h).clip(*self._fb_size)
-
-    def _on_update_request(self, ev: FramebufferUpdateRequest) -> None:
-        area = self._clip(ev.x, ev.y, ev.width, ev.height)
-        if ev.incremental:
-            if self._cu_area is not None:
-                return  # rfbproto "EnableContinuousUpdates": ignored while continuous updates are on
-        else:
-            if area is not None and self._damage is not None:
-                self._damage.add(area)
-            if Encoding.EXTENDED_DESKTOP_SIZE in self._encodings:
-                # rfbproto "ExtendedDesktopSize": a non-incremental request is answered with the layout.
-                self._eds_replies.append((ExtendedDesktopSizeReason.SERVER, ExtendedDesktopSizeStatus.OK, None))
-        self._requested = True
-        self._req_area = _union(self._req_area, area)
-        self._wake.set()
+        elif not isinstance(ev, ClientEvent):  # handshake events cannot occur after ServerInit
+            raise LocalProtocolError(f"the protocol handed out {type(ev).__name__} after the handshake")
+        # FramebufferUpdateRequest, EnableContinuousUpdates, ClientFence: the flow's alone
 
     def _on_pointer(self, ev: PointerEvent) -> None:
-        w, h = self._fb_size
+        assert self.flow is not None
+        w, h = self.flow.size
         x, y = min(ev.x, max(w - 1, 0)), min(ev.y, max(h - 1, 0))
         self._pointer, self._buttons = (x, y), ev.button_mask
-        if not self.view_only:
-            self.sink.pointer(x, y, ev.button_mask)
+        self.sink.pointer(x, y, ev.button_mask)
 
     def _on_key(self, ev: KeyEvent) -> None:
-        if self.view_only:
-            return
         if ev.down:
             self._keys_down.add(ev.key)
         else:
@@ -490,8 +460,6 @@ class Session:
         self.sink.key(ev.key, ev.down)
 
     def _on_qemu_key(self, ev: QemuExtendedKeyEvent) -> None:
-        if self.view_only:
-            return
         if ev.down:
             self._scancodes_down[ev.keycode] = ev.keysym
         else:
@@ -500,8 +468,6 @@ class Session:
 
     def _release_input(self) -> None:
         """Release whatever this client still holds down (it left without key-up events)."""
-        if self.view_only:
-            return
         sink = self.sink
         try:
             for keysym in sorted(self._keys_down):
@@ -516,15 +482,13 @@ class Session:
         self._scancodes_down.clear()
         self._buttons = 0
 
-    def _supports_cursor(self) -> bool:
-        return any(e in self._encodings for e in CURSOR_ENCODINGS)
-
     def _on_set_encodings(self, ev: SetEncodings) -> None:
-        old = set(self._encodings)
         self._encodings = ev.encodings
         self.record.client_encodings = ev.encodings
         self._settings = EncoderSettings.from_encodings(ev.encodings)  # applied between encodes
-        chosen = next((e for e in ev.encodings if e in SUPPORTED), Encoding.RAW)
+        allowed = self.ctx.encodings
+        chosen = next((e for e in ev.encodings if e in SUPPORTED and (allowed is None or e in allowed)),
+                      Encoding.RAW)
         encoder = self._encoders.get(chosen)
         if encoder is None:
             encoder = make_encoder(chosen, self._settings)
@@ -535,83 +499,10 @@ class Session:
             self._encoders[chosen] = encoder
         self._encoder = encoder
         self.record.encoding = chosen
-        new = set(ev.encodings)
-        if Encoding.FENCE in new and not self._seen_fence:
-            # rfbproto "Fence Pseudo-encoding": announce support with a ServerFence the first time.
-            self._seen_fence = True
-            self._send(ServerFence(FenceFlag.REQUEST))
-        if Encoding.CONTINUOUS_UPDATES in new and not self._seen_cu:
-            # rfbproto "ContinuousUpdates Pseudo-encoding": announce with EndOfContinuousUpdates.
-            self._seen_cu = True
-            self._send(EndOfContinuousUpdates())
-        if Encoding.QEMU_EXTENDED_KEY_EVENT in new and not self._qemu_confirmed:
-            self._qemu_pending = True
-        if self._supports_cursor() and not any(e in old for e in CURSOR_ENCODINGS) and self.ctx.hub.cursor:
-            self._cursor_pending = True
-        self._wake.set()
-
-    def _on_set_pixel_format(self, ev: SetPixelFormat) -> None:
-        pf = ev.pixel_format  # validated by the protocol
-        self._pf = pf
-        self.record.pixel_format = pf
-        if pf.true_colour:
-            self._encode_pf = pf
-        else:
-            # An 8-bit colour-map client gets a fixed BGR233 map (sent before the next update).
-            self._encode_pf = BGR233
-            self._colour_map_pending = True
-        if self._supports_cursor() and self.ctx.hub.cursor is not None:
-            self._cursor_pending = True  # the Cursor pseudo-encoding carries pixels in the client's format
-
-    async def _quiesce(self) -> None:
-        """Stop the updater from starting updates and wait until none is being built."""
-        self._hold += 1
-        await self._update_idle.wait()
-
-    def _release(self) -> None:
-        if self._hold > 0:
-            self._hold -= 1
-        self._wake.set()
-
-    async def _on_fence(self, ev: ClientFence) -> None:
-        if not ev.is_request:
-            return  # the answer to our own ServerFence
-        flags = ev.flags & FenceFlag.KNOWN
-        held = False
-        if flags & (FenceFlag.BLOCK_BEFORE | FenceFlag.SYNC_NEXT):
-            await self._quiesce()
-            held = True
-        self._send(ServerFence(flags, ev.payload))
-        if held:
-            if flags & FenceFlag.SYNC_NEXT:
-                self._release_after_next = True
-            else:
-                self._release()
-
-    async def _on_enable_cu(self, ev: EnableContinuousUpdates) -> None:
-        if ev.enable:
-            self._cu_area = self._clip(ev.x, ev.y, ev.width, ev.height) or Rect(0, 0, 0, 0)
-            self.record.continuous_updates = True
-            self._wake.set()
-            return
-        await self._quiesce()
-        try:
-            self._cu_area = None
-            self.record.continuous_updates = False
-            self._send(EndOfContinuousUpdates())
-        finally:
-            self._release()
 
     def _on_set_desktop_size(self, ev: SetDesktopSize) -> None:
-        if self.view_only:
-            status = ExtendedDesktopSizeStatus.PROHIBITED
-        else:
-            status = self.ctx.hub.request_resize(self, ev.width, ev.height, ev.screens)
-        if status == ExtendedDesktopSizeStatus.OK and (ev.width, ev.height) != self._fb_size:
-            return  # the size change itself carries the answer (reason "this client")
-        self._eds_replies.append((ExtendedDesktopSizeReason.THIS_CLIENT, status,
-                                  ev.screens if status == ExtendedDesktopSizeStatus.OK else None))
-        self._wake.set()
+        assert self.flow is not None
+        self.flow.desktop_size_result(ev, self.ctx.hub.request_resize(self, ev.width, ev.height, ev.screens))
 
     # --- updates -----------------------------------------------------------------------------------------
 
@@ -620,13 +511,8 @@ class Session:
             while not self._closing:
                 await self._wake.wait()
                 self._wake.clear()
-                while not self._closing and self._hold == 0:
-                    self._update_idle.clear()
-                    try:
-                        sent = await self._send_update()
-                    finally:
-                        self._update_idle.set()
-                    if not sent:
+                while not self._closing:
+                    if not await self._send_update():
                         break
                     await self._writer.drain()  # the write buffer must drain before the next encode
         except (ConnectionError, OSError):
@@ -634,54 +520,83 @@ class Session:
         except asyncio.CancelledError:
             raise
         except ProtocolError as e:
-            log.warning("%s: %s", self.record.peer, e)
+            self._protocol_error(e)
             self.abort(str(e))
         except Exception as e:
             log.exception("%s: sending an update failed", self.record.peer)
             self.abort(f"internal error while sending an update: {e}")
 
-    def _no_data_update(self, snap: Snapshot) -> list[Rectangle] | None:
-        """Rectangles of an update that must not carry pixel data (size changes, layout replies)."""
-        w, h = snap.width, snap.height
-        if (w, h) != self._fb_size:
-            if Encoding.EXTENDED_DESKTOP_SIZE in self._encodings:
-                rect = extended_desktop_size_rect(self._resize_reason, ExtendedDesktopSizeStatus.OK, w, h,
-                                                  self.ctx.hub.screens)
-            elif Encoding.DESKTOP_SIZE in self._encodings:
-                rect = desktop_size_rect(w, h)
+    async def _send_update(self) -> bool:
+        """Ask the flow whether an update is due; build, encode and write it. False if there was none."""
+        flow = self.flow
+        snap = self.ctx.hub.snapshot
+        if snap is None or flow is None:
+            return False
+        plan = flow.begin_update(snap.width, snap.height)
+        if plan is None:
+            if flow.wants_pixels and not flow.held:
+                self.ctx.hub.want_frame()  # everything sent: the next frame is welcome
+            return False
+        self._update_idle.clear()
+        try:
+            update = await self._build(plan, snap)
+            if update is not None and not self._closing:
+                self._send(FramebufferUpdate(update))
+                self._count(update)
+        finally:
+            for message in flow.update_done():  # replies that had to wait for this update
+                self._send(message)
+            self._update_idle.set()
+        return update is not None
+
+    async def _build(self, plan: UpdatePlan, snap: Snapshot) -> list[Rectangle] | None:
+        """The rectangles of the update ``plan`` describes (pixel data encoded in a worker thread)."""
+        hub = self.ctx.hub
+        if isinstance(plan, SizeChange):
+            if plan.encoding == Encoding.EXTENDED_DESKTOP_SIZE:
+                rect = extended_desktop_size_rect(plan.reason, ExtendedDesktopSizeStatus.OK, plan.width,
+                                                  plan.height, hub.screens)
             else:
-                raise ProtocolError(f"the desktop is now {w}x{h} and this client cannot follow a size change "
-                                    "(it did not announce DesktopSize)")
-            self._fb_size = (w, h)
-            self._damage = DamageGrid(w, h)
-            self._damage.add_all()
+                rect = desktop_size_rect(plan.width, plan.height)
             set_screen = getattr(self.sink, "set_screen", None)
             if self._own_sink and set_screen is not None:
-                set_screen(w, h)  # the pointer maps framebuffer pixels onto the new size
-            if self._cu_area is not None:
-                self._cu_area = self._cu_area.clip(w, h) or Rect(0, 0, w, h)
-            self._req_area = Rect(0, 0, w, h) if self._requested else None
-            self._eds_replies = [r for r in self._eds_replies if r[0] != ExtendedDesktopSizeReason.SERVER]
-            self._resize_reason = ExtendedDesktopSizeReason.SERVER
+                set_screen(plan.width, plan.height)  # the pointer maps framebuffer pixels onto the new size
             return [rect]
-        if self._eds_replies:
-            replies, self._eds_replies = self._eds_replies, []
-            return [extended_desktop_size_rect(reason, status, w, h, screens or self.ctx.hub.screens)
-                    for reason, status, screens in replies]
-        return None
+        if isinstance(plan, LayoutUpdate):
+            return [extended_desktop_size_rect(r.reason, r.status, snap.width, snap.height, r.screens or hub.screens)
+                    for r in plan.replies]
+        pseudo = self._pseudo_rects(plan)
+        if not plan.rects and not pseudo:
+            return None
+        # Fetch the next frame while this one is encoded and sent (the source and the encoder overlap).
+        hub.want_frame()
+        if plan.colour_map:
+            self._send(bgr233_colour_map())
+        encoded: list[Rectangle] = []
+        if plan.rects:
+            # New quality/compression settings reach the encoders here, never during an encode (which
+            # runs in a worker thread while the reader may be handling a SetEncodings).
+            for enc in self._encoders.values():
+                if enc.settings != self._settings:
+                    enc.settings = self._settings
+            encoder = self._encoder
+            if encoder is None:
+                encoder = make_encoder(Encoding.RAW, self._settings)
+                assert encoder is not None
+                self._encoder = self._encoders[Encoding.RAW] = encoder
+            loop = asyncio.get_running_loop()
+            encoded = await loop.run_in_executor(None, _encode_rects, encoder, snap.pixels, list(plan.rects),
+                                                 plan.pixel_format)
+        return pseudo + encoded
 
-    def _pseudo_rects(self, pf: PixelFormat) -> list[Rectangle]:
+    def _pseudo_rects(self, plan: PixelUpdate) -> list[Rectangle]:
         out: list[Rectangle] = []
-        if self._qemu_pending:
-            self._qemu_pending = False
-            self._qemu_confirmed = True
+        if plan.qemu_key_events:
             out.append(qemu_extended_key_event_rect())
-        if self._name_pending:
-            self._name_pending = False
+        if plan.desktop_name:
             out.append(desktop_name_rect(self.ctx.hub.desktop_name))
-        if self._cursor_pending:
-            self._cursor_pending = False
-            rect = self._cursor_rect(self.ctx.hub.cursor, pf)
+        if plan.cursor:
+            rect = self._cursor_rect(self.ctx.hub.cursor, plan.pixel_format)
             if rect is not None:
                 out.append(rect)
         return out
@@ -695,66 +610,13 @@ class Session:
             # An invisible cursor: one transparent pixel (every client copes with 1x1; not all with 0x0).
             pixels = np.zeros((1, 1, 4), dtype=np.uint8)
             hot_x = hot_y = 0
-        alpha_first = next((e for e in self._encodings if e in CURSOR_ENCODINGS), None)
-        if alpha_first == Encoding.CURSOR_WITH_ALPHA:
+        assert self.flow is not None
+        if self.flow.cursor_encoding == Encoding.CURSOR_WITH_ALPHA:
             return cursor_with_alpha_rect(hot_x, hot_y, pixels)
         h, w = int(pixels.shape[0]), int(pixels.shape[1])
         bgrx = pixels.copy()
         bgrx[:, :, 3] = 0  # alpha is not a colour: the unused bits of a pixel stay zero
         return cursor_rect(hot_x, hot_y, w, h, convert(bgrx, pf), pixels[:, :, 3])
-
-    def _consume_request(self) -> None:
-        self._requested = False
-        self._req_area = None
-
-    async def _send_update(self) -> bool:
-        """Build, encode and write one update if there is one to send; False if there is none."""
-        snap = self.ctx.hub.snapshot
-        if snap is None or self._damage is None:
-            return False
-        nodata = self._no_data_update(snap)
-        if nodata is not None:
-            self._send(FramebufferUpdate(nodata))
-            self._count(nodata)
-            self._consume_request()
-            return True
-        if not self._requested and self._cu_area is None:
-            return False
-        rects: list[Rect] = []
-        for area in (self._req_area if self._requested else None, self._cu_area):
-            if area is not None:
-                rects += self._damage.take(area, max_rects=MAX_UPDATE_RECTS)
-        pf = self._encode_pf
-        pseudo = self._pseudo_rects(pf)
-        if not rects and not pseudo:
-            self.ctx.hub.want_frame()  # everything sent: the next frame is welcome
-            return False
-        # Fetch the next frame while this one is encoded and sent (the source and the encoder overlap).
-        self.ctx.hub.want_frame()
-        if self._colour_map_pending:
-            self._colour_map_pending = False
-            self._send(bgr233_colour_map())
-        encoded: list[Rectangle] = []
-        if rects:
-            # New quality/compression settings reach the encoders here, never during an encode (which
-            # runs in a worker thread while the reader may be handling a SetEncodings).
-            for enc in self._encoders.values():
-                if enc.settings != self._settings:
-                    enc.settings = self._settings
-            encoder = self._encoder
-            if encoder is None:
-                encoder = make_encoder(Encoding.RAW, self._settings)
-                assert encoder is not None
-                self._encoder = self._encoders[Encoding.RAW] = encoder
-            loop = asyncio.get_running_loop()
-            encoded = await loop.run_in_executor(None, _encode_rects, encoder, snap.pixels, rects, pf)
-        if self._closing:
-            return False
-        update = pseudo + encoded
-        self._send(FramebufferUpdate(update))
-        self._count(update)
-        self._consume_request()
-        return True
 
     def _count(self, rects: list[Rectangle]) -> None:
         rec = self.record

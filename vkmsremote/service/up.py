@@ -16,29 +16,27 @@ Only argument definitions are imported by the CLI's parser; everything heavy is 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import importlib
 import logging
 import os
 import pkgutil
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from vkmsremote.errors import DeviceStateError, UsageError
-from vkmsremote.server.credentials import (
-    add_password_arguments,
+from vkmsremote.service.options import (
+    add_listen_arguments,
+    add_security_arguments,
     has_full_password_source,
     has_view_only_password_source,
+    size,
 )
 
 log = logging.getLogger("vkmsremote.up")
 
-DEFAULT_PORT = 5900
-DEFAULT_WEB_PORT = 5800
 DEFAULT_USER = "nobody"
 DEFAULT_DRIVE_FPS = 30.0
 ANNOUNCE_ENV = "VKMSREMOTE_ANNOUNCE"
@@ -46,27 +44,6 @@ ANNOUNCE_ENV = "VKMSREMOTE_ANNOUNCE"
 SERVING_PACKAGES = ("vkmsremote.capture", "vkmsremote.drm", "vkmsremote.rfb", "vkmsremote.server",
                     "vkmsremote.web", "vkmsremote.input", "vkmsremote.service")
 """Everything the network-facing process may import after the privilege drop (see preload_modules)."""
-SECURITY_CHOICES = ("none", "vncauth", "x509none", "x509vnc", "x509plain")
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxHEIGHT") from None
-    if w <= 0 or h <= 0:
-        raise argparse.ArgumentTypeError(f"size {text!r} is empty")
-    return w, h
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port {text!r} is not a number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
-    return port
 
 
 def add_arguments(up: argparse.ArgumentParser) -> None:
@@ -75,16 +52,11 @@ def add_arguments(up: argparse.ArgumentParser) -> None:
     srv.add_argument("--no-serve", action="store_true", help="only create the device and print the mapping")
     srv.add_argument("--connector", metavar="NAME",
                      help="configfs connector to serve (default: the profile's first, XR-0)")
-    srv.add_argument("--listen", default="127.0.0.1", metavar="HOST",
-                     help="address to listen on (default 127.0.0.1; anything else needs a password or "
-                          "--insecure-listen)")
-    srv.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"VNC port (default {DEFAULT_PORT})")
-    srv.add_argument("--web", type=_port, nargs="?", const=DEFAULT_WEB_PORT, metavar="PORT",
-                     help=f"also serve noVNC in a browser on PORT (default {DEFAULT_WEB_PORT})")
+    add_listen_arguments(srv)
     srv.add_argument("--drive", choices=("pattern",),
                      help="pattern: vkmsremote becomes DRM master and page-flips an animated test pattern onto "
                           "the connector (demos, benchmarks); default: serve whatever a compositor shows")
-    srv.add_argument("--drive-size", type=_size, metavar="WxH", help="--drive: mode size (default: preferred)")
+    srv.add_argument("--drive-size", type=size, metavar="WxH", help="--drive: mode size (default: preferred)")
     srv.add_argument("--drive-fps", type=float, default=DEFAULT_DRIVE_FPS, metavar="N",
                      help=f"--drive: flips per second at most (default {DEFAULT_DRIVE_FPS:g}; 0: every vblank)")
     srv.add_argument("--capture", choices=("getfb2", "writeback"), default="getfb2",
@@ -101,20 +73,7 @@ def add_arguments(up: argparse.ArgumentParser) -> None:
     srv.add_argument("--vm", action="store_true",
                      help="run all of this inside vkmsremote's test VM (for machines without VKMS) and forward "
                           "the ports to this host's 127.0.0.1")
-    sec = up.add_argument_group("security (as for `vkmsremote serve`)")
-    add_password_arguments(sec)
-    sec.add_argument("--username", help="username for VeNCrypt X509Plain (which uses the whole password)")
-    sec.add_argument("--security", help="comma-separated security types in order of preference: "
-                     + ", ".join(SECURITY_CHOICES) + " (default: x509vnc,vncauth with a password, else none)")
-    sec.add_argument("--tls-cert", type=Path, help="PEM certificate for VeNCrypt and the web page (default: a "
-                     "self-signed one, made on first use under ~/.config/vkmsremote/tls)")
-    sec.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
-    sec.add_argument("--insecure-listen", action="store_true",
-                     help="allow a non-loopback --listen without authentication")
-    sec.add_argument("--view-only", action="store_true", help="ignore keyboard, pointer and clipboard input "
-                     "from every client (--view-only-password-file: from some)")
-    sec.add_argument("--always-shared", action="store_true",
-                     help="never disconnect other clients when one asks for exclusive access")
+    add_security_arguments(up.add_argument_group("security (as for `vkmsremote serve`)"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +160,11 @@ def _say(out: TextIO, text: str) -> None:
 def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -> int:
     """Serve the connector ``up`` just made (or found) until SIGINT/SIGTERM. Runs as root: forks the
     capture broker, drops privileges, serves. Returns the exit status."""
-    from vkmsremote.capture.broker import READY_TIMEOUT, BrokerSpec, spawn_broker
+    import asyncio
+
+    from vkmsremote.capture.broker import READY_TIMEOUT, BrokerSpec
     from vkmsremote.errors import PermissionDeniedError
+    from vkmsremote.service.broker import spawn_broker
     from vkmsremote.service.privileges import drop_privileges, resolve_user
 
     if not logging.getLogger().handlers:
@@ -233,16 +195,19 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
             bind_pointer(args.pointer_output, target.card, target.drm_name,
                          lambda text: _say(out, text)).undo_at_exit_of_parent()  # undone as root after the drop
         # Everything that needs root's files is read now: password file, TLS key and certificate.
-        from vkmsremote.server.app import VncServer, is_loopback, policy_from_args, uinput_sink_factory
-        from vkmsremote.server.tls import ensure_certificate, server_context
+        from vkmsremote.server.app import resolves_to_loopback
+        from vkmsremote.service.serve import WebListener, policy_from_args, uinput_sink_factory, vnc_server
+        from vkmsremote.web import WebConfig
+        from vkmsremote.web.server import LOOPBACK_NAMES
 
         policy = policy_from_args(args)
-        if not policy.authenticates and not args.insecure_listen and not is_loopback(args.listen):
+        if not policy.authenticates and not args.insecure_listen and not resolves_to_loopback(args.listen):
             raise UsageError(f"refusing to listen on {args.listen} without authentication",
                              hint="set a password (--password-file) or pass --insecure-listen if the network "
                                   "is trusted")
-        web_ssl = server_context(*ensure_certificate(args.tls_cert, args.tls_key)) if (
-            args.web is not None and args.tls_cert is not None) else None
+        announce = os.environ.get(ANNOUNCE_ENV)
+        # Behind `up --vm` clients come through the host's loopback forward: accept only those names.
+        web = WebListener.from_args(args, WebConfig(allowed_hosts=LOOPBACK_NAMES) if announce else None)
         if args.input == "uinput" and not args.view_only:
             from vkmsremote.input import UinputDevices
 
@@ -261,11 +226,8 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
         reader = CrtcReader(card, target.crtc_id, desktop_name=target.desktop_name, own_card=True,
                             exporter=broker, writeback=broker if args.capture == "writeback" else None)
         sink = uinput_sink_factory(devices, reader) if devices is not None else None
-
-        server = VncServer(reader, sink, host=args.listen, port=args.port, policy=policy,
-                           view_only=args.view_only, always_shared=args.always_shared,
-                           insecure_listen=args.insecure_listen)
-        asyncio.run(_serve(server, reader, target, args, web_ssl, out))
+        server = vnc_server(reader, sink, policy, args)
+        asyncio.run(_serve(server, reader, target, web, announce, out))
     finally:
         if devices is not None:
             devices.close()  # releases anything still pressed
@@ -276,44 +238,26 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
     return 0
 
 
-async def _serve(server: Any, reader: Any, target: ServeTarget, args: argparse.Namespace, web_ssl: Any,
+async def _serve(server: Any, reader: Any, target: ServeTarget, web: Any, announce: str | None,
                  out: TextIO) -> None:
-    from vkmsremote.web import WebConfig, start_web_server
-    from vkmsremote.web.server import LOOPBACK_NAMES
+    from vkmsremote.service.serve import run_until_stopped
 
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    web = None
-    announce = os.environ.get(ANNOUNCE_ENV)
-    try:
-        await server.start()
-        if args.web is not None:
-            # Behind `up --vm` clients come through the host's loopback forward: accept only those names.
-            config = WebConfig(allowed_hosts=LOOPBACK_NAMES) if announce else WebConfig()
-            web = await start_web_server(server.handle_client, args.listen, args.web, ssl=web_ssl, config=config)
-        _say(out, f"serving {target.desktop_name} on {args.listen} port {server.port} "
+    def started(server: Any, web_server: Any) -> None:
+        _say(out, f"serving {target.desktop_name} on {server.host} port {server.port} "
                   f"({', '.join(t.name for t in server.ctx.policy.types)})")
         if announce:
             host, _, _ = announce.rpartition(":")
             _say(out, f"connect a VNC client to {host}:{server.port} on the host "
                       f"(e.g. vncviewer {host}::{server.port})")
-            if web is not None:
-                _say(out, f"or open http://{host}:{args.web}/vnc.html in a browser on the host")
-        elif web is not None:
-            _say(out, f"open {web.url}vnc.html in a browser")
-        await server.serve_forever()
-    except asyncio.CancelledError:
-        _say(out, "stopping")
+            if web_server is not None:
+                _say(out, f"or open http://{host}:{web.port}/vnc.html in a browser on the host")
+        elif web_server is not None:
+            _say(out, f"open {web_server.url}vnc.html in a browser")
+
+    try:
+        await run_until_stopped(server, web=web, started=started, stopping=lambda: _say(out, "stopping"),
+                                cleanup=reader.close)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        if web is not None:
-            await web.close()
-        await server.close()
-        await reader.close()
         log.info("capture: %d frames from %d vblanks; %d full checks, %d idle probes, %d torn reads discarded; "
                  "%d broker calls, %d buffers received", reader.frames, reader.vblanks, reader.full_checks,
                  reader.probes, reader.torn, getattr(reader.exporter, "calls", 0),

@@ -20,43 +20,32 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TextIO
 
 from vkmsremote.errors import UsageError
+from vkmsremote.service.options import (
+    DEFAULT_HOST,
+    PASSWORD_ENV,
+    VIEW_ONLY_PASSWORD_ENV,
+    has_full_password_source,
+)
 from vkmsremote.service.up import ANNOUNCE_ENV
 
 HOST_ADDR = "127.0.0.1"
-PASSWORD_ENV = "VKMSREMOTE_PASSWORD"
-VIEW_ONLY_PASSWORD_ENV = "VKMSREMOTE_VIEW_ONLY_PASSWORD"
-
-
-def up_arguments(argv: Sequence[str]) -> list[str]:
-    """The arguments after the ``up`` command word in a full vkmsremote argv."""
-    from vkmsremote.cli import _command_word
-
-    word = _command_word(argv)
-    if word != "up":
-        raise UsageError("--vm belongs to `vkmsremote up`")
-    index = list(argv).index("up")
-    return list(argv[index + 1:])
-
-
-def has_password(args: argparse.Namespace) -> bool:
-    return bool(args.password or args.password_file or os.environ.get(PASSWORD_ENV))
 
 
 def guest_argv(args: argparse.Namespace, up_args: Sequence[str], python: str = sys.executable) -> list[str]:
-    """The ``vkmsremote up`` command the guest runs: the user's options minus --vm, listening on the guest
-    NIC; --insecure-listen unless a password is set (see the module docstring)."""
+    """The ``vkmsremote up`` command the guest runs: the user's options (``up_args``, the arguments after
+    the command word) minus --vm, listening on the guest NIC; --insecure-listen unless a password is set
+    (see the module docstring)."""
     from vkmsremote.vm import GUEST_ADDR
 
-    if args.listen != "127.0.0.1":
+    if args.listen != DEFAULT_HOST:
         raise UsageError("--listen cannot be used with --vm",
                          hint="the VM's ports are forwarded to 127.0.0.1 on this host; nothing else reaches them")
     rest = [a for a in up_args if a != "--vm"]
     extra = ["--listen", GUEST_ADDR]
-    if not has_password(args) and "--insecure-listen" not in rest:
+    if not has_full_password_source(args) and "--insecure-listen" not in rest:
         extra.append("--insecure-listen")
     return [python, "-m", "vkmsremote", "up", *rest, *extra]
 
@@ -81,13 +70,15 @@ def check_free(port: int, host: str = HOST_ADDR) -> None:
                              hint="stop what uses it or choose another --port / --web port") from None
 
 
-def run_up_in_vm(args: argparse.Namespace, argv: Sequence[str], out: TextIO = sys.stdout) -> int:
+def run_up_in_vm(args: argparse.Namespace, up_args: Sequence[str], out: TextIO = sys.stdout) -> int:
+    """``vkmsremote up --vm``: ``up_args`` are the user's arguments after ``up``."""
     from vkmsremote.vm import IN_VM_ENV, Forward, run
     from vkmsremote.vm.kernel import kernel_image
+    from vkmsremote.vm.runner import PACKAGE_ROOT
 
     if os.environ.get(IN_VM_ENV) == "1":
         raise UsageError("--vm inside the test VM", hint="run `vkmsremote up` without --vm here")
-    command = guest_argv(args, up_arguments(argv))
+    command = guest_argv(args, up_args)
     ports = forwards(args)
     for host_port, _ in ports:
         check_free(host_port)
@@ -99,11 +90,12 @@ def run_up_in_vm(args: argparse.Namespace, argv: Sequence[str], out: TextIO = sy
     where = f"{HOST_ADDR}:{args.port}" + (f" and http://{HOST_ADDR}:{args.web}/" if args.web is not None else "")
     print(f"vkmsremote: starting the test VM ({image.name}); once it says 'serving', connect to {where} "
           "(Ctrl-C stops the VM)", file=out, flush=True)
-    cwd = Path(__file__).resolve().parents[2]
     try:
-        under_tmp = cwd == Path("/tmp") or Path("/tmp") in cwd.parents  # the guest's /tmp is its own
+        # In the package's own directory `python -m vkmsremote` finds this very package, however it was
+        # installed; the runner keeps that directory (and the interpreter's prefix) visible in the guest
+        # even under /tmp, which the guest otherwise replaces with its own tmpfs.
         result = run(command, forward=[Forward(h, g) for h, g in ports], timeout=float("inf"), env=env,
-                     cwd=Path("/") if under_tmp else cwd, kernel=image)
+                     cwd=PACKAGE_ROOT, kernel=image)
     except KeyboardInterrupt:
         print("vkmsremote: stopped (the VM and its VKMS device are gone)", file=out, flush=True)
         return 0

@@ -31,6 +31,8 @@ from vkmsremote.vm.command import (
 from vkmsremote.vm.kernel import cache_dir, kernel_image
 
 DEFAULT_TIMEOUT = 900.0
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+"""The directory holding the vkmsremote package that runs (a checkout, or site-packages)."""
 OUTPUT_CAP = 4 * 1024 * 1024
 """Characters of each stream kept in VmResult (older output is dropped; streaming shows it all)."""
 HEARTBEAT_SECONDS = 15.0
@@ -201,10 +203,13 @@ def run(
             append=tuple(append),
             share_host_tmp=share_host_tmp,
             verbose=verbose,
-            # The interpreter's prefix (a venv inside a checkout under /tmp, say) stays visible too.
+            # The interpreter's prefix (a venv inside a checkout under /tmp, say) and the directory this
+            # vkmsremote package is imported from (the checkout an editable install points into) stay
+            # visible too.
             keep=tuple(
                 {
                     Path(sys.prefix).resolve(),
+                    PACKAGE_ROOT,
                     *(Path(a).resolve().parent for a in argv[:1] if a.startswith("/")),
                 }
             ),

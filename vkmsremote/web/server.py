@@ -1,67 +1,80 @@
-"""The web listener: noVNC's page and RFB over WebSocket on one HTTP(S) port.
+"""The web listener: a noVNC page and RFB over WebSocket on one HTTP(S) port.
 
-``start_web_server(handler, host, port, ssl=...)`` serves
-  /                 a redirect to noVNC's vnc.html, set to connect back to this origin at once,
-  /websockify       the WebSocket upgrade; each connection runs ``handler(reader, writer)``, the same RFB
-                    session callback the plain TCP listener passes to asyncio.start_server,
-  anything else     a static file of Debian's novnc package (GET/HEAD only).
+``start_web_server(handler, host, port, ssl=...)`` serves, with noVNC from the npm registry (preferred):
+  /                 our page (vkmsremote/web/page/index.html, titled after the connector) driving noVNC,
+  /vkmsremote/...   the page's script and style,
+  /novnc/...        noVNC's library (core/, vendor/),
+and with Debian's noVNC 1.3 app (the fallback): / redirects to its vnc.html, anything else is its files.
+  /websockify       the WebSocket upgrade in both cases; each connection runs ``handler(reader, writer)``,
+                    the same RFB session callback the plain TCP listener passes to asyncio.start_server.
 
-Security: the caller picks the address (loopback unless the user opts out, same rule as the RFB port) and
-passes an SSLContext when a certificate is configured (https + wss). A browser lets any web page open a
-WebSocket to 127.0.0.1, so the upgrade is refused unless its Origin is this server's own origin, and when
-bound to loopback the Host header must name loopback (DNS rebinding would otherwise make a foreign page
+HTTP parsing and the WebSocket protocol are the ``websockets`` library's (asyncio server); this module
+decides what each request gets. Security: the caller picks the address (loopback unless the user opts out,
+as for the RFB port) and passes an SSLContext for https/wss. A browser lets any web page open a WebSocket to
+127.0.0.1, so the upgrade is refused unless its Origin is this server's own origin, and when bound to
+loopback the Host header must name loopback (DNS rebinding would otherwise make a foreign page
 "same-origin").
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import html
 import ipaddress
 import logging
 import socket
 import ssl as ssl_mod
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 from urllib.parse import urlsplit
 
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import NegotiationError
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.typing import Subprotocol
+
 from vkmsremote.errors import HttpRequestError
 from vkmsremote.web import http
-from vkmsremote.web.http import Request, Status
-from vkmsremote.web.transport import CLOSE_TIMEOUT, SessionHandler, WebSocketTransport, open_websocket_stream
-from vkmsremote.web.websocket import (
-    DEFAULT_MAX_FRAME,
-    DEFAULT_MAX_MESSAGE,
-    CloseCode,
-    Role,
-    WebSocketConnection,
-    accept_upgrade,
-    is_upgrade_request,
-)
+from vkmsremote.web.novnc import NovncBundle, find_bundle, load_bundle
+from vkmsremote.web.transport import SessionHandler, serve_stream
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WEB_PORT: Final = 5800  # the customary "VNC over HTTP" port (5800 + display)
 LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+PAGE_DIR: Final = Path(__file__).with_name("page")
+DEFAULT_MAX_MESSAGE: Final = 4 << 20
+"""The largest WebSocket message (and frame) a browser may send; RFB clients send a few bytes at a time.
+websockets checks it on the frame header, before buffering any payload."""
 
 
 @dataclass(frozen=True, slots=True)
 class WebConfig:
-    novnc_root: Path = http.NOVNC_ROOT
+    novnc_root: Path | None = None
+    """noVNC to serve; None: the npm install, else Debian's package (vkmsremote.web.novnc.find_bundle)."""
+    title: str = "XR-0 - vkmsremote"
+    """The page title until the server's desktop name arrives (the connector's name)."""
     ws_path: str = http.WEBSOCKET_PATH
     allowed_hosts: frozenset[str] | None = None
     """Host header names (no port) accepted; None: loopback names when bound to loopback, else any."""
-    max_frame_size: int = DEFAULT_MAX_FRAME
     max_message_size: int = DEFAULT_MAX_MESSAGE
     head_timeout: float = 10.0
-    """Seconds a connection may take to send a complete request head (and idle between requests)."""
+    """Seconds a connection may take for its request and, for a WebSocket, the opening handshake."""
     max_connections: int = 256
-    close_timeout: float = CLOSE_TIMEOUT
+    close_timeout: float = 2.0
+    """Seconds to wait for the peer's Close reply before dropping TCP."""
 
 
-def is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """True if ``host`` (a Host header name or a bind address, IPv6 with or without brackets; not resolved)
+    is a loopback name or a loopback address literal. Compare vkmsremote.server.app.resolves_to_loopback,
+    which resolves names (the rule for listening without authentication)."""
     if host in LOOPBACK_NAMES:
         return True
     try:
@@ -78,22 +91,50 @@ def _host_name(host_header: str) -> str:
     return value.rpartition(":")[0] if value.count(":") == 1 else value
 
 
-@dataclass(slots=True)
-class WebServer:
-    """A running web listener. ``url`` is what to open in a browser."""
+def _response(status: HTTPStatus, body: bytes, content_type: str = "text/plain; charset=utf-8",
+              extra: tuple[tuple[str, str], ...] = ()) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Connection", "close"), *http.SECURITY_HEADERS, *extra])
+    return Response(int(status), status.phrase, headers, body)
 
-    server: asyncio.Server
-    url: str
-    config: WebConfig
-    clients: set[WebSocketTransport] = field(default_factory=set)
-    connections: int = 0
+
+def _error(err: HttpRequestError) -> Response:
+    status = HTTPStatus(err.status)
+    extra: tuple[tuple[str, str], ...] = ()
+    if status == HTTPStatus.UPGRADE_REQUIRED:
+        extra = (("Sec-WebSocket-Version", "13"),)
+    elif status == HTTPStatus.METHOD_NOT_ALLOWED:
+        extra = (("Allow", "GET"),)
+    return _response(status, (err.message + "\n").encode(), extra=extra)
+
+
+class WebServer:
+    """A running web listener. ``url`` is what to open in a browser; ``bundle`` the noVNC it serves."""
+
+    def __init__(self, config: WebConfig, bundle: NovncBundle, handler: SessionHandler,
+                 allowed_hosts: frozenset[str] | None, tls: bool) -> None:
+        self.config = config
+        self.bundle = bundle
+        self.url = ""
+        self._handler = handler
+        self._allowed_hosts = allowed_hosts
+        self._tls = tls
+        self._index = (PAGE_DIR / "index.html").read_text().replace(
+            "@TITLE@", html.escape(config.title)).replace("@VERSION@", html.escape(bundle.version)).encode()
+        self.server: Server | None = None
+
+    @property
+    def clients(self) -> set[ServerConnection]:
+        """The open WebSocket connections (those that completed the opening handshake)."""
+        if self.server is None:
+            return set()
+        return {c for c in self.server.connections if c.state is State.OPEN}
 
     async def close(self) -> None:
         """Stop listening and close every WebSocket client with 1001 (going away)."""
-        self.server.close()
-        for ws in list(self.clients):
-            ws.close_with(CloseCode.GOING_AWAY, "server shutting down")
-        await self.server.wait_closed()
+        if self.server is not None:
+            self.server.close(close_connections=True)
+            await self.server.wait_closed()
 
     async def __aenter__(self) -> WebServer:
         return self
@@ -102,207 +143,94 @@ class WebServer:
                         tb: TracebackType | None) -> None:
         await self.close()
 
+    # --- the two callbacks websockets calls ---
 
-class _HttpProtocol(asyncio.Protocol):
-    """One HTTP connection until it is closed or upgraded (then _UpgradedProtocol takes the socket)."""
-
-    def __init__(self, web: WebServer, handler: SessionHandler, allowed_hosts: frozenset[str] | None) -> None:
-        self._web = web
-        self._config = web.config
-        self._handler = handler
-        self._allowed_hosts = allowed_hosts
-        self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
-        self._busy = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._tls = False
-        self._task: asyncio.Task[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self._tls = transport.get_extra_info("sslcontext") is not None
-        self._web.connections += 1
-        if self._web.connections > self._config.max_connections:
-            self._respond_error(HttpRequestError("too many connections", status=Status.SERVICE_UNAVAILABLE))
-            return
-        self._arm_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._web.connections -= 1
-        self._cancel_timer()
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        self._process()
-
-    def eof_received(self) -> bool:
-        return False
-
-    def _arm_timer(self) -> None:
-        self._cancel_timer()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._config.head_timeout, self._on_timeout)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _on_timeout(self) -> None:
-        if not self._buffer and self._transport is not None:
-            self._transport.close()  # an idle keep-alive connection: nothing to answer
-            return
-        self._respond_error(HttpRequestError("request head not received in time", status=Status.REQUEST_TIMEOUT))
-
-    def _process(self) -> None:
-        transport = self._transport
-        if self._busy or transport is None or transport.is_closing():
-            return
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Answer a plain HTTP request; None lets a WebSocket upgrade on ws_path go ahead."""
         try:
-            end = http.find_head_end(self._buffer)
-            if end < 0:
-                return
-            head = bytes(self._buffer[:end])
-            del self._buffer[:end]
-            self._handle(http.parse_request_head(head))
+            return await self._route(connection, request)
         except HttpRequestError as err:
-            self._respond_error(err)
+            log.info("web peer %s: %s", connection.remote_address, err)
+            return _error(err)
 
-    def _respond_error(self, err: HttpRequestError) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        log.info("web peer %s: %s", transport.get_extra_info("peername"), err)
-        extra: tuple[tuple[str, str], ...] = ()
-        if err.status == Status.UPGRADE_REQUIRED:
-            extra = (("Sec-WebSocket-Version", "13"),)
-        elif err.status == Status.METHOD_NOT_ALLOWED:
-            extra = (("Allow", "GET, HEAD"),)
-        transport.write(http.simple_response(Status(err.status), err.message, extra=extra))
-        self._cancel_timer()
-        transport.close()
+    async def _route(self, connection: ServerConnection, request: Request) -> Response | None:
+        headers = request.headers
+        if self._allowed_hosts is not None:
+            host = headers.get("Host")
+            if host is None or _host_name(host) not in self._allowed_hosts:
+                raise HttpRequestError(f"Host {host!r} is not a name of this server",
+                                       status=HTTPStatus.MISDIRECTED_REQUEST)
+        method = getattr(request, "method", "GET")
+        if method != "GET":
+            raise HttpRequestError(f"method {method} not allowed", status=HTTPStatus.METHOD_NOT_ALLOWED)
+        assert self.server is not None
+        if len(self.server.connections) > self.config.max_connections:
+            raise HttpRequestError("too many connections", status=HTTPStatus.SERVICE_UNAVAILABLE)
+        try:
+            path = http.request_path(request.path)
+        except ValueError as exc:
+            raise HttpRequestError(str(exc), status=HTTPStatus.BAD_REQUEST) from exc
+        if path == self.config.ws_path:
+            if "websocket" not in headers.get("Upgrade", "").lower():
+                raise HttpRequestError(f"{path} is the WebSocket endpoint; open / instead",
+                                       status=HTTPStatus.UPGRADE_REQUIRED)
+            self._check_origin(headers)
+            return None
+        if self.bundle.kind == "app":  # Debian's noVNC 1.3: its own vnc.html
+            if path == "/":
+                location = http.landing_location(self.config.ws_path)
+                return _response(HTTPStatus.FOUND, f"see {location}\n".encode(), extra=(("Location", location),))
+            return await self._file(self.bundle.root, path)
+        if path == "/":
+            return _response(HTTPStatus.OK, self._index, "text/html; charset=utf-8")
+        for prefix, root in (("/vkmsremote/", PAGE_DIR), ("/novnc/", self.bundle.root)):
+            if path.startswith(prefix):
+                return await self._file(root, path[len(prefix) - 1:])
+        raise HttpRequestError(f"{path} not found", status=HTTPStatus.NOT_FOUND)
 
-    def _check_host(self, request: Request) -> None:
-        host = request.header("host")
-        if self._allowed_hosts is None:
-            return
-        if host is None or _host_name(host) not in self._allowed_hosts:
-            raise HttpRequestError(f"Host {host!r} is not a name of this server", status=Status.MISDIRECTED_REQUEST,
-                                   hint="open the URL vkmsremote printed, or allow the name in the web config")
-
-    def _check_origin(self, request: Request) -> None:
-        origin = request.header("origin")
+    def _check_origin(self, headers: Headers) -> None:
+        origin = headers.get("Origin")
         if origin is None:
             return  # not a browser: the Origin rule protects browsers' users only
         parts = urlsplit(origin)
         expected_scheme = "https" if self._tls else "http"
-        if parts.scheme != expected_scheme or parts.netloc.lower() != (request.header("host") or "").lower():
-            raise HttpRequestError(f"WebSocket from foreign origin {origin!r} refused", status=Status.FORBIDDEN)
+        if parts.scheme != expected_scheme or parts.netloc.lower() != (headers.get("Host") or "").lower():
+            raise HttpRequestError(f"WebSocket from foreign origin {origin!r} refused", status=HTTPStatus.FORBIDDEN)
 
-    def _handle(self, request: Request) -> None:
-        self._check_host(request)
-        if request.header("transfer-encoding") is not None or request.header("content-length") not in (None, "0"):
-            raise HttpRequestError("request bodies are not accepted", status=Status.BAD_REQUEST)
-        path = request.path
-        if path == self._config.ws_path:
-            if not is_upgrade_request(request):
-                raise HttpRequestError(f"{path} is the WebSocket endpoint; open / instead",
-                                       status=Status.UPGRADE_REQUIRED)
-            self._upgrade(request)
-            return
-        if request.method not in ("GET", "HEAD"):
-            raise HttpRequestError(f"method {request.method} not allowed", status=Status.METHOD_NOT_ALLOWED)
-        head_only = request.method == "HEAD"
-        if path == "/":
-            location = http.landing_location(self._config.ws_path)
-            self._write(http.simple_response(Status.FOUND, f"see {location}", keep_alive=request.keep_alive,
-                                             extra=(("Location", location),), head_only=head_only),
-                        request.keep_alive)
-            return
-        file_path = http.resolve_static(self._config.novnc_root, path)
-        self._busy = True
-        self._cancel_timer()
-        assert self._transport is not None
-        self._transport.pause_reading()
-        self._task = asyncio.get_running_loop().create_task(self._serve_file(file_path, request, head_only))
-
-    async def _serve_file(self, file_path: Path, request: Request, head_only: bool) -> None:
-        transport = self._transport
-        assert transport is not None
+    async def _file(self, root: Path, path: str) -> Response:
+        file_path = http.resolve_static(root, path)
         try:
             body = await asyncio.to_thread(file_path.read_bytes)
         except OSError as exc:
             log.warning("cannot read %s: %s", file_path, exc)
-            self._busy = False
-            self._respond_error(HttpRequestError(f"{request.path} not readable", status=Status.NOT_FOUND))
-            return
-        if transport.is_closing():
-            return
-        self._busy = False
-        self._write(http.file_response(body, http.content_type(file_path), keep_alive=request.keep_alive,
-                                       head_only=head_only), request.keep_alive)
+            raise HttpRequestError(f"{path} not readable", status=HTTPStatus.NOT_FOUND) from exc
+        return _response(HTTPStatus.OK, body, http.content_type(file_path))
 
-    def _write(self, response: bytes, keep_alive: bool) -> None:
-        transport = self._transport
-        assert transport is not None
-        transport.write(response)
-        if not keep_alive:
-            self._cancel_timer()
-            transport.close()
-            return
-        self._arm_timer()
-        with contextlib.suppress(RuntimeError):  # already reading
-            transport.resume_reading()
-        if self._buffer:
-            self._process()
-
-    def _upgrade(self, request: Request) -> None:
-        self._check_origin(request)
-        handshake = accept_upgrade(request)
-        transport = self._transport
-        assert transport is not None
-        self._cancel_timer()
-        transport.write(handshake.response)
-        conn = WebSocketConnection(Role.SERVER, max_frame_size=self._config.max_frame_size,
-                                   max_message_size=self._config.max_message_size)
-        initial = bytes(self._buffer)
-        self._buffer.clear()
-        web = self._web
-        ws = open_websocket_stream(transport, conn, self._handler, subprotocol=handshake.subprotocol,
-                                   initial=initial, close_timeout=self._config.close_timeout)
-        web.clients.add(ws)
-        # the socket's new protocol reports connection_lost to the stream; count this one down here too
-        transport.set_protocol(_ClientTracker(transport.get_protocol(), web, ws))
-        log.info("WebSocket client %s connected (subprotocol %s)", transport.get_extra_info("peername"),
-                 handshake.subprotocol)
+    async def handle(self, connection: ServerConnection) -> None:
+        log.info("WebSocket client %s connected (subprotocol %s)", connection.remote_address,
+                 connection.subprotocol)
+        await serve_stream(connection, self._handler)
 
 
-class _ClientTracker(asyncio.Protocol):
-    """Wraps the upgraded protocol to keep WebServer.clients and the connection count right."""
+class _Connection(ServerConnection):
+    """websockets' server connection, plus a deadline on the closing handshake it leaves to the peer.
 
-    def __init__(self, inner: asyncio.BaseProtocol, web: WebServer, ws: WebSocketTransport) -> None:
-        assert isinstance(inner, asyncio.Protocol)
-        self._inner = inner
-        self._web = web
-        self._ws = ws
+    When a peer breaks the protocol, websockets sends a Close and waits for the peer to close TCP; it
+    enforces ``close_timeout`` only when we send or close, and an RFB session may be waiting to receive.
+    So a peer that never closes would keep its session (and its handler) forever: drop TCP at the deadline.
+    """
+
+    _abort_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+        super().data_received(data)
+        if self._abort_timer is None and self.protocol.close_expected():
+            self._abort_timer = self.loop.call_later(self.close_timeout or 0.0, self.transport.abort)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._web.clients.discard(self._ws)
-        self._web.connections -= 1
-        self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+        super().connection_lost(exc)
 
 
 def _url_host(host: str) -> str:
@@ -316,28 +244,45 @@ async def start_web_server(handler: SessionHandler, host: str = "127.0.0.1", por
 
     ``handler(reader, writer)`` runs once per WebSocket client, exactly like asyncio.start_server's
     callback. ``ssl``: serve https/wss with this context. ``sock``: an already listening socket instead of
-    host and port (by default the one systemd passed with FileDescriptorName=web, if any). The address policy (loopback unless allowed
-    otherwise) is the caller's, as for the RFB listener. Raises UsageError if noVNC is not installed.
+    host and port (e.g. the one systemd passed: vkmsremote.service.activation). The address policy (loopback
+    unless allowed otherwise) is the caller's, as for the RFB listener. Raises UsageError if no noVNC is
+    installed.
     """
     config = config or WebConfig()
-    http.check_novnc_root(config.novnc_root)
-    if sock is None:  # a socket systemd passed (socket activation, FileDescriptorName=web) wins
-        from vkmsremote.server.activation import socket_host, take_web_socket
-
-        sock = take_web_socket()
-        if sock is not None:
-            host = socket_host(sock)
-    allowed = config.allowed_hosts
-    if allowed is None and is_loopback(host):
-        allowed = LOOPBACK_NAMES | {host.lower()}
-    loop = asyncio.get_running_loop()
-    holder: list[WebServer] = []
+    bundle = load_bundle(config.novnc_root) if config.novnc_root is not None else find_bundle()
     if sock is not None:
-        server = await loop.create_server(lambda: _HttpProtocol(holder[0], handler, allowed), sock=sock, ssl=ssl)
-    else:
-        server = await loop.create_server(lambda: _HttpProtocol(holder[0], handler, allowed), host, port, ssl=ssl)
+        host = str(sock.getsockname()[0])
+    allowed = config.allowed_hosts
+    if allowed is None and is_loopback_host(host):
+        allowed = LOOPBACK_NAMES | {host.lower()}
+    web = WebServer(config, bundle, handler, allowed, ssl is not None)
+    server = await serve(
+        web.handle, ssl=ssl, process_request=web.process_request, process_response=_add_security_headers,
+        subprotocols=[Subprotocol(http.SUBPROTOCOL)], select_subprotocol=_select_binary, compression=None,
+        server_header=None, open_timeout=config.head_timeout, close_timeout=config.close_timeout,
+        ping_interval=20, ping_timeout=20, create_connection=_Connection, max_size=config.max_message_size, max_queue=16, logger=log,
+        host=None if sock is not None else host, port=None if sock is not None else port, sock=sock)
+    web.server = server
     bound_port = server.sockets[0].getsockname()[1]
-    url = f"{'https' if ssl else 'http'}://{_url_host(host)}:{bound_port}/"
-    web = WebServer(server, url, config)
-    holder.append(web)
+    web.url = f"{'https' if ssl else 'http'}://{_url_host(host)}:{bound_port}/"
+    log.info("serving %s", bundle.describe())
     return web
+
+
+def _select_binary(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """Choose 'binary' when offered; a client offering only other subprotocols (websockify's old base64) is
+    refused; one offering none gets none (noVNC 1.4+ offers none)."""
+    if not offered:
+        return None
+    if http.SUBPROTOCOL in offered:
+        return Subprotocol(http.SUBPROTOCOL)
+    raise NegotiationError(f"no supported subprotocol in {offered!r} (only {http.SUBPROTOCOL!r})")
+
+
+def _add_security_headers(connection: ServerConnection, request: Request, response: Response) -> Response:
+    if response.status_code == 101:
+        return response
+    for name, value in http.SECURITY_HEADERS:
+        if name not in response.headers:
+            response.headers[name] = value
+    return response

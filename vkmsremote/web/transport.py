@@ -1,239 +1,197 @@
 """An RFB session over WebSocket sees an ordinary asyncio (StreamReader, StreamWriter) pair.
 
-After the upgrade, the TCP (or TLS) transport's protocol is replaced by an _UpgradedProtocol that runs
-every received byte through the sans-IO WebSocketConnection. Binary payloads go to a stock
-asyncio.StreamReaderProtocol, which sits on a WebSocketTransport: its write() wraps bytes in a binary
-frame, close() runs the closing handshake. Flow control passes straight through in both directions
-(pause_reading/resume_reading to the socket, pause_writing/resume_writing to StreamWriter.drain), so the
-session code is the same one that serves plain TCP and cannot tell the two apart.
+The WebSocket protocol itself (RFC 6455 framing, masking, control frames, the closing handshake, size caps)
+is the ``websockets`` library's. This module only adapts one of its server connections to the byte stream
+the RFB session code expects, so that code is the one used for plain TCP and cannot tell the two apart:
+
+- every binary message received is fed to a stock asyncio.StreamReaderProtocol (RFB over WebSocket is a
+  byte stream: message boundaries mean nothing, RFC 6143 over websockify);
+- ``writer.write()`` queues bytes that a sender task hands to ``connection.send()`` (a binary message);
+- flow control passes through in both directions: when the session stops reading (StreamReader over its
+  limit calls pause_reading) the pump stops receiving, so websockets' own receive queue fills and it stops
+  reading the socket; when more than the write buffer's high mark waits to be sent, the session's
+  ``drain()`` blocks until the socket has taken it;
+- a text message fails the connection with 1003 (RFB is binary only).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from vkmsremote.errors import WebSocketError
-from vkmsremote.web.websocket import (
-    NEED_DATA,
-    Close,
-    CloseCode,
-    Data,
-    EndOfStream,
-    Ping,
-    Pong,
-    State,
-    WebSocketConnection,
-    close_code_allowed_on_wire,
-)
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 
 log = logging.getLogger(__name__)
 
 SessionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 """What serves one RFB client: the same callback asyncio.start_server takes."""
 
-CLOSE_TIMEOUT: Final = 2.0
-"""Seconds to wait for the peer's Close reply before dropping TCP (RFC 6455 7.1.1 lets the server close first)."""
-
 STREAM_LIMIT: Final = 1 << 16
+DEFAULT_HIGH: Final = 1 << 20
+DEFAULT_LOW: Final = 1 << 18
 
 
-class WebSocketTransport(asyncio.Transport):
-    """The byte-stream transport an RFB session writes to; frames on the way out, unframes on the way in."""
+class WebSocketStream(asyncio.Transport):
+    """The byte-stream transport an RFB session writes to, over one websockets server connection."""
 
-    def __init__(self, inner: asyncio.Transport, conn: WebSocketConnection, protocol: asyncio.Protocol,
-                 *, subprotocol: str | None = None, close_timeout: float = CLOSE_TIMEOUT) -> None:
+    def __init__(self, connection: ServerConnection, protocol: asyncio.Protocol) -> None:
         super().__init__()
-        self._subprotocol = subprotocol
-        self._inner = inner
-        self._conn = conn
+        self.connection = connection
         self._protocol = protocol
-        self._close_timeout = close_timeout
+        self._pending: deque[bytes] = deque()
+        self._pending_bytes = 0
+        self._high, self._low = DEFAULT_HIGH, DEFAULT_LOW
+        self._writing_paused = False
+        self._reading = asyncio.Event()
+        self._reading.set()
+        self._have_data = asyncio.Event()
         self._closing = False
-        self._lost_reported = False
-        self._close_timer: asyncio.TimerHandle | None = None
-        self.failure: WebSocketError | None = None
-        """The protocol violation this connection was failed for, if any (tests, logs)."""
+        self._close_code: int = CloseCode.NORMAL_CLOSURE
+        self._close_reason = ""
 
     # --- asyncio.Transport, as seen by the session ---
 
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "websocket_subprotocol":
-            return self._subprotocol
-        return self._inner.get_extra_info(name, default)
-
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing or self._conn.state is not State.OPEN or not data:
-            return  # like a closed socket transport: late writes go nowhere
-        self._inner.write(self._conn.send(Data(bytes(data))))
+        if self._closing or not data:
+            return
+        self._pending.append(bytes(data))
+        self._pending_bytes += len(data)
+        self._have_data.set()
+        if not self._writing_paused and self._pending_bytes > self._high:
+            self._writing_paused = True
+            self._protocol.pause_writing()
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
 
     def can_write_eof(self) -> bool:
-        return False  # a WebSocket has no half-close; the session closes the whole stream
+        return False
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("a WebSocket has no half-close; use close()")
+
+    def get_write_buffer_size(self) -> int:
+        return self._pending_bytes
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._low, self._high
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._high = DEFAULT_HIGH if high is None else high
+        self._low = self._high // 4 if low is None else low
+
+    def pause_reading(self) -> None:
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        self._reading.set()
+
+    def is_reading(self) -> bool:
+        return self._reading.is_set()
 
     def is_closing(self) -> bool:
-        return self._closing or self._inner.is_closing()
+        return self._closing
 
     def close(self) -> None:
-        """Start the closing handshake (1000); TCP goes when the peer answers or CLOSE_TIMEOUT passes."""
-        self.close_with(CloseCode.NORMAL, "")
+        """Send what is queued, then the closing handshake (1000)."""
+        self.close_with(CloseCode.NORMAL_CLOSURE, "")
 
-    def close_with(self, code: CloseCode, reason: str) -> None:
+    def close_with(self, code: int, reason: str) -> None:
         if self._closing:
             return
         self._closing = True
-        if not self._conn.close_sent and not self._inner.is_closing():
-            self._inner.write(self._conn.send(Close(code, reason)))
-        if self._conn.state is State.CLOSED or self._inner.is_closing():
-            self._inner.close()
-        else:
-            loop = asyncio.get_running_loop()
-            self._close_timer = loop.call_later(self._close_timeout, self._inner.close)
+        self._close_code, self._close_reason = code, reason
+        self._have_data.set()  # the sender sends the rest, then closes
 
     def abort(self) -> None:
         self._closing = True
-        self._inner.abort()
+        self._pending.clear()
+        self._pending_bytes = 0
+        self.connection.transport.abort()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "websocket":
+            return self.connection
+        return self.connection.transport.get_extra_info(name, default)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         assert isinstance(protocol, asyncio.Protocol)
         self._protocol = protocol
 
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
+    # --- the two pumps ---
 
-    def pause_reading(self) -> None:
-        self._inner.pause_reading()
+    async def send_loop(self) -> None:
+        """Hand queued bytes to the connection, one message per batch; close when asked."""
+        ws = self.connection
+        try:
+            while True:
+                await self._have_data.wait()
+                self._have_data.clear()
+                while self._pending:
+                    batch = b"".join(self._pending)
+                    self._pending.clear()
+                    await ws.send(batch)  # waits while websockets' own buffer is over its write limit
+                    self._pending_bytes -= len(batch)
+                    if self._writing_paused and self._pending_bytes <= self._low:
+                        self._writing_paused = False
+                        self._protocol.resume_writing()
+                if self._closing:
+                    await ws.close(self._close_code, self._close_reason)
+                    return
+        except ConnectionClosed:
+            return
 
-    def resume_reading(self) -> None:
-        self._inner.resume_reading()
-
-    def is_reading(self) -> bool:
-        return self._inner.is_reading()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._inner.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self._inner.get_write_buffer_size()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._inner.get_write_buffer_limits()
-
-    # --- events from the socket underneath ---
-
-    def _on_data(self, data: bytes) -> None:
-        self._conn.receive_data(data)
-        self._process_events()
-
-    def _on_eof(self) -> None:
-        self._conn.receive_data(b"")
-        self._process_events()
-
-    def _process_events(self) -> None:
-        while True:
-            try:
-                event = self._conn.next_event()
-            except WebSocketError as err:
-                self._fail(err)
-                return
-            if event is NEED_DATA:
-                return
-            if isinstance(event, Data):
-                if event.payload and not self._lost_reported:
-                    self._protocol.data_received(event.payload)
-            elif isinstance(event, Ping):
-                if not self._conn.close_sent:
-                    self._inner.write(self._conn.send(Pong(event.payload)))
-            elif isinstance(event, Pong):
-                pass  # we send no pings; an unsolicited pong is allowed and means nothing (5.5.3)
-            elif isinstance(event, Close):
-                self._on_close_frame(event)
-            elif isinstance(event, EndOfStream):
-                if not event.clean:
-                    log.debug("WebSocket peer %s closed TCP without a Close frame",
-                              self.get_extra_info("peername"))
-                self._report_eof()
-                return
-
-    def _on_close_frame(self, event: Close) -> None:
-        if not self._conn.close_sent:
-            # echo the peer's code (5.5.1); an empty Close is answered with an empty one
-            code = event.code if (event.code == CloseCode.NO_STATUS
-                                  or close_code_allowed_on_wire(event.code)) else CloseCode.NORMAL
-            self._inner.write(self._conn.send(Close(code, "")))
-        self._closing = True
-        self._report_eof()
-        self._inner.close()  # handshake complete: the server closes TCP first (7.1.1)
-
-    def _fail(self, err: WebSocketError) -> None:
-        log.info("WebSocket peer %s failed: %s (closing with %d)",
-                 self.get_extra_info("peername"), err, err.close_code)
-        self.failure = err
-        if not self._conn.close_sent and not self._inner.is_closing():
-            self._inner.write(self._conn.send(Close(err.close_code, err.message)))
-        self._closing = True
-        self._inner.close()
-        # the session sees what a broken TCP connection gives it (a ConnectionError from read, drain and
-        # wait_closed), with the WebSocket reason attached
-        lost = ConnectionAbortedError(f"WebSocket closed with {err.close_code}: {err}")
-        lost.__cause__ = err
-        self._report_lost(lost)
-
-    def _report_eof(self) -> None:
-        if not self._lost_reported:
-            self._protocol.eof_received()
-
-    def _report_lost(self, exc: Exception | None) -> None:
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-            self._close_timer = None
-        if not self._lost_reported:
-            self._lost_reported = True
+    async def receive_loop(self) -> None:
+        """Feed binary messages to the session's StreamReader until the connection closes."""
+        ws = self.connection
+        exc: Exception | None = None
+        try:
+            while True:
+                await self._reading.wait()
+                message = await ws.recv()
+                if isinstance(message, str):
+                    log.info("web peer %s sent a text message: closing with 1003",
+                             self.get_extra_info("peername"))
+                    self.close_with(CloseCode.UNSUPPORTED_DATA, "RFB over WebSocket is binary only")
+                    break
+                self._protocol.data_received(message)
+        except ConnectionClosed as closed:
+            if closed.rcvd is None:  # TCP went away without a Close frame
+                exc = ConnectionResetError("WebSocket closed without a closing handshake")
+        finally:
+            self._closing = True
+            self._have_data.set()
+            with contextlib.suppress(Exception):
+                self._protocol.eof_received()
             self._protocol.connection_lost(exc)
 
-    def _on_connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
-        self._report_lost(exc)
 
-
-class _UpgradedProtocol(asyncio.Protocol):
-    """The socket's protocol after the 101 response: everything goes to the WebSocketTransport."""
-
-    def __init__(self, ws: WebSocketTransport) -> None:
-        self._ws = ws
-
-    def data_received(self, data: bytes) -> None:
-        self._ws._on_data(data)
-
-    def eof_received(self) -> bool:
-        self._ws._on_eof()
-        return False  # close our side too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._ws._on_connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._ws.get_protocol().pause_writing()
-
-    def resume_writing(self) -> None:
-        self._ws.get_protocol().resume_writing()
-
-
-def open_websocket_stream(inner: asyncio.Transport, conn: WebSocketConnection, handler: SessionHandler, *,
-                          subprotocol: str | None = None, initial: bytes = b"",
-                          close_timeout: float = CLOSE_TIMEOUT) -> WebSocketTransport:
-    """Take over ``inner`` (already upgraded) and run ``handler(reader, writer)`` over its binary stream.
-
-    ``initial``: bytes that arrived after the request head, before the switch. Must be called from the
-    event loop; the handler runs as a task, exactly as asyncio.start_server would run it.
-    """
+async def serve_stream(connection: ServerConnection, handler: SessionHandler) -> None:
+    """Run ``handler(reader, writer)`` over ``connection`` until both the session and the socket are done."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
-    stream_protocol = asyncio.StreamReaderProtocol(reader, handler, loop=loop)
-    ws = WebSocketTransport(inner, conn, stream_protocol, subprotocol=subprotocol, close_timeout=close_timeout)
-    inner.set_protocol(_UpgradedProtocol(ws))
-    stream_protocol.connection_made(ws)
-    if initial:
-        ws._on_data(initial)
-    return ws
+    reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    stream = WebSocketStream(connection, protocol)
+    protocol.connection_made(stream)
+    writer = asyncio.StreamWriter(stream, protocol, reader, loop)
+    sender = loop.create_task(stream.send_loop())
+    receiver = loop.create_task(stream.receive_loop())
+    try:
+        await handler(reader, writer)
+    finally:
+        stream.close()
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(sender, timeout=5)
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await receiver

@@ -1,0 +1,263 @@
+"""Serve a frame source over VNC (RFB): the ``vkmsremote serve`` command, and the wiring ``serve`` and
+``up`` share: options -> security policy, input sinks, listeners (systemd's sockets if it passed any),
+and :func:`run_until_stopped`, the one loop that serves until SIGINT/SIGTERM.
+
+The CLI builds its parser from this module: everything heavy (asyncio, the server, numpy) is imported
+when serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from vkmsremote.service.options import DEFAULT_PORT, add_listen_arguments, add_security_arguments, size
+
+if TYPE_CHECKING:
+    import ssl
+
+    from vkmsremote.frame import FrameSource
+    from vkmsremote.input import UinputDevices
+    from vkmsremote.rfb.auth import SecurityPolicy
+    from vkmsremote.server.app import SinkFactory, VncServer
+    from vkmsremote.server.input import InputSink
+    from vkmsremote.web import WebConfig, WebServer
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = ("Serve an animated test picture (default) or what a DRM CRTC scans out over VNC. Without "
+               "options it listens on 127.0.0.1:5900 without authentication; give a password (and get "
+               "VeNCrypt/TLS with a self-signed certificate by default) before listening elsewhere.")
+
+__all__ = ["DEFAULT_PORT", "SOURCES", "WebListener", "add_arguments", "policy_from_args", "run",
+           "run_until_stopped", "uinput_sink_factory", "vnc_server"]
+
+# --- what to serve ------------------------------------------------------------------------------------------
+
+SourceFactory = Callable[[argparse.Namespace], "FrameSource"]
+SOURCES: dict[str, SourceFactory] = {}
+"""--source name -> factory. Other modules may register more at import time."""
+
+
+def _pattern_source(args: argparse.Namespace) -> FrameSource:
+    from vkmsremote.server.pattern import PatternSource
+
+    width, height = args.size
+    return PatternSource(width, height, fps=args.fps, full_motion=args.full_motion)
+
+
+def _crtc_source(args: argparse.Namespace) -> FrameSource:
+    from vkmsremote.capture.crtc import CrtcReader
+
+    connector: int | str | None = args.connector
+    if isinstance(connector, str) and connector.isdigit():
+        connector = int(connector)
+    return CrtcReader.open(args.card, crtc_id=args.crtc, connector=connector)
+
+
+SOURCES["pattern"] = _pattern_source
+SOURCES["crtc"] = _crtc_source
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``vkmsremote serve``."""
+    src = parser.add_argument_group("what to serve")
+    src.add_argument("--source", default="pattern", choices=sorted(SOURCES),
+                     help="pattern: an animated test picture (default); crtc: what a DRM CRTC scans out")
+    src.add_argument("--size", type=size, default=(1920, 1080), metavar="WxH",
+                     help="pattern: picture size (default 1920x1080)")
+    src.add_argument("--fps", type=float, default=30.0, help="pattern: frames per second (default 30)")
+    src.add_argument("--full-motion", action="store_true", help="pattern: change every pixel every frame")
+    src.add_argument("--card", default="/dev/dri/card0", help="crtc: DRM card (default /dev/dri/card0)")
+    src.add_argument("--connector", help="crtc: connector name (e.g. Virtual-1) or id whose CRTC to serve")
+    src.add_argument("--crtc", type=int, help="crtc: CRTC id (default: the connector's, or the only one)")
+    src.add_argument("--input", choices=("none", "uinput"),
+                     help="where keyboard and pointer go (default: uinput for crtc, none for pattern)")
+    from vkmsremote.desktop.binding import add_pointer_output_argument
+
+    add_pointer_output_argument(src)
+    net = parser.add_argument_group("network and security")
+    add_listen_arguments(net, port_help="TCP port")
+    add_security_arguments(net)
+
+
+# --- options -> server parts ----------------------------------------------------------------------------------
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    """The password from --password-file, --password (refused unless --allow-password-argument) or
+    $VKMSREMOTE_PASSWORD (see vkmsremote.server.credentials)."""
+    from vkmsremote.server.credentials import password_from
+
+    allow: bool | None = getattr(args, "allow_password_argument", None)  # None: this command has no such option
+    password = password_from(args.password_file, args.password, allow_argument=allow)
+    if args.password is not None and args.password_file is None:
+        log.warning("the password is on the command line, where every local user can read it")
+    return password
+
+
+def _view_only_password(args: argparse.Namespace, password: str | None) -> str | None:
+    """The view-only password from --view-only-password-file or $VKMSREMOTE_VIEW_ONLY_PASSWORD; refused
+    without a full-access ``password`` or equal to it (see vkmsremote.server.credentials)."""
+    from vkmsremote.server.credentials import view_only_password_from
+
+    view_only = view_only_password_from(getattr(args, "view_only_password_file", None), password)
+    if view_only is not None and len(view_only.encode()) > 8:
+        log.warning("VNC authentication uses only the first 8 bytes of the view-only password")
+    return view_only
+
+
+def policy_from_args(args: argparse.Namespace) -> SecurityPolicy:
+    """The security policy of ``serve``'s and ``up``'s options (reads the password files now)."""
+    from vkmsremote.server.app import security_policy
+
+    password = _password(args)
+    if password is not None and len(password.encode()) > 8:
+        log.warning("VNC authentication uses only the first 8 bytes of the password")
+    view_only_password = _view_only_password(args, password)
+    types = [t for t in args.security.split(",") if t.strip()] if args.security else None
+    return security_policy(password=password, username=args.username, types=types,
+                           tls_cert=args.tls_cert, tls_key=args.tls_key, view_only_password=view_only_password)
+
+
+def uinput_sink_factory(devices: UinputDevices, source: object = None) -> SinkFactory:
+    """A SinkFactory giving each client its own UinputSink over ``devices`` (one shared pair of uinput
+    devices). With a ``source`` that knows its placement (a CrtcReader), the pointer maps into the
+    connector's place in the compositor's framebuffer (several outputs in one desktop); one that can be
+    woken is woken by input, which is usually followed by a change on screen."""
+    from vkmsremote.input import UinputSink, area_of
+    from vkmsremote.server.input import WakingSink
+
+    placement = getattr(source, "placement", None)
+    area = (lambda: area_of(placement())) if callable(placement) else None
+    wake = getattr(source, "wake", None)
+
+    def factory(width: int, height: int) -> InputSink:
+        sink = UinputSink(devices, width, height, area_source=area)
+        return WakingSink(sink, wake) if callable(wake) else sink
+
+    return factory
+
+
+def vnc_server(source: FrameSource, sink: InputSink | SinkFactory | None, policy: SecurityPolicy,
+               args: argparse.Namespace) -> VncServer:
+    """The VncServer of the shared options, on the socket systemd passed if the process was
+    socket-activated (service/activation.py), else on --listen and --port."""
+    from vkmsremote.server.app import VncServer
+    from vkmsremote.service.activation import take_vnc_socket
+
+    return VncServer(source, sink, host=args.listen, port=args.port, policy=policy, view_only=args.view_only,
+                     always_shared=args.always_shared, insecure_listen=args.insecure_listen,
+                     listen_socket=take_vnc_socket())
+
+
+@dataclass(frozen=True, slots=True)
+class WebListener:
+    """What the noVNC listener next to the VNC server needs: its port and, for https, a TLS context."""
+
+    port: int
+    ssl: ssl.SSLContext | None = None
+    config: WebConfig | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, config: WebConfig | None = None) -> WebListener | None:
+        """None without --web; with --tls-cert the page is https (reads the certificate files now)."""
+        if args.web is None:
+            return None
+        from vkmsremote.server.tls import ensure_certificate, server_context
+
+        context = server_context(*ensure_certificate(args.tls_cert, args.tls_key)) if args.tls_cert else None
+        return cls(args.web, context, config)
+
+
+async def start_web(server: VncServer, web: WebListener) -> WebServer:
+    """The noVNC page and RFB-over-WebSocket listener next to ``server`` (same host, same sessions), on the
+    socket systemd passed with FileDescriptorName=web if any."""
+    from vkmsremote.service.activation import take_web_socket
+    from vkmsremote.web import start_web_server
+
+    return await start_web_server(server.handle_client, server.host, web.port, ssl=web.ssl, config=web.config,
+                                  sock=take_web_socket())
+
+
+async def run_until_stopped(server: VncServer, *, web: WebListener | None = None,
+                            started: Callable[[VncServer, WebServer | None], None] | None = None,
+                            stopping: Callable[[], None] | None = None,
+                            cleanup: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Listen (VNC, and the web page with ``web``), call ``started(server, web_server)``, and serve until
+    SIGINT or SIGTERM (then ``stopping()``), or until the frame source fails (its exception is raised).
+    Then close the listeners and sessions, and await ``cleanup()`` (e.g. closing the source)."""
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    web_server = None
+    try:
+        await server.start()
+        if web is not None:
+            web_server = await start_web(server, web)
+            log.info("noVNC at %s", web_server.url)
+        if started is not None:
+            started(server, web_server)
+        await server.serve_forever()
+    except asyncio.CancelledError:
+        if stopping is not None:
+            stopping()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if web_server is not None:
+            await web_server.close()
+        await server.close()
+        if cleanup is not None:
+            await cleanup()
+
+
+# --- the `vkmsremote serve` command -----------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    """``vkmsremote serve``: serve until interrupted. Errors are raised as VkmsRemoteError subclasses."""
+    import asyncio
+
+    from vkmsremote.input import UinputDevices
+    from vkmsremote.server.input import NullSink
+
+    policy = policy_from_args(args)
+    web = WebListener.from_args(args)
+    source = SOURCES[args.source](args)
+    input_kind = args.input or ("uinput" if args.source == "crtc" else "none")
+    sink: InputSink | SinkFactory = NullSink()
+    devices: UinputDevices | None = None
+    binding = None
+    try:
+        if input_kind == "uinput" and not args.view_only:
+            if args.source == "crtc":  # bound before the devices exist (Weston reads WL_OUTPUT when one is added)
+                from vkmsremote.desktop.binding import bind_pointer
+
+                named = args.connector if args.connector and not args.connector.isdigit() else None
+                binding = bind_pointer(args.pointer_output, args.card, named,
+                                       lambda text: print(f"vkmsremote: {text}", flush=True))
+            devices = UinputDevices.open("vkmsremote")
+            sink = uinput_sink_factory(devices, source)
+        server = vnc_server(source, sink, policy, args)
+
+        def started(server: VncServer, web_server: WebServer | None) -> None:
+            print(f"vkmsremote: serving {source.desktop_name} on {server.host} port {server.port}", flush=True)
+            if web_server is not None:
+                print(f"vkmsremote: open {web_server.url} in a browser", flush=True)
+
+        asyncio.run(run_until_stopped(server, web=web, started=started, cleanup=source.close))
+    finally:
+        if devices is not None:
+            devices.close()
+        if binding is not None:
+            binding.undo()
+    return 0
