@@ -179,30 +179,36 @@ class Binding:
         if done and self.say is not None:
             self.say(f"pointer binding to {self.plan.output} undone ({self.plan.method.value})")
 
-    def undo_at_exit_of_parent(self) -> int | None:
-        """Fork a process that keeps this process's privileges and undoes the binding when this process
-        ends (its pipe closes), so it is undone even after a privilege drop or a kill -9. Returns the
-        child's pid (None if there is nothing to undo)."""
+    def undo_at_exit_of_parent(self) -> bool:
+        """Leave behind a process that keeps this process's privileges and undoes the binding when this
+        process ends (a pipe it holds closes), so it is undone even after a privilege drop or a kill -9.
+        The keeper is forked twice, so it is not a child of this process (whose only child stays the
+        capture broker). Returns whether there was anything to undo."""
         if not self._undo:
-            return None
+            return False
         read_end, write_end = os.pipe()
         pid = os.fork()
-        if pid == 0:  # the keeper
+        if pid == 0:  # intermediate: fork the keeper and leave at once
             try:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the group: outlive the parent
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                os.closerange(3, read_end)
-                os.closerange(read_end + 1, 65536)
-                while os.read(read_end, 1):
-                    pass
-                self.undo()
+                os.close(write_end)
+                if os.fork() == 0:  # the keeper
+                    try:
+                        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: outlive it
+                        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                        os.closerange(3, read_end)
+                        os.closerange(read_end + 1, 65536)
+                        while os.read(read_end, 1):
+                            pass
+                        self.undo()
+                    finally:
+                        os._exit(0)
             finally:
                 os._exit(0)
         os.close(read_end)
-        os.set_inheritable(write_end, False)
-        self._keeper_fd = write_end  # closed by the process's exit
+        os.waitpid(pid, 0)
+        self._keeper_fd = write_end  # never written; closed by this process's exit
         self._undo.clear()  # the keeper owns it now
-        return pid
+        return True
 
 
 def _udevadm(*argv: str) -> None:
