@@ -4,10 +4,10 @@
 # distributions ship it. It is built in a copy of the first build's tree (objects included: kbuild
 # rebuilds what the changed options touch), after scripts/build-kernel.sh, whose cache key this leaves alone.
 #
-#   scripts/build-kernel-modules.sh    # build if missing; prints the bzImage path, then the modules root
+#   scripts/build-kernel-modules.sh    # build if missing; prints the bzImage path, then the modules directory
 #
-# The modules are installed under <kernel dir>/modroot/lib/modules/<release>; the guest binds that
-# directory at /lib/modules/<release> (tests/vm/test_module_vm.py) so that modprobe finds vkms.
+# The modules are installed under <kernel dir>/modroot (.../lib/modules/<release>, with modules.dep); the
+# guest binds that directory at /lib/modules/<release> (tests/vm/test_module_vm.py) so modprobe finds vkms.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cache=${VKMSREMOTE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vkmsremote}
@@ -23,9 +23,10 @@ tree=$cache/build/$full
 fragment=$top/scripts/kernel-modules.config
 hash=$(cat "$top/scripts/kernel.config" "$fragment" "$0" | sha256sum | cut -c1-12)
 out=$cache/kernel/$full-$hash-modules
-if [ -f "$out/bzImage" ] && [ -d "$out/modroot/lib/modules" ]; then
+moddir() { dirname "$(find "$out/modroot" -name modules.dep -print -quit 2>/dev/null)"; }
+if [ -f "$out/bzImage" ] && [ -f "$(moddir)/modules.dep" ]; then
   say "cached kernel $out/bzImage"
-  echo "$out/bzImage"; echo "$out/modroot"; exit 0
+  echo "$out/bzImage"; moddir; exit 0
 fi
 
 exec 9>"$cache/build-kernel.lock"
@@ -57,9 +58,9 @@ wait $pid || { tail -30 "$build/build.log" >&2; die "kernel build failed; see $b
 rm -rf "$out"; mkdir -p "$out"
 make -C "$build" -s ARCH=x86_64 INSTALL_MOD_PATH="$out/modroot" INSTALL_MOD_STRIP=1 modules_install >&2 \
   || die "modules_install failed (depmod comes with kmod)"
-ls "$out"/modroot/lib/modules/*/kernel/drivers/gpu/drm/vkms/vkms.ko >/dev/null || die "no vkms.ko was built"
+[ -f "$(moddir)/kernel/drivers/gpu/drm/vkms/vkms.ko" ] || die "no vkms.ko was built"
 cp "$build/arch/x86/boot/bzImage" "$out/bzImage"
 cp "$build/.config" "$out/config"
 say "built in $(( $(date +%s) - start ))s: $out/bzImage"
 echo "$out/bzImage"
-echo "$out/modroot"
+moddir

@@ -96,7 +96,7 @@ if [ -n "$kernel" ]; then
   if stage kernel-modules bash -c 'scripts/build-kernel-modules.sh > "$1"' _ "$mod_out"; then
     rm -rf "$results_dir-modules"; mkdir -p "$results_dir-modules"
     stage vm-module-tests "$py" -m vkmsremote.vm --kernel "$(sed -n 1p "$mod_out")" --append loglevel=4 \
-      --env "VKMSREMOTE_MODULES_ROOT=$(sed -n 2p "$mod_out")" --timeout 1200 --results-dir "$results_dir-modules" -- \
+      --env "VKMSREMOTE_MODULES_DIR=$(sed -n 2p "$mod_out")" --timeout 1200 --results-dir "$results_dir-modules" -- \
       "$py" -m pytest -m vm_modules tests/vm/test_module_vm.py --junitxml="$results_dir-modules/junit-vm.xml" "$@"
   fi
   rm -f "$mod_out"

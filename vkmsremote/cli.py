@@ -200,6 +200,7 @@ def _cmd_up(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(json.dumps({"changed": result.changed, "device": result.device.to_json()}, indent=2))
     else:
         what = f"made {spec.name} ({len(result.applied)} configfs operations)" if result.changed \
+            else f"using {result.device.name}: {result.device.note}" if result.device.configfs_path == "-" \
             else f"{spec.name} already up: nothing changed"
         print(what)
         _print_mapping(result.device, sys.stdout)

@@ -20,6 +20,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from .test_serve_vm import Viewer
 # Not marked ``vm``: the main boot (``-m vm``) has VKMS built in. Outside the module kernel the fixture fails.
 pytestmark = [pytest.mark.vm_modules, pytest.mark.timeout(600)]
 
-MODULES_ROOT_ENV = "VKMSREMOTE_MODULES_ROOT"
+MODULES_DIR_ENV = "VKMSREMOTE_MODULES_DIR"
 CONFIGFS = Path("/sys/kernel/config")
 
 
@@ -49,9 +50,13 @@ def vkmsremote(*argv: str, state: Path) -> subprocess.CompletedProcess[str]:
 
 
 def unload() -> None:
-    if Path("/sys/module/vkms").exists():
-        sh("rmmod", "vkms")
-    assert not Path("/sys/module/vkms").exists()
+    """rmmod vkms (retried: a closing client may hold the card for a moment)."""
+    deadline = time.monotonic() + 30
+    while Path("/sys/module/vkms").exists():
+        out = sh("rmmod", "vkms", check=False)
+        if out.returncode != 0:
+            assert time.monotonic() < deadline, f"rmmod vkms: {out.stderr}"
+            time.sleep(0.5)
 
 
 def mounted(path: Path, fstype: str) -> bool:
@@ -62,11 +67,12 @@ def mounted(path: Path, fstype: str) -> bool:
 @pytest.fixture(scope="module")
 def modules() -> Iterator[Path]:
     """/lib/modules/<release> with the variant's modules (a tmpfs over the host's /lib/modules)."""
-    root = os.environ.get(MODULES_ROOT_ENV)
-    assert root, f"${MODULES_ROOT_ENV} is not set: run with the module kernel (scripts/test.sh does)"
+    given = os.environ.get(MODULES_DIR_ENV)
+    assert given, f"${MODULES_DIR_ENV} is not set: run with the module kernel (scripts/test.sh does)"
     release = platform.release()
-    src = Path(root) / "lib" / "modules" / release
-    assert (src / "modules.dep").exists(), f"{src} has no modules.dep: is this the module variant's kernel?"
+    src = Path(given)
+    assert src.name == release, f"{src} is not the modules of this kernel ({release})"
+    assert (src / "modules.dep").exists(), f"{src} has no modules.dep"
     sh("mount", "-t", "tmpfs", "vkmsremote-modules", "/lib/modules")
     target = Path("/lib/modules") / release
     target.mkdir()
