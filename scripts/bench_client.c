@@ -3,10 +3,15 @@
  * scripts/bench_peer.py). All RFB work (handshake, every decoder, Tight's JPEG) is LibVNCClient's,
  * a client library nobody here wrote; this file only times what arrives.
  *
- * Built at run time by vkmsremote.bench.client:  cc -O2 -o bench_client bench_client.c -lvncclient
+ * Built at run time by vkmsremote.bench.client:
+ *   cc -O2 -o bench_client bench_client.c -lvncclient -lavcodec -lavutil -lswscale
  *
  * usage: bench_client HOST PORT ENCODINGS QUALITY COMPRESS SECONDS
- *   ENCODINGS  LibVNCClient's encodings string, e.g. "tight" or "zrle" or "raw"
+ *   ENCODINGS  LibVNCClient's encodings string, e.g. "tight" or "zrle" or "raw"; a leading "h264 " also
+ *              announces Open H.264 (rfbproto encoding 50), which LibVNCClient does not know: it is
+ *              registered as a client extension here and decoded by FFmpeg's libavcodec (one decoder
+ *              context, reset on a new rectangle or the ResetContext/ResetAllContexts flags), converted
+ *              to the framebuffer's format by libswscale.
  *   QUALITY    JPEG quality level 0-9, or -1 for no JPEG (no quality pseudo-encoding is sent)
  *   COMPRESS   compression level 0-9
  *   SECONDS    stop this long after the first complete update
@@ -28,6 +33,8 @@
  */
 #include <rfb/rfbclient.h>
 
+#include <libavcodec/avcodec.h>
+#include <libswscale/swscale.h>
 #include <linux/tcp.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -92,6 +99,76 @@ static void got_rect(rfbClient *cl, int x, int y, int w, int h) {
     pixels_in_update += (long long)w * h;
 }
 
+/* --- Open H.264 (rfbproto "Open H.264 Encoding"): U32 length, U32 flags, Annex B data ------------------ */
+#define OPEN_H264 50
+static AVCodecContext *h264;
+static AVFrame *h264_frame;
+static AVPacket *h264_packet;
+static struct SwsContext *h264_sws;
+static int h264_x, h264_y, h264_w, h264_h;
+
+static void h264_drop(void) {
+    if (h264)
+        avcodec_free_context(&h264);
+}
+
+static int h264_open(int x, int y, int w, int h) {
+    h264_drop();
+    const AVCodec *codec = avcodec_find_decoder(AV_CODEC_ID_H264);
+    if (!codec || !(h264 = avcodec_alloc_context3(codec)))
+        return 0;
+    h264->flags |= AV_CODEC_FLAG_LOW_DELAY;
+    h264->thread_count = 1;
+    if (avcodec_open2(h264, codec, NULL) < 0)
+        return 0;
+    h264_x = x, h264_y = y, h264_w = w, h264_h = h;
+    return 1;
+}
+
+static rfbBool handle_h264(rfbClient *cl, rfbFramebufferUpdateRectHeader *rect) {
+    if (rect->encoding != OPEN_H264)
+        return FALSE;
+    rfbClient *client = cl;  /* rfbClientSwap32IfLE reads the byte order from a variable of this name */
+    uint32_t head[2];
+    if (!ReadFromRFBServer(cl, (char *)head, 8))
+        return FALSE;
+    uint32_t length = rfbClientSwap32IfLE(head[0]), flags = rfbClientSwap32IfLE(head[1]);
+    uint8_t *data = av_malloc((size_t)length + AV_INPUT_BUFFER_PADDING_SIZE);
+    if (!data || !ReadFromRFBServer(cl, (char *)data, length))
+        return FALSE;
+    memset(data + length, 0, AV_INPUT_BUFFER_PADDING_SIZE);
+    int x = rect->r.x, y = rect->r.y, w = rect->r.w, h = rect->r.h;
+    if ((flags & 3) || !h264 || x != h264_x || y != h264_y || w != h264_w || h != h264_h) {
+        if (!h264_open(x, y, w, h)) {
+            fprintf(stderr, "bench_client: cannot open FFmpeg's H.264 decoder\n");
+            return FALSE;
+        }
+    }
+    if (!h264_frame)
+        h264_frame = av_frame_alloc(), h264_packet = av_packet_alloc();
+    av_packet_from_data(h264_packet, data, (int)length);
+    int sent = avcodec_send_packet(h264, h264_packet);
+    av_packet_unref(h264_packet);
+    if (sent < 0) {
+        fprintf(stderr, "bench_client: the H.264 decoder refused a frame (%d)\n", sent);
+        return FALSE;
+    }
+    while (avcodec_receive_frame(h264, h264_frame) == 0) {
+        if (h264_frame->width != w || h264_frame->height != h)
+            continue;
+        h264_sws = sws_getCachedContext(h264_sws, w, h, h264_frame->format, w, h, AV_PIX_FMT_BGR0,
+                                        SWS_POINT, NULL, NULL, NULL);
+        uint8_t *dst[1] = { cl->frameBuffer + ((size_t)y * cl->width + x) * 4 };
+        int dst_stride[1] = { cl->width * 4 };
+        sws_scale(h264_sws, (const uint8_t *const *)h264_frame->data, h264_frame->linesize, 0, h, dst, dst_stride);
+    }
+    got_rect(cl, x, y, w, h);
+    return TRUE;
+}
+
+static int h264_encodings[] = { OPEN_H264, 0 };
+static rfbClientProtocolExtension h264_extension = { .encodings = h264_encodings, .handleEncoding = handle_h264 };
+
 static void finished(rfbClient *cl) {
     updates++;
     printf("U %lld %lld %llu %lld %lld\n", now_ns(), frame_number(cl), bytes_received(cl), rects_in_update,
@@ -124,7 +201,12 @@ int main(int argc, char **argv) {
     cl->format.redShift = 16;
     cl->format.greenShift = 8;
     cl->format.blueShift = 0;
-    cl->appData.encodingsString = argv[3];
+    const char *encodings = argv[3];
+    if (strncmp(encodings, "h264 ", 5) == 0) {
+        rfbClientRegisterExtension(&h264_extension);  /* announced after the string's encodings */
+        encodings += 5;
+    }
+    cl->appData.encodingsString = encodings;
     int quality = atoi(argv[4]);
     cl->appData.enableJPEG = quality >= 0;
     cl->appData.qualityLevel = quality >= 0 ? quality : 0;

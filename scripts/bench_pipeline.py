@@ -2,8 +2,8 @@
 """Host pipeline benchmark: synthetic page flips -> damage -> encode -> loopback client (no VM).
 
     .venv/bin/python scripts/bench_pipeline.py [--sizes 1920x1080,1024x768] [--workloads all]
-        [--encodings tight-jpeg,tight,zrle,raw] [--seconds 6] [--warmup 2] [--fps 60] [--quality 8]
-        [--json build/bench/pipeline.json] [--plot docs/bench-pipeline.png] [--profile] [--quick]
+        [--encodings tight-jpeg,tight,zrle,raw,h264,copyrect] [--seconds 6] [--warmup 2] [--fps 60] [--quality 8]
+        [--clients 1,8] [--json build/bench/pipeline.json] [--plot docs/bench-pipeline.png] [--profile] [--quick]
 
 Three processes per case, so each one's CPU time is its own:
 * the driver (python -m vkmsremote.bench.scanout) flips frames of a workload (vkmsremote.bench.workloads)
@@ -114,23 +114,30 @@ def run_case(width: int, height: int, workload: str, encoding: str, args: argpar
             time.sleep(args.seconds)
             b = case.stats()
             row["idle_cpu_pct"] = 100 * (b["cpu"] - a["cpu"]) / (b["t"] - a["t"])
-        bc = BenchClient(client, "127.0.0.1", case.port, encoding, args.warmup + args.seconds + 3,
-                         quality=args.quality).start()
+        clients = [BenchClient(client, "127.0.0.1", case.port, encoding, args.warmup + args.seconds + 3,
+                               quality=args.quality).start() for _ in range(getattr(args, "n_clients", 1))]
+        bc = clients[0]
         try:
-            bc.wait_first_update(60)
+            for c in clients:
+                c.wait_first_update(60)
             time.sleep(args.warmup)
             a = case.stats()
-            client_a = process_cpu(bc.pid)
+            client_a = sum(process_cpu(c.pid) for c in clients)
             spy = profiler.spy(case.server_pid, args.seconds, profile) if profile is not None else None
             time.sleep(args.seconds)
             b = case.stats()
-            client_b = process_cpu(bc.pid)
+            client_b = sum(process_cpu(c.pid) for c in clients)
             if spy is not None:
                 spy.wait(60)
         finally:
-            bc.stop()
-            bc.wait(10)
+            for c in clients:
+                c.stop()
+            for c in clients:
+                c.wait(10)
         d = delivery(bc.snapshot(), case.scan.log.time_of, a["t"], b["t"])
+        if len(clients) > 1:
+            row["clients"] = len(clients)
+            row["fps_min"] = min(delivery(c.snapshot(), case.scan.log.time_of, a["t"], b["t"]).fps for c in clients)
         dt = b["t"] - a["t"]
         cpu = b["cpu"] - a["cpu"]
         stages = {k: b["stages"].get(k, 0.0) - a["stages"].get(k, 0.0) for k in STAGES}
@@ -154,7 +161,9 @@ def run_case(width: int, height: int, workload: str, encoding: str, args: argpar
             "driver_cpu_pct": 100 * (b["driver_cpu"] - a["driver_cpu"]) / dt,
             "client_cpu_pct": 100 * (client_b - client_a) / dt,
             "server_encoding": sessions[-1]["encoding"] if sessions else None,
+            "rect_encodings": sessions[-1].get("rect_encodings") if sessions else None,
             "load": (a["load"] + b["load"]) / 2,
+            "video_encodes": b.get("video_encodes", 0) - a.get("video_encodes", 0),
         })
     finally:
         case.close()
@@ -183,9 +192,14 @@ def stage_ms_per_update(r: dict[str, Any]) -> dict[str, float]:
     return per
 
 
+def label(r: dict[str, Any]) -> str:
+    """The encoding, with the number of clients when there were several (e.g. h264 x8)."""
+    return r["encoding"] + (f" x{r['clients']}" if r.get("clients", 1) > 1 else "")
+
+
 def format_row(r: dict[str, Any]) -> str:
     s = stage_ms_per_update(r)
-    return (f"{r['size']:<9} {r['workload']:<11} {r['encoding']:<10} {fmt(r.get('flips_per_s'), '7.1f')} "
+    return (f"{r['size']:<9} {r['workload']:<11} {label(r):<10} {fmt(r.get('flips_per_s'), '7.1f')} "
             f"{fmt(r.get('fps'), '6.1f')} {fmt(r.get('lat_p50'), '6.1f')} {fmt(r.get('lat_p95'), '6.1f')} "
             f"{fmt(r.get('lat_p99'), '6.1f')} {fmt(r.get('cpu_pct'), '5.1f')} "
             f"{fmt(s.get('total'), '6.2f')} {fmt(r.get('bytes_per_frame', math.nan) / 1e3, '7.1f')} | "
@@ -201,7 +215,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
            "|" + "---|" * 18]
     for r in rows:
         s = stage_ms_per_update(r)
-        cells = [r["size"], r["workload"], r["encoding"], fmt(r.get("flips_per_s"), ".1f"), fmt(r.get("fps"), ".1f"),
+        cells = [r["size"], r["workload"], label(r), fmt(r.get("flips_per_s"), ".1f"), fmt(r.get("fps"), ".1f"),
                  fmt(r.get("lat_p50"), ".1f"), fmt(r.get("lat_p95"), ".1f"), fmt(r.get("lat_p99"), ".1f"),
                  fmt(r.get("cpu_pct"), ".1f") + (f" (idle {r['idle_cpu_pct']:.1f})" if "idle_cpu_pct" in r else ""),
                  fmt(s.get("total"), ".2f"), *(fmt(s.get(k), ".2f") for k in (*STAGES, "other")),
@@ -214,7 +228,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def aims(rows: list[dict[str, Any]]) -> list[str]:
     out = []
     for r in rows:
-        if r["workload"] == "full-motion" and r["encoding"] == "tight-jpeg" and r["size"] == "1920x1080":
+        if (r["workload"] == "full-motion" and r["encoding"] == "tight-jpeg" and r["size"] == "1920x1080"
+                and r.get("clients", 1) == 1):
             ok = r["fps"] >= 60 and r["cpu_pct"] <= 100
             per = stage_ms_per_update(r).get("total", math.nan)
             out.append(f"{'MET ' if ok else 'MISS'} full-motion 1080p Tight-JPEG >= 60 fps on <= 1 core: "
@@ -224,6 +239,31 @@ def aims(rows: list[dict[str, Any]]) -> list[str]:
             ok = r["lat_p50"] <= 20
             out.append(f"{'MET ' if ok else 'MISS'} small-damage latency p50 <= 20 ms ({r['workload']} {r['size']}): "
                        f"{r['lat_p50']:.1f} ms")
+        per = stage_ms_per_update(r).get("total", math.nan)
+        kb = r.get("bytes_per_frame", math.nan) / 1e3
+        if r["workload"] == "full-motion" and r["encoding"] == "h264" and r.get("clients", 1) == 1:
+            if r["size"] == "1920x1080":
+                ok = r["fps"] >= 55 and r["cpu_pct"] <= 100 and kb <= 60 and r["lat_p50"] <= 25
+                out.append(f"{'MET ' if ok else 'MISS'} full-motion 1080p H.264 >= 55 fps, <= 1 core, <= 60 KB/frame, "
+                           f"p50 <= 25 ms: {r['fps']:.1f} fps, {r['cpu_pct']:.0f} % CPU, {kb:.1f} KB/frame, "
+                           f"p50 {r['lat_p50']:.1f} ms (load {r['load']:.1f})")
+            if r["size"] == "3840x1080":
+                ok = r["fps"] >= 30
+                out.append(f"{'MET ' if ok else 'MISS'} full-motion 3840x1080 H.264 >= 30 fps: {r['fps']:.1f} fps at "
+                           f"{r['cpu_pct']:.0f} % CPU (load {r['load']:.1f})")
+        if r["workload"] == "scrolling" and r["encoding"] == "copyrect" and r["size"] == "1920x1080":
+            ok = r["fps"] >= 55 and per <= 32 / 3
+            out.append(f"{'MET ' if ok else 'MISS'} scrolling 1080p CopyRect >= 55 fps, <= 10.7 CPU ms per update: "
+                       f"{r['fps']:.1f} fps, {per:.2f} ms (load {r['load']:.1f})")
+        if r.get("clients", 1) > 1:
+            one = next((o for o in rows if o.get("clients", 1) == 1 and
+                        (o["size"], o["workload"], o["encoding"]) == (r["size"], r["workload"], r["encoding"])), None)
+            if one is not None:
+                ratio = r["cpu_pct"] / one["cpu_pct"]
+                out.append(f"{'MET ' if ratio <= 1.5 else 'MISS'} {r['clients']} clients ({r['workload']} {r['size']} "
+                           f"{r['encoding']}) server CPU <= 1.5x one client's: {r['cpu_pct']:.0f} % vs "
+                           f"{one['cpu_pct']:.0f} % = {ratio:.2f}x; slowest client {r['fps_min']:.1f} fps, "
+                           f"{r['video_encodes']} H.264 encodes for {r['server_frames']} frames")
         if "idle_cpu_pct" in r:
             for key, what in (("idle_cpu_pct", "no client"), ("cpu_pct", "client connected, screen static")):
                 ok = r[key] < 1
@@ -244,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quality", type=int, default=8, help="JPEG quality level for tight-jpeg (0-9)")
     p.add_argument("--jpeg-threads", type=int,
                    help="threads for Tight's parallel JPEG (default: the server's, half the cores, at most 4); 1 = serial")
+    p.add_argument("--clients", default="1",
+                   help="comma-separated client counts per case, e.g. 1,8 (all with the same settings)")
     p.add_argument("--json", type=Path, help="write all rows as JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG plot here (matplotlib)")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown here")
@@ -287,9 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         width, height = (int(v) for v in size.split("x"))
         for workload in workloads:
             for encoding in (encodings if WORKLOADS[workload].changes else encodings[:1]):
-                row = run_case(width, height, workload, encoding, args, client)
-                rows.append(row)
-                print(format_row(row), flush=True)
+                for n_clients in (int(n) for n in args.clients.split(",")):
+                    args.n_clients = n_clients
+                    row = run_case(width, height, workload, encoding, args, client)
+                    rows.append(row)
+                    print(format_row(row), flush=True)
                 if "idle_cpu_pct" in row:
                     print(f"{'':<9} {'(idle: server CPU with no client connected ' + fmt(row['idle_cpu_pct'], '.2f') + ' %)'}",
                           flush=True)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Fuzz everything a peer can send: the RFB handshake and security negotiation (None, VNC auth, VeNCrypt
-with a real TLS session), every client message and what the server does with it, WebSocket framing, and
+with a real TLS session, the RSA-AES types with a real key exchange and AES-EAX records), every client message and what the server does with it, WebSocket framing, and
 the HTTP request heads of the web listener.
 
 Usage: .venv/bin/python scripts/fuzz.py [--runs 1000000] [--targets rfb-handshake,...] [--engine atheris]
@@ -110,6 +110,26 @@ class _Env:
                vencrypt_subtypes=(VS.X509_VNC, VS.X509_PLAIN, VS.X509_NONE)),
             SP(types=(ST.VENCRYPT,), tls_context=self.tls_context, vencrypt_subtypes=(VS.X509_NONE,)),
         ]
+        # RSA-AES: 1024-bit keys on both sides (the smallest allowed: the server's private-key operation is
+        # the cost of each input that gets that far). The server random is fixed (random_bytes), the client
+        # random too, so each variant's session keys, and so every record, are the same in every run.
+        from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+        from vkmsremote.rfb import rsaaes
+
+        self.rsaaes = rsaaes
+        server_key = rsaaes.ServerKey.generate(1024)
+        self.ra2_policy = SP(types=(ST.RA2, ST.RA2NE, ST.RA2_256, ST.RA2NE_256), vnc_password=pw, rsa_key=server_key)
+        client_key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        self.ra2_client_wire = rsaaes.encode_public_key(client_key.public_key())
+        self.ra2: dict[int, tuple[bytes, bytes, bytes, bytes]] = {}
+        """variant -> (U16 + encrypted client random, client session key, server session key, client hash)"""
+        for t, v in rsaaes.VARIANTS.items():
+            client_random = bytes(range(100, 100 + v.random_size))
+            encrypted = server_key.private.public_key().encrypt(client_random, padding.PKCS1v15())
+            ckey, skey = rsaaes.session_keys(v, _fixed_challenge(v.random_size), client_random)
+            self.ra2[t] = (struct.pack(">H", len(encrypted)) + encrypted, ckey, skey,
+                           v.digest(self.ra2_client_wire + server_key.public_bytes))
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -372,6 +392,91 @@ def target_rfb_tls(data: bytes) -> None:
             raise AssertionError("ProtocolError raised but the connection is not in state ERROR") from None
 
 
+RA2_STAGES = 6
+
+
+def _ra2_credentials(password: bytes) -> bytes:
+    return b"\x00" + bytes([len(password)]) + password  # subtype 2: no username
+
+
+def target_rfb_rsaaes(data: bytes) -> None:
+    """The RSA-AES types (RA2, RA2ne, RA2_256, RA2ne_256) with a real in-memory client. Byte 0: the variant
+    (bits 0-1) and the stage (the rest, mod 6) the fuzz bytes start at: 0 the client's public key, 1 its
+    encrypted random, 2 raw bytes where AES-EAX records belong (record headers, cut records, bad tags),
+    3 the client hash, 4 the credentials, 5 after a correct authentication (ClientInit and messages, in
+    records for RA2/RA2_256, plain for the "ne" types). From stage 3 on the fuzz bytes are sealed into valid
+    records, one per chunk (byte 1: chunking), so the parsers behind the record layer see them. The server's
+    records must always open with the client's keys."""
+    if len(data) < 2:
+        return
+    e = env()
+    ST = e.constants.SecurityType
+    security_type = (ST.RA2, ST.RA2NE, ST.RA2_256, ST.RA2NE_256)[data[0] & 3]
+    stage = (data[0] >> 2) % RA2_STAGES
+    seed, body = data[1], data[2:]
+    variant = e.rsaaes.VARIANTS[security_type]
+    conn = e.protocol.ServerConnection(e.ra2_policy, random_bytes=_fixed_challenge, max_cut_text=4096)
+    sink = _MessageSink()
+    prefix = b"RFB 003.008\n" + bytes([security_type])
+    if stage < 2:
+        _feed_rfb(conn, prefix + (e.ra2_client_wire if stage == 1 else b"") + body, seed, sink)
+        return
+    random_msg, ckey, skey, client_hash = e.ra2[security_type]
+    conn.receive_data(prefix + e.ra2_client_wire + random_msg)
+    _drain_rfb(conn, 8)
+    out = conn.data_to_send()
+    if conn.state is not e.protocol.State.RA2_CLIENT_HASH:
+        raise AssertionError(f"a valid key exchange left the connection in {conn.state.name}")
+    if stage == 2:
+        _feed_rfb(conn, body, seed, sink)
+        return
+    client = e.rsaaes.RecordLayer(recv_key=skey, send_key=ckey)
+    server_out = bytearray(out[12 + 1 + len(e.ra2_policy.types) + len(e.ra2_policy.rsa_key.public_bytes)
+                               + 2 + (len(e.ra2_client_wire) - 4) // 2:])
+    if client.open(server_out) != variant.digest(e.ra2_policy.rsa_key.public_bytes + e.ra2_client_wire):
+        raise AssertionError("the server's hash record does not open to the right hash")
+    head = b"" if stage == 3 else client_hash + (b"" if stage == 4 else _ra2_credentials(e.password))
+    if head:
+        conn.receive_data(client.seal(head))  # (b"" would be the end of the stream)
+    plain_after = stage == 5 and not variant.all_encrypted
+    budget = MAX_EVENTS_PER_BYTE * len(body) + 32
+    try:
+        _drain_rfb(conn, budget)
+        if stage == 5 and conn.state is not e.protocol.State.CLIENT_INIT:
+            raise AssertionError(f"a correct authentication left the connection in {conn.state.name}")
+        for piece in _chunks(body, seed):
+            conn.receive_data(piece if plain_after else client.seal(piece, max_record=e.rsaaes.MAX_RECORD))
+            more = True
+            while more:  # after ServerInit the rest of the piece is parsed in NORMAL
+                more = False
+                for ev in _drain_rfb(conn, budget):
+                    if isinstance(ev, e.protocol.ClientInit):
+                        conn.send(e.messages.ServerInit(FRAME_W, FRAME_H, e.NATIVE, "fuzz"))
+                        more = True
+                    elif isinstance(ev, e.protocol.AuthenticationSucceeded):
+                        if not variant.all_encrypted:  # RA2ne: plain from here, the rest of this input too
+                            plain_after = True
+                    else:
+                        sink.handle(ev)
+            sent = conn.data_to_send()
+            _check_outbox(sent)
+            if not plain_after and variant.all_encrypted:
+                server_out += sent
+                try:
+                    while client.open(server_out) is not None:
+                        pass
+                except e.errors.ProtocolError as err:  # the server's own record: our bug, not the peer's
+                    raise AssertionError(f"a record from the server does not open: {err}") from None
+            if conn.state in (e.protocol.State.CLOSED, e.protocol.State.ERROR):
+                return
+        conn.receive_data(b"")
+        _drain_rfb(conn, budget)
+    except e.errors.ProtocolError:
+        if conn.state is not e.protocol.State.ERROR:
+            raise AssertionError("ProtocolError raised but the connection is not in state ERROR") from None
+        _check_outbox(conn.data_to_send())
+
+
 def target_websocket(data: bytes) -> None:
     """RFC 6455 frames from a client (byte 0: chunking; byte 1: small or default caps) through the websockets
     library's sans-IO server protocol, as the web listener runs it (vkmsremote.web.transport); each data
@@ -458,10 +563,11 @@ TARGETS: dict[str, Target] = {
     "rfb-handshake": target_rfb_handshake,
     "rfb-messages": target_rfb_messages,
     "rfb-tls": target_rfb_tls,
+    "rfb-rsaaes": target_rfb_rsaaes,
     "websocket": target_websocket,
     "http": target_http,
 }
-_MIXED = ("rfb-handshake", "rfb-messages", "rfb-tls", "websocket", "http")
+_MIXED = ("rfb-handshake", "rfb-messages", "rfb-tls", "websocket", "http", "rfb-rsaaes")
 
 
 def target_mixed(data: bytes) -> None:
@@ -471,8 +577,8 @@ def target_mixed(data: bytes) -> None:
 
 
 CANARIES: dict[str, Target] = {"canary": target_canary, "mixed": target_mixed}
-WEIGHTS = {"rfb-handshake": 0.25, "rfb-messages": 0.30, "rfb-tls": 0.05, "websocket": 0.20, "http": 0.20,
-           "canary": 1.0, "mixed": 1.0}
+WEIGHTS = {"rfb-handshake": 0.25, "rfb-messages": 0.25, "rfb-tls": 0.05, "rfb-rsaaes": 0.10, "websocket": 0.15,
+           "http": 0.20, "canary": 1.0, "mixed": 1.0}
 """Share of --runs per target (TLS inputs cost ~1 ms each for the handshake, hence fewer)."""
 
 
@@ -526,6 +632,17 @@ def seeds(name: str) -> list[bytes]:
     if name == "rfb-tls":
         return [bytes([sub | auth, 0]) + tail for sub in (0, 1, 2) for auth in (0, 0x80)
                 for tail in (b"", all_msgs)] + [b"\x01\x00" + struct.pack(">II", 4, 6) + b"userfuzzpw\x01"]
+    if name == "rfb-rsaaes":
+        e = env()
+        out = []
+        for variant in range(4):
+            hash_ = e.ra2[(e.constants.SecurityType.RA2, e.constants.SecurityType.RA2NE,
+                           e.constants.SecurityType.RA2_256, e.constants.SecurityType.RA2NE_256)[variant]][3]
+            tails = {0: e.ra2_client_wire, 1: b"\x00\x80" + bytes(128), 2: b"\x00\x04abcd" + bytes(16),
+                     3: hash_ + _ra2_credentials(e.password) + b"\x01" + all_msgs,
+                     4: _ra2_credentials(e.password) + b"\x01" + all_msgs, 5: b"\x01" + all_msgs}
+            out += [bytes([variant | stage << 2, seed]) + tail for stage, tail in tails.items() for seed in (0, 9)]
+        return [*out, bytes([16, 0]) + _ra2_credentials(b"wrong") + b"\x01"]
     if name == "websocket":
         return [b"\x00\x00" + _ws_frame(2, all_msgs), b"\x03\x01" + _ws_frame(2, msgs[3], fin=False)
                 + _ws_frame(9, b"ping") + _ws_frame(0, msgs[5]) + _ws_frame(8, b"\x03\xe8bye"),

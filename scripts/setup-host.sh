@@ -20,8 +20,14 @@ debs=(
   # real VNC peers and display servers for tests and benchmarks
   xvfb x11vnc vncsnapshot tigervnc-viewer xserver-xorg-core xserver-xorg-input-libinput
   x11-utils xdotool xterm imagemagick libjpeg62-turbo
+  # the native side by side's peers (scripts/bench_native.py): TigerVNC's x0vncserver and Xvnc
+  tigervnc-scraping-server tigervnc-standalone-server
   # LibVNCClient headers: tests/test_encodings_libvncclient.py builds a tiny decoding client
   libvncserver-dev
+  # FFmpeg's decoder for the benchmark client's Open H.264 (scripts/bench_client.c)
+  libavcodec-dev libswscale-dev libavutil-dev
+  # a Debian 13 tree for TigerVNC's 1.15 viewer: Open H.264 and RSA-AES (below)
+  mmdebstrap
   # browser client: noVNC 1.7 comes from the npm registry (scripts/install-novnc.sh); Debian's 1.3 is the
   # fallback the tests also check
   novnc chromium chromium-driver
@@ -64,4 +70,15 @@ else
   say "Python packages present"
 fi
 
+# TigerVNC's viewer 1.13+ decodes Open H.264 (Debian 12 has 1.12): Debian 13's, in a small trixie root
+# tree in the cache (mmdebstrap, about a minute and 330 MB), run with chroot by tests/test_motion_tigervnc.py.
+trixie_dir="$stamp_dir/trixie-tigervnc"
+if [ ! -x "$trixie_dir/usr/bin/xtigervncviewer" ]; then
+  say "making a Debian 13 tree with tigervnc-viewer in $trixie_dir"
+  rm -rf "$trixie_dir.tmp"
+  mmdebstrap --quiet --variant=apt --include=tigervnc-viewer trixie "$trixie_dir.tmp" http://deb.debian.org/debian >&2
+  rm -rf "$trixie_dir" && mv "$trixie_dir.tmp" "$trixie_dir"
+else
+  say "Debian 13 tigervnc-viewer tree present"
+fi
 "$top/scripts/install-novnc.sh"

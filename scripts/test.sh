@@ -2,7 +2,7 @@
 # vkmsremote's test command. On a fresh Debian machine it does everything:
 #   1. scripts/setup-host.sh     Debian packages + .venv with the project and its dev tools
 #   2. scripts/build-kernel.sh   the VKMS test kernel (cached in ~/.cache/vkmsremote/kernel)
-#   3. ruff check, mypy vkmsremote
+#   3. ruff check, dead code (vulture, scripts/deadcode.py), mypy vkmsremote
 #   4. host tests:  pytest -m "not vm" tests
 #   5. VM tests:    pytest -m vm tests, all in ONE boot of the test kernel (python -m vkmsremote.vm)
 #   6. VKMS as a module: scripts/build-kernel-modules.sh, then pytest -m vm_modules in a second, short boot
@@ -71,6 +71,7 @@ else
 fi
 
 stage ruff "$top/.venv/bin/ruff" check .
+stage deadcode "$py" scripts/deadcode.py  # vulture over vkmsremote/, allow-list: vulture_allowlist.py
 stage mypy "$top/.venv/bin/mypy" vkmsremote
 # the layer contracts in pyproject.toml (docs/architecture.md); the host tests report coverage of the core layers
 stage imports env PYTHONPATH="$top" "$top/.venv/bin/lint-imports" --no-cache --no-logo

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vkmsremote.capture.damage import SAMPLE_STRIDE, STABLE_BUFFERS, DamageTracker, _merge_runs
-from vkmsremote.frame import Rect
+from vkmsremote.capture.damage import SAMPLE_STRIDE, DamageTracker, _merge_runs
+from vkmsremote.frame import POOL_BUFFERS, Rect
 
 
 def _check(tracker: DamageTracker, old: np.ndarray, new: np.ndarray, rects: tuple[Rect, ...]) -> None:
@@ -238,7 +238,7 @@ def test_frames_handed_out_are_never_written_while_referenced() -> None:
             assert np.array_equal(kept, content), "a frame still referenced was written"
         held = [k for k in held if k[2] > step]
     assert t.buffer_switches > 50 and t.whole_frames > 0
-    assert len(t._buffers) <= STABLE_BUFFERS
+    assert len(t._pool.buffers) <= POOL_BUFFERS
 
 
 def test_frame_written_in_place_when_nobody_holds_it() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from vkmsremote.drm import ioctl as k
 from vkmsremote.drm.card import Card, card_for_vkms_device, list_cards
+from vkmsremote.drm.connector import ConnectorType, connector_name
 from vkmsremote.drm.events import CrtcSequenceEvent, UnknownEvent, VblankEvent, parse_events
 from vkmsremote.drm.fourcc import (
     DRM_FORMAT_BIG_ENDIAN,
@@ -22,7 +23,8 @@ from vkmsremote.drm.fourcc import (
     fourcc_str,
     modifier_name,
 )
-from vkmsremote.drm.resources import ConnectorType, Mode, Property, connector_name
+from vkmsremote.drm.mode import Mode
+from vkmsremote.drm.properties import Property
 from vkmsremote.errors import DeviceStateError, DrmError, UsageError
 
 # --- fourcc ---
@@ -183,9 +185,9 @@ def test_ioctl_errno_becomes_drm_error_with_op() -> None:
     try:
         card = Card(fd, "/dev/null")
         with pytest.raises(DrmError) as ei:
-            card.get_cap(k.Cap.DUMB_BUFFER)
+            card.set_client_cap(k.ClientCap.ATOMIC)
         assert ei.value.errno == errno.ENOTTY
-        assert ei.value.op == "DRM_IOCTL_GET_CAP(DUMB_BUFFER)"
+        assert ei.value.op == "DRM_IOCTL_SET_CLIENT_CAP(ATOMIC)"
         with pytest.raises(DrmError) as ei2:
             card.gem_close(5)
         assert ei2.value.object_id == 5 and "object 5" in str(ei2.value)

@@ -84,6 +84,44 @@ def test_tls_target_parses_or_raises_protocol_error() -> None:
     check()
 
 
+def test_rsaaes_target_parses_or_raises_protocol_error() -> None:
+    # Inputs past the key exchange cost a 1024-bit RSA private-key operation each.
+    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(_inputs("rfb-rsaaes"))
+    def check(data: bytes) -> None:
+        _bounded("rfb-rsaaes", data)
+
+    check()
+
+
+def test_rsaaes_seeds_reach_normal_operation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each variant's stage-5 seed, and the stage-3/4 seeds of RA2/RA2_256, authenticate through real AES-EAX
+    records and have every message acted on; the last seed's wrong password is refused."""
+    handled: list[object] = []
+    original = fuzz._MessageSink.handle
+
+    def handle(self: object, ev: object) -> None:
+        handled.append(ev)
+        original(self, ev)
+
+    monkeypatch.setattr(fuzz._MessageSink, "handle", handle)
+    *seeds, wrong = fuzz.seeds("rfb-rsaaes")
+    deep = 0
+    for seed in seeds:
+        variant, stage = seed[0] & 3, (seed[0] >> 2) % fuzz.RA2_STAGES
+        handled.clear()
+        fuzz.target_rfb_rsaaes(seed)
+        if stage == 5 or (stage in (3, 4) and variant in (0, 2)):  # RA2, RA2_256: one record may hold it all
+            deep += 1
+            # every sample message (one sample is a key press and its release), the last one included
+            assert len(handled) == len(fuzz._messages_sample()) + 1, (seed[:2], handled)
+            assert type(handled[-1]).__name__ == "QemuExtendedKeyEvent"
+    assert deep == 2 * (4 + 2 + 2)
+    handled.clear()
+    fuzz.target_rfb_rsaaes(wrong)
+    assert [type(e).__name__ for e in handled] == ["AuthenticationFailed"]
+
+
 def test_seeds_reach_the_deep_states() -> None:
     """The seeds are what let the fuzzer start inside each state: they must get there."""
     e = fuzz.env()

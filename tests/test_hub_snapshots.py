@@ -11,12 +11,12 @@ import pytest
 from clients.support import ControlledSource, RawClient, rgb_of
 
 from vkmsremote.capture.damage import DamageTracker
-from vkmsremote.frame import Cursor, Frame, Pixels, Rect
+from vkmsremote.frame import POOL_BUFFERS, POOL_HISTORY, Cursor, Frame, Pixels, Rect
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.encodings import samples
 from vkmsremote.rfb.messages import FramebufferUpdateRequest
 from vkmsremote.server.app import VncServer
-from vkmsremote.server.hub import DAMAGE_HISTORY, POOL_BUFFERS, Hub, Snapshot, _SnapshotPool
+from vkmsremote.server.hub import Hub, Snapshot, _SnapshotPool
 
 W, H = 64, 48
 
@@ -44,12 +44,12 @@ def test_snapshots_stay_exact_while_held_and_buffers_are_patched() -> None:
         assert np.array_equal(snap, frame)
         assert not snap.flags.writeable
         if rng.random() < 0.3:  # a session encodes this one for a while, as a lagging worker thread would
-            held.append((snap, frame.copy(), step + int(rng.integers(1, 2 * DAMAGE_HISTORY))))
+            held.append((snap, frame.copy(), step + int(rng.integers(1, 2 * POOL_HISTORY))))
         for s, expected, _ in held:
             assert np.array_equal(s, expected), "a snapshot in use was written"
         held = [h for h in held if h[2] > step]
     assert pool.patched > 200  # most frames were patched, not copied whole (large changes are copied whole)
-    assert len(pool._buffers) <= POOL_BUFFERS
+    assert pool.frames is not None and len(pool.frames.buffers) <= POOL_BUFFERS
 
 
 def test_a_slice_of_a_snapshot_keeps_its_buffer() -> None:
@@ -70,11 +70,11 @@ def test_frames_older_than_the_history_and_unknown_damage_are_copied_whole() -> 
     for i in range(POOL_BUFFERS):
         held.append(pool.build(frame, None if i == 0 else random_change(rng, frame)))
         expected.append(frame.copy())
-    assert len(pool._buffers) == POOL_BUFFERS
-    for _ in range(DAMAGE_HISTORY + 1):  # every pooled buffer is in use: each snapshot gets a new buffer
+    assert pool.frames is not None and len(pool.frames.buffers) == POOL_BUFFERS
+    for _ in range(POOL_HISTORY + 1):  # every pooled buffer is in use: each snapshot gets a new buffer
         snap = pool.build(frame, random_change(rng, frame))
         assert np.array_equal(snap, frame)
-    assert len(pool._buffers) == POOL_BUFFERS
+    assert pool.frames is not None and len(pool.frames.buffers) == POOL_BUFFERS
     del held[0]  # the only free buffer is now older than the damage history: it cannot be patched
     copies, patched = pool.full_copies, pool.patched
     snap = pool.build(frame, (Rect(0, 0, 1, 1),))
@@ -154,7 +154,7 @@ def test_a_lagging_client_gets_exact_frames_after_many_patched_snapshots() -> No
                 c.set_encodings(Encoding.RAW)
                 c.send(FramebufferUpdateRequest(False, 0, 0, W, H))
                 await c.read_update()
-            for _ in range(3 * DAMAGE_HISTORY):
+            for _ in range(3 * POOL_HISTORY):
                 src.set_frame(img, random_change(rng, img))
                 fast.send(FramebufferUpdateRequest(True, 0, 0, W, H))
                 await fast.read_update()

@@ -1,6 +1,6 @@
 """The pure planner, apply/rollback against a fake configfs directory, and the configfs <-> DRM match.
 
-The fake (Configfs on an ordinary directory) emulates the kernel's default groups, EBUSY while enabled
+The fake (tests/fake_configfs.py: FakeConfigfs on an ordinary directory) emulates the kernel's default groups, EBUSY while enabled
 and EINVAL on enabling an invalid device; the real kernel is exercised by tests/vm/test_lifecycle_vm.py.
 """
 
@@ -10,6 +10,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 import pytest
+from fake_configfs import FakeConfigfs
 
 from vkmsremote.errors import DeviceStateError, VkmsRemoteError, VkmsUnavailableError
 from vkmsremote.vkms.apply import Journal, apply, rollback
@@ -161,9 +162,7 @@ def test_shell_rendering_quotes_paths() -> None:
 @pytest.fixture
 def fake(tmp_path: Path) -> Configfs:
     (tmp_path / "vkms").mkdir()
-    cfs = Configfs(tmp_path)
-    assert cfs.fake
-    return cfs
+    return FakeConfigfs(tmp_path)
 
 
 def snapshot(root: Path) -> list[str]:

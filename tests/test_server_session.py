@@ -235,14 +235,14 @@ class GatedEncoder:
         self.started = threading.Event()
         self.release = threading.Event()
         self.release.set()
-        original = session_module._encode_rects
+        original = session_module.encode_update
 
         def gated(*args: Any) -> Any:
             self.started.set()
             assert self.release.wait(10)
             return original(*args)
 
-        monkeypatch.setattr(session_module, "_encode_rects", gated)
+        monkeypatch.setattr(session_module, "encode_update", gated)
 
     async def hold_next(self) -> None:
         self.started.clear()

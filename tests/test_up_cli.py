@@ -9,6 +9,7 @@ import argparse
 import socket
 from pathlib import Path
 
+import fake_configfs
 import pytest
 
 from vkmsremote import cli
@@ -29,6 +30,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "configfs"
     (root / "vkms").mkdir(parents=True)
     monkeypatch.setenv("VKMSREMOTE_CONFIGFS_ROOT", str(root))
+    fake_configfs.install(monkeypatch)  # the command line's Configfs on this directory is the test double
     monkeypatch.setenv("VKMSREMOTE_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.delenv("VKMSREMOTE_PASSWORD", raising=False)
     return root

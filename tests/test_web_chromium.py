@@ -1,7 +1,7 @@
 """noVNC (Debian's novnc 1.3, the fallback when the npm install is missing) in real headless Chromium against our server.
 
-The browser is driven by chromedriver through a minimal W3C WebDriver client written here (plain HTTP +
-JSON). The frame source is synthetic: large solid-colour blocks, so neither Tight's JPEG nor noVNC's
+The browser is driven by Selenium through Debian's chromedriver (a thin wrapper keeps the test's own
+words). The frame source is synthetic: large solid-colour blocks, so neither Tight's JPEG nor noVNC's
 scaling can blur the check; the test compares pixels from a WebDriver screenshot of the canvas against
 the served frame, then types into the page and checks the KeyEvents reaching the server's InputSink.
 """
@@ -9,17 +9,11 @@ the served frame, then types into the page and checks the KeyEvents reaching the
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
-import json
 import shutil
-import socket
-import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +22,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from PIL import Image
+from selenium import webdriver
+from selenium.common.exceptions import ElementNotInteractableException, NoSuchElementException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
 
 from vkmsremote.frame import Cursor, Frame
 from vkmsremote.rfb.auth import SecurityPolicy
@@ -48,81 +48,42 @@ CHROMIUM_FLAGS = (
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--window-size=900,700",
 )
-W3C_ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C WebDriver element reference key
-
-
-class WebDriverError(RuntimeError):
-    pass
 
 
 class WebDriver:
-    """The handful of W3C WebDriver commands this test needs (https://www.w3.org/TR/webdriver2/)."""
+    """The handful of browser actions this test needs, on Selenium (Debian's chromedriver, named explicitly
+    so that Selenium Manager never runs)."""
 
-    def __init__(self, port: int) -> None:
-        self.base = f"http://127.0.0.1:{port}"
-        self.session = ""
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 20) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as reply:
-                return json.loads(reply.read())["value"]
-        except urllib.error.HTTPError as exc:
-            raise WebDriverError(f"{method} {path}: {exc.read()[:500]!r}") from exc
-
-    def s(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        return self.call(method, f"/session/{self.session}{path}", body)
-
-    def start(self, user_data_dir: str) -> dict[str, Any]:
-        caps = {"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {"binary": str(CHROMIUM),
-                                   "args": [*CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}"]},
-        }}}
-        reply = self.call("POST", "/session", caps, timeout=60)
-        self.session = reply["sessionId"]
-        return dict(reply["capabilities"])
+    def __init__(self, driver: webdriver.Chrome) -> None:
+        self.driver = driver
 
     def navigate(self, url: str) -> None:
-        self.s("POST", "/url", {"url": url})
+        self.driver.get(url)
 
     def execute(self, script: str, *args: Any) -> Any:
-        return self.s("POST", "/execute/sync", {"script": script, "args": list(args)})
+        return self.driver.execute_script(script, *args)
 
-    def find(self, css: str) -> str:
-        return str(self.s("POST", "/element", {"using": "css selector", "value": css})[W3C_ELEMENT])
+    def find(self, css: str) -> WebElement:
+        return self.driver.find_element(By.CSS_SELECTOR, css)
 
-    def click(self, element: str) -> None:
-        self.s("POST", f"/element/{element}/click", {})
+    def click(self, element: WebElement) -> None:
+        element.click()
 
-    def send_keys(self, element: str, text: str) -> None:
-        self.s("POST", f"/element/{element}/value", {"text": text})
+    def send_keys(self, element: WebElement, text: str) -> None:
+        element.send_keys(text)
 
-    def element_screenshot(self, element: str) -> bytes:
-        return base64.b64decode(self.s("GET", f"/element/{element}/screenshot"))
+    def element_screenshot(self, element: WebElement) -> bytes:
+        return element.screenshot_as_png
 
     def type_keys(self, text: str) -> None:
         """Key actions to whatever has focus (the canvas after a click), one down/up per character."""
-        actions: list[dict[str, str]] = []
-        for ch in text:
-            actions += [{"type": "keyDown", "value": ch}, {"type": "keyUp", "value": ch}]
-        self.s("POST", "/actions", {"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})
-        self.s("DELETE", "/actions")
+        ActionChains(self.driver).send_keys(text).perform()
+
+    def cdp(self, cmd: str, params: dict[str, Any]) -> Any:
+        return self.driver.execute_cdp_cmd(cmd, params)
 
     def quit(self) -> None:
-        if self.session:
-            try:
-                self.call("DELETE", f"/session/{self.session}", timeout=10)
-            finally:
-                self.session = ""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        self.driver.quit()
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 45.0, interval: float = 0.1) -> Any:
@@ -138,31 +99,24 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 45.0, interva
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    """chromedriver + a fresh headless Chromium profile, torn down whatever happens (one per module:
+    """A fresh headless Chromium profile through chromedriver, torn down whatever happens (one per module:
     each test's server has its own port, hence its own origin and noVNC settings)."""
     for tool in (CHROMIUM, CHROMEDRIVER):
         if not tool.exists():
             pytest.fail(f"{tool} missing: run scripts/setup-host.sh (Debian chromium, chromium-driver)")
-    port = free_port()
     profile = tempfile.mkdtemp(prefix="vkmsremote-chromium-")
-    driver_proc = subprocess.Popen([str(CHROMEDRIVER), f"--port={port}"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    driver = WebDriver(port)
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = WebDriver(webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options))
     try:
-        wait_for("chromedriver", lambda: _status_ok(driver), timeout=10, interval=0.05)
-        caps = driver.start(profile)
-        assert caps["browserName"] in ("chrome", "chromium"), caps
+        assert driver.driver.capabilities["browserName"] in ("chrome", "chromium"), driver.driver.capabilities
         yield driver
     finally:
         try:
             driver.quit()
         finally:
-            driver_proc.terminate()
-            try:
-                driver_proc.wait(10)
-            except subprocess.TimeoutExpired:
-                driver_proc.kill()
-                driver_proc.wait()
             shutil.rmtree(profile, ignore_errors=True)
 
 
@@ -193,26 +147,19 @@ return cs.display === 'none' || cs.visibility === 'hidden';
 """
 
 
-def wait_interactable(browser: WebDriver, css: str, what: str, timeout: float = 45.0) -> str:
+def wait_interactable(browser: WebDriver, css: str, what: str, timeout: float = 45.0) -> WebElement:
     """The element matching ``css`` once a user could use it (INTERACTABLE_JS)."""
-    element = wait_for(f"{what} to be present", lambda: _find_or_none(browser, css), timeout)
-    wait_for(f"{what} to be interactable", lambda: browser.execute(INTERACTABLE_JS, {W3C_ELEMENT: element}),
+    element: WebElement = wait_for(f"{what} to be present", lambda: _find_or_none(browser, css), timeout)
+    wait_for(f"{what} to be interactable", lambda: browser.execute(INTERACTABLE_JS, element),
              timeout)
-    return str(element)
+    return element
 
 
-def _find_or_none(browser: WebDriver, css: str) -> str | None:
+def _find_or_none(browser: WebDriver, css: str) -> WebElement | None:
     try:
         return browser.find(css)
-    except WebDriverError:
+    except NoSuchElementException:
         return None
-
-
-def _status_ok(driver: WebDriver) -> bool:
-    try:
-        return bool(driver.call("GET", "/status", timeout=1)["ready"])
-    except (OSError, WebDriverError):
-        return False
 
 
 def decode_png(data: bytes) -> npt.NDArray[np.uint8]:
@@ -348,7 +295,7 @@ def test_novnc_shows_xr0_and_types_into_it(browser: WebDriver, server: ServerThr
         password = wait_interactable(browser, "#noVNC_password_input", "the password field")
         browser.send_keys(password, PASSWORD)
         wait_for("the password in its field", lambda: browser.execute(
-            "return arguments[0].value", {W3C_ELEMENT: password}) == PASSWORD)
+            "return arguments[0].value", password) == PASSWORD)
         browser.click(wait_interactable(browser, "#noVNC_credentials_button", "the Send Credentials button"))
     status = "return document.getElementById('noVNC_status').textContent"
     try:
@@ -359,9 +306,9 @@ def test_novnc_shows_xr0_and_types_into_it(browser: WebDriver, server: ServerThr
                              f"sessions: {[s.record for s in server.sessions]}") from None
     if server.policy is not None:  # the dialog slides away over the canvas for 0.5 s
         dialog = browser.find("#noVNC_credentials_dlg")
-        wait_for("the credentials dialog to close", lambda: browser.execute(GONE_JS, {W3C_ELEMENT: dialog}))
+        wait_for("the credentials dialog to close", lambda: browser.execute(GONE_JS, dialog))
     canvas = browser.find("#noVNC_container canvas")
-    size = browser.execute("const c = arguments[0]; return [c.width, c.height];", {W3C_ELEMENT: canvas})
+    size = browser.execute("const c = arguments[0]; return [c.width, c.height];", canvas)
     assert size == [WIDTH, HEIGHT]  # the canvas is the framebuffer; resize=scale only scales its CSS box
 
     # what noVNC 1.3 asked for, and what the session made of it
@@ -389,7 +336,7 @@ def test_novnc_shows_xr0_and_types_into_it(browser: WebDriver, server: ServerThr
     wait_interactable(browser, "#noVNC_container canvas", "the canvas")
     browser.click(canvas)
     wait_for("the canvas to have the focus", lambda: browser.execute(
-        "return document.activeElement === arguments[0]", {W3C_ELEMENT: canvas}))
+        "return document.activeElement === arguments[0]", canvas))
 
     def clicked() -> bool:  # button 1 went down and is up again
         buttons = [e[3] for e in server.sink.events if e[0] == "pointer"]
@@ -413,7 +360,7 @@ def test_novnc_shows_xr0_and_types_into_it(browser: WebDriver, server: ServerThr
           f"test body {time.monotonic() - started:.2f} s; events: {server.sink.events}")
 
 
-def _shot_if(browser: WebDriver, canvas: str,
+def _shot_if(browser: WebDriver, canvas: WebElement,
              colours: tuple[tuple[int, int, int], ...]) -> npt.NDArray[np.uint8] | None:
     image = decode_png(browser.element_screenshot(canvas))
     return image if blocks_match(image, colours) else None
@@ -430,15 +377,15 @@ def test_the_password_field_is_not_usable_while_its_dialog_fades_in(browser: Web
         origin = srv.web.url.split("/", 3)[:3]
         browser.navigate("/".join([*origin, landing_location().lstrip("/").replace("autoconnect=1", "autoconnect=0")]))
         connect = wait_interactable(browser, "#noVNC_connect_button", "the Connect button")
-        browser.s("POST", "/goog/cdp/execute", {"cmd": "Animation.setPlaybackRate", "params": {"playbackRate": 0}})
+        browser.cdp("Animation.setPlaybackRate", {"playbackRate": 0})
         browser.click(connect)
         wait_for("the credentials dialog's noVNC_open class", lambda: browser.execute(
             "return document.getElementById('noVNC_credentials_dlg').classList.contains('noVNC_open')"))
         password = browser.find("#noVNC_password_input")
-        assert browser.execute(INTERACTABLE_JS, {W3C_ELEMENT: password}) is False
-        with pytest.raises(WebDriverError, match="element not interactable"):
+        assert browser.execute(INTERACTABLE_JS, password) is False
+        with pytest.raises(ElementNotInteractableException):
             browser.send_keys(password, PASSWORD)
-        browser.s("POST", "/goog/cdp/execute", {"cmd": "Animation.setPlaybackRate", "params": {"playbackRate": 1}})
+        browser.cdp("Animation.setPlaybackRate", {"playbackRate": 1})
         browser.send_keys(wait_interactable(browser, "#noVNC_password_input", "the password field"), PASSWORD)
         browser.click(wait_interactable(browser, "#noVNC_credentials_button", "the Send Credentials button"))
         wait_for("noVNC to connect", lambda: browser.execute(

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -33,6 +33,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from vkmsremote.frame import Cursor, Frame
 from vkmsremote.rfb.auth import SecurityPolicy
 from vkmsremote.rfb.constants import Encoding, SecurityType
+from vkmsremote.rfb.rsaaes import ServerKey
 from vkmsremote.server.app import VncServer
 from vkmsremote.server.input import RecordingSink
 from vkmsremote.server.session import Session
@@ -193,11 +194,29 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str]
         d.quit()
 
 
-@pytest.mark.parametrize("encoding,auth", [(Encoding.TIGHT, "vncauth"), (Encoding.ZRLE, "none")])
+def rsa_key() -> ServerKey:
+    global _RSA_KEY
+    if _RSA_KEY is None:
+        _RSA_KEY = ServerKey.generate()
+    return _RSA_KEY
+
+
+_RSA_KEY: ServerKey | None = None
+POLICIES: dict[str, Callable[[], SecurityPolicy | None]] = {
+    "none": lambda: None,
+    "vncauth": lambda: SecurityPolicy(types=(SecurityType.VNC_AUTH,), vnc_password=PASSWORD.encode()),
+    # the order vkmsremote offers by default with a password: noVNC 1.7 takes the first it speaks, RA2ne
+    "ra2ne": lambda: SecurityPolicy(types=(SecurityType.RA2_256, SecurityType.RA2, SecurityType.RA2NE_256,
+                                           SecurityType.RA2NE, SecurityType.VNC_AUTH),
+                                    vnc_password=PASSWORD.encode(), rsa_key=rsa_key()),
+}
+
+
+@pytest.mark.parametrize("encoding,auth", [(Encoding.TIGHT, "vncauth"), (Encoding.ZRLE, "none"),
+                                           (Encoding.TIGHT, "ra2ne")])
 def test_novnc17_over_https_shows_xr0_exactly_and_types(tmp_path: Path, browser: Callable[[str], webdriver.Chrome],
                                                          encoding: int, auth: str) -> None:
-    policy = SecurityPolicy(types=(SecurityType.VNC_AUTH,), vnc_password=PASSWORD.encode()) if auth == "vncauth" \
-        else None
+    policy = POLICIES[auth]()
     server = HttpsServer(tmp_path, policy, frozenset({encoding}))
     try:
         driver = browser(server.spki_sha256())
@@ -205,6 +224,11 @@ def test_novnc17_over_https_shows_xr0_exactly_and_types(tmp_path: Path, browser:
         started = time.monotonic()
         driver.get(server.web.url + "?scale=0&resize=0")
         assert driver.title == "XR-0 - vkmsremote"
+        if auth == "ra2ne":  # our page shows the RSA key's fingerprint: it must be the one the server prints
+            wait_until(driver, "the server key check", lambda d: page_state(d) == "verify")
+            assert policy is not None and policy.rsa_key is not None
+            assert driver.find_element(By.ID, "fingerprint").text == policy.rsa_key.fingerprint
+            driver.find_element(By.ID, "accept-key").click()
         if policy is not None:  # our page's password form, filled in like a user would
             wait_until(driver, "the password prompt", lambda d: page_state(d) == "credentials")
             field = wait_until(driver, "a usable password field",
@@ -223,7 +247,8 @@ def test_novnc17_over_https_shows_xr0_exactly_and_types(tmp_path: Path, browser:
         # (SetEncodings follows "connect" at once: it is in by the time a frame is on the canvas)
         assert {Encoding.ZRLE, Encoding.TIGHT, Encoding.EXTENDED_DESKTOP_SIZE} <= set(record.client_encodings)
         assert record.encoding == encoding
-        assert record.security_type == (SecurityType.VNC_AUTH if policy else SecurityType.NONE)
+        assert record.security_type == {"none": SecurityType.NONE, "vncauth": SecurityType.VNC_AUTH,
+                                        "ra2ne": SecurityType.RA2NE}[auth]
 
         changed = picture(2)
         server.source.show(changed)
@@ -262,3 +287,50 @@ def test_served_page_needs_the_certificate(tmp_path: Path) -> None:
     finally:
         driver.quit()
         server.stop()
+
+
+def _fingerprint_of_peer(port: int) -> str:
+    import socket
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the point is to read the certificate and compare its fingerprint
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+def test_serve_off_loopback_is_https_with_a_printed_fingerprint(tmp_path: Path) -> None:
+    """`serve --web --listen 0.0.0.0` (as a tablet on the LAN would use it): https with the self-signed
+    certificate made once under the TLS directory, its fingerprint printed; on loopback plain http."""
+    import re
+    import ssl
+    import sys
+    import urllib.request
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from clients.support import serving
+
+    env = {"VKMSREMOTE_PASSWORD": "pw-for-web", "XDG_CONFIG_HOME": str(tmp_path)}
+    with serving("--source", "pattern", "--web", "0", "--listen", "0.0.0.0", env=env) as (proc, _):
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"open https://([^/]+):(\d+)/ in a browser; the certificate's SHA-256 fingerprint is "
+                      r"([0-9A-F:]{95}) ", line)
+        assert m is not None, line
+        web_port, printed = int(m.group(2)), m.group(3)
+        assert _fingerprint_of_peer(web_port) == printed
+        cert = tmp_path / "vkmsremote" / "tls" / "cert.pem"
+        assert (cert.parent / "key.pem").stat().st_mode & 0o777 == 0o600
+        loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+        assert ":".join(f"{b:02X}" for b in loaded.fingerprint(hashes.SHA256())) == printed
+        ctx = ssl.create_default_context(cafile=str(cert))  # the self-signed certificate is its own CA
+        with urllib.request.urlopen(f"https://127.0.0.1:{web_port}/", context=ctx, timeout=10) as resp:
+            page = resp.read().decode()
+        assert "<title>XR-0 test pattern" in page or ("<title>" in page and "pattern" in page.lower()), page[:300]
+    with serving("--source", "pattern", "--web", "0", env={"XDG_CONFIG_HOME": str(tmp_path)}) as (proc, _):
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert re.search(r"open http://127\.0\.0\.1:\d+/ in a browser$", line.strip()), line

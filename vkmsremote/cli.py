@@ -236,11 +236,53 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     cfs = _configfs(args)
     devices = status(args.device, configfs=cfs, state=_state(args, cfs))
+    from vkmsremote.rfb.encodings import h264
+
+    web = _web_client()
+    rsa_key = _rsa_key_status()
     if args.json:
-        print(json.dumps({"configfs": str(cfs.vkms), "devices": [d.to_json() for d in devices]}, indent=2))
+        print(json.dumps({"configfs": str(cfs.vkms), "devices": [d.to_json() for d in devices], "web_client": web,
+                          "open_h264": {"offered": h264.available(), "why_not": h264.unavailable_reason(),
+                                        "hardware_encoders": h264.hardware_encoders()},
+                          "rsa_aes_key": rsa_key}, indent=2))
     else:
         _print_status(devices, sys.stdout)
+        print(f"server: {h264.describe()}")
+        if web is None:
+            print("web client (--web): none installed; run scripts/install-novnc.sh")
+        else:
+            lacks = f"; lacks {', '.join(web['lacks'])}" if web["lacks"] else ""
+            print(f"web client (--web): noVNC {web['version']} from {web['root']}{lacks}")
+        if rsa_key is not None:
+            print(f"RSA-AES key fingerprint {rsa_key['fingerprint']} ({rsa_key['path']})")
     return 0
+
+
+def _web_client() -> dict[str, Any] | None:
+    """The noVNC `--web` would serve (version, folder, what it lacks), or None if none is installed."""
+    from vkmsremote.errors import UsageError
+    from vkmsremote.web.novnc import find_bundle
+
+    try:
+        bundle = find_bundle()
+    except UsageError:
+        return None
+    return {"version": bundle.version, "kind": bundle.kind, "root": str(bundle.root), "lacks": list(bundle.lacks)}
+
+
+def _rsa_key_status() -> dict[str, str] | None:
+    """The server's RSA-AES key as viewers show it, if one was made (serving makes it; status does not)."""
+    from vkmsremote.server.rsakey import default_rsa_key_path, ensure_rsa_key
+
+    path = default_rsa_key_path()
+    try:
+        if not path.exists():
+            return None
+        return {"path": str(path), "fingerprint": ensure_rsa_key(path).fingerprint}
+    except PermissionError:
+        return None  # another user's key (status needs no root; serving as root made it)
+    except (UsageError, OSError) as e:
+        return {"path": str(path), "fingerprint": f"unusable: {e}"}
 
 
 def _cmd_hotplug(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """The frame model every layer shares: pixels, rectangles, frames, the cursor, and the FrameSource protocol.
 
-A FrameSource yields frames (with damage) and a cursor. The real CRTC reader (vkmsremote.capture), the
+A FrameSource yields frames (with damage) and a cursor. A FramePool keeps the few buffers that successive
+frames are written into, so that a frame handed out stays unchanged while anything still uses it. The real CRTC reader (vkmsremote.capture), the
 synthetic pattern source (vkmsremote.server.pattern) and the benchmarks' sources implement it, so the
 server cannot tell them apart. This module imports nothing of vkmsremote: rfb, capture, input, server and
 bench all build on it (docs/architecture.md).
@@ -8,8 +9,11 @@ bench all build on it (docs/architecture.md).
 
 from __future__ import annotations
 
+import sys
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -121,3 +125,111 @@ class Placement:
     height: int
     fb_width: int
     fb_height: int
+
+
+# --- reusing frame buffers ----------------------------------------------------------------------------------
+
+POOL_BUFFERS = 4
+"""Buffers a FramePool keeps: the current frame, a few still referenced elsewhere (a session encoding an
+older one), one to write the next frame into. When all are in use a new one is allocated (not kept)."""
+POOL_HISTORY = 8
+"""Frames whose damage a FramePool remembers: a free buffer at most this many frames old is patched, an
+older one is copied whole."""
+FULL_COPY_FRACTION = 0.5
+"""Copy the whole frame when the damage to patch adds up to at least this fraction of the screen (one
+contiguous copy beats many overlapping ones)."""
+
+
+class PooledBuffer:
+    """One (height, width, 4) buffer of a :class:`FramePool` and the generation of the frame it holds.
+
+    It is in use while anything but this object references ``array``: every numpy view of it, slices
+    included, references the array owning the memory, so the reference count tells.
+    """
+
+    __slots__ = ("_own_refs", "array", "generation", "views")
+
+    def __init__(self, shape: tuple[int, ...], make_views: Callable[[Pixels], tuple[Any, ...]] | None = None) -> None:
+        self.array: Pixels = np.zeros(shape, np.uint8)
+        self.views = make_views(self.array) if make_views is not None else ()  # the owner's own views
+        self.generation = -1  # the pool generation whose frame it holds (-1: nothing yet)
+        self._own_refs = sys.getrefcount(self.array)  # this object's references (views included) + 1
+
+    def free(self) -> bool:
+        """Nothing outside this object references the buffer."""
+        return sys.getrefcount(self.array) <= self._own_refs
+
+
+class FramePool:
+    """A few buffers of one shape for successive frames, each brought up to date by copying only what
+    changed since the frame it holds, so a frame handed out (a view of its buffer) is never written while
+    it is referenced, and a 16x16 change costs a 16x16 copy rather than a copy of the whole screen.
+
+    The owner numbers frames with :meth:`record` (what changed, None: unknown), takes a buffer with
+    :meth:`free_buffer`, brings it up to date with :meth:`catch_up` and marks it with the generation it
+    now holds. Used by the damage tracker (capture) and the hub's snapshots (server); single-threaded.
+    """
+
+    def __init__(self, shape: tuple[int, ...], *, make_views: Callable[[Pixels], tuple[Any, ...]] | None = None,
+                 max_buffers: int = POOL_BUFFERS, history: int = POOL_HISTORY) -> None:
+        self.shape = shape
+        self.buffers: list[PooledBuffer] = []
+        self.generation = 0
+        self._make_views = make_views
+        self._max_buffers = max_buffers
+        self._history: deque[tuple[int, tuple[Rect, ...] | None]] = deque(maxlen=history)
+
+    def new_buffer(self) -> PooledBuffer:
+        """A new buffer, kept in the pool if there is room."""
+        buf = PooledBuffer(self.shape, self._make_views)
+        if len(self.buffers) < self._max_buffers:
+            self.buffers.append(buf)
+        return buf
+
+    def free_buffer(self) -> PooledBuffer:
+        """The free buffer holding the newest frame, or a new one if every buffer is in use."""
+        best: PooledBuffer | None = None
+        for buf in self.buffers:
+            if buf.free() and (best is None or buf.generation > best.generation):
+                best = buf
+        return best if best is not None else self.new_buffer()
+
+    def record(self, damage: tuple[Rect, ...] | None) -> int:
+        """A new frame: ``damage`` is what changed since the previous one (None: unknown). Its generation."""
+        self.generation += 1
+        self._history.append((self.generation, damage))
+        return self.generation
+
+    def changed_since(self, generation: int) -> set[Rect] | None:
+        """What changed after frame ``generation`` up to the newest; None: unknown, or so much that one
+        copy of the whole frame is cheaper."""
+        history = self._history
+        if not history or generation < history[0][0] - 1:
+            return None
+        rects: set[Rect] = set()
+        for gen, damage in history:
+            if gen <= generation:
+                continue
+            if damage is None:
+                return None
+            rects.update(damage)
+        if sum(r.area for r in rects) >= FULL_COPY_FRACTION * self.shape[0] * self.shape[1]:
+            return None
+        return rects
+
+    def catch_up(self, buf: PooledBuffer, src: Pixels) -> bool:
+        """Copy into ``buf`` what changed in ``src`` (the newest frame) since the frame ``buf`` holds; True
+        if that meant copying it whole. The caller sets ``buf.generation`` once ``buf`` holds its frame."""
+        rects = self.changed_since(buf.generation)
+        dst = buf.array
+        if rects is None:
+            np.copyto(dst, src)
+            return True
+        for r in rects:
+            np.copyto(dst[r.y:r.y + r.h, r.x:r.x + r.w], src[r.y:r.y + r.h, r.x:r.x + r.w])
+        return False
+
+    def clear(self) -> None:
+        """Forget every buffer and what changed (the frames they hold are no longer wanted)."""
+        self.buffers = []
+        self._history.clear()

@@ -17,18 +17,14 @@ import pytest
 
 from vkmsremote.drm.atomic import AtomicRequest, PropertyBlob
 from vkmsremote.drm.card import Card, card_for_vkms_device, list_cards
+from vkmsremote.drm.connector import ConnectionStatus, ConnectorType
+from vkmsremote.drm.crtc import get_crtc
 from vkmsremote.drm.events import CrtcSequenceEvent, EventReader, VblankEvent, get_sequence, queue_sequence
 from vkmsremote.drm.fourcc import DrmFormat
 from vkmsremote.drm.framebuffer import DumbFramebuffer, get_framebuffer, map_framebuffer, release_handles
 from vkmsremote.drm.ioctl import AtomicFlag, EventType
-from vkmsremote.drm.resources import (
-    ConnectionStatus,
-    ConnectorType,
-    PlaneType,
-    Resources,
-    get_crtc,
-    get_plane_state,
-)
+from vkmsremote.drm.plane import PlaneType, get_plane_state
+from vkmsremote.drm.resources import Resources
 from vkmsremote.errors import DrmError
 
 pytestmark = pytest.mark.vm

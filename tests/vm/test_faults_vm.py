@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
+from fake_configfs import FakeConfigfs
 
 from vkmsremote.vkms.configfs import Configfs
 from vkmsremote.vkms.device import down, status, up
@@ -46,8 +47,7 @@ SYS_VKMS = Path("/sys/kernel/config/vkms")
 def _fake(tmp_path: Path, name: str) -> tuple[Configfs, StateStore]:
     root = tmp_path / name
     (root / "vkms").mkdir(parents=True)
-    cfs = Configfs(root)
-    assert cfs.fake
+    cfs = FakeConfigfs(root)
     return cfs, StateStore(tmp_path / f"{name}-state", configfs=cfs)
 
 

@@ -28,6 +28,8 @@ ENCODINGS: dict[str, tuple[str, bool]] = {
     "zrle": ("zrle", False),
     "tight": ("tight", False),
     "tight-jpeg": ("tight", True),
+    "h264": ("h264 tight", True),
+    "copyrect": ("copyrect tight", True),
 }
 """Benchmark encoding name -> (LibVNCClient encodings string, JPEG allowed)."""
 
@@ -58,11 +60,12 @@ def build_client(source: Path = SOURCE, out_dir: Path | None = None) -> Path:
     if binary.is_file() and os.access(binary, os.X_OK):
         return binary
     tmp = binary.with_name(f"{binary.name}.{os.getpid()}")
-    build = subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(source), "-lvncclient"],
+    build = subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(source), "-lvncclient", "-lavcodec", "-lavutil",
+                            "-lswscale"],
                            capture_output=True, text=True, timeout=120)
     if build.returncode != 0:
         raise UsageError(f"cannot build the benchmark client: {build.stderr.strip()[-400:]}",
-                         hint="install libvncserver-dev (scripts/setup-host.sh)")
+                         hint="install libvncserver-dev, libavcodec-dev, libswscale-dev (scripts/setup-host.sh)")
     os.replace(tmp, binary)
     return binary
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 STAGE_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("damage", ("(vkmsremote/capture/damage.py", "SyntheticCrtc._compare (", "(vkmsremote/rfb/region.py")),
-    ("encode", ("_encode_rects (", "(vkmsremote/rfb/encodings/", "(vkmsremote/rfb/convert.py")),
+    ("encode", ("encode_update (", "(vkmsremote/server/moves.py", "(vkmsremote/rfb/encodings/", "(vkmsremote/rfb/convert.py")),
     ("snapshot", ("_publish (",)),
     ("send", ("_write (vkmsremote/server/session.py", "_write_ready (", "sock_send", "_sock_sendall")),
     ("capture", ("(vkmsremote/capture/", "(vkmsremote/drm/", "(vkmsremote/bench/scanout.py")),

@@ -5,8 +5,9 @@ unless --port) and times its stages in CPU seconds (time.thread_time, so worker 
 
 * ``damage``: DamageTracker.update on every vblank (compare with the last frame, copy what changed);
 * ``snapshot``: the hub's per-frame copy of the frame and fan-out to sessions (Hub._publish);
-* ``encode``: the encoders, pixel format conversion included (session._encode_rects, worker thread), plus
-  Tight's JPEG compressed in its parallel threads (tight._jpeg_data there);
+* ``encode``: the encoders, pixel format conversion and the move search for CopyRect included (the
+  session's encode_update, worker thread), plus Tight's JPEG compressed in its parallel threads
+  (tight._jpeg_data there);
 * ``send``: Session._write, i.e. transport.write of each finished message (the immediate send(2));
 * the rest of the process's CPU time is the event loop, the RFB protocol and deferred socket writes.
 
@@ -56,7 +57,7 @@ def timed(stage: str, timings: dict[str, float], fn: F) -> F:
 
 def timed_in_pool(stage: str, timings: dict[str, float], fn: F) -> F:
     """``fn`` timed as :func:`timed` when it runs in Tight's JPEG threads (in the session's worker thread
-    it is already inside a timed ``_encode_rects``)."""
+    it is already inside a timed ``encode_update``)."""
     inner = timed(stage, timings, fn)
 
     @functools.wraps(fn)
@@ -70,7 +71,7 @@ def timed_in_pool(stage: str, timings: dict[str, float], fn: F) -> F:
 
 def instrument(timings: dict[str, float]) -> None:
     """Time the server's stages (module-level patches: this process runs nothing else)."""
-    session_module._encode_rects = timed("encode", timings, session_module._encode_rects)
+    session_module.encode_update = timed("encode", timings, session_module.encode_update)
     tight_module._jpeg_data = timed_in_pool("encode", timings, tight_module._jpeg_data)
     hub_module.Hub._publish = timed("snapshot", timings, hub_module.Hub._publish)  # type: ignore[method-assign]
     session_module.Session._write = timed("send", timings, session_module.Session._write)  # type: ignore[method-assign]
@@ -88,7 +89,11 @@ def stats(server: VncServer, source: SyntheticCrtc, timings: dict[str, float]) -
         "vblanks": source.vblanks,
         "probes": source.probes,
         "sessions": [{"updates": r.updates, "bytes": r.bytes_sent, "encoding": int(r.encoding),
-                      "rects": r.rectangles} for r in server.records],
+                      "rects": r.rectangles, "rect_encodings": {int(k): v for k, v in r.rect_encodings.items()}}
+                     for r in server.records],
+        "video_encodes": server.ctx.video_share.encodes,
+        "video_members": [{k: getattr(v, k) for k in ("shared_frames", "private_frames", "caught_up")}
+                          for v in (getattr(s, "_video", None) for s in server.ctx.sessions) if v is not None],
     }
 
 

@@ -36,12 +36,6 @@ CODE_RECT = Rect(0, 0, CODE_WIDTH, CODE_HEIGHT)
 MIN_SIZE = (CODE_WIDTH + 128, 240)
 
 
-def union(a: Rect, b: Rect) -> Rect:
-    x0, y0 = min(a.x, b.x), min(a.y, b.y)
-    x1, y1 = max(a.x + a.w, b.x + b.w), max(a.y + a.h, b.y + b.h)
-    return Rect(x0, y0, x1 - x0, y1 - y0)
-
-
 def copy_rect(dst: Pixels, src: Pixels, r: Rect) -> None:
     dst[r.y:r.y + r.h, r.x:r.x + r.w] = src[r.y:r.y + r.h, r.x:r.x + r.w]
 

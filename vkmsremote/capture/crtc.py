@@ -50,7 +50,9 @@ from vkmsremote.drm.card import Card
 from vkmsremote.drm.events import CrtcSequenceEvent, EventReader, queue_sequence
 from vkmsremote.drm.fourcc import DrmFormat
 from vkmsremote.drm.ioctl import ObjectType
-from vkmsremote.drm.resources import Resources, get_plane_state, get_properties
+from vkmsremote.drm.plane import get_plane_state
+from vkmsremote.drm.properties import get_properties
+from vkmsremote.drm.resources import Resources
 from vkmsremote.errors import DeviceStateError, DrmError, TimeoutError_, UsageError
 from vkmsremote.frame import Cursor, Frame, Pixels, Placement, Rect
 
@@ -193,7 +195,7 @@ class CrtcReader:
         res.crtc(crtc_id)  # raises UsageError for a wrong id
         self.card = card
         self.crtc_id = crtc_id
-        self.primary_plane_id = res.primary_plane(crtc_id).id
+        res.primary_plane(crtc_id)  # raises UsageError if the CRTC has no primary plane to follow
         cursor = res.cursor_plane(crtc_id)
         # With writeback the cursor plane is composed into the picture already.
         self.cursor_plane_id = cursor.id if cursor is not None and writeback is None else None

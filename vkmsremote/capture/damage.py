@@ -19,32 +19,26 @@ instead of a full compare plus a copy per rectangle. Otherwise the full compare 
 
 The stable copy is never written while anyone but the tracker references it, so a frame handed out
 (``frame``) can be kept as it is, without a copy, for as long as it is needed (the hub keeps it as a
-snapshot that sessions encode in worker threads). The tracker holds a few buffers; an update writes into
-the current one only if nothing else references it, otherwise into a free one that it first brings up to
-date by copying the rectangles changed since that buffer was current (or the whole frame if it is too
-old). ``frame`` is then that buffer. Whether a buffer is referenced is read from its reference count:
-every view of it (slices included) references it.
+snapshot that sessions encode in worker threads). The tracker's buffers are a
+:class:`~vkmsremote.frame.FramePool`: an update writes into the current one only if nothing else references
+it, otherwise into a free one that the pool first brings up to date by copying the rectangles changed since
+that buffer was current (or the whole frame if it is too old). ``frame`` is then that buffer.
 """
 
 from __future__ import annotations
 
-import sys
-from collections import deque
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from vkmsremote.frame import Pixels, Rect
+from vkmsremote.frame import FramePool, Pixels, PooledBuffer, Rect
 
 DEFAULT_TILE = 64
 SAMPLE_STRIDE = 8
 """Every this-many-th row is compared by the pre-check of a frame that probably changed almost whole."""
 MOSTLY_CHANGED = 0.875
 """Fraction of tiles that must have changed for a frame to be taken whole (see the module docstring)."""
-STABLE_BUFFERS = 4
-"""Buffers kept for the stable copy: the current frame, frames still referenced elsewhere, one to write."""
-HISTORY = 8
-"""Updates whose rectangles are remembered to bring an older buffer up to date."""
 _EDGE_ROWS = 8  # rows per step when scanning for the first/last changed row
 _EDGE_COLS = 16  # pixels per step when scanning for the first/last changed column (one 64-byte line)
 
@@ -56,23 +50,6 @@ def _words(frame: Pixels, word: type[np.unsignedinteger]) -> npt.NDArray[np.unsi
     if rows.strides[1] != 1:
         rows = np.ascontiguousarray(rows)
     return rows.view(word)
-
-
-class _Stable:
-    """One buffer for the stable copy, with the views the compare uses."""
-
-    __slots__ = ("_own_refs", "array", "generation", "pixels", "words")
-
-    def __init__(self, height: int, width: int, word: type[np.unsignedinteger]) -> None:
-        self.array: Pixels = np.zeros((height, width, 4), np.uint8)
-        self.words = _words(self.array, word)
-        self.pixels = _words(self.array, np.uint32)
-        self.generation = -1  # the tracker generation whose frame it holds (-1: none)
-        self._own_refs = sys.getrefcount(self.array)  # this object's references (views included) + 1
-
-    def free(self) -> bool:
-        """Nothing outside this object references the buffer (no frame handed out is still in use)."""
-        return sys.getrefcount(self.array) <= self._own_refs
 
 
 class DamageTracker:
@@ -90,10 +67,9 @@ class DamageTracker:
             raise ValueError(f"tile size {tile} must be a positive multiple of 16")
         self.width, self.height, self.tile = width, height, tile
         self._word: type[np.unsignedinteger] = np.uint64 if width % 2 == 0 else np.uint32
-        self._current = _Stable(height, width, self._word)
-        self._buffers = [self._current]
-        self._generation = 0
-        self._history: deque[tuple[int, tuple[Rect, ...] | None]] = deque(maxlen=HISTORY)
+        # Each buffer keeps the views the compare uses: (words, uint32 pixels).
+        self._pool = FramePool((height, width, 4), make_views=self._views)
+        self._current = self._pool.new_buffer()
         self.buffer_switches = 0  # updates written into another buffer (for tests and benchmarks)
         self._px_per_word = 2 if width % 2 == 0 else 1
         self._words_per_tile = tile // self._px_per_word  # a multiple of 8: the mask rows view as uint64
@@ -111,6 +87,9 @@ class DamageTracker:
         self._try_sample = False  # the last update changed most tiles: pre-check the next one
         self.whole_frames = 0  # updates answered by the pre-check (for tests and benchmarks)
 
+    def _views(self, array: Pixels) -> tuple[Any, ...]:
+        return _words(array, self._word), _words(array, np.uint32)
+
     @property
     def frame(self) -> Pixels:
         """The stable copy of the last frame: not written again while it is referenced outside the tracker."""
@@ -123,50 +102,20 @@ class DamageTracker:
         np.copyto(target.array, new)
         self._advance(target, None)
 
-    def _writable(self, rects: tuple[Rect, ...] | None) -> _Stable:
+    def _writable(self, rects: tuple[Rect, ...] | None) -> PooledBuffer:
         """The buffer to write the next frame into, holding the current frame outside ``rects`` (None:
         the caller overwrites every pixel, so its old content does not matter)."""
         current = self._current
         if current.free():
             return current
         self.buffer_switches += 1
-        target: _Stable | None = None
-        for buf in self._buffers:
-            if buf is not current and buf.free() and (target is None or buf.generation > target.generation):
-                target = buf
-        if target is None:  # every buffer is in use: a new one (kept if there is room)
-            target = _Stable(self.height, self.width, self._word)
-            if len(self._buffers) < STABLE_BUFFERS:
-                self._buffers.append(target)
+        target = self._pool.free_buffer()
         if rects is not None:
-            stale = self._changed_since(target.generation)
-            if stale is None:
-                np.copyto(target.array, current.array)
-            else:
-                src, dst = current.array, target.array
-                for r in stale:
-                    np.copyto(dst[r.y:r.y + r.h, r.x:r.x + r.w], src[r.y:r.y + r.h, r.x:r.x + r.w])
+            self._pool.catch_up(target, current.array)
         return target
 
-    def _changed_since(self, generation: int) -> set[Rect] | None:
-        """Rectangles changed after ``generation``; None if unknown or half the frame or more."""
-        history = self._history
-        if not history or generation < history[0][0] - 1:
-            return None
-        rects: set[Rect] = set()
-        for gen, damage in history:
-            if gen > generation:
-                if damage is None:
-                    return None
-                rects.update(damage)
-        if sum(r.area for r in rects) * 2 >= self.width * self.height:
-            return None
-        return rects
-
-    def _advance(self, target: _Stable, rects: tuple[Rect, ...] | None) -> None:
-        self._generation += 1
-        self._history.append((self._generation, rects))
-        target.generation = self._generation
+    def _advance(self, target: PooledBuffer, rects: tuple[Rect, ...] | None) -> None:
+        target.generation = self._pool.record(rects)
         self._current = target
 
     def _check(self, new: Pixels) -> None:
@@ -177,7 +126,7 @@ class DamageTracker:
     def changed_tiles(self, new: Pixels) -> npt.NDArray[np.bool_]:
         """Steps 1-2: (tiles_y, tiles_x) flags; leaves the word mask of ``new`` vs ``frame`` in place."""
         self._check(new)
-        np.not_equal(_words(new, self._word), self._current.words, out=self._mask_view)
+        np.not_equal(_words(new, self._word), self._current.views[0], out=self._mask_view)
         t = self.tile
         band = np.bitwise_or.reduce(self._mask_u64.reshape(self._tiles_y, t, -1), axis=1)
         flags: npt.NDArray[np.bool_] = band.reshape(self._tiles_y, self._tiles_x, -1).any(axis=2)
@@ -211,7 +160,7 @@ class DamageTracker:
         bounding box of its changes. None (nothing copied) otherwise."""
         self._check(new)
         s, t = SAMPLE_STRIDE, self.tile
-        np.not_equal(_words(new, self._word)[::s], self._current.words[::s], out=self._sample_view)
+        np.not_equal(_words(new, self._word)[::s], self._current.views[0][::s], out=self._sample_view)
         band = np.bitwise_or.reduce(self._sample_u64.reshape(self._tiles_y, t // s, -1), axis=1)
         flags = band.reshape(self._tiles_y, self._tiles_x, -1).any(axis=2)
         if np.count_nonzero(flags) < MOSTLY_CHANGED * flags.size:
@@ -226,7 +175,7 @@ class DamageTracker:
     def _bounding_box(self, new: npt.NDArray[np.unsignedinteger]) -> Rect:
         """The smallest rectangle holding every pixel where ``new`` (h, w) uint32 differs from ``frame``;
         only called when some pixel differs. Scans inwards from each edge, a few rows or columns at a time."""
-        old, h, w = self._current.pixels, self.height, self.width
+        old, h, w = self._current.views[1], self.height, self.width
 
         def rows_changed(y0: int, y1: int) -> npt.NDArray[np.intp]:
             return y0 + np.flatnonzero((new[y0:y1] != old[y0:y1]).any(axis=1))
@@ -305,6 +254,3 @@ def _merge_runs(flags: npt.NDArray[np.bool_]) -> list[tuple[int, int, int, int]]
         row_spans[span] = idx
     return [(a, b, c, d) for a, b, c, d in out]
 
-
-def full_frame_damage(width: int, height: int) -> tuple[Rect, ...]:
-    return (Rect(0, 0, width, height),)

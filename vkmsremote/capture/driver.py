@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from types import TracebackType
 
 import numpy as np
 
 from vkmsremote.drm.atomic import AtomicRequest, PropertyBlob
 from vkmsremote.drm.card import Card
+from vkmsremote.drm.connector import Connector
 from vkmsremote.drm.events import DrmEvent, EventReader, VblankEvent
 from vkmsremote.drm.fourcc import DrmFormat
 from vkmsremote.drm.framebuffer import DumbFramebuffer
 from vkmsremote.drm.ioctl import AtomicFlag, EventType
-from vkmsremote.drm.resources import Connector, Mode, Resources
+from vkmsremote.drm.mode import Mode
+from vkmsremote.drm.resources import Resources
 from vkmsremote.errors import UsageError
 from vkmsremote.frame import Pixels
 
@@ -251,7 +252,7 @@ class PatternDriver:
     def __enter__(self) -> PatternDriver:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

@@ -16,22 +16,25 @@ A :class:`WritebackExporter` does the same for the buffer a writeback connector 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from vkmsremote.drm.card import Card
 from vkmsremote.drm.framebuffer import (
-    DmaBufMapping,
+    NO_HANDLES,
     FramebufferInfo,
     MappedFramebuffer,
-    get_framebuffer,
+    export_planes,
+    map_planes,
     prime_export,
-    release_handles,
 )
-from vkmsremote.errors import DrmError
+
+__all__ = [
+    "MAX_PLANES", "NO_HANDLES", "ExportedFramebuffer", "FramebufferExporter", "LocalExporter", "WritebackExporter",
+    "export_dumb_framebuffer", "export_framebuffer", "map_exported",
+]
 
 MAX_PLANES = 4
-NO_HANDLES = (0, 0, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,31 +83,12 @@ class WritebackExporter(Protocol):
 
 def export_framebuffer(card: Card, fb_id: int, known: tuple[int, ...] | None = None) -> ExportedFramebuffer:
     """GETFB2 + PRIME_HANDLE_TO_FD of every plane's buffer on ``card`` (root or DRM master)."""
-    info = get_framebuffer(card, fb_id)
-    fds: dict[int, int] = {}  # inode -> fd, in plane order
-    try:
-        identity = []
-        for plane in range(info.num_planes):
-            if info.handles[plane] == 0:
-                raise DrmError("DRM_IOCTL_MODE_GETFB2 returned no buffer handle", 13, object_id=fb_id,
-                               hint="reading another client's framebuffer needs root (CAP_SYS_ADMIN) or DRM master")
-            fd = prime_export(card, info.handles[plane])
-            inode = os.fstat(fd).st_ino
-            identity.append(inode)
-            if inode in fds:
-                os.close(fd)
-            else:
-                fds[inode] = fd
-        ident = tuple(identity)
-        if known is not None and ident == tuple(known):
-            return ExportedFramebuffer(replace(info, handles=NO_HANDLES), ident, None)  # fds closed below
-        out = tuple(fds.values())
-        fds.clear()  # handed over to the caller
-        return ExportedFramebuffer(replace(info, handles=NO_HANDLES), ident, out)
-    finally:
-        for fd in fds.values():
+    info, identity, fds = export_planes(card, fb_id)
+    if known is not None and identity == tuple(known):
+        for fd in fds:
             os.close(fd)
-        release_handles(card, info)
+        return ExportedFramebuffer(info, identity, None)
+    return ExportedFramebuffer(info, identity, fds)
 
 
 class LocalExporter:
@@ -124,23 +108,7 @@ def map_exported(exported: ExportedFramebuffer) -> MappedFramebuffer:
     """Map every buffer of an export that carries fds (read-only); the mapping owns the fds."""
     if exported.fds is None:
         raise ValueError(f"the export of fb {exported.info.fb_id} carries no fds to map")
-    distinct = list(dict.fromkeys(exported.identity))
-    buffers: dict[int, DmaBufMapping] = {}
-    pending = list(exported.fds)
-    try:
-        for inode in distinct:
-            fd = pending.pop(0)
-            buffers[inode] = DmaBufMapping(fd)  # closes fd itself if mmap fails
-            if buffers[inode].inode != inode:
-                raise DrmError(f"framebuffer {exported.info.fb_id}: the fd passed for buffer {inode} is "
-                               f"buffer {buffers[inode].inode}", 22, object_id=exported.info.fb_id)
-    except BaseException:
-        for fd in pending:
-            os.close(fd)
-        for buf in buffers.values():
-            buf.close()
-        raise
-    return MappedFramebuffer(exported.info, buffers, exported.identity)
+    return map_planes(exported.info, exported.identity, exported.fds)
 
 
 def export_dumb_framebuffer(card: Card, fb_id: int, handle: int, width: int, height: int, pitch: int,

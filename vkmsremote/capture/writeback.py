@@ -22,10 +22,13 @@ import numpy as np
 from vkmsremote.capture.exporter import ExportedFramebuffer, export_dumb_framebuffer
 from vkmsremote.drm.atomic import AtomicRequest
 from vkmsremote.drm.card import Card
+from vkmsremote.drm.connector import Connector
+from vkmsremote.drm.crtc import get_crtc
 from vkmsremote.drm.fourcc import DrmFormat, format_name
 from vkmsremote.drm.framebuffer import DumbFramebuffer
 from vkmsremote.drm.ioctl import AtomicFlag, ClientCap
-from vkmsremote.drm.resources import Connector, Resources, get_blob, get_crtc
+from vkmsremote.drm.properties import get_blob
+from vkmsremote.drm.resources import Resources
 from vkmsremote.errors import DeviceStateError, DrmError, TimeoutError_, UnsupportedFormatError, UsageError
 from vkmsremote.frame import Pixels
 
@@ -129,10 +132,6 @@ class WritebackCapture:
             os.close(fence.value)
         self.captures += 1
         return fb
-
-    async def capture_async(self) -> Pixels:
-        """:meth:`capture` in a worker thread (the commit and the fence wait block for about a frame)."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.capture)
 
     def close(self) -> None:
         if self._fb is not None:

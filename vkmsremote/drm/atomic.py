@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
-from types import TracebackType
 from typing import Protocol
 
 from vkmsremote.drm import ioctl as k
 from vkmsremote.drm.card import Card
 from vkmsremote.drm.ioctl import AtomicFlag, ClientCap
-from vkmsremote.drm.resources import Mode, get_properties
+from vkmsremote.drm.mode import Mode
+from vkmsremote.drm.properties import get_properties
 from vkmsremote.errors import DrmError, UsageError
 
 
@@ -139,5 +139,5 @@ class PropertyBlob:
     def __enter__(self) -> PropertyBlob:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()

@@ -12,22 +12,21 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from vkmsremote.drm import ioctl as k
-from vkmsremote.drm.ioctl import Cap, ClientCap, drm_error, drm_ioctl
+from vkmsremote.drm.ioctl import ClientCap, drm_error, drm_ioctl
 from vkmsremote.errors import DeviceStateError, DrmError, PermissionDeniedError
 
 
 @dataclass(frozen=True, slots=True)
 class DriverVersion:
+    """DRM_IOCTL_VERSION: the driver's name ("vkms"), version and date."""
+
     name: str
     major: int
     minor: int
-    patchlevel: int
     date: str
-    description: str
 
 
 class Card:
@@ -42,7 +41,7 @@ class Card:
         self._is_master = False
         self._driver: DriverVersion | None = None
         self.client_caps: dict[ClientCap, int] = {}
-        # Property metadata by property id; filled lazily by vkmsremote.drm.resources.
+        # Property metadata by property id; filled lazily by vkmsremote.drm.properties.
         self.property_cache: dict[int, Any] = {}
         # Object id -> {property name: property id}; filled lazily by vkmsremote.drm.atomic.
         self.property_ids: dict[int, dict[str, int]] = {}
@@ -108,7 +107,7 @@ class Card:
     def __enter__(self) -> Card:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -125,15 +124,10 @@ class Card:
             bufs = [ctypes.create_string_buffer(max(int(n), 1)) for n in (v.name_len, v.date_len, v.desc_len)]
             v.name, v.date, v.desc = (ctypes.addressof(b) for b in bufs)
             self.ioctl(k.DRM_IOCTL_VERSION, v, "DRM_IOCTL_VERSION")
-            name, date, desc = (b.raw[:n].decode("utf-8", "replace")
-                                for b, n in zip(bufs, (v.name_len, v.date_len, v.desc_len), strict=True))
-            self._driver = DriverVersion(name, v.version_major, v.version_minor, v.version_patchlevel, date, desc)
+            name, date = (b.raw[:n].decode("utf-8", "replace")
+                          for b, n in zip(bufs[:2], (v.name_len, v.date_len), strict=True))
+            self._driver = DriverVersion(name, v.version_major, v.version_minor, date)
         return self._driver
-
-    def get_cap(self, cap: Cap) -> int:
-        arg = k.drm_get_cap(capability=cap)
-        self.ioctl(k.DRM_IOCTL_GET_CAP, arg, f"DRM_IOCTL_GET_CAP({cap.name})")
-        return int(arg.value)
 
     def set_client_cap(self, cap: ClientCap, value: int = 1) -> None:
         arg = k.drm_set_client_cap(capability=cap, value=value)
@@ -204,7 +198,6 @@ class CardNode:
     name: str  # "card0"
     minor: int  # 0
     dev_path: str  # "/dev/dri/card0"
-    device_path: str  # "/sys/devices/faux/xr" (realpath of /sys/class/drm/card0/device)
     bus: str  # "faux", "platform", "pci", ...: the parent directory's name under /sys/devices
     device_name: str  # "xr": for a configfs VKMS device, its configfs directory name
 
@@ -225,7 +218,7 @@ def list_cards(sysfs_root: str | os.PathLike[str] = "/sys", dev_root: str | os.P
         nodes.append(CardNode(
             name=entry.name, minor=int(m.group(1)),
             dev_path=str(Path(dev_root) / "dri" / entry.name),
-            device_path=str(device), bus=device.parent.name, device_name=device.name,
+            bus=device.parent.name, device_name=device.name,
         ))
     return sorted(nodes, key=lambda n: n.minor)
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import mmap
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from types import TracebackType
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +32,7 @@ FORMAT_BPP: dict[int, int] = {
 @dataclass(frozen=True, slots=True)
 class FramebufferInfo:
     """DRM_IOCTL_MODE_GETFB2. The GEM ``handles`` belong to the card fd that asked: release them with
-    :func:`release_handles` (or use :func:`map_framebuffer`, which does)."""
+    :func:`release_handles` (:func:`export_planes` does, and zeroes them)."""
 
     fb_id: int
     width: int
@@ -98,7 +98,7 @@ class DmaBufMapping:
             self.mmap: mmap.mmap | None = mmap.mmap(fd, self.size, mmap.MAP_SHARED, prot)
         except OSError as exc:
             os.close(fd)
-            raise drm_error("mmap of dma-buf", exc.errno or 5) from None
+            raise drm_error("mmap of dma-buf", exc.errno or errno.EIO) from None
         self.data: npt.NDArray[np.uint8] = np.frombuffer(self.mmap, dtype=np.uint8)
         if not writable:
             self.data.flags.writeable = False
@@ -146,12 +146,12 @@ class MappedFramebuffer:
 
     def __init__(self, info: FramebufferInfo, buffers: dict[int, DmaBufMapping], plane_buffer: tuple[int, ...]) -> None:
         self.info = info
-        self._buffers = buffers  # keyed by the GEM handle the buffer was exported from
+        self._buffers = buffers  # keyed by the buffer's dma-buf inode
         self._plane_buffer = plane_buffer  # plane index -> key into _buffers
 
     @property
     def identity(self) -> tuple[int, ...]:
-        """The dma-buf inode of each plane: compare with :func:`framebuffer_identity` to detect that an fb id
+        """The dma-buf inode of each plane: compare with a later export's identity to detect that an fb id
         now names a different buffer (ids are reused after RMFB)."""
         return tuple(self._buffers[h].inode for h in self._plane_buffer)
 
@@ -166,7 +166,7 @@ class MappedFramebuffer:
         raw = self.plane_bytes(plane)
         last_row = self.info.width * bytes_per_pixel if bytes_per_pixel else pitch
         if h == 0 or raw.size < pitch * (h - 1) + last_row:
-            raise DrmError(f"framebuffer {self.info.fb_id} plane {plane}: buffer smaller than pitch x height", 22,
+            raise DrmError(f"framebuffer {self.info.fb_id} plane {plane}: buffer smaller than pitch x height", errno.EINVAL,
                            object_id=self.info.fb_id)
         rows = np.lib.stride_tricks.as_strided(raw, shape=(h, pitch), strides=(pitch, 1), writeable=False)
         if bytes_per_pixel is None:
@@ -200,60 +200,82 @@ class MappedFramebuffer:
     def __enter__(self) -> MappedFramebuffer:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+NO_HANDLES = (0, 0, 0, 0)
+
+
+def export_planes(card: Card, fb_id: int) -> tuple[FramebufferInfo, tuple[int, ...], tuple[int, ...]]:
+    """GETFB2 + PRIME_HANDLE_TO_FD of every plane's buffer on ``card`` (root or DRM master): the one place
+    that turns an fb id into dma-bufs.
+
+    Returns the fb's info (``handles`` zeroed: the GEM handles are released here), its *identity* (the
+    dma-buf inode of each plane's buffer: exporting a GEM object again gives the same dma-buf) and one
+    dma-buf fd per distinct buffer, in the order the buffers first appear in the planes. The caller owns the fds.
+    """
+    info = get_framebuffer(card, fb_id)
+    fds: dict[int, int] = {}  # inode -> fd, in plane order
+    try:
+        identity = []
+        for plane in range(info.num_planes):
+            if info.handles[plane] == 0:
+                raise DrmError("DRM_IOCTL_MODE_GETFB2 returned no buffer handle", errno.EACCES, object_id=fb_id,
+                               hint="reading another client's framebuffer needs root (CAP_SYS_ADMIN) or DRM master")
+            fd = prime_export(card, info.handles[plane])
+            inode = os.fstat(fd).st_ino
+            identity.append(inode)
+            if inode in fds:
+                os.close(fd)
+            else:
+                fds[inode] = fd
+        out = tuple(fds.values())
+        fds.clear()  # handed over to the caller
+        return replace(info, handles=NO_HANDLES), tuple(identity), out
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+        release_handles(card, info)
+
+
+def map_planes(info: FramebufferInfo, identity: tuple[int, ...], fds: tuple[int, ...]) -> MappedFramebuffer:
+    """Map (read-only) the buffers :func:`export_planes` describes: ``fds`` holds one fd per distinct inode of
+    ``identity``, in first-appearance order. The mapping owns the fds (closed here if mapping fails)."""
+    distinct = list(dict.fromkeys(identity))
+    if len(fds) != len(distinct):
+        for fd in fds:
+            os.close(fd)
+        raise ValueError(f"{len(fds)} fds for {len(distinct)} distinct buffers of fb {info.fb_id}")
+    buffers: dict[int, DmaBufMapping] = {}
+    pending = list(fds)
+    try:
+        for inode in distinct:
+            fd = pending.pop(0)
+            buffers[inode] = DmaBufMapping(fd)  # closes fd itself if mmap fails
+            if buffers[inode].inode != inode:
+                raise DrmError(f"framebuffer {info.fb_id}: the fd passed for buffer {inode} is "
+                               f"buffer {buffers[inode].inode}", errno.EINVAL, object_id=info.fb_id)
+    except BaseException:
+        for fd in pending:
+            os.close(fd)
+        for buf in buffers.values():
+            buf.close()
+        raise
+    return MappedFramebuffer(info, buffers, identity)
 
 
 def map_framebuffer(card: Card, fb_id: int, *, require_linear: bool = True) -> MappedFramebuffer:
     """GETFB2 + PRIME export + mmap of every plane's buffer (read-only). Needs root or DRM master
     (the kernel gives other clients no handles)."""
-    info = get_framebuffer(card, fb_id)
-    try:
-        if info.handles[0] == 0:
-            raise DrmError("DRM_IOCTL_MODE_GETFB2 returned no buffer handle", 13, object_id=fb_id,
-                           hint="reading another client's framebuffer needs root (CAP_SYS_ADMIN) or DRM master")
-        if require_linear and info.modifier != DRM_FORMAT_MOD_LINEAR:
-            raise UnsupportedFormatError(
-                f"framebuffer {fb_id} has a non-linear modifier 0x{info.modifier:016x}",
-                hint="vkmsremote reads only linear framebuffers; make the client allocate linear buffers")
-        buffers: dict[int, DmaBufMapping] = {}
-        plane_buffer = []
-        try:
-            for plane in range(info.num_planes):
-                handle = info.handles[plane]
-                if handle not in buffers:
-                    buffers[handle] = DmaBufMapping(prime_export(card, handle))
-                plane_buffer.append(handle)
-        except BaseException:
-            for buf in buffers.values():
-                buf.close()
-            raise
-        return MappedFramebuffer(info, buffers, tuple(plane_buffer))
-    finally:
-        release_handles(card, info)
-
-
-def framebuffer_identity(card: Card, fb_id: int) -> tuple[FramebufferInfo, tuple[int, ...]]:
-    """GETFB2 and the dma-buf inode of each plane's buffer, without mapping anything.
-
-    Exporting a GEM object that is already exported returns the same dma-buf, so the inodes identify the
-    buffers behind ``fb_id`` at this moment.
-    """
-    info = get_framebuffer(card, fb_id)
-    try:
-        inodes = []
-        for plane in range(info.num_planes):
-            if info.handles[plane] == 0:
-                raise DrmError("DRM_IOCTL_MODE_GETFB2 returned no buffer handle", 13, object_id=fb_id,
-                               hint="reading another client's framebuffer needs root (CAP_SYS_ADMIN) or DRM master")
-            fd = prime_export(card, info.handles[plane])
-            try:
-                inodes.append(os.fstat(fd).st_ino)
-            finally:
-                os.close(fd)
-        return info, tuple(inodes)
-    finally:
-        release_handles(card, info)
+    info, identity, fds = export_planes(card, fb_id)
+    if require_linear and info.modifier != DRM_FORMAT_MOD_LINEAR:
+        for fd in fds:
+            os.close(fd)
+        raise UnsupportedFormatError(
+            f"framebuffer {fb_id} has a non-linear modifier 0x{info.modifier:016x}",
+            hint="vkmsremote reads only linear framebuffers; make the client allocate linear buffers")
+    return map_planes(info, identity, fds)
 
 
 # --- our own buffers ----------------------------------------------------------------------------------------
@@ -300,7 +322,7 @@ class DumbBuffer:
                 self._mmap = mmap.mmap(self.card.fd, self.size, mmap.MAP_SHARED,
                                        mmap.PROT_READ | mmap.PROT_WRITE, offset=arg.offset)
             except OSError as exc:
-                raise drm_error("mmap of dumb buffer", exc.errno or 5, self.handle) from None
+                raise drm_error("mmap of dumb buffer", exc.errno or errno.EIO, self.handle) from None
         return self._mmap
 
     def destroy(self) -> None:
@@ -352,5 +374,5 @@ class DumbFramebuffer:
     def __enter__(self) -> DumbFramebuffer:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-from ctypes import c_char, c_int, c_int32, c_int64, c_long, c_uint, c_uint16, c_uint32, c_uint64, c_ulong
+from ctypes import c_char, c_int, c_int32, c_int64, c_uint, c_uint16, c_uint32, c_uint64, c_ulong
 from enum import IntEnum, IntFlag
 from typing import Any
 
@@ -65,10 +65,6 @@ class drm_version(ctypes.Structure):
     ]
 
 
-class drm_get_cap(ctypes.Structure):
-    _fields_ = [("capability", c_uint64), ("value", c_uint64)]
-
-
 class drm_set_client_cap(ctypes.Structure):
     _fields_ = [("capability", c_uint64), ("value", c_uint64)]
 
@@ -79,18 +75,6 @@ class drm_gem_close(ctypes.Structure):
 
 class drm_prime_handle(ctypes.Structure):
     _fields_ = [("handle", c_uint32), ("flags", c_uint32), ("fd", c_int32)]
-
-
-class drm_wait_vblank_request(ctypes.Structure):
-    _fields_ = [("type", c_uint), ("sequence", c_uint), ("signal", c_ulong)]
-
-
-class drm_wait_vblank_reply(ctypes.Structure):
-    _fields_ = [("type", c_uint), ("sequence", c_uint), ("tval_sec", c_long), ("tval_usec", c_long)]
-
-
-class drm_wait_vblank(ctypes.Union):
-    _fields_ = [("request", drm_wait_vblank_request), ("reply", drm_wait_vblank_reply)]
 
 
 class drm_crtc_get_sequence(ctypes.Structure):
@@ -251,12 +235,10 @@ class dma_buf_sync(ctypes.Structure):
 D = DRM_IOCTL_BASE
 DRM_IOCTL_VERSION = iowr(D, 0x00, drm_version)
 DRM_IOCTL_GEM_CLOSE = iow(D, 0x09, drm_gem_close)
-DRM_IOCTL_GET_CAP = iowr(D, 0x0C, drm_get_cap)
 DRM_IOCTL_SET_CLIENT_CAP = iow(D, 0x0D, drm_set_client_cap)
 DRM_IOCTL_SET_MASTER = io(D, 0x1E)
 DRM_IOCTL_DROP_MASTER = io(D, 0x1F)
 DRM_IOCTL_PRIME_HANDLE_TO_FD = iowr(D, 0x2D, drm_prime_handle)
-DRM_IOCTL_WAIT_VBLANK = iowr(D, 0x3A, drm_wait_vblank)
 DRM_IOCTL_CRTC_GET_SEQUENCE = iowr(D, 0x3B, drm_crtc_get_sequence)
 DRM_IOCTL_CRTC_QUEUE_SEQUENCE = iowr(D, 0x3C, drm_crtc_queue_sequence)
 DRM_IOCTL_MODE_GETRESOURCES = iowr(D, 0xA0, drm_mode_card_res)
@@ -281,25 +263,6 @@ DMA_BUF_IOCTL_SYNC = iow(DMA_BUF_BASE, 0, dma_buf_sync)
 del D
 
 # --- constants ------------------------------------------------------------------------------------------
-
-
-class Cap(IntEnum):
-    """DRM_CAP_* for DRM_IOCTL_GET_CAP."""
-
-    DUMB_BUFFER = 0x1
-    VBLANK_HIGH_CRTC = 0x2
-    DUMB_PREFERRED_DEPTH = 0x3
-    DUMB_PREFER_SHADOW = 0x4
-    PRIME = 0x5
-    TIMESTAMP_MONOTONIC = 0x6
-    ASYNC_PAGE_FLIP = 0x7
-    CURSOR_WIDTH = 0x8
-    CURSOR_HEIGHT = 0x9
-    ADDFB2_MODIFIERS = 0x10
-    PAGE_FLIP_TARGET = 0x11
-    CRTC_IN_VBLANK_EVENT = 0x12
-    SYNCOBJ = 0x13
-    SYNCOBJ_TIMELINE = 0x14
 
 
 class ClientCap(IntEnum):

@@ -12,6 +12,11 @@ A second, view-only password may be configured next to the full-access one (as T
 holds two): VNC authentication accepts either, trying the full-access password first, and a client that
 proved the view-only one gets view-only rights (:class:`Access`). X509Plain does the same for its one
 username with the whole view-only password.
+
+RSA-AES (RA2, RA2ne, RA2_256, RA2ne_256; :mod:`vkmsremote.rfb.rsaaes`) needs the server's RSA key
+(``rsa_key``) and checks, inside its encrypted handshake, the username and password with ``check_plain``
+when a username is configured (subtype 1), else the whole password against ``vnc_password`` (subtype 2);
+the view-only password works there as well.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 from vkmsremote.errors import UsageError
-from vkmsremote.rfb.constants import SecurityType, VeNCryptSubtype
+from vkmsremote.rfb.constants import RSA_AES_TYPES, SecurityType, VeNCryptSubtype
+from vkmsremote.rfb.rsaaes import ServerKey
 
 CHALLENGE_SIZE = 16
 VNC_PASSWORD_BYTES = 8
@@ -156,6 +162,7 @@ class SecurityPolicy:
     check_plain: PlainChecker | None = None
     vnc_view_only_password: bytes | None = None
     check_plain_view_only: PlainChecker | None = None
+    rsa_key: ServerKey | None = None
 
     def __post_init__(self) -> None:
         if not self.types:
@@ -163,8 +170,13 @@ class SecurityPolicy:
         if len(set(self.types)) != len(self.types):
             raise UsageError("a security type is listed twice")
         for t in self.types:
-            if t not in (SecurityType.NONE, SecurityType.VNC_AUTH, SecurityType.VENCRYPT):
+            if t not in (SecurityType.NONE, SecurityType.VNC_AUTH, SecurityType.VENCRYPT) and t not in RSA_AES_TYPES:
                 raise UsageError(f"security type {t!r} is not supported")
+        if self.uses_rsa_aes:
+            if self.rsa_key is None:
+                raise UsageError("RSA-AES needs the server's RSA key", hint="let vkmsremote make one (the default)")
+            if not self.vnc_password and self.check_plain is None:
+                raise UsageError("RSA-AES needs a password", hint="give --password-file (or $VKMSREMOTE_PASSWORD)")
         uses_vnc = SecurityType.VNC_AUTH in self.types or any(s in _VNC_SUBTYPES for s in self.vencrypt_subtypes)
         if uses_vnc and not self.vnc_password:
             raise UsageError("VNC authentication needs a password", hint="give --password or --password-file")
@@ -189,7 +201,10 @@ class SecurityPolicy:
         if self.check_plain_view_only is not None and self.check_plain is None:
             raise UsageError("a view-only Plain checker needs a full-access one as well")
         uses_plain = SecurityType.VENCRYPT in self.types and any(s in _PLAIN_SUBTYPES for s in self.vencrypt_subtypes)
-        if not (uses_vnc and self.vnc_view_only_password) and not (uses_plain and self.check_plain_view_only):
+        ra2_checks = self.uses_rsa_aes and (self.check_plain_view_only if self.ra2_username_required
+                                            else self.vnc_view_only_password)
+        if not (uses_vnc and self.vnc_view_only_password) and not (uses_plain and self.check_plain_view_only) \
+                and not ra2_checks:
             raise UsageError("a view-only password is set, but no offered security type checks it",
                              hint="offer vncauth, x509vnc or x509plain (--security)")
         if uses_vnc and self.vnc_password and self.vnc_view_only_password is not None and hmac.compare_digest(
@@ -197,6 +212,32 @@ class SecurityPolicy:
             raise UsageError("the view-only password's first 8 bytes are the full-access password's, and VNC "
                              "authentication reads only those: every view-only client would get full access",
                              hint="choose a view-only password that differs within its first 8 characters")
+
+    @property
+    def uses_rsa_aes(self) -> bool:
+        return any(t in RSA_AES_TYPES for t in self.types)
+
+    @property
+    def ra2_username_required(self) -> bool:
+        """RSA-AES asks for a username and password (subtype 1) when a username is configured."""
+        return self.check_plain is not None
+
+    def ra2_access(self, username: str, password: bytes) -> Access | None:
+        """Which access the RSA-AES credentials give: full, view-only, or None (refused). Both passwords
+        are always compared, in constant time."""
+        if self.ra2_username_required:
+            pw = password.decode("utf-8", errors="replace")
+            full = self.check_plain(username, pw) if self.check_plain else False
+            view = self.check_plain_view_only(username, pw) if self.check_plain_view_only else False
+        else:
+            full = hmac.compare_digest(self.vnc_password, password) if self.vnc_password else False
+            view = hmac.compare_digest(self.vnc_view_only_password, password) if self.vnc_view_only_password \
+                else False
+        if full:
+            return Access.FULL
+        if view:
+            return Access.VIEW_ONLY
+        return None
 
     @property
     def authenticates(self) -> bool:

@@ -35,7 +35,21 @@ class SecurityType(IntEnum):
     INVALID = 0
     NONE = 1
     VNC_AUTH = 2
+    RA2 = 5  # RSA-AES (rfbproto "RSA-AES Security Type"): everything after the key exchange encrypted
+    RA2NE = 6  # RSA-AES Unencrypted: only the security handshake encrypted
     VENCRYPT = 19
+    RA2_256 = 129  # RSA-AES-256: SHA-256, AES-256
+    RA2NE_256 = 130  # RSA-AES-256 Unencrypted
+
+
+RSA_AES_TYPES = frozenset({SecurityType.RA2, SecurityType.RA2NE, SecurityType.RA2_256, SecurityType.RA2NE_256})
+
+
+class Ra2Subtype(IntEnum):
+    """The credentials an RSA-AES server asks for (rfbproto "RSA-AES Security Type"); other values are invalid."""
+
+    USERNAME_AND_PASSWORD = 1
+    PASSWORD = 2
 
 
 class VeNCryptSubtype(IntEnum):
@@ -80,6 +94,7 @@ class Encoding(IntEnum):
     ZLIB = 6
     TIGHT = 7
     ZRLE = 16
+    OPEN_H264 = 50  # rfbproto "Open H.264 Encoding"
     # pseudo-encodings
     JPEG_QUALITY_LEVEL_0 = -32  # ... -23 is level 9
     JPEG_QUALITY_LEVEL_9 = -23

@@ -231,6 +231,12 @@ class UpdateFlow:
         return self._cu_area is not None
 
     @property
+    def damage_pending(self) -> bool:
+        """Some of the framebuffer changed since the client was last sent it (used by server.motion: right
+        after a plan, False means the update makes the client's framebuffer equal the frame)."""
+        return bool(self._damage)
+
+    @property
     def wants_pixels(self) -> bool:
         """The client would take an update with pixel data (a request is pending or continuous updates are on)."""
         return self._requested or self._cu_area is not None

@@ -15,6 +15,7 @@ The handshake (RFC 6143 7.1-7.3) runs by itself, driven by the :class:`SecurityP
     VERSION --3.3--> (server picks None or VNC auth) ------------------+
     VERSION --3.7/3.8--> SECURITY_TYPE --None--------------------------+
                           |--VNC auth--> VNC_AUTH ---------------------+
+                          |--RA2*--> RA2_CLIENT_KEY -> RA2_CLIENT_RANDOM -> RA2_CLIENT_HASH -> RA2_CREDENTIALS --+
                           +--VeNCrypt--> VENCRYPT_VERSION -> VENCRYPT_SUBTYPE -> TLS_HANDSHAKE
                                            TLS_HANDSHAKE --X509None--> +
                                            TLS_HANDSHAKE --X509Vnc---> VNC_AUTH
@@ -38,10 +39,18 @@ in NORMAL (requests, continuous updates, fences) is :mod:`vkmsremote.rfb.flow`'s
 TLS (VeNCrypt X509*) runs inside this object through ``ssl.MemoryBIO``: after the subtype is agreed, all
 incoming bytes go through the TLS object and all outgoing bytes come out encrypted; the application
 notices nothing.
+
+RSA-AES (RA2, RA2ne, RA2_256, RA2ne_256; :mod:`vkmsremote.rfb.rsaaes`) likewise: once the session keys
+are known, incoming bytes wait in a record buffer and are opened one AES-EAX record at a time, only when
+the parser needs more bytes; a record that fails authentication raises RemoteProtocolError before any of
+its bytes reach the parse buffer. Outgoing bytes are sealed into records. In RA2/RA2_256 this lasts for
+the whole connection; in the "ne" types it ends after the credentials record (bytes left over in that
+record are a protocol error), and SecurityResult and everything after it are plain.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import ssl
 import struct
@@ -51,9 +60,11 @@ from enum import Enum, auto
 from typing import Final, cast
 
 from vkmsremote.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from vkmsremote.rfb import rsaaes
 from vkmsremote.rfb.auth import CHALLENGE_SIZE, Access, SecurityPolicy, vnc_auth_access
 from vkmsremote.rfb.constants import (
     NO_SECURITY_TYPES,
+    RSA_AES_TYPES,
     SecurityResult,
     SecurityType,
     VeNCryptSubtype,
@@ -78,6 +89,7 @@ SERVER_VERSION: Final = ProtocolVersion(3, 8)
 VENCRYPT_VERSION: Final = (0, 2)
 
 _U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U8_PAIR = struct.Struct(">BB")
 _U32_PAIR = struct.Struct(">II")
@@ -91,6 +103,10 @@ class State(Enum):
     VENCRYPT_SUBTYPE = auto()
     TLS_HANDSHAKE = auto()
     PLAIN_AUTH = auto()
+    RA2_CLIENT_KEY = auto()
+    RA2_CLIENT_RANDOM = auto()
+    RA2_CLIENT_HASH = auto()
+    RA2_CREDENTIALS = auto()
     CLIENT_INIT = auto()
     SERVER_INIT = auto()
     NORMAL = auto()
@@ -100,12 +116,16 @@ class State(Enum):
 
 TRANSITIONS: Final[dict[State, frozenset[State]]] = {
     State.VERSION: frozenset({State.SECURITY_TYPE, State.VNC_AUTH, State.CLIENT_INIT, State.CLOSED}),  # 3.3: no list
-    State.SECURITY_TYPE: frozenset({State.VNC_AUTH, State.VENCRYPT_VERSION, State.CLIENT_INIT}),
+    State.SECURITY_TYPE: frozenset({State.VNC_AUTH, State.VENCRYPT_VERSION, State.RA2_CLIENT_KEY, State.CLIENT_INIT}),
     State.VNC_AUTH: frozenset({State.CLIENT_INIT, State.CLOSED}),
     State.VENCRYPT_VERSION: frozenset({State.VENCRYPT_SUBTYPE}),
     State.VENCRYPT_SUBTYPE: frozenset({State.TLS_HANDSHAKE}),
     State.TLS_HANDSHAKE: frozenset({State.VNC_AUTH, State.PLAIN_AUTH, State.CLIENT_INIT}),
     State.PLAIN_AUTH: frozenset({State.CLIENT_INIT, State.CLOSED}),
+    State.RA2_CLIENT_KEY: frozenset({State.RA2_CLIENT_RANDOM}),
+    State.RA2_CLIENT_RANDOM: frozenset({State.RA2_CLIENT_HASH}),
+    State.RA2_CLIENT_HASH: frozenset({State.RA2_CREDENTIALS}),
+    State.RA2_CREDENTIALS: frozenset({State.CLIENT_INIT, State.CLOSED}),
     State.CLIENT_INIT: frozenset({State.SERVER_INIT}),
     State.SERVER_INIT: frozenset({State.NORMAL}),
     State.NORMAL: frozenset(),
@@ -220,6 +240,13 @@ class ServerConnection:
         self._tls_in: ssl.MemoryBIO | None = None
         self._tls_out: ssl.MemoryBIO | None = None
         self._tls_ready = False
+        self._records: rsaaes.RecordLayer | None = None
+        self._records_in: bytearray | None = None
+        """Ciphertext not yet opened, while incoming bytes are AES-EAX records (RSA-AES)."""
+        self._records_out = False
+        self._ra2: rsaaes.Variant | None = None
+        self._ra2_client_key_bytes = b""
+        self._ra2_server_random = b""
         self.version: tuple[int, int] | None = None
         self.security_type: SecurityType | None = None
         self.vencrypt_subtype: VeNCryptSubtype | None = None
@@ -234,6 +261,10 @@ class ServerConnection:
             State.VENCRYPT_SUBTYPE: self._on_vencrypt_subtype,
             State.TLS_HANDSHAKE: self._on_tls_handshake,
             State.PLAIN_AUTH: self._on_plain_auth,
+            State.RA2_CLIENT_KEY: self._on_ra2_client_key,
+            State.RA2_CLIENT_RANDOM: self._on_ra2_client_random,
+            State.RA2_CLIENT_HASH: self._on_ra2_client_hash,
+            State.RA2_CREDENTIALS: self._on_ra2_credentials,
             State.CLIENT_INIT: self._on_client_init,
             State.SERVER_INIT: self._on_server_init,
             State.NORMAL: self._on_normal,
@@ -246,6 +277,16 @@ class ServerConnection:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def cipher(self) -> str | None:
+        """What protects the stream after authentication: the TLS version, 'AES-128-EAX'/'AES-256-EAX' for
+        RA2/RA2_256, else None (also for the RA2ne types, whose encryption ends with the handshake)."""
+        if self._tls is not None and self._tls_ready:
+            return self._tls.version()
+        if self._ra2 is not None and self._ra2.all_encrypted and self._records is not None:
+            return f"AES-{self._ra2.session_key_size * 8}-EAX"
+        return None
 
     @property
     def tls_version(self) -> str | None:
@@ -261,6 +302,8 @@ class ServerConnection:
             return
         if self._tls_in is not None:
             self._tls_in.write(data)
+        elif self._records_in is not None:
+            self._records_in += data
         else:
             self._buf += data
 
@@ -274,7 +317,13 @@ class ServerConnection:
                 result = self._handlers[self._state]()
                 if result is _CONTINUE:
                     continue
+                if result is NEED_DATA and self._open_record():
+                    continue
                 if result is NEED_DATA and self._eof and self._state is not State.SERVER_INIT:
+                    if self._records_in:
+                        raise RemoteProtocolError(
+                            f"the client closed the connection within an RSA-AES record ({len(self._records_in)} "
+                            "bytes of it arrived)")
                     self._state = State.CLOSED
                     return ConnectionClosed()
                 return cast("Event | NeedData", result)
@@ -291,6 +340,10 @@ class ServerConnection:
         elif self._state is not State.NORMAL:
             raise LocalProtocolError(f"{type(message).__name__} cannot be sent in state {self._state.name}")
         data = message.to_bytes()
+        if self._records_out:
+            assert self._records is not None
+            self._outbox += self._records.seal(data)
+            return self.data_to_send()
         if self._tls is None:
             if not self._outbox:
                 return data
@@ -338,7 +391,10 @@ class ServerConnection:
             self._pos = 0
 
     def _emit(self, data: bytes) -> None:
-        if self._tls is not None and self._tls_ready:
+        if self._records_out:
+            assert self._records is not None
+            self._outbox += self._records.seal(data)
+        elif self._tls is not None and self._tls_ready:
             self._tls.write(data)
         else:
             self._outbox += data
@@ -434,6 +490,12 @@ class ServerConnection:
             return self._auth_succeeded(send_result=self.version == (3, 8))
         if security_type == SecurityType.VNC_AUTH:
             return self._send_challenge()
+        if security_type in RSA_AES_TYPES:
+            assert self._policy.rsa_key is not None  # SecurityPolicy guarantees it
+            self._ra2 = rsaaes.VARIANTS[security_type]
+            self._emit(self._policy.rsa_key.public_bytes)
+            self._goto(State.RA2_CLIENT_KEY)
+            return _CONTINUE
         self._emit(_U8_PAIR.pack(*VENCRYPT_VERSION))
         self._goto(State.VENCRYPT_VERSION)
         return _CONTINUE
@@ -452,6 +514,101 @@ class ServerConnection:
             return NEED_DATA
         access = vnc_auth_access(self._policy.vnc_password, self._policy.vnc_view_only_password, self._challenge,
                                  response)
+        if access is None:
+            return self._auth_failed("Authentication failed")
+        return self._auth_succeeded(send_result=True, view_only=access is Access.VIEW_ONLY)
+
+    # --- RSA-AES (rfbproto "RSA-AES Security Type"; the byte layout is in vkmsremote.rfb.rsaaes) ------------
+
+    def _open_record(self) -> bool:
+        """Open one more AES-EAX record into the parse buffer; False if no complete record is waiting."""
+        if self._records_in is None or self._records is None:
+            return False
+        plaintext = self._records.open(self._records_in)
+        if plaintext is None:
+            return False
+        self._buf += plaintext
+        return True
+
+    def _on_ra2_client_key(self) -> object:
+        head = self._peek(4)
+        if head is None:
+            return NEED_DATA
+        data = self._take(4 + rsaaes.public_key_size(head))
+        if data is None:
+            return NEED_DATA
+        client_key = rsaaes.decode_public_key(data)
+        self._ra2_client_key_bytes = data
+        assert self._ra2 is not None
+        self._ra2_server_random = self._random_bytes(self._ra2.random_size)
+        if len(self._ra2_server_random) != self._ra2.random_size:
+            raise ValueError("random_bytes returned the wrong number of bytes")
+        encrypted = rsaaes.encrypt_random(client_key, self._ra2_server_random)
+        self._emit(_U16.pack(len(encrypted)) + encrypted)
+        self._goto(State.RA2_CLIENT_RANDOM)
+        return _CONTINUE
+
+    def _on_ra2_client_random(self) -> object:
+        assert self._ra2 is not None and self._policy.rsa_key is not None
+        server_key = self._policy.rsa_key
+        size = (server_key.private.key_size + 7) // 8
+        head = self._peek(2)
+        if head is None:
+            return NEED_DATA
+        (length,) = _U16.unpack(head)
+        if length != size:
+            raise RemoteProtocolError(f"RSA-AES: the client's encrypted random has {length} bytes, the server key {size}")
+        data = self._take(2 + length)
+        if data is None:
+            return NEED_DATA
+        client_random = rsaaes.decrypt_random(server_key.private, data[2:], self._ra2.random_size)
+        client_key, server_key_bytes = rsaaes.session_keys(self._ra2, self._ra2_server_random, client_random)
+        self._records = rsaaes.RecordLayer(recv_key=client_key, send_key=server_key_bytes)
+        self._records_in = bytearray(self._buf[self._pos:])  # the client may already have sent its hash
+        self._buf.clear()
+        self._pos = 0
+        self._records_out = True
+        self._ra2_server_random = b""
+        self._emit(self._ra2.digest(server_key.public_bytes + self._ra2_client_key_bytes))  # one record
+        self._goto(State.RA2_CLIENT_HASH)
+        return _CONTINUE
+
+    def _on_ra2_client_hash(self) -> object:
+        assert self._ra2 is not None and self._policy.rsa_key is not None
+        received = self._take(self._ra2.hash_size)
+        if received is None:
+            return NEED_DATA
+        expected = self._ra2.digest(self._ra2_client_key_bytes + self._policy.rsa_key.public_bytes)
+        if not hmac.compare_digest(received, expected):
+            raise RemoteProtocolError("RSA-AES: the client's hash of the public keys is wrong (a key was replaced?)")
+        self._emit(_U8.pack(rsaaes.subtype_for(self._policy.ra2_username_required)))  # one record
+        self._goto(State.RA2_CREDENTIALS)
+        return _CONTINUE
+
+    def _on_ra2_credentials(self) -> object:
+        assert self._ra2 is not None
+        head = self._peek(min(self._available(), rsaaes.MAX_CREDENTIALS))
+        length = rsaaes.credentials_length(head or b"")
+        if length is None:
+            return NEED_DATA
+        data = self._take(length)
+        if data is None:
+            return NEED_DATA
+        parsed = rsaaes.parse_credentials(data)
+        assert parsed is not None
+        user, password = parsed
+        if self._policy.ra2_username_required:
+            self.username = user
+        if not self._ra2.all_encrypted:
+            # RA2ne: the record layer ends with the credentials; SecurityResult and the rest are plain.
+            if self._available():
+                raise RemoteProtocolError(f"RSA-AES: {self._available()} bytes follow the credentials in their record")
+            assert self._records_in is not None
+            self._buf = self._records_in
+            self._pos = 0
+            self._records_in = None
+            self._records_out = False
+        access = self._policy.ra2_access(user, password)
         if access is None:
             return self._auth_failed("Authentication failed")
         return self._auth_succeeded(send_result=True, view_only=access is Access.VIEW_ONLY)

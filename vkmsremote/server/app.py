@@ -19,13 +19,15 @@ from typing import TYPE_CHECKING
 
 from vkmsremote.errors import UsageError
 from vkmsremote.rfb.auth import SecurityPolicy, plain_checker
-from vkmsremote.rfb.constants import SecurityType, VeNCryptSubtype
+from vkmsremote.rfb.constants import RSA_AES_TYPES, SecurityType, VeNCryptSubtype
 from vkmsremote.server import DEFAULT_PORT
 from vkmsremote.server.blacklist import Blacklist
 from vkmsremote.server.hub import Hub
 from vkmsremote.server.input import InputSink, NullSink
+from vkmsremote.server.rsakey import KEY_NAME as RSA_KEY_NAME
+from vkmsremote.server.rsakey import ensure_rsa_key
 from vkmsremote.server.session import Session, SessionContext, SessionRecord
-from vkmsremote.server.tls import ensure_certificate, server_context
+from vkmsremote.server.tls import default_tls_dir, ensure_certificate, server_context
 
 if TYPE_CHECKING:
     from vkmsremote.frame import FrameSource
@@ -35,6 +37,10 @@ log = logging.getLogger(__name__)
 SECURITY_NAMES: dict[str, SecurityType | VeNCryptSubtype] = {
     "none": SecurityType.NONE,
     "vncauth": SecurityType.VNC_AUTH,
+    "ra2": SecurityType.RA2,
+    "ra2ne": SecurityType.RA2NE,
+    "ra2_256": SecurityType.RA2_256,
+    "ra2ne_256": SecurityType.RA2NE_256,
     "x509none": VeNCryptSubtype.X509_NONE,
     "x509vnc": VeNCryptSubtype.X509_VNC,
     "x509plain": VeNCryptSubtype.X509_PLAIN,
@@ -51,11 +57,14 @@ def security_policy(
     tls_key: Path | None = None,
     tls_dir: Path | None = None,
     view_only_password: str | None = None,
+    rsa_key: Path | None = None,
 ) -> SecurityPolicy:
     """A SecurityPolicy from user-level choices.
 
-    Without ``types``: VeNCrypt X509Vnc (plus X509Plain when a username is given) and plain VNC auth when
-    a password is set, else None. VeNCrypt types make (or load) the TLS certificate. ``view_only_password``:
+    Without ``types``: when a password is set, the RSA-AES types first (RA2_256, RA2, then the "ne" ones that
+    encrypt only the handshake, which noVNC speaks), VeNCrypt X509Vnc (plus X509Plain when a username is
+    given) and plain VNC auth; else None. VeNCrypt types make (or load) the TLS certificate; RSA-AES types
+    the server's RSA key (``rsa_key``, default ``rsa-key.pem`` next to the certificate, made 0600 on first use). ``view_only_password``:
     a second password VNC authentication (and X509Plain, for the same username) accepts with view-only rights.
     """
     if view_only_password is not None and not password:
@@ -65,7 +74,8 @@ def security_policy(
         raise UsageError("the view-only password is the full-access password: every client would get full access",
                          hint="choose a different view-only password")
     if types is None:
-        types = ["x509vnc", *(["x509plain"] if username else []), "vncauth"] if password else ["none"]
+        types = (["ra2_256", "ra2", "ra2ne_256", "ra2ne", "x509vnc", *(["x509plain"] if username else []), "vncauth"]
+                 if password else ["none"])
     rfb_types: list[SecurityType] = []
     subtypes: list[VeNCryptSubtype] = []
     for name in types:
@@ -82,6 +92,9 @@ def security_policy(
     if subtypes:
         cert, key = ensure_certificate(tls_cert, tls_key, directory=tls_dir)
         tls = server_context(cert, key)
+    server_key = None
+    if any(t in RSA_AES_TYPES for t in rfb_types) and (password or username):
+        server_key = ensure_rsa_key(rsa_key or (tls_dir or default_tls_dir()) / RSA_KEY_NAME)
     check_plain = plain_checker(username, password) if username and password else None
     view_plain = plain_checker(username, view_only_password) if check_plain and username and view_only_password \
         else None
@@ -93,7 +106,15 @@ def security_policy(
         check_plain=check_plain,
         vnc_view_only_password=view_only_password.encode() if view_only_password else None,
         check_plain_view_only=view_plain,
+        rsa_key=server_key,
     )
+
+
+def rsa_key_announcement(policy: SecurityPolicy) -> str | None:
+    """The line to print at start when RSA-AES is offered: the key's fingerprint as viewers show it."""
+    if policy.rsa_key is None:
+        return None
+    return f"RSA-AES key fingerprint {policy.rsa_key.fingerprint} ({policy.rsa_key.path})"
 
 
 def resolves_to_loopback(host: str) -> bool:

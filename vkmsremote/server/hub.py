@@ -7,7 +7,8 @@ which merges the damage into its own tile grid.
 
 A frame the source marks ``immutable`` (the capture reader's and the benchmark's: their damage tracker
 never writes a frame that is still referenced) becomes the snapshot as it is, without a copy. Other
-frames are not copied whole either (see :class:`_SnapshotPool`): a few buffers are kept, and the next
+frames are not copied whole either (see :class:`_SnapshotPool`, a :class:`~vkmsremote.frame.FramePool`,
+the same pool the damage tracker keeps its frames in): a few buffers are kept, and the next
 snapshot is built in one that nobody references any more by copying only what changed since that buffer
 was current (the damage of the frames in between, which the hub remembers for a few frames). So a frame
 with a 16x16 change costs a 16x16 copy, not a copy of the whole screen. Nothing is queued per session: a slow
@@ -25,14 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
-from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from vkmsremote.frame import Cursor, Frame, FrameSource, Pixels, Rect, ResizableSource
+from vkmsremote.frame import Cursor, Frame, FramePool, FrameSource, Pixels, Rect, ResizableSource
 from vkmsremote.rfb.messages import MAX_DESKTOP_DIMENSION, ExtendedDesktopSizeStatus, Screen
 
 log = logging.getLogger(__name__)
@@ -56,102 +55,39 @@ class Snapshot:
         return int(self.pixels.shape[0])
 
 
-POOL_BUFFERS = 4
-"""Snapshot buffers kept for reuse: the current snapshot, one per session still encoding an older one, and
-one to build the next snapshot in. When all are in use a new buffer is allocated (and copied whole)."""
-DAMAGE_HISTORY = 8
-"""Frames whose damage the pool remembers: a free buffer at most this many frames old is patched, an older
-one is copied whole."""
-FULL_COPY_FRACTION = 0.5
-"""Copy the whole frame when the damage to patch adds up to at least this fraction of the screen (one
-contiguous copy beats many overlapping ones)."""
-
-
 class _SnapshotPool:
-    """Buffers for snapshots, each brought up to date by copying only the damage since it was current.
-
-    A buffer is reused only when nothing references it but the pool: every snapshot is a read-only view
-    of its buffer and every slice of that view keeps the buffer alive too (numpy views reference the
-    array owning the memory), so the buffer's reference count tells whether any snapshot, or any part of
-    one, is still in use (held by the hub as current, or by a session encoding it in a worker thread).
-    All of this runs on the event loop thread, the only one that hands snapshots out.
+    """Read-only snapshots built in the buffers of a :class:`~vkmsremote.frame.FramePool`: each new
+    snapshot goes into a buffer that no snapshot (or slice of one) references any more, brought up to date
+    by copying only the damage since that buffer was current. Held by the hub as current, or by a session
+    encoding it in a worker thread, a snapshot's buffer is not reused. Runs on the event loop thread only.
     """
 
-    _UNUSED_REFS = 2  # the pool's own reference and sys.getrefcount's argument
-
     def __init__(self) -> None:
-        self._buffers: list[_Buffer] = []
-        self._shape: tuple[int, ...] = ()
-        self._generation = 0
-        self._history: deque[tuple[int, tuple[Rect, ...] | None]] = deque(maxlen=DAMAGE_HISTORY)
+        self.frames: FramePool | None = None
         self.patched = 0
         self.full_copies = 0
 
     def build(self, src: Pixels, damage: tuple[Rect, ...] | None) -> Pixels:
         """A read-only copy of ``src``; ``damage``: what changed since the previous call (None: unknown)."""
-        if src.shape != self._shape:
-            self._buffers, self._shape = [], src.shape
-            self._history.clear()
+        pool = self.frames
+        if pool is None or pool.shape != src.shape:
+            pool = self.frames = FramePool(src.shape)
             damage = None
-        self._generation += 1
-        self._history.append((self._generation, damage))
-        buf = self._free_buffer()
-        if buf is None:
-            buf = _Buffer(np.empty(src.shape, np.uint8))
-            if len(self._buffers) < POOL_BUFFERS:
-                self._buffers.append(buf)
-        rects = self._damage_since(buf.generation)
-        array = buf.array
-        if rects is None:
-            np.copyto(array, src)
+        generation = pool.record(damage)
+        buf = pool.free_buffer()
+        if pool.catch_up(buf, src):
             self.full_copies += 1
         else:
-            for r in rects:
-                np.copyto(array[r.y:r.y + r.h, r.x:r.x + r.w], src[r.y:r.y + r.h, r.x:r.x + r.w])
             self.patched += 1
-        buf.generation = self._generation
-        view = array.view()
+        buf.generation = generation
+        view = buf.array.view()
         view.flags.writeable = False
         return view
 
     def forget(self) -> None:
         """A frame was kept without the pool: its buffers no longer hold anything recent."""
-        if self._buffers:
-            self._buffers = []
-        self._history.clear()
-
-    def _free_buffer(self) -> _Buffer | None:
-        """The free buffer holding the newest content, if any."""
-        best: _Buffer | None = None
-        for buf in self._buffers:
-            if sys.getrefcount(buf.array) <= self._UNUSED_REFS and (best is None or buf.generation > best.generation):
-                best = buf
-        return best
-
-    def _damage_since(self, generation: int) -> set[Rect] | None:
-        """What changed after ``generation`` up to the newest frame; None: unknown, or so much that one
-        copy of the whole frame is cheaper."""
-        if not self._history or generation < self._history[0][0] - 1:
-            return None
-        rects: set[Rect] = set()
-        for gen, damage in self._history:
-            if gen <= generation:
-                continue
-            if damage is None:
-                return None
-            rects.update(damage)
-        h, w = self._shape[0], self._shape[1]
-        if sum(r.area for r in rects) >= FULL_COPY_FRACTION * w * h:
-            return None
-        return rects
-
-
-class _Buffer:
-    __slots__ = ("array", "generation")
-
-    def __init__(self, array: Pixels) -> None:
-        self.array = array
-        self.generation = -1  # the pool generation whose frame it holds (-1: nothing yet)
+        if self.frames is not None:
+            self.frames.clear()
 
 
 class HubClient(Protocol):

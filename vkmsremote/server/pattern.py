@@ -54,7 +54,6 @@ class PatternSource:
         self._serial = 0
         self._next_deadline = 0.0
         self._pending_size: tuple[int, int] | None = None
-        self._closed = False
         self._cursor = Cursor(_arrow_cursor(), 0, 0, 0, 0, True, 1)
         self._set_size(width, height)
 
@@ -68,7 +67,7 @@ class PatternSource:
         return self._cursor
 
     async def close(self) -> None:
-        self._closed = True
+        """Nothing to release."""
 
     async def next_frame(self) -> Frame:
         if self._serial == 0:

@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vkmsremote.errors import LocalProtocolError, ProtocolError
-from vkmsremote.frame import Cursor, Pixels, Rect
+from vkmsremote.frame import Cursor, Rect
 from vkmsremote.rfb.auth import Access, Permission, SecurityPolicy
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import convert
 from vkmsremote.rfb.encodings import SUPPORTED, Encoder, EncoderSettings, make_encoder
+from vkmsremote.rfb.encodings.h264 import available as h264_available
 from vkmsremote.rfb.flow import LayoutUpdate, PixelUpdate, SizeChange, UpdateFlow, UpdatePlan
 from vkmsremote.rfb.messages import (
     Bell,
@@ -77,8 +78,11 @@ from vkmsremote.rfb.protocol import (
     ServerConnection,
 )
 from vkmsremote.server.blacklist import Blacklist
+from vkmsremote.server.encodeshare import SharedVideo, VideoShare
 from vkmsremote.server.hub import Hub, Snapshot
 from vkmsremote.server.input import InputSink, NullSink
+from vkmsremote.server.motion import LOSSLESS_REFRESH, Kind, MotionState
+from vkmsremote.server.motion import encode_update as encode_update  # re-exported: the benchmark times it
 
 log = logging.getLogger(__name__)
 
@@ -144,16 +148,8 @@ class SessionContext:
     encodings: frozenset[int] | None = None
     """The encodings this server may send (Raw always); None: every one it supports, in the client's order."""
     sessions: set[Session] = field(default_factory=set)
-    on_record: Callable[[SessionRecord], None] | None = None
-
-
-def _encode_rects(encoder: Encoder, pixels: Pixels, rects: list[Rect], pf: PixelFormat) -> list[Rectangle]:
-    """Worker-thread part of an update: every damage rectangle through the connection's encoder."""
-    out: list[Rectangle] = []
-    for r in rects:
-        for sub, enc, payload in encoder.encode(pixels, r, pf):
-            out.append(Rectangle(sub.x, sub.y, sub.w, sub.h, enc, payload))
-    return out
+    video_share: VideoShare = field(default_factory=VideoShare)
+    """Open H.264 streams shared by clients that receive the same frames (server.encodeshare)."""
 
 
 class Session:
@@ -178,10 +174,16 @@ class Session:
         self.conn = ServerConnection(ctx.policy, refuse=refuse, max_cut_text=ctx.max_cut_text)
 
         # what the client announced
-        self._encodings: tuple[int, ...] = ()
         self._encoders: dict[int, Encoder] = {}
         self._encoder: Encoder | None = None
         self._settings = EncoderSettings()
+        # motion (server.motion): H.264 for clients that list it, CopyRect from detected moves
+        self._video: SharedVideo | None = None
+        self._copyrect = False
+        self._motion = MotionState()
+        self._client_view: Snapshot | None = None
+        """The snapshot the client's framebuffer equals (known only after a complete non-H.264 update)."""
+        self._refresh_timer: asyncio.TimerHandle | None = None
 
         # the flow rules (made at ClientInit, when the framebuffer size is known); event-loop thread only
         self._attached = False
@@ -231,6 +233,8 @@ class Session:
             self._end(f"internal error: {e}")
         finally:
             self._closing = True
+            if self._refresh_timer is not None:
+                self._refresh_timer.cancel()
             self.ctx.sessions.discard(self)
             if updater is not None:
                 updater.cancel()
@@ -483,8 +487,6 @@ class Session:
         self._buttons = 0
 
     def _on_set_encodings(self, ev: SetEncodings) -> None:
-        self._encodings = ev.encodings
-        self.record.client_encodings = ev.encodings
         self._settings = EncoderSettings.from_encodings(ev.encodings)  # applied between encodes
         allowed = self.ctx.encodings
         chosen = next((e for e in ev.encodings if e in SUPPORTED and (allowed is None or e in allowed)),
@@ -499,6 +501,17 @@ class Session:
             self._encoders[chosen] = encoder
         self._encoder = encoder
         self.record.encoding = chosen
+        self._copyrect = Encoding.COPY_RECT in ev.encodings and (allowed is None or Encoding.COPY_RECT in allowed)
+        if not self._copyrect:
+            self._client_view = None
+        if (Encoding.OPEN_H264 in ev.encodings and (allowed is None or Encoding.OPEN_H264 in allowed)
+                and h264_available()):
+            if self._video is None:
+                self._video = self.ctx.video_share.member(self._settings)
+        else:
+            self._video = None
+        # Last: a test (another thread) that sees the client's list may read the choice made from it.
+        self.record.client_encodings = ev.encodings
 
     def _on_set_desktop_size(self, ev: SetDesktopSize) -> None:
         assert self.flow is not None
@@ -561,6 +574,10 @@ class Session:
             set_screen = getattr(self.sink, "set_screen", None)
             if self._own_sink and set_screen is not None:
                 set_screen(plan.width, plan.height)  # the pointer maps framebuffer pixels onto the new size
+            self._motion.reset()
+            self._client_view = None
+            if self._video is not None:
+                self._video.reset()  # a new stream (IDR) for the new size
             return [rect]
         if isinstance(plan, LayoutUpdate):
             return [extended_desktop_size_rect(r.reason, r.status, snap.width, snap.height, r.screens or hub.screens)
@@ -584,9 +601,24 @@ class Session:
                 encoder = make_encoder(Encoding.RAW, self._settings)
                 assert encoder is not None
                 self._encoder = self._encoders[Encoding.RAW] = encoder
+            assert self.flow is not None
+            rects = list(plan.rects)
+            complete = not self.flow.damage_pending  # after this update the client's framebuffer equals snap
+            video = self._video
+            if video is not None:
+                video.settings = self._settings
+            # H.264 paints decoded colour: not for a colour-map client (its pixels are indices into our map)
+            use_video = video is not None and self.flow.pixel_format.true_colour
+            choice = self._motion.choose(rects, snap.width, snap.height, video=use_video,
+                                         copy=self._copyrect and self._client_view is not None)
+            old = self._client_view.pixels if choice.detect and self._client_view is not None else None
             loop = asyncio.get_running_loop()
-            encoded = await loop.run_in_executor(None, _encode_rects, encoder, snap.pixels, list(plan.rects),
-                                                 plan.pixel_format)
+            encoded, kind = await loop.run_in_executor(None, encode_update, encoder, video, snap.pixels,
+                                                       snap.serial, old, rects, plan.pixel_format, choice)
+            self._motion.sent(kind)
+            self._client_view = snap if complete and self._copyrect and kind is not Kind.VIDEO else None
+            if kind is Kind.VIDEO:
+                self._arm_refresh()
         return pseudo + encoded
 
     def _pseudo_rects(self, plan: PixelUpdate) -> list[Rectangle]:
@@ -617,6 +649,26 @@ class Session:
         bgrx = pixels.copy()
         bgrx[:, :, 3] = 0  # alpha is not a colour: the unused bits of a pixel stay zero
         return cursor_rect(hot_x, hot_y, w, h, convert(bgrx, pf), pixels[:, :, 3])
+
+    def _arm_refresh(self) -> None:
+        """LOSSLESS_REFRESH s after the last H.264 update, resend everything with the other encoding (once
+        nothing new is waiting: a client too slow for the motion must not get whole lossless frames)."""
+        if self._refresh_timer is not None:
+            self._refresh_timer.cancel()
+        self._refresh_timer = asyncio.get_running_loop().call_later(LOSSLESS_REFRESH, self._lossless_refresh)
+
+    def _lossless_refresh(self) -> None:
+        self._refresh_timer = None
+        flow = self.flow
+        if flow is None or self._closing:
+            return
+        if flow.damage_pending:  # still changing (this client is behind, not idle): not yet
+            self._arm_refresh()
+            return
+        width, height = flow.size
+        flow.frame(width, height, None)  # everything, once more
+        self._motion.refresh_pending = True
+        self._wake.set()
 
     def _count(self, rects: list[Rectangle]) -> None:
         rec = self.record

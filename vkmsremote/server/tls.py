@@ -116,3 +116,12 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
         raise UsageError(f"cannot load the TLS certificate {cert} / key {key}: {e}",
                          hint="check the files, or remove them to get a new self-signed pair") from e
     return ctx
+
+
+def fingerprint(cert: Path) -> str:
+    """The certificate's SHA-256 fingerprint as browsers and `openssl x509 -fingerprint -sha256` show it."""
+    try:
+        loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read the TLS certificate {cert}: {e}") from e
+    return ":".join(f"{b:02X}" for b in loaded.fingerprint(hashes.SHA256()))

@@ -71,6 +71,3 @@ def take_web_socket() -> socket.socket | None:
     return listen_sockets().pop(WEB_NAME, None)
 
 
-def socket_host(sock: socket.socket) -> str:
-    """The address a listening socket is bound to, as a host string."""
-    return str(sock.getsockname()[0])

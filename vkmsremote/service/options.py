@@ -23,7 +23,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_WEB_PORT = 5800
 """vkmsremote.web.server's DEFAULT_WEB_PORT, not imported here: importing the web package (websockets) would
 cost every CLI command ~0.4 s (a test compares)."""
-SECURITY_CHOICES = ("none", "vncauth", "x509none", "x509vnc", "x509plain")
+SECURITY_CHOICES = ("none", "vncauth", "ra2", "ra2ne", "ra2_256", "ra2ne_256", "x509none", "x509vnc", "x509plain")
 """Names accepted by --security (TigerVNC's SecurityTypes spelling, case-insensitive): the keys of
 vkmsremote.server.app.SECURITY_NAMES, not imported here to keep the CLI's start light (a test compares)."""
 
@@ -58,7 +58,11 @@ def add_listen_arguments(group: argparse._ArgumentGroup, *, port_help: str = "VN
     group.add_argument("--host", dest="listen", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     group.add_argument("--port", type=port, default=DEFAULT_PORT, help=f"{port_help} (default {DEFAULT_PORT})")
     group.add_argument("--web", type=port, nargs="?", const=DEFAULT_WEB_PORT, metavar="PORT",
-                       help=f"also serve noVNC in a browser on PORT (default {DEFAULT_WEB_PORT})")
+                       help=f"also serve noVNC in a browser on PORT (default {DEFAULT_WEB_PORT}); https with a "
+                       "self-signed certificate unless --listen is loopback")
+    group.add_argument("--web-https", action="store_true",
+                       help="serve the web page over https on loopback too (browsers need https for noVNC "
+                       "anywhere but on localhost)")
 
 
 def add_password_arguments(group: argparse._ArgumentGroup) -> None:
@@ -81,7 +85,8 @@ def add_security_arguments(group: argparse._ArgumentGroup) -> None:
     add_password_arguments(group)
     group.add_argument("--username", help="username for VeNCrypt X509Plain (which uses the whole password)")
     group.add_argument("--security", help="comma-separated security types in order of preference: "
-                       + ", ".join(SECURITY_CHOICES) + " (default: x509vnc,vncauth with a password, else none)")
+                       + ", ".join(SECURITY_CHOICES)
+                       + " (default: ra2_256,ra2,ra2ne_256,ra2ne,x509vnc,vncauth with a password, else none)")
     group.add_argument("--tls-cert", type=Path, help="PEM certificate for VeNCrypt and the web page (default: a "
                        "self-signed one, made on first use under ~/.config/vkmsremote/tls)")
     group.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DESCRIPTION = ("Serve an animated test picture (default) or what a DRM CRTC scans out over VNC. Without "
+DESCRIPTION = ("Serve an animated test picture (default), what a DRM CRTC scans out or an X server's screen file "
+               "(Xvfb -fbdir) over VNC. Without "
                "options it listens on 127.0.0.1:5900 without authentication; give a password (and get "
                "VeNCrypt/TLS with a self-signed certificate by default) before listening elsewhere.")
 
@@ -60,13 +61,40 @@ def _crtc_source(args: argparse.Namespace) -> FrameSource:
 
 SOURCES["pattern"] = _pattern_source
 SOURCES["crtc"] = _crtc_source
+XWD_SCHEME = "xwd:"
+"""--source xwd:PATH: an X server's screen file, e.g. Xvfb -fbdir's (vkmsremote.capture.xwd)."""
+
+
+def _source_option(text: str) -> str:
+    if text not in SOURCES and not text.startswith(XWD_SCHEME):
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(sorted(SOURCES))}, xwd:PATH)")
+    return text
+
+
+def _source(args: argparse.Namespace) -> FrameSource:
+    if args.source.startswith(XWD_SCHEME):
+        from vkmsremote.capture.xwd import source
+
+        return source(args.source)
+    return SOURCES[args.source](args)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``vkmsremote serve``."""
+    plain_help = parser.format_help
+
+    def format_help() -> str:  # H.264's availability is looked up for --help only (PyAV is slow to import)
+        from vkmsremote.rfb.encodings.h264 import describe
+
+        parser.epilog = ("Encodings: Raw, RRE, Hextile, Zlib, Tight (JPEG), ZRLE; CopyRect from detected scrolling "
+                         f"and moves; {describe()}.")
+        return plain_help()
+
+    parser.format_help = format_help  # type: ignore[method-assign]
     src = parser.add_argument_group("what to serve")
-    src.add_argument("--source", default="pattern", choices=sorted(SOURCES),
-                     help="pattern: an animated test picture (default); crtc: what a DRM CRTC scans out")
+    src.add_argument("--source", default="pattern", type=_source_option, metavar="{crtc,pattern,xwd:PATH}",
+                     help="pattern: an animated test picture (default); crtc: what a DRM CRTC scans out; "
+                     "xwd:PATH: an X server's screen file (Xvfb -fbdir DIR: DIR/Xvfb_screen0)")
     src.add_argument("--size", type=size, default=(1920, 1080), metavar="WxH",
                      help="pattern: picture size (default 1920x1080)")
     src.add_argument("--fps", type=float, default=30.0, help="pattern: frames per second (default 30)")
@@ -156,31 +184,51 @@ def vnc_server(source: FrameSource, sink: InputSink | SinkFactory | None, policy
 
 @dataclass(frozen=True, slots=True)
 class WebListener:
-    """What the noVNC listener next to the VNC server needs: its port and, for https, a TLS context."""
+    """What the noVNC listener next to the VNC server needs: its port and, for https, a TLS context and the
+    certificate's SHA-256 fingerprint (printed, so a user can compare it with what the browser shows)."""
 
     port: int
     ssl: ssl.SSLContext | None = None
     config: WebConfig | None = None
+    fingerprint: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, config: WebConfig | None = None) -> WebListener | None:
-        """None without --web; with --tls-cert the page is https (reads the certificate files now)."""
+        """None without --web. https when a certificate is given (--tls-cert), when listening off loopback
+        (noVNC 1.4+ and WebCodecs need a secure context: off localhost that is https), or with --web-https;
+        without --tls-cert the self-signed certificate under the TLS directory is used (made once).
+        Reads the certificate files now (before privileges are dropped)."""
         if args.web is None:
             return None
-        from vkmsremote.server.tls import ensure_certificate, server_context
+        from vkmsremote.server.app import resolves_to_loopback
+        from vkmsremote.server.tls import ensure_certificate, fingerprint, server_context
 
-        context = server_context(*ensure_certificate(args.tls_cert, args.tls_key)) if args.tls_cert else None
-        return cls(args.web, context, config)
+        if not (args.tls_cert or getattr(args, "web_https", False) or not resolves_to_loopback(args.listen)):
+            return cls(args.web, None, config)
+        cert, key = ensure_certificate(args.tls_cert, args.tls_key)
+        return cls(args.web, server_context(cert, key), config, fingerprint(cert))
+
+    def describe(self, url: str) -> str:
+        """The line that tells a user where the page is (and, for https, which certificate to accept)."""
+        if self.fingerprint is None:
+            return f"open {url} in a browser"
+        return (f"open {url} in a browser; the certificate's SHA-256 fingerprint is {self.fingerprint} "
+                "(compare it with what the browser shows before you accept it)")
 
 
 async def start_web(server: VncServer, web: WebListener) -> WebServer:
     """The noVNC page and RFB-over-WebSocket listener next to ``server`` (same host, same sessions), on the
-    socket systemd passed with FileDescriptorName=web if any."""
-    from vkmsremote.service.activation import take_web_socket
-    from vkmsremote.web import start_web_server
+    socket systemd passed with FileDescriptorName=web if any. The page is titled after the served connector."""
+    from dataclasses import replace
 
-    return await start_web_server(server.handle_client, server.host, web.port, ssl=web.ssl, config=web.config,
-                                  sock=take_web_socket())
+    from vkmsremote.service.activation import take_web_socket
+    from vkmsremote.web import WebConfig, start_web_server
+
+    config = replace(web.config or WebConfig(), title=server.source.desktop_name or "vkmsremote")
+    web_server = await start_web_server(server.handle_client, server.host, web.port, ssl=web.ssl, config=config,
+                                        sock=take_web_socket())
+    log.info("web client: %s", web_server.bundle.describe())
+    return web_server
 
 
 async def run_until_stopped(server: VncServer, *, web: WebListener | None = None,
@@ -228,11 +276,12 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from vkmsremote.input import UinputDevices
+    from vkmsremote.server.app import rsa_key_announcement
     from vkmsremote.server.input import NullSink
 
     policy = policy_from_args(args)
     web = WebListener.from_args(args)
-    source = SOURCES[args.source](args)
+    source = _source(args)
     input_kind = args.input or ("uinput" if args.source == "crtc" else "none")
     sink: InputSink | SinkFactory = NullSink()
     devices: UinputDevices | None = None
@@ -252,7 +301,10 @@ def run(args: argparse.Namespace) -> int:
         def started(server: VncServer, web_server: WebServer | None) -> None:
             print(f"vkmsremote: serving {source.desktop_name} on {server.host} port {server.port}", flush=True)
             if web_server is not None:
-                print(f"vkmsremote: open {web_server.url} in a browser", flush=True)
+                assert web is not None
+                print(f"vkmsremote: {web.describe(web_server.url)}", flush=True)
+            if (announcement := rsa_key_announcement(policy)) is not None:
+                print(f"vkmsremote: {announcement}", flush=True)
 
         asyncio.run(run_until_stopped(server, web=web, started=started, cleanup=source.close))
     finally:

@@ -240,6 +240,7 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
 
 async def _serve(server: Any, reader: Any, target: ServeTarget, web: Any, announce: str | None,
                  out: TextIO) -> None:
+    from vkmsremote.server.app import rsa_key_announcement
     from vkmsremote.service.serve import run_until_stopped
 
     def started(server: Any, web_server: Any) -> None:
@@ -250,9 +251,12 @@ async def _serve(server: Any, reader: Any, target: ServeTarget, web: Any, announ
             _say(out, f"connect a VNC client to {host}:{server.port} on the host "
                       f"(e.g. vncviewer {host}::{server.port})")
             if web_server is not None:
-                _say(out, f"or open http://{host}:{web.port}/vnc.html in a browser on the host")
+                scheme = web_server.url.partition(":")[0]
+                _say(out, f"or {web.describe(f'{scheme}://{host}:{web.port}/')} on the host")
         elif web_server is not None:
-            _say(out, f"open {web_server.url}vnc.html in a browser")
+            _say(out, web.describe(web_server.url))
+        if (fingerprint := rsa_key_announcement(server.ctx.policy)) is not None:
+            _say(out, fingerprint)
 
     try:
         await run_until_stopped(server, web=web, started=started, stopping=lambda: _say(out, "stopping"),

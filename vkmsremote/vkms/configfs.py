@@ -1,11 +1,11 @@
 """The configfs side: where it is, reading devices back, running plan operations, errno -> errors.
 
 The root defaults to /sys/kernel/config and can be moved with ``VKMSREMOTE_CONFIGFS_ROOT`` (or the
-``root`` argument). A root that is not a configfs mount is a *fake*: an ordinary directory in which
-:class:`Configfs` emulates what the kernel does on its own (default groups such as ``planes/`` and
-``possible_crtcs/`` appearing with ``mkdir``, attribute files, EBUSY while enabled, EINVAL when
-enabling an invalid device), so the planner and apply can be exercised without a kernel. The real
-proof is the VM test against the kernel's configfs.
+``root`` argument). A root that is not a configfs mount is not the system's (``is_system`` False, ``fake``
+True): nothing is mounted or loaded for it and no DRM device is looked for behind it. The host tests use
+such a root with a test double (tests/fake_configfs.py) that emulates what the kernel does on its own
+(default groups, attribute files, EBUSY while enabled); the real proof is the VM tests against the
+kernel's configfs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from vkmsremote.errors import (
     DeviceStateError,
@@ -33,14 +33,10 @@ from .spec import (
     Layout,
     PlaneSpec,
     PlaneType,
-    validate,
 )
 
 DEFAULT_ROOT = Path("/sys/kernel/config")
 ROOT_ENV = "VKMSREMOTE_CONFIGFS_ROOT"
-
-KINDS = ("planes", "crtcs", "encoders", "connectors")
-LINK_GROUP = {"planes": "possible_crtcs", "encoders": "possible_crtcs", "connectors": "possible_encoders"}
 
 ROOT_HINT = "run as root or with sudo"
 UNAVAILABLE_HINT = "load it with `modprobe vkms`; configfs support needs Linux >= 6.19 built with CONFIG_DRM_VKMS"
@@ -104,21 +100,21 @@ class Configfs:
         if root is None:
             root = os.environ.get(ROOT_ENV) or DEFAULT_ROOT
         self.root = Path(root)
-        # /sys/kernel/config itself is never a fake: if it is not mounted, ensure_available() mounts it.
-        self.fake = self.root != DEFAULT_ROOT and not is_configfs_mount(self.root)
-        """True when ``root`` is an ordinary directory standing in for configfs (tests)."""
+        # /sys/kernel/config itself is always the system's: if it is not mounted, ensure_available() mounts it.
+        self.is_system = self.root == DEFAULT_ROOT or is_configfs_mount(self.root)
+        """Whether this is the kernel's configfs (changes need root) rather than an ordinary directory."""
+
+    @property
+    def fake(self) -> bool:
+        """``root`` is an ordinary directory standing in for configfs (tests): no kernel behind it."""
+        return not self.is_system
 
     @property
     def vkms(self) -> Path:
         return self.root / "vkms"
 
-    @property
-    def is_system(self) -> bool:
-        """Whether this is the kernel's configfs (changes need root) rather than a fake."""
-        return not self.fake
-
     def __repr__(self) -> str:
-        return f"Configfs({str(self.root)!r}{', fake' if self.fake else ''})"
+        return f"{type(self).__name__}({str(self.root)!r}{'' if self.is_system else ', not a configfs mount'})"
 
     # -- availability ------------------------------------------------------------------------
 
@@ -133,7 +129,7 @@ class Configfs:
 
     def missing_steps(self) -> list[str]:
         """Shell commands that would make VKMS's configfs appear (for --dry-run), [] if present."""
-        if self.available() or self.fake:
+        if self.available() or not self.is_system:
             return []
         steps = []
         if not is_configfs_mount(self.root):
@@ -145,7 +141,7 @@ class Configfs:
         """Mount configfs and load vkms if needed; VkmsUnavailableError if VKMS still is not there."""
         if self.available():
             return
-        if self.fake:
+        if not self.is_system:
             raise VkmsUnavailableError(f"no VKMS configfs directory at {self.vkms}", hint=UNAVAILABLE_HINT)
         if not self.root.is_dir():
             raise VkmsUnavailableError(
@@ -221,99 +217,37 @@ class Configfs:
     def run(self, op: Op) -> None:
         """Carry out one operation; OSError becomes the matching VkmsRemoteError."""
         try:
-            if self.fake:
-                self._fake_check(op)
-            match op:
-                case Mkdir(path):
-                    os.mkdir(path)
-                    if self.fake:
-                        self._fake_populate(Path(path))
-                case Rmdir(path):
-                    if self.fake:
-                        self._fake_depopulate(Path(path))
-                    os.rmdir(path)
-                case Symlink(link, target):
-                    os.symlink(target, link)
-                case Unlink(path):
-                    os.unlink(path)
-                case WriteAttr(path, value, verify):
-                    self._write(Path(path), value)
-                    if verify:
-                        got = _read(Path(path))
-                        if got != value:
-                            raise DeviceStateError(
-                                f"wrote {value} to {path} but it reads back {got!r}",
-                                hint="`dmesg | tail` may say why the kernel did not take it",
-                            )
+            self._apply(op)
         except OSError as e:
             raise configfs_error(op.shell(), e) from None
 
+    def _apply(self, op: Op) -> None:
+        match op:
+            case Mkdir(path):
+                os.mkdir(path)
+            case Rmdir(path):
+                os.rmdir(path)
+            case Symlink(link, target):
+                os.symlink(target, link)
+            case Unlink(path):
+                os.unlink(path)
+            case WriteAttr(path, value, verify):
+                self._write(Path(path), value)
+                if verify:
+                    got = _read(Path(path))
+                    if got != value:
+                        raise DeviceStateError(
+                            f"wrote {value} to {path} but it reads back {got!r}",
+                            hint="`dmesg | tail` may say why the kernel did not take it",
+                        )
+
     def _write(self, path: Path, value: str) -> None:
-        if self.fake and not path.is_file():
-            raise FileNotFoundError(errno.ENOENT, "no such attribute", str(path))
         # O_WRONLY without O_CREAT/O_TRUNC: configfs attributes exist already, and one write() is one store.
-        fd = os.open(path, os.O_WRONLY | (os.O_TRUNC if self.fake else 0))
+        fd = os.open(path, os.O_WRONLY)
         try:
-            os.write(fd, value.encode("ascii") + (b"\n" if self.fake else b""))
+            os.write(fd, value.encode("ascii"))
         finally:
             os.close(fd)
-
-    # -- the fake ----------------------------------------------------------------------------
-
-    def _device_of(self, path: PurePosixPath) -> Path | None:
-        try:
-            rel = Path(path).relative_to(self.vkms)
-        except ValueError:
-            return None
-        return self.vkms / rel.parts[0] if rel.parts else None
-
-    def _fake_check(self, op: Op) -> None:
-        """Refuse what the kernel would refuse (a subset: enough to exercise error paths)."""
-        path = op.link if isinstance(op, Symlink) else op.path
-        dev = self._device_of(path)
-        if dev is None or PurePosixPath(path) == PurePosixPath(dev):
-            return
-        enabled = (dev / "enabled").is_file() and _read(dev / "enabled") == "1"
-        if isinstance(op, WriteAttr) and Path(op.path).name == "enabled":
-            if op.value == "1" and not enabled:
-                observed = self.observe(dev.name)
-                if observed is None or validate(dev.name, observed.layout):
-                    raise OSError(errno.EINVAL, "invalid device")
-            return
-        if isinstance(op, WriteAttr) and Path(op.path).name == "status":
-            return
-        if enabled and isinstance(op, (Mkdir, Symlink, WriteAttr)):
-            raise OSError(errno.EBUSY, "device is enabled")
-
-    def _fake_populate(self, path: Path) -> None:
-        parent = path.parent
-        if parent == self.vkms:
-            for kind in KINDS:
-                (path / kind).mkdir()
-            (path / "enabled").write_text("0\n")
-        elif parent.name in KINDS and parent.parent.parent == self.vkms:
-            if parent.name in LINK_GROUP:
-                (path / LINK_GROUP[parent.name]).mkdir()
-            attr = {"planes": ("type", "0"), "crtcs": ("writeback", "0\n"), "connectors": ("status", "1")}
-            if parent.name in attr:
-                name, value = attr[parent.name]
-                (path / name).write_text(value)
-
-    def _fake_depopulate(self, path: Path) -> None:
-        if not path.is_dir():
-            return
-        for entry in os.scandir(path):
-            p = Path(entry.path)
-            if entry.is_dir(follow_symlinks=False):
-                if any(os.scandir(p)):
-                    raise OSError(errno.ENOTEMPTY, "not empty", str(path))
-            elif not entry.is_file(follow_symlinks=False):
-                raise OSError(errno.ENOTEMPTY, "not empty", str(path))
-        for entry in os.scandir(path):
-            if entry.is_dir(follow_symlinks=False):
-                os.rmdir(entry.path)
-            else:
-                os.unlink(entry.path)
 
     # -- connectors --------------------------------------------------------------------------
 

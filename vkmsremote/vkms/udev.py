@@ -6,11 +6,9 @@ connector's ``status``) so the event cannot slip by between the action and the w
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import TypeVar
 
 import pyudev
@@ -45,7 +43,7 @@ class DrmEvents:
     def __enter__(self) -> DrmEvents:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
 
     def fileno(self) -> int:
@@ -81,7 +79,3 @@ class DrmEvents:
             if dev.action == "change" and dev.sys_name == card_sysname and dev.properties.get("HOTPLUG") == "1":
                 return dev
 
-
-def dev_node_ready(path: str) -> bool:
-    """The /dev node exists and, when udevd runs, udev has finished with it."""
-    return os.path.exists(path)

@@ -12,9 +12,6 @@ from urllib.parse import quote, unquote, urlsplit
 
 from vkmsremote.errors import HttpRequestError
 
-NOVNC_ROOT = Path("/usr/share/novnc")
-"""Where Debian's ``novnc`` package (1:1.3.0) installs the web client."""
-
 WEBSOCKET_PATH = "/websockify"
 """Where the RFB WebSocket listens: noVNC's default ``path`` setting, so its connect panel works as is."""
 

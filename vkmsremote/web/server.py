@@ -234,6 +234,9 @@ class _Connection(ServerConnection):
 
 
 def _url_host(host: str) -> str:
+    """How a browser reaches ``host``: a wildcard bind is reached by this machine's name."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname() or "localhost"
     return f"[{host}]" if ":" in host else host
 
 

@@ -71,6 +71,7 @@ class Encoder(Protocol):
 
 
 def _registry() -> dict[int, Callable[[EncoderSettings], Encoder]]:
+    from vkmsremote.rfb.encodings.h264 import H264Encoder, available
     from vkmsremote.rfb.encodings.hextile import HextileEncoder
     from vkmsremote.rfb.encodings.raw import RawEncoder
     from vkmsremote.rfb.encodings.rre import RREEncoder
@@ -78,7 +79,7 @@ def _registry() -> dict[int, Callable[[EncoderSettings], Encoder]]:
     from vkmsremote.rfb.encodings.zlibenc import ZlibEncoder
     from vkmsremote.rfb.encodings.zrle import ZRLEEncoder
 
-    return {
+    registry: dict[int, Callable[[EncoderSettings], Encoder]] = {
         Encoding.RAW: RawEncoder,
         Encoding.RRE: RREEncoder,
         Encoding.HEXTILE: HextileEncoder,
@@ -86,10 +87,15 @@ def _registry() -> dict[int, Callable[[EncoderSettings], Encoder]]:
         Encoding.TIGHT: TightEncoder,
         Encoding.ZRLE: ZRLEEncoder,
     }
+    if available():  # PyAV with libx264 (the optional extra vkmsremote[h264])
+        registry[Encoding.OPEN_H264] = H264Encoder
+    return registry
 
 
 SUPPORTED: frozenset[int] = frozenset(
     {Encoding.RAW, Encoding.RRE, Encoding.HEXTILE, Encoding.ZLIB, Encoding.TIGHT, Encoding.ZRLE})
+"""Encodings for any rectangle. Open H.264 (rfb.encodings.h264, when PyAV is installed) and CopyRect are
+used beside one of these, for motion, never as the only encoding of a client."""
 
 
 def make_encoder(encoding: int, settings: EncoderSettings) -> Encoder | None:

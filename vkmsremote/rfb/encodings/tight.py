@@ -18,7 +18,9 @@ colours are counted exactly (one integer sort of the band).
 
 When one call yields several large JPEG rectangles (full motion: one per strip), they are compressed
 in parallel threads (libjpeg-turbo through simplejpeg runs without the GIL): the same rectangles and the
-same bytes, sooner; the CPU per frame does not change.
+same bytes, sooner; the CPU per frame does not change. A JPEG rectangle depends only on the pixels and its
+quality and subsampling, so clients sent the same rectangle of the same (read-only) frame share one
+compression (:mod:`vkmsremote.rfb.encodings.shared`).
 
 Data shorter than 12 bytes is sent without zlib, as the spec requires. The zlib streams live as long
 as the encoder (the connection); when the compression level changes a stream is replaced and the
@@ -46,6 +48,7 @@ from vkmsremote.rfb.convert import (
     tpixel_size,
 )
 from vkmsremote.rfb.encodings import EncodedRect, EncoderSettings
+from vkmsremote.rfb.encodings.shared import JPEG_RESULTS
 from vkmsremote.rfb.pixelformat import PixelFormat
 
 MAX_WIDTH = 2048  # the spec's limit for any Tight rectangle
@@ -222,7 +225,7 @@ class TightEncoder:
         big = [r for r in jobs if r.area >= PARALLEL_JPEG_AREA]
         done: dict[Rect, list[tuple[Rect, bytes]]] = {}
         if JPEG_THREADS > 1 and len(big) > 1:
-            results = _jpeg_pool().map(lambda r: _jpeg_data(frame, r, params), big)
+            results = _jpeg_pool().map(lambda r: _shared_jpeg_data(frame, r, params), big)
             done = dict(zip(big, results, strict=True))
         encoded: list[EncodedRect] = []
         for item in out:
@@ -231,7 +234,7 @@ class TightEncoder:
                 continue
             pieces = done.get(item)
             if pieces is None:
-                pieces = _jpeg_data(frame, item, params)
+                pieces = _shared_jpeg_data(frame, item, params)
             # The control bytes are made here, in output order, so a pending stream reset goes out with
             # the same rectangle whether or not the JPEG data was compressed in parallel.
             encoded += [(r, Encoding.TIGHT, self._control(JPEG) + compact_length(len(d)) + d) for r, d in pieces]
@@ -289,6 +292,11 @@ class TightEncoder:
         head = self._control(STREAM_FULL << 4)
         return rect, Encoding.TIGHT, head + self._compressed(STREAM_FULL, data)
 
+
+
+def _shared_jpeg_data(frame: Pixels, rect: Rect, params: tuple[int, str]) -> list[tuple[Rect, bytes]]:
+    """:func:`_jpeg_data`, computed once per frame, rectangle and parameters for all clients (rfb.encodings.shared)."""
+    return JPEG_RESULTS.get(frame, (rect, params), lambda: _jpeg_data(frame, rect, params))
 
 
 def _jpeg_data(frame: Pixels, rect: Rect, params: tuple[int, str]) -> list[tuple[Rect, bytes]]:

@@ -1,8 +1,8 @@
 // vkmsremote's page around noVNC's library (core/rfb.js from the npm package, served under /novnc/).
 // Query parameters: scale=0|1 (fit the window, default 1), resize=0|1 (ask the server to resize XR-0 to the
 // window, default 1), quality=0..9 (JPEG, default 6), compression=0..9 (default 2), view_only=0|1,
-// shared=0|1 (default 1). body[data-state] says where the page is: loading, connecting, credentials,
-// connected, disconnected, failed (tests and scripts wait on it).
+// shared=0|1 (default 1). body[data-state] says where the page is: loading, connecting, verify (RSA-AES
+// server key), credentials, connected, disconnected, failed (tests and scripts wait on it).
 import RFB from "/novnc/core/rfb.js";
 
 const params = new URLSearchParams(location.search);
@@ -14,6 +14,7 @@ const level = (name, fallback) => {
 
 const statusText = document.getElementById("status");
 const login = document.getElementById("login");
+const verify = document.getElementById("verify");
 const setState = (state, text) => {
   document.body.dataset.state = state;
   statusText.textContent = text;
@@ -37,6 +38,16 @@ function connect() {
     setState("connected", "connected");
     rfb.focus();
   });
+  // RSA-AES (RA2ne): noVNC waits until the user has compared the server key's fingerprint with the one
+  // the server printed at start (the first 8 bytes of SHA-1 over the key as sent, as TigerVNC shows it).
+  rfb.addEventListener("serververification", async (event) => {
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-1", event.detail.publickey));
+    const fingerprint = Array.from(digest.slice(0, 8), (b) => b.toString(16).padStart(2, "0")).join("-");
+    document.getElementById("fingerprint").textContent = fingerprint;
+    verify.hidden = false;
+    setState("verify", "compare the server key's fingerprint");
+    document.getElementById("accept-key").focus();
+  });
   rfb.addEventListener("credentialsrequired", (event) => {
     wanted = event.detail.types;
     document.getElementById("user-row").hidden = !wanted.includes("username");
@@ -56,6 +67,13 @@ function connect() {
     setState("disconnected", event.detail.clean ? "disconnected" : "connection lost; reload to reconnect");
   });
 }
+
+verify.addEventListener("submit", (event) => {
+  event.preventDefault();
+  verify.hidden = true;
+  setState("connecting", "server key accepted");
+  rfb.approveServer();
+});
 
 login.addEventListener("submit", (event) => {
   event.preventDefault();
