@@ -40,10 +40,10 @@ POINTER_DEVICE_NAME = "vkmsremote pointer"
 """The uinput absolute pointer's name (vkmsremote.input.uinput: UinputDevices.open("vkmsremote"))."""
 UDEV_RULES_DIR = Path("/run/udev/rules.d")
 RULE_NAME = "99-vkmsremote-pointer.rules"
+_KEEPER_PIPES: list[int] = []
+"""Write ends of the keepers' pipes (see Binding.undo_at_exit_of_parent), open until this process exits."""
 SWAY_IDENTIFIER = "0:0:" + POINTER_DEVICE_NAME.replace(" ", "_")
 """sway's identifier for the pointer: vendor:product:name with spaces as underscores (sway/input)."""
-
-MODES = ("auto", "none")
 
 
 class Compositor(enum.Enum):
@@ -161,9 +161,7 @@ class Binding:
     """A carried-out plan; ``undo()`` reverses it (idempotent)."""
 
     plan: BindingPlan
-    rule_path: Path | None = None
     _undo: list[Callable[[], None]] = field(default_factory=list)
-    _keeper_fd: int | None = None
 
     say: Callable[[str], None] | None = None
 
@@ -206,7 +204,7 @@ class Binding:
                 os._exit(0)
         os.close(read_end)
         os.waitpid(pid, 0)
-        self._keeper_fd = write_end  # never written; closed by this process's exit
+        _KEEPER_PIPES.append(write_end)  # never written; closed by this process's exit
         self._undo.clear()  # the keeper owns it now
         return True
 
@@ -234,7 +232,6 @@ def apply_binding(plan: BindingPlan, *, rules_dir: Path = UDEV_RULES_DIR) -> Bin
             rules_dir.mkdir(parents=True, exist_ok=True)
             path = rules_dir / RULE_NAME
             path.write_text(udev_rule(plan.output))
-            binding.rule_path = path
 
             def remove_rule() -> None:
                 path.unlink(missing_ok=True)

@@ -2,7 +2,7 @@
 
 A message is ``"i3-ipc"``, a 32-bit payload length and a 32-bit type, both in the host's byte order,
 then a JSON payload. The reply carries the same type. Used for ``input <id> map_to_output <name>``
-(RUN_COMMAND) and to list inputs and outputs.
+(RUN_COMMAND).
 """
 
 from __future__ import annotations
@@ -28,9 +28,6 @@ class IpcError(VkmsRemoteError):
 
 class MessageType(IntEnum):
     RUN_COMMAND = 0
-    GET_OUTPUTS = 3
-    GET_VERSION = 7
-    GET_INPUTS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +120,3 @@ class SwayIpc:
         for r in replies if isinstance(replies, list) else [replies]:
             if not r.get("success"):
                 raise IpcError(f"sway refused {text!r}: {r.get('error', 'no reason given')}")
-
-    def inputs(self) -> list[dict[str, Any]]:
-        return list(self.request(MessageType.GET_INPUTS))
-
-    def outputs(self) -> list[dict[str, Any]]:
-        return list(self.request(MessageType.GET_OUTPUTS))
