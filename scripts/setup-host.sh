@@ -40,6 +40,8 @@ debs=(
   # Wayland compositors on XR-0 in the VM (tests/vm/test_wayland_vm.py): Weston, sway with seatd,
   # foot (a terminal to type into), wev (shows where clicks land)
   weston sway seatd foot wev
+  # `cvt -r`, the reference for vkmsremote.drm.cvt's reduced-blanking modes (tests/test_drm_cvt.py)
+  xcvt
 )
 
 missing=()

@@ -32,6 +32,7 @@ from vkmsremote.service.options import (
     add_security_arguments,
     has_full_password_source,
     has_view_only_password_source,
+    mode,
     size,
 )
 
@@ -56,7 +57,11 @@ def add_arguments(up: argparse.ArgumentParser) -> None:
     srv.add_argument("--drive", choices=("pattern",),
                      help="pattern: vkmsremote becomes DRM master and page-flips an animated test pattern onto "
                           "the connector (demos, benchmarks); default: serve whatever a compositor shows")
-    srv.add_argument("--drive-size", type=size, metavar="WxH", help="--drive: mode size (default: preferred)")
+    srv.add_argument("--mode", type=mode, metavar="WxH[@Hz]",
+                     help="--drive: XR-0's mode, any size up to 8192x8192 at any rate (a mode VKMS does not list "
+                          "is made with CVT reduced blanking, as `cvt -r` computes it); XR-glasses presets are "
+                          "in docs/up.md (default: the preferred mode, 1024x768@60)")
+    srv.add_argument("--drive-size", type=size, metavar="WxH", help="--drive: mode size (the same as --mode WxH)")
     srv.add_argument("--drive-fps", type=float, default=DEFAULT_DRIVE_FPS, metavar="N",
                      help=f"--drive: flips per second at most (default {DEFAULT_DRIVE_FPS:g}; 0: every vblank)")
     srv.add_argument("--capture", choices=("getfb2", "writeback"), default="getfb2",
@@ -104,6 +109,11 @@ def check_options(args: argparse.Namespace) -> None:
                                        ("--down-on-exit", args.down_on_exit)) if on]
         if given:
             raise UsageError(f"{', '.join(given)} cannot be used with --no-serve")
+    if args.mode is not None and args.drive_size is not None:
+        raise UsageError("--mode and --drive-size both give the mode", hint="give --mode WxH[@Hz] only")
+    if args.mode is not None and not args.drive:
+        raise UsageError("--mode needs --drive pattern",
+                         hint="without it a compositor is DRM master and sets the mode (its own settings)")
     if args.drive_fps is not None and args.drive_fps < 0:
         raise UsageError("--drive-fps must be 0 or more")
     if args.web is not None and args.web == args.port and args.port:
@@ -183,7 +193,8 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
                              "server gives up its privileges", hint=f"choose a port of {low} or more")
     spec = BrokerSpec(card_path=target.card, crtc_id=target.crtc_id,
                       drive_connector=target.drm_name if args.drive == "pattern" else None,
-                      drive_size=args.drive_size, drive_fps=args.drive_fps or None,
+                      drive_size=args.mode[:2] if args.mode else args.drive_size,
+                      drive_refresh=args.mode[2] if args.mode else None, drive_fps=args.drive_fps or None,
                       writeback=args.capture == "writeback",
                       down_on_exit=target.device if args.down_on_exit else None)
     broker = spawn_broker(spec)  # it starts up (imports, modeset) while this process prepares
@@ -224,7 +235,8 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
         log.info("serving as %s (uid %d, no capabilities); capture broker pid %s keeps CAP_SYS_ADMIN",
                  dropped.user, dropped.uid, broker.pid)
         reader = CrtcReader(card, target.crtc_id, desktop_name=target.desktop_name, own_card=True,
-                            exporter=broker, writeback=broker if args.capture == "writeback" else None)
+                            exporter=broker, writeback=broker if args.capture == "writeback" else None,
+                            resizer=broker if args.drive else None)
         sink = uinput_sink_factory(devices, reader) if devices is not None else None
         server = vnc_server(reader, sink, policy, args)
         asyncio.run(_serve(server, reader, target, web, announce, out))
