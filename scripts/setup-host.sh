@@ -40,6 +40,9 @@ debs=(
   # consumer socket (tests/test_consumer.py, tests/vm/test_consumer_vm.py): the C client is built through
   # pkg-config; consume --egl uses EGL/GLES/GBM (Mesa); ffmpeg -f kmsgrab captures XR-0 for comparison
   pkg-config libegl1 libegl-mesa0 libgles2 libgbm1 libgl1-mesa-dri ffmpeg
+  # Wayland compositors on XR-0 in the VM (tests/vm/test_wayland_vm.py): Weston, sway with seatd,
+  # foot (a terminal to type into), wev (shows where clicks land)
+  weston sway seatd foot wev
   # `cvt -r`, the reference for vkmsremote.drm.cvt's reduced-blanking modes (tests/test_drm_cvt.py)
   xcvt
 )

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--replace", action="store_true",
                     help="rebuild a device of the same name that has a different layout")
     up.add_argument("--dry-run", "-n", action="store_true", help="print the equivalent shell commands; change nothing")
+    up.add_argument("--default-device", action="store_true",
+                    help="use VKMS's default device (loading vkms with one) instead of configfs, as on kernels "
+                         "before 6.19 where it is the fallback: one connector, mapped to XR-0")
     up.add_argument("--timeout", type=float, default=20.0, metavar="S",
                     help="seconds to wait for the DRM card (default 20)")
     up.add_argument("--json", action="store_true", help="print the mapping as JSON")
@@ -176,6 +179,9 @@ def _print_status(devices: list[Any], out: Any) -> None:
         crtcs = ", ".join(f"{c.name}{'(writeback)' if c.writeback else ''}" for c in lay.crtcs)
         encs = ", ".join(f"{e.name}->{','.join(e.possible_crtcs)}" for e in lay.encoders)
         print(f"  planes: {planes}\n  crtcs: {crtcs}\n  encoders: {encs}", file=out)
+        if m.card is not None:
+            lit = ", ".join(f"{c.name} {'lit' if c.lit else 'dark'}" for c in m.connectors if c.lit is not None)
+            print(f"  DRM master: {m.master.describe() if m.master else 'none'}; {lit}", file=out)
         if m.note:
             print(f"  note: {m.note}", file=out)
 
@@ -195,11 +201,13 @@ def _cmd_up(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.dry_run:
         sys.stdout.write(preview_up(spec, configfs=cfs, replace=args.replace))
         return 0
-    result = up(spec, configfs=cfs, state=_state(args, cfs), replace=args.replace, timeout=args.timeout)
+    result = up(spec, configfs=cfs, state=_state(args, cfs), replace=args.replace, timeout=args.timeout,
+                default_device=args.default_device)
     if args.json:
         print(json.dumps({"changed": result.changed, "device": result.device.to_json()}, indent=2))
     else:
         what = f"made {spec.name} ({len(result.applied)} configfs operations)" if result.changed \
+            else f"using {result.device.name}: {result.device.note}" if result.device.configfs_path == "-" \
             else f"{spec.name} already up: nothing changed"
         print(what)
         _print_mapping(result.device, sys.stdout)

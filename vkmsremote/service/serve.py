@@ -104,6 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--crtc", type=int, help="crtc: CRTC id (default: the connector's, or the only one)")
     src.add_argument("--input", choices=("none", "uinput"),
                      help="where keyboard and pointer go (default: uinput for crtc, none for pattern)")
+    from vkmsremote.desktop.binding import add_pointer_output_argument
+
+    add_pointer_output_argument(src)
     net = parser.add_argument_group("network and security")
     add_listen_arguments(net, port_help="TCP port")
     add_security_arguments(net)
@@ -282,8 +285,15 @@ def run(args: argparse.Namespace) -> int:
     input_kind = args.input or ("uinput" if args.source == "crtc" else "none")
     sink: InputSink | SinkFactory = NullSink()
     devices: UinputDevices | None = None
+    binding = None
     try:
         if input_kind == "uinput" and not args.view_only:
+            if args.source == "crtc":  # bound before the devices exist (Weston reads WL_OUTPUT when one is added)
+                from vkmsremote.desktop.binding import bind_pointer
+
+                named = args.connector if args.connector and not args.connector.isdigit() else None
+                binding = bind_pointer(args.pointer_output, args.card, named,
+                                       lambda text: print(f"vkmsremote: {text}", flush=True))
             devices = UinputDevices.open("vkmsremote")
             sink = uinput_sink_factory(devices, source)
         server = vnc_server(source, sink, policy, args)
@@ -300,4 +310,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if devices is not None:
             devices.close()
+        if binding is not None:
+            binding.undo()
     return 0

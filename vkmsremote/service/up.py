@@ -69,6 +69,9 @@ def add_arguments(up: argparse.ArgumentParser) -> None:
                           "writeback connector composes each frame (needs --drive)")
     srv.add_argument("--input", choices=("uinput", "none"), default="uinput",
                      help="where clients' keyboard and pointer go (default uinput)")
+    from vkmsremote.desktop.binding import add_pointer_output_argument
+
+    add_pointer_output_argument(srv)
     srv.add_argument("--user", default=DEFAULT_USER,
                      help=f"unprivileged user the network-facing process becomes (default {DEFAULT_USER})")
     srv.add_argument("--down-on-exit", action="store_true", help="remove the device when serving stops")
@@ -200,6 +203,11 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
     broker = spawn_broker(spec)  # it starts up (imports, modeset) while this process prepares
     devices: Any = None
     try:
+        if args.input == "uinput" and not args.view_only:  # before the devices exist (Weston reads WL_OUTPUT at add)
+            from vkmsremote.desktop.binding import bind_pointer
+
+            bind_pointer(args.pointer_output, target.card, target.drm_name,
+                         lambda text: _say(out, text)).undo_at_exit_of_parent()  # undone as root after the drop
         # Everything that needs root's files is read now: password file, TLS key and certificate.
         from vkmsremote.server.app import resolves_to_loopback
         from vkmsremote.service.serve import WebListener, policy_from_args, uinput_sink_factory, vnc_server
