@@ -3,7 +3,7 @@
 #   1. scripts/setup-host.sh     Debian packages + .venv with the project and its dev tools
 #   2. scripts/build-kernel.sh   the VKMS test kernel (cached in ~/.cache/vkmsremote/kernel)
 #   3. ruff check, dead code (vulture, scripts/deadcode.py), mypy vkmsremote
-#   4. host tests:  pytest -m "not vm" tests
+#   4. host tests:  pytest -m "not vm and not vm_modules" tests
 #   5. VM tests:    pytest -m vm tests, all in ONE boot of the test kernel (python -m vkmsremote.vm)
 #   6. VKMS as a module (only with VKMSREMOTE_MODULE_TESTS=1, not yet part of the default run: its kernel
 #      variant is a second full build): scripts/build-kernel-modules.sh, then pytest -m vm_modules in a short boot
@@ -76,7 +76,7 @@ stage deadcode "$py" scripts/deadcode.py  # vulture over vkmsremote/, allow-list
 stage mypy "$top/.venv/bin/mypy" vkmsremote
 # the layer contracts in pyproject.toml (docs/architecture.md); the host tests report coverage of the core layers
 stage imports env PYTHONPATH="$top" "$top/.venv/bin/lint-imports" --no-cache --no-logo
-stage host-tests "$py" -m pytest -m "not vm" tests \
+stage host-tests "$py" -m pytest -m "not vm and not vm_modules" tests \
   --cov=vkmsremote.rfb --cov=vkmsremote.capture --cov=vkmsremote.server --cov-report=term "$@"
 
 # Every vm-marked test (tests/vm/ and the VM benchmark smoke) in one boot.

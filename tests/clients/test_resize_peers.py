@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from clients.support import ServerThread, rgb_of
 from PIL import Image
-from test_web_novnc import chromium, page_state, wait_until
+from web.test_web_novnc import chromium, page_state, wait_until
 
+from clients.support import ServerThread, rgb_of
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.server.app import VncServer
 from vkmsremote.server.pattern import PatternSource

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from capture.test_broker import FakeExporter
 from clients.support import RawClient, rgb_of, screens_of
-from test_broker import FakeExporter
-from test_server_session import client, full, nothing_arrives, run, serving
 
+from server.test_server_session import client, full, nothing_arrives, run, serving
 from vkmsremote.capture.broker import BrokerClient, BrokerServer, Op, Reply, Request, Status, pack_size
 from vkmsremote.errors import DrmError
 from vkmsremote.frame import ResizeStatus

@@ -330,7 +330,7 @@ def test_a_uid_the_socket_does_not_allow_is_refused(tmp_path: Path) -> None:
                 "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
                 f"Consumer.connect({str(st.path)!r})\n")
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
         assert run.returncode != 0 and "PermissionDeniedError: not allowed to connect" in run.stderr, run.stderr
         assert not st.server.accepted
         Consumer.connect(str(st.path)).close()  # root (the owner) may
@@ -347,7 +347,7 @@ def test_c_client_prints_what_the_python_client_prints(served: tuple[ServerThrea
     ids = [prod.new_buffer() for _ in range(2)]
     picture = _draw(prod, ids[0], rng, None, None)
     prod.show(ids[0], None)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     c_proc = subprocess.Popen([str(exe), str(st.path), "21"], stdout=subprocess.PIPE, text=True)
     py_proc = subprocess.Popen([sys.executable, "-m", "vkmsremote", "consume", str(st.path), "--frames", "21",
                                 "--checksums"], stdout=subprocess.PIPE, text=True, env=env)
@@ -384,7 +384,7 @@ def _run_consume(st: ServerThread, prod: MemfdProducer, argv: list[str], frames:
     ids = [prod.new_buffer() for _ in range(2)]
     pictures = [_draw(prod, ids[0], rng, None, None)]
     prod.show(ids[0], None)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen([sys.executable, "-m", "vkmsremote", "consume", str(st.path), "--frames", str(frames),
                              *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 60
