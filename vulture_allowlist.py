@@ -9,7 +9,9 @@ they are class attributes, so a rename breaks here too.
 # ruff: noqa: B018
 from __future__ import annotations
 
+import vkmsremote.consumer as consumer_package
 from vkmsremote.bench.xdraw import XShmSegmentInfo
+from vkmsremote.capture.xwd import XwdHeader
 from vkmsremote.drm import ioctl as k
 from vkmsremote.drm.fourcc import DrmFormat
 from vkmsremote.rfb.constants import Encoding, SecurityResult, VeNCryptSubtype, VeNCryptSubtypeResult
@@ -92,6 +94,23 @@ WebSocketStream.is_reading
 WebSocketStream.get_protocol
 WebSocketStream.set_protocol
 
+# Module __getattr__ (PEP 562): vkmsremote.consumer's lazy exports, called by the import system.
+consumer_package.__getattr__
+
 # Dead, left for the owners of the files (reported to the lead; not this branch's files):
 # vkms/device.py DownResult.left_alone (written, never read).
 _.left_alone
+
+# XWDFileHeader fields (X11/XWDFile.h) kept in their order so the header round-trips (XwdHeader.to_bytes
+# writes every field); the source itself reads only the ones that describe the pixels.
+XwdHeader.file_version
+XwdHeader.bitmap_unit
+XwdHeader.bitmap_bit_order
+XwdHeader.bitmap_pad
+XwdHeader.bits_per_rgb
+XwdHeader.colormap_entries
+XwdHeader.window_width
+XwdHeader.window_height
+XwdHeader.window_x
+XwdHeader.window_y
+XwdHeader.window_bdrwidth

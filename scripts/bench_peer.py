@@ -31,14 +31,24 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vkmsremote.bench import harness
 from vkmsremote.bench import profile as profiler
-from vkmsremote.bench.client import ENCODINGS, BenchClient, build_client, wait_port
+from vkmsremote.bench.client import ENCODINGS, build_client, wait_port
+from vkmsremote.bench.harness import (
+    Procs,
+    Window,
+    fmt,
+    measure_idle,
+    run_quiet,
+    setup_xvfb,
+    start_drawer,
+    wait_display,
+)
 from vkmsremote.bench.scanout import FlipLog
-from vkmsremote.bench.stats import delivery, load_average, process_cpu, source_version
+from vkmsremote.bench.stats import load_average, source_version
 from vkmsremote.bench.workloads import WORKLOADS
 
 PY = sys.executable
@@ -68,66 +78,12 @@ EndSection
 """
 
 
-@dataclass
-class Procs:
-    """The long-running processes of one run, by role, stopped in reverse order."""
-
-    work: Path
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self, role: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        log = open(self.work / f"{role}.log", "wb")  # noqa: SIM115 (the process owns it)
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **kwargs)
-        self.procs[role] = proc
-        return proc
-
-    def pid(self, role: str) -> int | None:
-        p = self.procs.get(role)
-        return p.pid if p is not None and p.poll() is None else None
-
-    def stop(self, role: str) -> None:
-        p = self.procs.pop(role, None)
-        if p is None or p.poll() is not None:
-            return
-        p.terminate()
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
-
-    def stop_all(self) -> None:
-        for role in reversed(list(self.procs)):
-            self.stop(role)
-
-    def cpu(self) -> dict[str, float]:
-        return {role: process_cpu(p.pid) for role, p in self.procs.items()}
-
-    def log_tail(self, role: str, n: int = 800) -> str:
-        try:
-            return (self.work / f"{role}.log").read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-
 _T0 = time.monotonic()
 
 
 def say(message: str) -> None:
     """Progress on stderr, with seconds since start (set-up under TCG takes minutes)."""
     print(f"[bench_peer {time.monotonic() - _T0:6.0f} s] {message}", file=sys.stderr, flush=True)
-
-
-def run_quiet(argv: list[str], timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
-def wait_display(display: str, timeout: float, procs: Procs, role: str) -> None:
-    deadline = time.monotonic() + timeout
-    while run_quiet(["xdpyinfo", "-display", display], timeout=60).returncode != 0:
-        if procs.pid(role) is None or time.monotonic() > deadline:
-            raise RuntimeError(f"the X server on {display} did not come up: {procs.log_tail(role)}")
-        time.sleep(1)
 
 
 def setup_vkms(work: Path, size: tuple[int, int], procs: Procs) -> tuple[str, str]:
@@ -153,24 +109,6 @@ def setup_vkms(work: Path, size: tuple[int, int], procs: Procs) -> tuple[str, st
     return card, connector
 
 
-def setup_xvfb(size: tuple[int, int], procs: Procs) -> str:
-    r, w = os.pipe()
-    procs.start("Xorg", ["Xvfb", "-displayfd", str(w), "-screen", "0", f"{size[0]}x{size[1]}x24",
-                         "-nolisten", "tcp"], pass_fds=(w,))
-    os.close(w)
-    # Xvfb writes the number and the newline separately: closing the pipe before the newline kills it.
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(r, 100)
-        if not chunk:
-            break
-        data += chunk
-    os.close(r)
-    if not data.strip():
-        raise RuntimeError(f"Xvfb did not start: {procs.log_tail('Xorg')}")
-    return ":" + data.decode().strip()
-
-
 def start_servers(servers: list[str], display: str, card: str | None, connector: str | None,
                   procs: Procs) -> None:
     if "x11vnc" in servers:
@@ -190,54 +128,8 @@ def start_servers(servers: list[str], display: str, card: str | None, connector:
 
 def measure(server: str, workload: str, encoding: str, args: argparse.Namespace, client: Path, log: FlipLog,
             procs: Procs, profile: Path | None = None) -> dict[str, Any]:
-    bc = BenchClient(client, "127.0.0.1", PORTS[server], encoding, args.warmup + args.seconds + 10,
-                     quality=args.quality).start()
-    try:
-        bc.wait_first_update(600)
-        time.sleep(args.warmup)
-        t0, cpu0, ccpu0, load0 = time.monotonic(), procs.cpu(), process_cpu(bc.pid), load_average()
-        pid = procs.pid(server)
-        spy = profiler.spy(pid, args.seconds, profile, rate=50) if profile is not None and pid else None
-        time.sleep(args.seconds)
-        t1, cpu1, ccpu1, load1 = time.monotonic(), procs.cpu(), process_cpu(bc.pid), load_average()
-        if spy is not None:
-            spy.wait(300)
-    finally:
-        bc.stop()
-        bc.wait(30)
-    dt = t1 - t0
-    d = delivery(bc.snapshot(), log.time_of, t0, t1)
-    if not WORKLOADS[workload].changes:  # frame 0 arriving late is not a delivered frame of a static screen
-        d = replace(d, frames=0, latencies_ms=())
-    cpu = {role: 100 * (cpu1[role] - cpu0[role]) / dt for role in cpu0 if role in cpu1}
-    return {
-        "server": server, "workload": workload, "encoding": encoding, "seconds": dt,
-        "draws_per_s": log.flips_between(t0, t1) / dt, "fps": d.fps, "frames": d.frames,
-        "updates_per_s": d.updates / dt, "unreadable": d.unreadable,
-        "lat_p50": d.latency(50), "lat_p95": d.latency(95), "lat_p99": d.latency(99),
-        "cpu_pct": cpu.get(server, math.nan),
-        "cpu_ms_per_frame": 10 * cpu.get(server, math.nan) * dt / d.frames if d.frames else math.nan,
-        "bytes_per_frame": d.bytes_per_frame, "bytes_per_s": d.bytes / dt,
-        "xorg_cpu_pct": cpu.get("Xorg", math.nan),
-        "cpu_with_xorg_pct": cpu.get(server, math.nan) + cpu.get("Xorg", math.nan), "drawer_cpu_pct": cpu.get("drawer", math.nan),
-        "client_cpu_pct": 100 * (ccpu1 - ccpu0) / dt,
-        "other_server_cpu_pct": sum(v for k, v in cpu.items() if k in PORTS and k != server),
-        "load": (load0 + load1) / 2,
-    }
-
-
-def measure_idle(servers: list[str], seconds: float, procs: Procs) -> dict[str, float]:
-    """Each server's CPU % with nobody connected and a static screen."""
-    t0, cpu0 = time.monotonic(), procs.cpu()
-    time.sleep(seconds)
-    t1, cpu1 = time.monotonic(), procs.cpu()
-    return {s: 100 * (cpu1[s] - cpu0[s]) / (t1 - t0) for s in servers if s in cpu0 and s in cpu1}
-
-
-def fmt(v: Any, spec: str) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return format(v, spec)
+    return harness.measure(server, PORTS[server], workload, encoding, Window(args.seconds, args.warmup, args.quality),
+                           client, log, procs, servers=PORTS, profile=profile)
 
 
 HEADER = (f"{'workload':<11} {'encoding':<10} {'server':<10} {'draws/s':>7} {'fps':>6} {'p50':>7} {'p95':>7} "
@@ -334,16 +226,8 @@ def run_here(args: argparse.Namespace) -> dict[str, Any]:
               f"drawing at up to {args.fps:g} frames/s", flush=True)
         print(HEADER, flush=True)
         for i, workload in enumerate(workloads):
-            log_path = work / f"flips-{workload}"
             say(f"drawing {workload}")
-            drawer = procs.start("drawer", [PY, "-m", "vkmsremote.bench.xdraw", "--display", display,
-                                            "--workload", workload, "--log", str(log_path), "--fps", str(args.fps)])
-            deadline = time.monotonic() + 900
-            while "ready" not in procs.log_tail("drawer"):
-                if drawer.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the {workload} drawer did not start: {procs.log_tail('drawer')}")
-                time.sleep(0.5)
-            log = FlipLog.open(log_path)
+            log = start_drawer("drawer", display, workload, work / f"flips-{workload}", args.fps, procs)
             if not WORKLOADS[workload].changes:
                 time.sleep(args.warmup)
                 idle = measure_idle(servers, args.seconds, procs)

@@ -20,7 +20,9 @@ debs=(
   # real VNC peers and display servers for tests and benchmarks
   xvfb x11vnc vncsnapshot tigervnc-viewer xserver-xorg-core xserver-xorg-input-libinput
   x11-utils xdotool xterm imagemagick libjpeg62-turbo
-  # LibVNCClient headers: tests/test_encodings_libvncclient.py builds a tiny decoding client
+  # the native side by side's peers (scripts/bench_native.py): TigerVNC's x0vncserver and Xvnc
+  tigervnc-scraping-server tigervnc-standalone-server
+  # LibVNCClient headers: tests/clients/test_encodings_libvncclient.py builds a tiny decoding client
   libvncserver-dev
   # FFmpeg's decoder for the benchmark client's Open H.264 (scripts/bench_client.c)
   libavcodec-dev libswscale-dev libavutil-dev
@@ -29,9 +31,9 @@ debs=(
   # browser client: noVNC 1.7 comes from the npm registry (scripts/install-novnc.sh); Debian's 1.3 is the
   # fallback the tests also check
   novnc chromium chromium-driver
-  # node runs noVNC's decoders in tests/test_encodings_novnc.py
+  # node runs noVNC's decoders in tests/clients/test_encodings_novnc.py
   nodejs
-  # US keymap check (tests/test_keymap.py regenerates vkmsremote/input/tables.py from libxkbcommon)
+  # US keymap check (tests/input/test_keymap.py regenerates vkmsremote/input/tables.py from libxkbcommon)
   libxkbcommon0 xkb-data
   # the desktop's own layout (vkmsremote.input.layout: xkbcomp dumps Xorg's keymap) and its clipboard
   # (vkmsremote.input.clipboard: X selections through xclip, wlroots data-control through wl-clipboard);
@@ -39,6 +41,14 @@ debs=(
   x11-xkb-utils xclip wl-clipboard sway
   # mode changes and checks on Xorg in the VM (tests/vm/test_compositor_vm.py)
   x11-xserver-utils
+  # consumer socket (tests/consumer/test_consumer.py, tests/vm/test_consumer_vm.py): the C client is built through
+  # pkg-config; consume --egl uses EGL/GLES/GBM (Mesa); ffmpeg -f kmsgrab captures XR-0 for comparison
+  pkg-config libegl1 libegl-mesa0 libgles2 libgbm1 libgl1-mesa-dri ffmpeg
+  # Wayland compositors on XR-0 in the VM (tests/vm/test_wayland_vm.py): Weston, sway with seatd,
+  # foot (a terminal to type into), wev (shows where clicks land)
+  weston sway seatd foot wev
+  # `cvt -r`, the reference for vkmsremote.drm.cvt's reduced-blanking modes (tests/drm/test_drm_cvt.py)
+  xcvt
 )
 
 missing=()
@@ -70,7 +80,7 @@ else
 fi
 
 # TigerVNC's viewer 1.13+ decodes Open H.264 (Debian 12 has 1.12): Debian 13's, in a small trixie root
-# tree in the cache (mmdebstrap, about a minute and 330 MB), run with chroot by tests/test_motion_tigervnc.py.
+# tree in the cache (mmdebstrap, about a minute and 330 MB), run with chroot by tests/clients/test_motion_tigervnc.py.
 trixie_dir="$stamp_dir/trixie-tigervnc"
 if [ ! -x "$trixie_dir/usr/bin/xtigervncviewer" ]; then
   say "making a Debian 13 tree with tigervnc-viewer in $trixie_dir"

@@ -112,3 +112,57 @@ def plot_peer(rows: Sequence[dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def plot_native(summary: Sequence[dict[str, Any]], ratios: Sequence[dict[str, Any]], path: Path,
+                title: str = "") -> None:
+    """The native side by side (scripts/bench_native.py), one column per size: each server's delivered fps
+    (median, min-max whiskers), then vkmsremote / peer for fps and for CPU with the X server's (log scale,
+    1 = parity)."""
+    plt = _pyplot()
+    sizes = list(dict.fromkeys(s["size"] for s in summary))
+    servers = list(dict.fromkeys(s["server"] for s in summary))
+    peers = [p for p in servers if p != "vkmsremote"]
+    fig, axes = plt.subplots(3, len(sizes), figsize=(max(9, 7.5 * len(sizes)), 12), squeeze=False)
+    for col, size in enumerate(sizes):
+        keys = list(dict.fromkeys((s["workload"], s["encoding"]) for s in summary
+                                  if s["size"] == size and s["workload"] != "static"))
+        labels = [f"{w}\n{e}" for w, e in keys]
+        xs = range(len(keys))
+        by = {(s["workload"], s["encoding"], s["server"]): s for s in summary if s["size"] == size}
+        ax = axes[0][col]
+        width = 0.8 / max(len(servers), 1)
+        for i, srv in enumerate(servers):
+            rows = [by.get((w, e, srv), {}) for w, e in keys]
+            mid = [_num(r.get("fps")) for r in rows]
+            lo = [max(0.0, m - _num(r.get("fps_min", m))) for m, r in zip(mid, rows, strict=True)]
+            hi = [max(0.0, _num(r.get("fps_max", m)) - m) for m, r in zip(mid, rows, strict=True)]
+            ax.bar([x + i * width for x in xs], mid, width, yerr=[lo, hi], capsize=2, label=srv)
+        ax.set_title(f"{size}: delivered frames/s (median of repeats, min-max)")
+        ax.legend(fontsize=7)
+        qby = {(q["workload"], q["encoding"], q["peer"]): q for q in ratios if q["size"] == size}
+        width = 0.8 / max(len(peers), 1)
+        for ax, name, what in ((axes[1][col], "fps", "fps"), (axes[2][col], "CPU+X", "CPU (server + X server)")):
+            for i, peer in enumerate(peers):
+                qs = [qby.get((w, e, peer), {}) for w, e in keys]
+                mid = [_num(q.get(name)) or math.nan for q in qs]
+                lo = [max(0.0, m - _num(q.get(f"{name}_min", m))) if math.isfinite(m) else 0.0
+                      for m, q in zip(mid, qs, strict=True)]
+                hi = [max(0.0, _num(q.get(f"{name}_max", m)) - m) if math.isfinite(m) else 0.0
+                      for m, q in zip(mid, qs, strict=True)]
+                ax.bar([x + i * width for x in xs], [m if math.isfinite(m) else 0.0 for m in mid], width,
+                       yerr=[lo, hi], capsize=2, label=f"vs {peer}")
+            ax.axhline(1.0, color="k", linewidth=1)
+            ax.set_yscale("log")
+            ax.set_title(f"{size}: vkmsremote / peer, {what} ({'above' if name == 'fps' else 'below'} 1: "
+                         "vkmsremote better)")
+            ax.legend(fontsize=7)
+        for row, n in zip(axes, (len(servers), len(peers), len(peers)), strict=True):
+            row[col].set_xticks([x + 0.4 - 0.4 / max(n, 1) for x in xs])
+            row[col].set_xticklabels(labels, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -104,3 +104,29 @@ def source_version() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds every core of this machine has spent busy so far (/proc/stat: all but idle and iowait).
+    With the CPU of the processes a benchmark knows subtracted, what is left over a window is the load
+    that others put on the machine meanwhile."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return math.nan
+    ticks = [int(v) for v in first[1:]]
+    busy = sum(ticks[:8]) - ticks[3] - ticks[4]  # user nice system idle iowait irq softirq steal
+    return busy / _CLK_TCK
+
+
+def machine() -> str:
+    """CPU model and core count, e.g. 'AMD EPYC, 2 cores'."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"

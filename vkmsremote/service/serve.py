@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DESCRIPTION = ("Serve an animated test picture (default) or what a DRM CRTC scans out over VNC. Without "
+DESCRIPTION = ("Serve an animated test picture (default), what a DRM CRTC scans out or an X server's screen file "
+               "(Xvfb -fbdir) over VNC. Without "
                "options it listens on 127.0.0.1:5900 without authentication; give a password (and get "
                "VeNCrypt/TLS with a self-signed certificate by default) before listening elsewhere.")
 
@@ -61,6 +62,22 @@ def _crtc_source(args: argparse.Namespace) -> FrameSource:
 
 SOURCES["pattern"] = _pattern_source
 SOURCES["crtc"] = _crtc_source
+XWD_SCHEME = "xwd:"
+"""--source xwd:PATH: an X server's screen file, e.g. Xvfb -fbdir's (vkmsremote.capture.xwd)."""
+
+
+def _source_option(text: str) -> str:
+    if text not in SOURCES and not text.startswith(XWD_SCHEME):
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(sorted(SOURCES))}, xwd:PATH)")
+    return text
+
+
+def _source(args: argparse.Namespace) -> FrameSource:
+    if args.source.startswith(XWD_SCHEME):
+        from vkmsremote.capture.xwd import source
+
+        return source(args.source)
+    return SOURCES[args.source](args)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,8 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.format_help = format_help  # type: ignore[method-assign]
     src = parser.add_argument_group("what to serve")
-    src.add_argument("--source", default="pattern", choices=sorted(SOURCES),
-                     help="pattern: an animated test picture (default); crtc: what a DRM CRTC scans out")
+    src.add_argument("--source", default="pattern", type=_source_option, metavar="{crtc,pattern,xwd:PATH}",
+                     help="pattern: an animated test picture (default); crtc: what a DRM CRTC scans out; "
+                     "xwd:PATH: an X server's screen file (Xvfb -fbdir DIR: DIR/Xvfb_screen0)")
     src.add_argument("--size", type=size, default=(1920, 1080), metavar="WxH",
                      help="pattern: picture size (default 1920x1080)")
     src.add_argument("--fps", type=float, default=30.0, help="pattern: frames per second (default 30)")
@@ -87,6 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--crtc", type=int, help="crtc: CRTC id (default: the connector's, or the only one)")
     src.add_argument("--input", choices=("none", "uinput"),
                      help="where keyboard and pointer go (default: uinput for crtc, none for pattern)")
+    from vkmsremote.desktop.binding import add_pointer_output_argument
+
+    add_pointer_output_argument(src)
     net = parser.add_argument_group("network and security")
     add_listen_arguments(net, port_help="TCP port")
     add_security_arguments(net)
@@ -266,12 +287,19 @@ def run(args: argparse.Namespace) -> int:
 
     policy = policy_from_args(args)
     web = WebListener.from_args(args)
-    source = SOURCES[args.source](args)
+    source = _source(args)
     input_kind = args.input or ("uinput" if args.source == "crtc" else "none")
     sink: InputSink | SinkFactory = NullSink()
     devices: UinputDevices | None = None
+    binding = None
     try:
         if input_kind == "uinput" and not args.view_only:
+            if args.source == "crtc":  # bound before the devices exist (Weston reads WL_OUTPUT when one is added)
+                from vkmsremote.desktop.binding import bind_pointer
+
+                named = args.connector if args.connector and not args.connector.isdigit() else None
+                binding = bind_pointer(args.pointer_output, args.card, named,
+                                       lambda text: print(f"vkmsremote: {text}", flush=True))
             devices = UinputDevices.open("vkmsremote", follow_layout=True)
             sink = uinput_sink_factory(devices, source)
             from vkmsremote.input.clipboard import open_desktop_clipboard
@@ -297,4 +325,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if devices is not None:
             devices.close()
+        if binding is not None:
+            binding.undo()
     return 0

@@ -4,12 +4,14 @@
 * delivery(): frames, latencies and bytes of a hand-made update stream;
 * scripts/bench_pipeline.py --quick: driver, server and C client processes, rows with figures;
 * scripts/bench_peer.py --xvfb --quick: the peer harness against x11vnc on Xvfb (the host dry run);
+* scripts/bench_native.py --quick: vkmsremote (xwd source), x11vnc, x0vncserver and Xvnc on one screen;
 * in the VM (marked vm): the real side by side, x11vnc and vkmsremote on Xorg on VKMS, one workload.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import math
 import subprocess
@@ -35,7 +37,7 @@ from vkmsremote.bench.workloads import WORKLOADS, make_workload
 from vkmsremote.capture.crtc import Pacing
 from vkmsremote.capture.driver import decode_frame_number
 
-TOP = Path(__file__).resolve().parent.parent
+TOP = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 
@@ -146,6 +148,48 @@ def test_bench_peer_harness_on_xvfb(tmp_path: Path) -> None:
     # x11vnc's CPU was sampled from its own process: it encoded those frames, so it used some; Xvfb's is read too.
     assert r["cpu_pct"] > 0 and r["cpu_ms_per_frame"] > 0, r
     assert math.isfinite(r["xorg_cpu_pct"]) and r["xorg_cpu_pct"] >= 0, r
+
+
+def test_bench_native_quick(tmp_path: Path) -> None:
+    out, md, png = tmp_path / "native.json", tmp_path / "native.md", tmp_path / "native.png"
+    run = subprocess.run([PY, str(TOP / "scripts" / "bench_native.py"), "--quick", "--workloads", "static,typing",
+                          "--json", str(out), "--markdown", str(md), "--plot", str(png)],
+                         capture_output=True, text=True, timeout=280, cwd=TOP)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    servers = {"vkmsremote", "x11vnc", "x0vncserver", "Xvnc"}
+    typing = {r["server"]: r for r in result["rows"] if r["workload"] == "typing"}
+    assert set(typing) == servers
+    for server, r in typing.items():  # the client read frame numbers from every server: the harness works
+        assert r["frames"] > 0 and r["draws_per_s"] > 0, f"{server}: no frame delivered"
+        assert math.isfinite(r["lat_p50"]) and r["cpu_pct"] >= 0 and math.isfinite(r["foreign_cpu_pct"])
+    assert math.isfinite(typing["x11vnc"]["xorg_cpu_pct"]) and math.isnan(typing["Xvnc"]["xorg_cpu_pct"])
+    assert set(result["idle"]["1024x768"]) == servers
+    assert {r["server"] for r in result["rows"] if r["workload"] == "static"} == servers
+    assert "fps ratio" in run.stdout and "| typing | tight-jpeg | x0vncserver |" in md.read_text()
+    assert png.stat().st_size > 10_000
+
+
+def test_bench_native_medians_spreads_and_ratios() -> None:
+    spec = importlib.util.spec_from_file_location("bench_native", TOP / "scripts" / "bench_native.py")
+    assert spec is not None and spec.loader is not None
+    native = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(native)
+    rows = []
+    for rep, (ours, theirs) in enumerate([((20, 50), (10, 10)), ((30, 40), (10, 20)), ((25, 60), (20, 30))]):
+        for server, (fps, cpu) in (("vkmsremote", ours), ("x11vnc", theirs)):
+            rows.append({"size": "S", "workload": "typing", "encoding": "zrle", "server": server, "rep": rep,
+                         "fps": float(fps), "cpu_pct": float(cpu), "cpu_with_xorg_pct": float(cpu + 10)})
+    [vk, x11] = native.summarize(rows)
+    assert (vk["fps"], vk["fps_min"], vk["fps_max"], vk["repeats"]) == (25, 20, 30, 3)
+    assert (x11["cpu_pct"], x11["cpu_pct_min"], x11["cpu_pct_max"]) == (20, 10, 30)
+    assert math.isnan(vk["lat_p50"])  # not in the rows: no figure, no error
+    [q] = native.ratios(rows)
+    assert q["peer"] == "x11vnc"
+    assert q["fps"] == pytest.approx(25 / 10)  # ratio of the medians
+    assert (q["fps_min"], q["fps_max"]) == pytest.approx((1.25, 3.0))  # per-repeat ratios: 2, 3, 1.25
+    assert q["CPU"] == pytest.approx(50 / 20) and q["CPU+X"] == pytest.approx(60 / 30)
+    assert (q["CPU_min"], q["CPU_max"]) == pytest.approx((2.0, 5.0))
 
 
 @pytest.mark.vm
