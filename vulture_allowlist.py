@@ -15,7 +15,7 @@ from vkmsremote.capture.xwd import XwdHeader
 from vkmsremote.drm import ioctl as k
 from vkmsremote.drm.fourcc import DrmFormat
 from vkmsremote.rfb.constants import Encoding, SecurityResult, VeNCryptSubtype, VeNCryptSubtypeResult
-from vkmsremote.rfb.messages import ExtendedDesktopSizeStatus
+from vkmsremote.rfb.messages import ClipboardFormat, ExtendedDesktopSizeStatus
 from vkmsremote.service.privileges import Cap
 from vkmsremote.web.transport import WebSocketStream
 
@@ -114,3 +114,9 @@ XwdHeader.window_height
 XwdHeader.window_x
 XwdHeader.window_y
 XwdHeader.window_bdrwidth
+
+# rfbproto "Extended Clipboard" format bits, named as the spec lists them: the server handles text only,
+# but a client's caps/notify may carry the others (rfb.messages.ClipboardFormat reads them by bit).
+ClipboardFormat.RTF
+ClipboardFormat.DIB
+ClipboardFormat.FILES

@@ -37,7 +37,7 @@ debs=(
   libxkbcommon0 xkb-data
   # the desktop's own layout (vkmsremote.input.layout: xkbcomp dumps Xorg's keymap) and its clipboard
   # (vkmsremote.input.clipboard: X selections through xclip, wlroots data-control through wl-clipboard);
-  # sway, headless, is the wlroots desktop of tests/test_sway_desktop.py
+  # sway, headless, is the wlroots desktop of tests/desktop/test_sway_desktop.py
   x11-xkb-utils xclip wl-clipboard sway
   # mode changes and checks on Xorg in the VM (tests/vm/test_compositor_vm.py)
   x11-xserver-utils

@@ -310,7 +310,7 @@ def test_typing_follows_the_x_servers_layout(desktop: Desktop, layout: str, text
 
 def test_clipboard_both_ways_through_x_selections(desktop: Desktop) -> None:
     """An X client's copy on XR-0 reaches a client without the Extended Clipboard as ServerCutText (Latin-1);
-    the client's paste lands in CLIPBOARD and PRIMARY (issue 19; the Extended Clipboard: tests/test_clipboard.py)."""
+    the client's paste lands in CLIPBOARD and PRIMARY (issue 19; the Extended Clipboard: tests/rfb/test_clipboard.py)."""
     assert "clipboard: X selections on :7" in (desktop.workdir / "server.log").read_text(errors="replace")
     with vnc(desktop.port) as client:
         received: list[str] = []

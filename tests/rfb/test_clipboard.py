@@ -23,9 +23,9 @@ from clients.test_tigervnc import display  # noqa: F401 (the Xvfb fixture the Ti
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from selenium import webdriver
-from test_rfb_protocol import events, finish_init, server
-from test_web_novnc import HttpsServer, page_state, wait_until
+from web.test_web_novnc import HttpsServer, page_state, wait_until
 
+from rfb.test_rfb_protocol import events, finish_init, server
 from vkmsremote.errors import ProtocolError, RemoteProtocolError
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.messages import (
@@ -215,7 +215,7 @@ def test_novnc17_extended_clipboard_both_ways(tmp_path: Path, browser: Callable[
 
 @pytest.fixture(scope="module")
 def browser() -> Any:
-    from test_web_novnc import chromium
+    from web.test_web_novnc import chromium
 
     drivers: list[webdriver.Chrome] = []
 

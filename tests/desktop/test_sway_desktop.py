@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_layout import DE_TEXT, FR_TEXT, keysym_of, typed_through_xkb
-from test_uinput_sink import RecordingDevice
+from input.test_layout import DE_TEXT, FR_TEXT, keysym_of, typed_through_xkb
+from input.test_uinput_sink import RecordingDevice
 
 from vkmsremote.input.clipboard import WlrClipboard, open_desktop_clipboard
 from vkmsremote.input.layout import read_desktop_layout

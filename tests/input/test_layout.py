@@ -17,8 +17,8 @@ import time
 
 import pytest
 from evdev import ecodes as e
-from test_uinput_sink import RecordingDevice
 
+from input.test_uinput_sink import RecordingDevice
 from vkmsremote.input.keymap import US, State
 from vkmsremote.input.layout import (
     XKB_KEYCODE_OFFSET,
