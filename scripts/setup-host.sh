@@ -37,8 +37,9 @@ debs=(
   libxkbcommon0 xkb-data
   # the desktop's own layout (vkmsremote.input.layout: xkbcomp dumps Xorg's keymap) and its clipboard
   # (vkmsremote.input.clipboard: X selections through xclip, wlroots data-control through wl-clipboard);
-  # sway, headless, is the wlroots desktop of tests/desktop/test_sway_desktop.py
-  x11-xkb-utils xclip wl-clipboard sway
+  # keyboard layouts and the clipboard: xkbcomp reads Xorg's keymap, xclip/wl-clipboard the selections (sway,
+  # listed below, runs headless as the wlroots desktop of tests/desktop/test_sway_desktop.py)
+  x11-xkb-utils xclip wl-clipboard
   # mode changes and checks on Xorg in the VM (tests/vm/test_compositor_vm.py)
   x11-xserver-utils
   # consumer socket (tests/consumer/test_consumer.py, tests/vm/test_consumer_vm.py): the C client is built through
