@@ -9,12 +9,13 @@ they are class attributes, so a rename breaks here too.
 # ruff: noqa: B018
 from __future__ import annotations
 
+import vkmsremote.consumer as consumer_package
 from vkmsremote.bench.xdraw import XShmSegmentInfo
 from vkmsremote.capture.xwd import XwdHeader
 from vkmsremote.drm import ioctl as k
 from vkmsremote.drm.fourcc import DrmFormat
 from vkmsremote.rfb.constants import Encoding, SecurityResult, VeNCryptSubtype, VeNCryptSubtypeResult
-from vkmsremote.rfb.messages import ExtendedDesktopSizeStatus
+from vkmsremote.rfb.messages import ClipboardFormat, ExtendedDesktopSizeStatus
 from vkmsremote.service.privileges import Cap
 from vkmsremote.web.transport import WebSocketStream
 
@@ -93,6 +94,9 @@ WebSocketStream.is_reading
 WebSocketStream.get_protocol
 WebSocketStream.set_protocol
 
+# Module __getattr__ (PEP 562): vkmsremote.consumer's lazy exports, called by the import system.
+consumer_package.__getattr__
+
 # Dead, left for the owners of the files (reported to the lead; not this branch's files):
 # vkms/device.py DownResult.left_alone (written, never read).
 _.left_alone
@@ -110,3 +114,9 @@ XwdHeader.window_height
 XwdHeader.window_x
 XwdHeader.window_y
 XwdHeader.window_bdrwidth
+
+# rfbproto "Extended Clipboard" format bits, named as the spec lists them: the server handles text only,
+# but a client's caps/notify may carry the others (rfb.messages.ClipboardFormat reads them by bit).
+ClipboardFormat.RTF
+ClipboardFormat.DIB
+ClipboardFormat.FILES

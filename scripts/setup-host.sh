@@ -22,7 +22,7 @@ debs=(
   x11-utils xdotool xterm imagemagick libjpeg62-turbo
   # the native side by side's peers (scripts/bench_native.py): TigerVNC's x0vncserver and Xvnc
   tigervnc-scraping-server tigervnc-standalone-server
-  # LibVNCClient headers: tests/test_encodings_libvncclient.py builds a tiny decoding client
+  # LibVNCClient headers: tests/clients/test_encodings_libvncclient.py builds a tiny decoding client
   libvncserver-dev
   # FFmpeg's decoder for the benchmark client's Open H.264 (scripts/bench_client.c)
   libavcodec-dev libswscale-dev libavutil-dev
@@ -31,12 +31,25 @@ debs=(
   # browser client: noVNC 1.7 comes from the npm registry (scripts/install-novnc.sh); Debian's 1.3 is the
   # fallback the tests also check
   novnc chromium chromium-driver
-  # node runs noVNC's decoders in tests/test_encodings_novnc.py
+  # node runs noVNC's decoders in tests/clients/test_encodings_novnc.py
   nodejs
-  # US keymap check (tests/test_keymap.py regenerates vkmsremote/input/tables.py from libxkbcommon)
+  # US keymap check (tests/input/test_keymap.py regenerates vkmsremote/input/tables.py from libxkbcommon)
   libxkbcommon0 xkb-data
+  # the desktop's own layout (vkmsremote.input.layout: xkbcomp dumps Xorg's keymap) and its clipboard
+  # (vkmsremote.input.clipboard: X selections through xclip, wlroots data-control through wl-clipboard);
+  # keyboard layouts and the clipboard: xkbcomp reads Xorg's keymap, xclip/wl-clipboard the selections (sway,
+  # listed below, runs headless as the wlroots desktop of tests/desktop/test_sway_desktop.py)
+  x11-xkb-utils xclip wl-clipboard
   # mode changes and checks on Xorg in the VM (tests/vm/test_compositor_vm.py)
   x11-xserver-utils
+  # consumer socket (tests/consumer/test_consumer.py, tests/vm/test_consumer_vm.py): the C client is built through
+  # pkg-config; consume --egl uses EGL/GLES/GBM (Mesa); ffmpeg -f kmsgrab captures XR-0 for comparison
+  pkg-config libegl1 libegl-mesa0 libgles2 libgbm1 libgl1-mesa-dri ffmpeg
+  # Wayland compositors on XR-0 in the VM (tests/vm/test_wayland_vm.py): Weston, sway with seatd,
+  # foot (a terminal to type into), wev (shows where clicks land)
+  weston sway seatd foot wev
+  # `cvt -r`, the reference for vkmsremote.drm.cvt's reduced-blanking modes (tests/drm/test_drm_cvt.py)
+  xcvt
 )
 
 missing=()
@@ -69,7 +82,7 @@ fi
 
 # One Debian 13 tree (scripts/build-guest.sh: mmdebstrap, cached, rebuilt when its package list changes)
 # serves both the booted systemd guest (vkmsremote.vm.guest) and TigerVNC 1.15's viewer (Open H.264,
-# RA2; Debian 12 has 1.12), which tests/test_motion_tigervnc.py runs from trixie-tigervnc with chroot.
+# RA2; Debian 12 has 1.12), which tests/clients/test_motion_tigervnc.py runs from trixie-tigervnc with chroot.
 guest_tree=$("$top/scripts/build-guest.sh")
 trixie_dir="$stamp_dir/trixie-tigervnc"
 if [ "$(readlink "$trixie_dir" 2>/dev/null)" != "$guest_tree" ]; then

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--replace", action="store_true",
                     help="rebuild a device of the same name that has a different layout")
     up.add_argument("--dry-run", "-n", action="store_true", help="print the equivalent shell commands; change nothing")
+    up.add_argument("--default-device", action="store_true",
+                    help="use VKMS's default device (loading vkms with one) instead of configfs, as on kernels "
+                         "before 6.19 where it is the fallback: one connector, mapped to XR-0")
     up.add_argument("--timeout", type=float, default=20.0, metavar="S",
                     help="seconds to wait for the DRM card (default 20)")
     up.add_argument("--json", action="store_true", help="print the mapping as JSON")
@@ -115,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--timeout", type=float, default=20.0, metavar="S",
                     help="seconds to wait for the udev event (default 20)")
     hp.add_argument("--json", action="store_true", help="print the connector's mapping as JSON")
+
+    co = sub.add_parser("consume", help="a local consumer of XR-0's consumer socket (reference client)",
+                        description="Connect to a connector's consumer socket as an ordinary user, receive its "
+                        "buffers once and every frame with its damage (docs/consumer-protocol.md).")
+    from vkmsremote.consumer.options import add_consume_arguments
+
+    add_consume_arguments(co)
 
     from vkmsremote.service import serve
 
@@ -169,6 +179,9 @@ def _print_status(devices: list[Any], out: Any) -> None:
         crtcs = ", ".join(f"{c.name}{'(writeback)' if c.writeback else ''}" for c in lay.crtcs)
         encs = ", ".join(f"{e.name}->{','.join(e.possible_crtcs)}" for e in lay.encoders)
         print(f"  planes: {planes}\n  crtcs: {crtcs}\n  encoders: {encs}", file=out)
+        if m.card is not None:
+            lit = ", ".join(f"{c.name} {'lit' if c.lit else 'dark'}" for c in m.connectors if c.lit is not None)
+            print(f"  DRM master: {m.master.describe() if m.master else 'none'}; {lit}", file=out)
         if m.note:
             print(f"  note: {m.note}", file=out)
 
@@ -188,11 +201,13 @@ def _cmd_up(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.dry_run:
         sys.stdout.write(preview_up(spec, configfs=cfs, replace=args.replace))
         return 0
-    result = up(spec, configfs=cfs, state=_state(args, cfs), replace=args.replace, timeout=args.timeout)
+    result = up(spec, configfs=cfs, state=_state(args, cfs), replace=args.replace, timeout=args.timeout,
+                default_device=args.default_device)
     if args.json:
         print(json.dumps({"changed": result.changed, "device": result.device.to_json()}, indent=2))
     else:
         what = f"made {spec.name} ({len(result.applied)} configfs operations)" if result.changed \
+            else f"using {result.device.name}: {result.device.note}" if result.device.configfs_path == "-" \
             else f"{spec.name} already up: nothing changed"
         print(what)
         _print_mapping(result.device, sys.stdout)
@@ -231,14 +246,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from vkmsremote.rfb.encodings import h264
 
     web = _web_client()
+    sockets = _consumer_sockets(devices)
     rsa_key = _rsa_key_status()
     if args.json:
         print(json.dumps({"configfs": str(cfs.vkms), "devices": [d.to_json() for d in devices], "web_client": web,
                           "open_h264": {"offered": h264.available(), "why_not": h264.unavailable_reason(),
                                         "hardware_encoders": h264.hardware_encoders()},
-                          "rsa_aes_key": rsa_key}, indent=2))
+                          "rsa_aes_key": rsa_key, "consumer_sockets": sockets}, indent=2))
     else:
         _print_status(devices, sys.stdout)
+        for name, path in sockets.items():
+            print(f"consumer socket: {name} -> {path}")
         print(f"server: {h264.describe()}")
         if web is None:
             print("web client (--web): none installed; run scripts/install-novnc.sh")
@@ -248,6 +266,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if rsa_key is not None:
             print(f"RSA-AES key fingerprint {rsa_key['fingerprint']} ({rsa_key['path']})")
     return 0
+
+
+def _consumer_sockets(devices: list[Any]) -> dict[str, str]:
+    """Connector name -> its consumer socket, for those ``up`` serves now (docs/consumer-protocol.md)."""
+    from vkmsremote.consumer.options import default_socket_path
+
+    paths = {c.name: default_socket_path(c.name) for d in devices for c in d.connectors}
+    return {name: str(path) for name, path in paths.items() if path.is_socket()}
+
+
+def _cmd_consume(args: argparse.Namespace) -> int:
+    from vkmsremote.consumer.consume import run
+
+    return run(args)
 
 
 def _web_client() -> dict[str, Any] | None:
@@ -297,7 +329,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run(args)
 
 
-COMMANDS = {"down": _cmd_down, "status": _cmd_status, "hotplug": _cmd_hotplug, "serve": _cmd_serve}
+COMMANDS = {"consume": _cmd_consume, "down": _cmd_down, "status": _cmd_status, "hotplug": _cmd_hotplug, "serve": _cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

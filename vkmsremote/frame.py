@@ -13,6 +13,7 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -100,6 +101,21 @@ class FrameSource(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+MAX_RESIZE = 8192
+"""The largest width or height a client may ask a source for (VKMS's mode_config maximum, XRES_MAX)."""
+
+
+class ResizeStatus(IntEnum):
+    """What became of a resize request: the ExtendedDesktopSize status codes (rfbproto "ExtendedDesktopSize"),
+    here so that sources below the RFB layer can answer with them."""
+
+    OK = 0
+    PROHIBITED = 1
+    OUT_OF_RESOURCES = 2
+    INVALID = 3
+    FORWARDED = 4
 
 
 @runtime_checkable

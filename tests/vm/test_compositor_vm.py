@@ -283,6 +283,55 @@ def test_caps_lock_and_keypad_through_xkb(desktop: Desktop) -> None:
             wait_for(lambda: locks() == (False, False), "X to turn Num Lock off")
 
 
+@pytest.mark.parametrize(("layout", "text"), [("de", "zyäöüß@€"), ("fr", "azerty&é\"'(")])
+# US: test_typed_text_reaches_xterm_and_the_frames, which now also types through the keymap read from X
+def test_typing_follows_the_x_servers_layout(desktop: Desktop, layout: str, text: str) -> None:
+    """setxkbmap on XR-0's X server: the server reads the X keymap (xkbcomp) and types with it (issue 19)."""
+    out = desktop.workdir / f"layout-{layout}.txt"
+    x("setxkbmap", "-layout", layout)
+    assert f"layout:     {layout}" in x("setxkbmap", "-query")
+    time.sleep(8)  # vkmsremote re-reads the desktop's layout every 2 s (a read takes seconds under TCG)
+    xterm(desktop, f"layout-{layout}", "40x2+400+300",
+          f'IFS= read -r line; printf "%s" "$line" > {out}; sleep 3600', LC_ALL="C.UTF-8")
+    lx, ly, lw, lh = desktop.window(f"layout-{layout}")
+    try:
+        with vnc(desktop.port) as client:
+            client.mouseMove(lx + lw // 2, ly + lh // 2)
+            wait_for(mouse_at(desktop, (lx + lw // 2, ly + lh // 2)), f"the pointer on the {layout} xterm",
+                     state=where(desktop, client))
+            type_text(client, text)
+            client.keyPress("enter")
+            wait_for(out.exists, f"the {layout} xterm's shell to write what was typed")
+            assert out.read_text(encoding="utf-8") == text
+    finally:
+        x("setxkbmap", "-layout", "us")
+    assert "built-in US tables" not in (desktop.workdir / "server.log").read_text(errors="replace")
+
+
+def test_clipboard_both_ways_through_x_selections(desktop: Desktop) -> None:
+    """An X client's copy on XR-0 reaches a client without the Extended Clipboard as ServerCutText (Latin-1);
+    the client's paste lands in CLIPBOARD and PRIMARY (issue 19; the Extended Clipboard: tests/rfb/test_clipboard.py)."""
+    assert "clipboard: X selections on :7" in (desktop.workdir / "server.log").read_text(errors="replace")
+    with vnc(desktop.port) as client:
+        received: list[str] = []
+        frame(client)
+        client.protocol.copy_text = received.append  # vncdotool's ServerCutText hook
+        subprocess.run(["xclip", "-selection", "clipboard", "-i"], input="Grüße von XR-0".encode(),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=60,
+                       env={**os.environ, "DISPLAY": DISPLAY})
+
+        def arrived() -> bool:
+            frame(client)  # keeps vncdotool reading
+            return bool(received)
+
+        wait_for(arrived, "the X clipboard at the VNC client", timeout=120)
+        assert received == ["Grüße von XR-0"]
+        client.paste("Grüße aus dem Client")
+        for selection in ("clipboard", "primary"):
+            wait_for(lambda s=selection: x("xclip", "-selection", s, "-o", check=False) == "Grüße aus dem Client",
+                     f"the client's text in the X {selection} selection", timeout=120)
+
+
 def test_clicks_and_wheel_land_on_the_pixel(desktop: Desktop) -> None:
     desktop.spawn(["stdbuf", "-oL", "xev", "-geometry", "300x200+600+100", "-name", "clicks", "-event", "button"], "xev.log")
     wx, wy, ww, wh = desktop.window("clicks")

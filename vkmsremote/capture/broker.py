@@ -11,6 +11,8 @@ SOCK_SEQPACKET socketpair:
     broker -> server   Reply(seq, fb metadata, identity) + dma-buf fds (SCM_RIGHTS) if not known yet
     server -> broker   Request(WRITEBACK, seq, crtc_id, known identity)        (with --drive only)
     broker -> server   Reply(...) once the writeback fence signalled, + the buffer's fd if not known yet
+    server -> broker   Request(RESIZE, seq, width << 16 | height)              (with --drive only)
+    broker -> server   Reply(status) once the driven CRTC has the new mode (a client's SetDesktopSize)
 
 Identity = the dma-buf inode of each plane's buffer; the server passes what it already maps, so each
 buffer crosses the socket once and is mapped once (capture.fbcache). The broker exports only
@@ -54,6 +56,7 @@ from vkmsremote.drm.card import Card
 from vkmsremote.drm.framebuffer import FramebufferInfo
 from vkmsremote.drm.resources import Resources, get_plane_state
 from vkmsremote.errors import BrokerError, DeviceStateError, DrmError, VkmsRemoteError
+from vkmsremote.frame import MAX_RESIZE, ResizeStatus
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,7 @@ class Op(IntEnum):
     HELLO = 0
     EXPORT = 1
     WRITEBACK = 2
+    RESIZE = 3
 
 
 class Status(IntEnum):
@@ -103,7 +107,7 @@ class Request:
         if len(data) != cls.STRUCT.size:
             raise BrokerError(f"broker request of {len(data)} bytes (expected {cls.STRUCT.size})")
         op, n_known, seq, object_id, *known = cls.STRUCT.unpack(data)
-        if op not in (Op.EXPORT, Op.WRITEBACK):
+        if op not in (Op.EXPORT, Op.WRITEBACK, Op.RESIZE):
             raise BrokerError(f"broker request with unknown operation {op}")
         if n_known > MAX_PLANES:
             raise BrokerError(f"broker request with {n_known} identities (at most {MAX_PLANES})")
@@ -157,7 +161,7 @@ class Reply:
         if n_fds > MAX_FDS or n_planes > MAX_PLANES:
             raise BrokerError(f"broker reply with {n_fds} fds and {n_planes} planes (at most {MAX_FDS})")
         info = None
-        if status == Status.OK and op != Op.HELLO:
+        if status == Status.OK and op not in (Op.HELLO, Op.RESIZE):
             info = FramebufferInfo(fb_id, width, height, fmt, flags, NO_HANDLES, pitches, offsets, modifiers)
             if n_planes != info.num_planes or not all(ident[:n_planes]):
                 raise BrokerError(f"broker reply for fb {fb_id}: {n_planes} identities for {info.num_planes} planes")
@@ -204,6 +208,14 @@ class ScanoutPolicy:
 
 
 WritebackFn = Callable[[int, "tuple[int, ...] | None"], ExportedFramebuffer]
+ResizeFn = Callable[[int, int], None]
+
+
+def pack_size(width: int, height: int) -> int:
+    """A RESIZE request's object id: the width in the high 16 bits, the height in the low 16."""
+    if not (1 <= width <= MAX_RESIZE and 1 <= height <= MAX_RESIZE):
+        raise ValueError(f"size {width}x{height} out of range")
+    return width << 16 | height
 
 
 class BrokerServer:
@@ -211,11 +223,13 @@ class BrokerServer:
     what may be exported; ``writeback(crtc_id, known)`` (optional) runs one writeback job."""
 
     def __init__(self, sock: socket.socket, exporter: FramebufferExporter,
-                 allows: Callable[[int, tuple[int, ...]], bool], *, writeback: WritebackFn | None = None) -> None:
+                 allows: Callable[[int, tuple[int, ...]], bool], *, writeback: WritebackFn | None = None,
+                 resize: ResizeFn | None = None) -> None:
         self.sock = sock
         self.exporter = exporter
         self.allows = allows
         self.writeback = writeback
+        self.resize = resize
         self.failure: str | None = None  # set when something the broker drives failed: every reply says so
         self.requests = 0
 
@@ -253,6 +267,8 @@ class BrokerServer:
                     exported.close_fds()
                     return Reply(req.op, req.seq, Status.REFUSED, errno.EACCES,
                                  text=f"fb {req.object_id} is not shown on the served CRTC"), ()
+            elif req.op == Op.RESIZE:
+                return self._resize(req), ()
             else:
                 if self.writeback is None:
                     return Reply(req.op, req.seq, Status.REFUSED, errno.EACCES,
@@ -265,6 +281,16 @@ class BrokerServer:
         except VkmsRemoteError as exc:
             return Reply(req.op, req.seq, Status.FAILED, errno.EIO, text=str(exc)), ()
         return Reply.ok(req.op, req.seq, exported), exported.fds or ()
+
+    def _resize(self, req: Request) -> Reply:
+        width, height = req.object_id >> 16, req.object_id & 0xFFFF
+        if self.resize is None:
+            return Reply(req.op, req.seq, Status.REFUSED, errno.EPERM,
+                         text="a compositor is DRM master, not vkmsremote: it sets the mode (serve with --drive)")
+        if not (1 <= width <= MAX_RESIZE and 1 <= height <= MAX_RESIZE):
+            return Reply(req.op, req.seq, Status.REFUSED, errno.EINVAL, text=f"size {width}x{height} out of range")
+        self.resize(width, height)
+        return Reply(req.op, req.seq, Status.OK)
 
 
 # --- the broker process ----------------------------------------------------------------------------------------
@@ -279,6 +305,8 @@ class BrokerSpec:
     crtc_id: int
     drive_connector: str | None = None
     drive_size: tuple[int, int] | None = None
+    drive_refresh: float | None = None
+    """Hz of the driven mode (a size or rate VKMS does not list gets a CVT reduced-blanking mode)."""
     drive_fps: float | None = None
     writeback: bool = False
     restrict: bool = True
@@ -316,6 +344,7 @@ class Broker:
             wb_fn: WritebackFn | None = None
             if spec.drive_connector is not None:
                 self.driver = PatternDriver.open(spec.card_path, connector=spec.drive_connector, size=spec.drive_size,
+                                                 refresh=spec.drive_refresh,
                                                  writeback=spec.writeback, buffers=3)
                 if self.driver.crtc_id != spec.crtc_id:
                     raise BrokerError(f"{spec.drive_connector} is driven through CRTC {self.driver.crtc_id}, "
@@ -330,9 +359,22 @@ class Broker:
 
                     wb_fn = one_writeback
             self.wb_fn = wb_fn
+            self.resize_fn: ResizeFn | None = self._resize if self.driver is not None else None
         except BaseException:
             self.close()
             raise
+
+    def _resize(self, width: int, height: int) -> None:
+        """A client's SetDesktopSize: the driven CRTC gets a mode of that size at the rate it runs at."""
+        from vkmsremote.capture.driver import pick_mode
+
+        driver = self.driver
+        assert driver is not None
+        rate = self.spec.drive_refresh or float(round(driver.mode.refresh))
+        with self.lock:
+            mode = pick_mode(driver.connector, (width, height), rate)
+            driver.set_mode(mode)
+        log.info("capture broker: %s now %s (a client asked for %dx%d)", driver.connector.name, mode, width, height)
 
     def start_driving(self) -> None:
         if self.driver is not None:
@@ -436,6 +478,31 @@ class BrokerClient:
         finally:
             self._busy = False
         return self._result(req, reply)
+
+    def resize(self, width: int, height: int) -> ResizeStatus:
+        """Ask the broker to give the driven CRTC a ``width`` x ``height`` mode (blocks until it is set)."""
+        try:
+            req = Request(Op.RESIZE, self._next_seq(), pack_size(width, height))
+        except ValueError:
+            return ResizeStatus.INVALID
+        try:
+            reply = self._call(req)
+        except BrokerError as exc:
+            log.warning("resize to %dx%d: %s", width, height, exc)
+            return ResizeStatus.OUT_OF_RESOURCES
+        self._result_fds_none()
+        if reply.status == Status.OK:
+            return ResizeStatus.OK
+        log.warning("resize to %dx%d refused by the capture broker: %s", width, height, reply.text)
+        if reply.status == Status.REFUSED:
+            return ResizeStatus.PROHIBITED if reply.error == errno.EPERM else ResizeStatus.INVALID
+        if reply.status == Status.DRM_ERROR and reply.error in (errno.EINVAL, errno.ERANGE):
+            return ResizeStatus.INVALID  # the kernel refused the mode
+        return ResizeStatus.OUT_OF_RESOURCES
+
+    def _result_fds_none(self) -> None:
+        fds, self._fds = self._fds, ()
+        _close_all(fds)  # a RESIZE reply carries none (checked in _receive); never keep any
 
     def close(self) -> None:
         """Close the socket (the broker then stops) and wait for the broker process to end."""

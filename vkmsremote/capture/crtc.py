@@ -37,6 +37,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -54,7 +55,7 @@ from vkmsremote.drm.plane import get_plane_state
 from vkmsremote.drm.properties import get_properties
 from vkmsremote.drm.resources import Resources
 from vkmsremote.errors import DeviceStateError, DrmError, TimeoutError_, UsageError
-from vkmsremote.frame import Cursor, Frame, Pixels, Placement, Rect
+from vkmsremote.frame import MAX_RESIZE, Cursor, Frame, Pixels, Placement, Rect, ResizeStatus
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +178,14 @@ class _Gone(Exception):
     """The framebuffer GETCRTC named vanished before it could be read (its client removed it): look again."""
 
 
+class Resizer(Protocol):
+    """Whoever sets the CRTC's mode (the capture broker's client when vkmsremote drives the CRTC)."""
+
+    def resize(self, width: int, height: int) -> ResizeStatus: ...
+
+
 class CrtcReader:
-    """Implements vkmsremote.frame.FrameSource for one CRTC of a card.
+    """Implements vkmsremote.frame.FrameSource (and ResizableSource) for one CRTC of a card.
 
     Owns ``card`` (closed by :meth:`close`) when made by :meth:`open`, and ``exporter`` when one is given
     (closed too). Without an exporter the card fd itself exports framebuffers, which needs root (GETFB2
@@ -190,7 +197,8 @@ class CrtcReader:
     def __init__(self, card: Card, crtc_id: int, *, desktop_name: str = "", tile: int = DEFAULT_TILE,
                  idle_poll: float = 0.25, vblank_timeout: float = 1.0, own_card: bool = False,
                  default_size: tuple[int, int] = DEFAULT_SIZE, exporter: FramebufferExporter | None = None,
-                 writeback: WritebackExporter | None = None, pacing: Pacing | None = None) -> None:
+                 writeback: WritebackExporter | None = None, pacing: Pacing | None = None,
+                 resizer: Resizer | None = None, report_flips: bool = False) -> None:
         res = Resources.fetch(card, probe=False)
         res.crtc(crtc_id)  # raises UsageError for a wrong id
         self.card = card
@@ -208,6 +216,9 @@ class CrtcReader:
         self._own_exporter = exporter is not None
         self.exporter: FramebufferExporter = exporter if exporter is not None else LocalExporter(card)
         self.writeback = writeback
+        self.resizer = resizer
+        self.resize_refusal = ("the CRTC's mode is set by its DRM master (a compositor); vkmsremote sets it only "
+                               "with --drive")
         self._fbs = FramebufferCache(self.exporter)
         self._cursor_fbs = FramebufferCache(self.exporter, max_entries=2)
         self._wb_entry: CachedFramebuffer | None = None
@@ -232,6 +243,8 @@ class CrtcReader:
         self.torn = 0  # reads discarded because the buffer was flipped away meanwhile
         self._torn_in_row = 0
         self.probes = 0  # cheap idle looks
+        self.report_flips = report_flips  # also return a frame (damage ()) when only the fb id changed
+        self.last_vblank = (0, 0)  # (sequence, CLOCK_MONOTONIC ns) of the vblank the last look waited for
 
     @classmethod
     def open(cls, card_path: str, *, crtc_id: int | None = None, connector: int | str | None = None,
@@ -310,6 +323,18 @@ class CrtcReader:
         self._unchanged = 0
         self._timer.wake()
 
+    def request_resize(self, width: int, height: int) -> int:
+        """ResizableSource: a client's SetDesktopSize, passed to the resizer (prohibited without one)."""
+        if not (1 <= width <= MAX_RESIZE and 1 <= height <= MAX_RESIZE):
+            return ResizeStatus.INVALID
+        if self.resizer is None:
+            log.info("resize to %dx%d prohibited: %s", width, height, self.resize_refusal)
+            return ResizeStatus.PROHIBITED
+        status = self.resizer.resize(width, height)
+        if status == ResizeStatus.OK:
+            self.wake()  # the next look finds the new mode and framebuffer
+        return int(status)
+
     async def next_frame(self) -> Frame:
         if self._serial < 0:
             while True:
@@ -330,6 +355,7 @@ class CrtcReader:
                 self._unchanged = 0
                 return self._frame(pixels, None)
             was_no_signal = self._no_signal
+            fb_before = self.fb_id
             cursor_serial = self._cursor.serial if self._cursor else None
             probe = status in (_TIMER, _VBLANK) and not full
             started = time.thread_time()
@@ -342,7 +368,8 @@ class CrtcReader:
             if self._no_signal and was_no_signal:
                 continue
             cursor_changed = (self._cursor.serial if self._cursor else None) != cursor_serial
-            if damage is None or damage or cursor_changed:
+            flipped = self.report_flips and self.fb_id != fb_before
+            if damage is None or damage or cursor_changed or flipped:
                 self._unchanged = 0
                 return self._frame(pixels, damage)
             self._unchanged += 1
@@ -389,12 +416,14 @@ class CrtcReader:
                 return _OFF
             raise
         try:
-            await self._events.wait_for(
+            event = await self._events.wait_for(
                 lambda e: isinstance(e, CrtcSequenceEvent) and e.user_data == token, timeout=self._vblank_timeout)
         except TimeoutError_:
             log.debug("no vblank on CRTC %d within %.1f s", self.crtc_id, self._vblank_timeout)
             return _TIMEOUT
         self._events.pending()  # stale events (an earlier timeout's) are of no use
+        if isinstance(event, CrtcSequenceEvent):
+            self.last_vblank = (event.sequence, event.time_ns)
         self.vblanks += 1
         return _VBLANK
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from vkmsremote.drm.atomic import AtomicRequest, PropertyBlob
 from vkmsremote.drm.card import Card
 from vkmsremote.drm.connector import Connector
-from vkmsremote.drm.events import DrmEvent, EventReader, VblankEvent
+from vkmsremote.drm.cvt import cvt_rb_mode
+from vkmsremote.drm.events import DrmEvent, EventReader, VblankEvent, get_sequence
 from vkmsremote.drm.fourcc import DrmFormat
 from vkmsremote.drm.framebuffer import DumbFramebuffer
 from vkmsremote.drm.ioctl import AtomicFlag, EventType
@@ -25,6 +27,9 @@ from vkmsremote.drm.mode import Mode
 from vkmsremote.drm.resources import Resources
 from vkmsremote.errors import UsageError
 from vkmsremote.frame import Pixels
+
+REFRESH_TOLERANCE = 0.5
+"""Hz: a listed mode within this of the rate asked for is used as it is (VKMS lists 60 Hz DMT modes)."""
 
 CELL = 16
 BITS = 32
@@ -91,6 +96,31 @@ def draw_pattern(pixels: Pixels, base: Pixels, number: int, step: int = 8) -> No
         encode_frame_number(pixels, number)
 
 
+@dataclass(frozen=True, slots=True)
+class FlipRate:
+    """What :meth:`PatternDriver.measure_flip_rate` saw. ``event_rate``: the vblanks per second between the
+    first and the last page-flip event, from the sequence number and timestamp the kernel put in the events
+    (the rate the flips are locked to); ``vblank_rate``: the same from the CRTC's own counter
+    (DRM_IOCTL_CRTC_GET_SEQUENCE) around the run; ``flips / seconds``: flips this process managed (one per
+    vblank when it keeps up: ``frames_per_flip`` 1.0)."""
+
+    mode_rate: float
+    flips: int
+    seconds: float
+    event_rate: float
+    vblank_rate: float
+    frames_per_flip: float
+
+    @property
+    def flips_per_second(self) -> float:
+        return (self.flips - 1) / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (f"mode {self.mode_rate:.3f} Hz: page-flip events {self.event_rate:.3f} Hz, CRTC counter "
+                f"{self.vblank_rate:.3f} Hz; {self.flips} flips in {self.seconds:.2f} s "
+                f"({self.flips_per_second:.2f}/s, one every {self.frames_per_flip:.2f} vblanks)")
+
+
 class PatternDriver:
     """Drives ``connector`` through ``crtc_id`` with ``mode`` as DRM master, page-flipping a test pattern.
 
@@ -122,9 +152,10 @@ class PatternDriver:
 
     @classmethod
     def open(cls, card_path: str, *, connector: int | str | None = None, size: tuple[int, int] | None = None,
-             refresh: int | None = None, writeback: bool = False, buffers: int = 2) -> PatternDriver:
+             refresh: float | None = None, writeback: bool = False, buffers: int = 2) -> PatternDriver:
         """Open the card as master and pick the connector (default: the first connected non-writeback one),
-        its CRTC and a mode of ``size`` (default: the preferred mode)."""
+        its CRTC and a mode of ``size`` at ``refresh`` Hz (default: the preferred mode; a size or rate the
+        connector does not list gets a CVT reduced-blanking mode, see :func:`pick_mode`)."""
         card = Card.open(card_path, writeback=writeback, master=True)
         try:
             res = Resources.fetch(card)
@@ -148,28 +179,59 @@ class PatternDriver:
         return self._fbs[self._front]
 
     def start(self) -> None:
-        """Allocate two buffers, draw frame 0 and light the connector (one blocking ALLOW_MODESET commit)."""
+        """Allocate the buffers, draw frame 0 and light the connector (one blocking ALLOW_MODESET commit)."""
         if self.started:
             return
         if not self.card.is_master:
             self.card.set_master()
-        w, h = self.mode.width, self.mode.height
-        self._fbs = [DumbFramebuffer(self.card, w, h) for _ in range(self.buffers)]
-        self._base = pattern_base(w, h)
-        self._blob = PropertyBlob.for_mode(self.card, self.mode)
-        draw_pattern(self._fbs[0].pixels, self._base, 0)
+        self._modeset(self.mode)
+        self.frame_number = 0
+        self.started = True
+
+    def set_mode(self, mode: Mode) -> None:
+        """Change the CRTC's mode (any size up to 8192x8192, any rate: one ALLOW_MODESET commit with buffers of
+        the new size); the old buffers and blob are freed once the new mode is on. The animation goes on."""
+        if not self.started:
+            self.mode = mode
+            return
+        old_fbs, old_blob = self._fbs, self._blob
+        try:
+            self._modeset(mode, self.frame_number)
+        except BaseException:
+            for fb in self._fbs:
+                if fb not in old_fbs:
+                    fb.close()
+            if self._blob is not old_blob and self._blob is not None:
+                self._blob.close()
+            self._fbs, self._blob = old_fbs, old_blob
+            raise
+        for fb in old_fbs:
+            fb.close()
+        if old_blob is not None:
+            old_blob.close()
+
+    def _modeset(self, mode: Mode, number: int = 0) -> None:
+        w, h = mode.width, mode.height
+        self._fbs = []
+        self._blob = None
+        fbs = [DumbFramebuffer(self.card, w, h) for _ in range(self.buffers)]
+        self._fbs = fbs
+        base = pattern_base(w, h)
+        blob = PropertyBlob.for_mode(self.card, mode)
+        self._blob = blob
+        draw_pattern(fbs[0].pixels, base, number)
         req = AtomicRequest(self.card)
         req.add(self.connector, "CRTC_ID", self.crtc_id)
-        req.add(self.crtc_id, "ACTIVE", 1).add(self.crtc_id, "MODE_ID", self._blob.id)
+        req.add(self.crtc_id, "ACTIVE", 1).add(self.crtc_id, "MODE_ID", blob.id)
         req.add_many(self.plane_id, {
-            "FB_ID": self._fbs[0].fb_id, "CRTC_ID": self.crtc_id,
+            "FB_ID": fbs[0].fb_id, "CRTC_ID": self.crtc_id,
             "SRC_X": 0, "SRC_Y": 0, "SRC_W": w << 16, "SRC_H": h << 16,
             "CRTC_X": 0, "CRTC_Y": 0, "CRTC_W": w, "CRTC_H": h,
         })
         req.commit(AtomicFlag.ALLOW_MODESET)
+        self.mode = mode
+        self._base = base
         self._front = 0
-        self.frame_number = 0
-        self.started = True
 
     def _draw_back(self) -> int:
         assert self._base is not None
@@ -220,6 +282,39 @@ class PatternDriver:
         finally:
             events.close()
 
+    async def measure_flip_rate(self, seconds: float) -> FlipRate:
+        """Page-flip between the buffers, each flip queued as soon as the last one's event arrived (no drawing),
+        for ``seconds``; see :class:`FlipRate` for what is measured."""
+        if not self.started:
+            self.start()
+        events = EventReader(self.card)
+        loop = asyncio.get_running_loop()
+        flips: list[VblankEvent] = []
+        try:
+            seq0 = get_sequence(self.card, self.crtc_id)
+            end = loop.time() + seconds
+            while not flips or loop.time() < end:
+                back = (self._front + 1) % len(self._fbs)
+                token = (self.flips + 1) & 0xFFFFFFFF
+                AtomicRequest(self.card).add(self.plane_id, "FB_ID", self._fbs[back].fb_id).commit(
+                    AtomicFlag.NONBLOCK | AtomicFlag.PAGE_FLIP_EVENT, user_data=token)
+                event = await events.wait_for(_flip_done(token), timeout=5.0)
+                assert isinstance(event, VblankEvent)
+                self._front = back
+                self.flips += 1
+                flips.append(event)
+            seq1 = get_sequence(self.card, self.crtc_id)
+        finally:
+            events.close()
+        first, last = flips[0], flips[-1]
+        span = last.timestamp - first.timestamp
+        return FlipRate(
+            mode_rate=self.mode.refresh, flips=len(flips), seconds=span,
+            event_rate=(last.sequence - first.sequence) / span if span > 0 else 0.0,
+            vblank_rate=((seq1.sequence - seq0.sequence) * 1e9 / (seq1.time_ns - seq0.time_ns)
+                         if seq1.time_ns > seq0.time_ns else 0.0),
+            frames_per_flip=(last.sequence - first.sequence) / max(len(flips) - 1, 1))
+
     def stop(self) -> None:
         """Turn the CRTC off and free the buffers (the card stays open)."""
         if not self.started:
@@ -266,16 +361,19 @@ def _flip_done(token: int) -> Callable[[DrmEvent], bool]:
     return match
 
 
-def pick_mode(connector: Connector, size: tuple[int, int] | None, refresh: int | None = None) -> Mode:
-    """The connector's mode of ``size`` (the preferred one, else the highest refresh), or its preferred mode."""
+def pick_mode(connector: Connector, size: tuple[int, int] | None, refresh: float | None = None) -> Mode:
+    """The mode for ``size`` at ``refresh`` Hz: the connector's listed one if it has that size (and a rate within
+    REFRESH_TOLERANCE; the preferred one first, else the highest rate), else a CVT reduced-blanking mode built
+    for it (VKMS accepts any mode up to 8192x8192; default rate 60 Hz). No size: the preferred mode."""
     if size is None:
         mode = connector.preferred_mode
         if mode is None:
             raise UsageError(f"connector {connector.name} has no modes")
-        return mode
-    matches = [m for m in connector.modes if (m.width, m.height) == size and (refresh is None or m.vrefresh == refresh)]
+        if refresh is None or abs(mode.refresh - refresh) <= REFRESH_TOLERANCE:
+            return mode
+        return cvt_rb_mode(mode.width, mode.height, refresh)
+    matches = [m for m in connector.modes if (m.width, m.height) == size
+               and (refresh is None or abs(m.refresh - refresh) <= REFRESH_TOLERANCE)]
     if not matches:
-        sizes = sorted({f"{m.width}x{m.height}" for m in connector.modes})
-        raise UsageError(f"connector {connector.name} has no {size[0]}x{size[1]} mode",
-                         hint=f"available: {', '.join(sizes)}")
+        return cvt_rb_mode(size[0], size[1], 60.0 if refresh is None else refresh)
     return next((m for m in matches if m.preferred), max(matches, key=lambda m: m.refresh))

@@ -50,6 +50,10 @@ class FramebufferCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def mappings(self) -> list[MappedFramebuffer]:
+        """Every buffer mapped now (the consumer tap retires what is no longer here)."""
+        return [e.mapped for e in self._entries.values()]
+
     def get(self, fb_id: int, *, validate: bool = True) -> CachedFramebuffer:
         """The mapping of ``fb_id``; with ``validate``, first ask the exporter whether the id still names
         the same buffers (one round trip; new fds only if it does not)."""

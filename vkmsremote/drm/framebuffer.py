@@ -155,6 +155,12 @@ class MappedFramebuffer:
         now names a different buffer (ids are reused after RMFB)."""
         return tuple(self._buffers[h].inode for h in self._plane_buffer)
 
+    def buffer_fds(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(one dma-buf fd per distinct buffer in the order the planes first use them, each plane's index
+        into those fds): what the consumer socket passes on (still owned by this mapping)."""
+        keys = list(dict.fromkeys(self._plane_buffer))
+        return tuple(self._buffers[key].fd for key in keys), tuple(keys.index(key) for key in self._plane_buffer)
+
     def plane_bytes(self, plane: int = 0) -> npt.NDArray[np.uint8]:
         """The plane's bytes from its offset on (1-D uint8 view; ``pitches[plane]`` bytes per row)."""
         buf = self._buffers[self._plane_buffer[plane]]

@@ -1,7 +1,7 @@
 """Kernel DRM UAPI: ctypes mirrors of the structs, ioctl request numbers, and the one ioctl wrapper.
 
 Layouts follow include/uapi/drm/drm.h, drm_mode.h and include/uapi/linux/dma-buf.h (x86-64 and every
-other LP64 ABI; ``size_t``/pointers/``long`` are 64-bit there). tests/test_drm_ioctl.py compiles a C
+other LP64 ABI; ``size_t``/pointers/``long`` are 64-bit there). tests/drm/test_drm_ioctl.py compiles a C
 program against the installed headers and checks every size, offset and request number below.
 
 All DRM ioctls go through :func:`drm_ioctl`, which is also the single place where an errno becomes a

@@ -44,6 +44,11 @@ class State(IntFlag):
     SHIFT = 1
     CAPS_LOCK = 2
     NUM_LOCK = 4
+    LEVEL3 = 8  # AltGr (ISO_Level3_Shift) held; only in keymaps compiled from the desktop (input.layout)
+
+
+STATES: Final = 16
+"""Entries per key in a compiled keymap (``tables`` has the first 8: no AltGr on the US layout)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +56,14 @@ class KeyPress:
     """How to make the target produce a keysym.
 
     ``shift``: True = hold Shift around the key press, False = release the held Shift around it,
-    None = leave Shift as the client has it. ``toggle_num_lock``: tap Num Lock first.
+    None = leave Shift as the client has it. ``level3`` the same for AltGr (the keymap's ``level3_code``).
+    ``toggle_num_lock``: tap Num Lock first.
     """
 
     code: int
     shift: bool | None = None
     toggle_num_lock: bool = False
+    level3: bool | None = None
 
 
 def normalize_keysym(keysym: int) -> int:
@@ -78,17 +85,26 @@ def normalize_qnum(keycode: int) -> int:
 
 
 class Keymap:
-    """Keysym -> key code lookups over generated tables (``vkmsremote.input.tables`` by default)."""
+    """Keysym -> key code lookups over generated tables (``vkmsremote.input.tables`` by default), or over
+    the desktop's own keymap compiled by ``vkmsremote.input.layout`` (16 states: with AltGr)."""
 
     def __init__(
         self,
         key_syms: Mapping[int, tuple[int, ...]] = tables.KEY_SYMS,
         other_level_syms: Mapping[int, int] = tables.OTHER_LEVEL_SYMS,
         xt_to_evdev: Mapping[int, int] = tables.XT_TO_EVDEV,
+        *,
+        level3_code: int | None = None,
+        description: str = "US (built-in tables)",
+        unicode_aliases: Mapping[int, int] | None = None,
     ) -> None:
         self.key_syms = key_syms
         self.other_level_syms = other_level_syms
         self.xt_to_evdev = xt_to_evdev
+        self.level3_code = level3_code
+        self.description = description
+        # Unicode keysym (0x01000000 + code point) -> the named keysym the keymap has for it (EuroSign).
+        self.unicode_aliases: Mapping[int, int] = unicode_aliases or {}
         self._code_for = self._choose_keys()
 
     def _choose_keys(self) -> dict[int, int]:
@@ -99,45 +115,61 @@ class Keymap:
         Shift+9, not KEY_KPLEFTPAREN; '<' is Shift+comma; KP_Decimal is KEY_KPDOT (with Num Lock), not
         KEY_KPCOMMA.
         """
-        candidates: dict[int, list[tuple[tuple[bool, bool, int], int]]] = {}
+        candidates: dict[int, list[tuple[tuple[bool, bool, bool, int], int]]] = {}
         for code, syms in self.key_syms.items():
             for keysym in set(syms) - {0}:
-                rank = (code > MAX_X11_EVDEV_CODE, code == KEY_102ND, code)
+                # A key giving it without AltGr beats one that needs AltGr (de: '<' on the 102nd key).
+                needs_level3 = keysym not in syms[:8]
+                rank = (code > MAX_X11_EVDEV_CODE, needs_level3, code == KEY_102ND, code)
                 candidates.setdefault(keysym, []).append((rank, code))
         return {keysym: min(found)[1] for keysym, found in candidates.items()}
 
     @property
     def codes(self) -> frozenset[int]:
         """Every key code the tables can press (what a uinput keyboard must declare)."""
+        level3 = frozenset({self.level3_code} if self.level3_code is not None else ())
         return frozenset(self.key_syms) | frozenset(self.other_level_syms.values()) | frozenset(
             self.xt_to_evdev.values()
-        )
+        ) | level3
+
+    def normalize(self, keysym: int) -> int:
+        keysym = normalize_keysym(keysym)
+        return self.unicode_aliases.get(keysym, keysym)
 
     def code_for(self, keysym: int) -> int | None:
-        keysym = normalize_keysym(keysym)
+        keysym = self.normalize(keysym)
         code = self._code_for.get(keysym)
         return code if code is not None else self.other_level_syms.get(keysym)
 
     def plan(self, keysym: int, state: State) -> KeyPress | None:
         """How to type ``keysym`` on a target whose held Shift and lock state is ``state``; None if unknown."""
-        keysym = normalize_keysym(keysym)
+        keysym = self.normalize(keysym)
         code = self._code_for.get(keysym)
         if code is None:
             other = self.other_level_syms.get(keysym)
             if other is None:
-                log.debug("keysym 0x%x is not on the US layout: ignored", keysym)
+                log.debug("keysym 0x%x is not on the %s layout: ignored", keysym, self.description)
                 return None
             return KeyPress(other)  # needs Alt or Control, which the client holds itself
         syms = self.key_syms[code]
+        if len(syms) <= State.LEVEL3:
+            state &= ~State.LEVEL3  # the US tables: AltGr gives nothing there
         shift_held = bool(state & State.SHIFT)
-        # Cheapest first: nothing, sync Num Lock, then a fake Shift press or release, then both.
-        for flip_num, flip_shift in ((False, False), (True, False), (False, True), (True, True)):
-            target = state ^ (State.NUM_LOCK if flip_num else 0) ^ (State.SHIFT if flip_shift else 0)
-            if syms[target] != keysym:
-                continue
-            if flip_shift and shift_held and syms[target | State.SHIFT] in FUNCTION_KEYSYMS:
-                break  # Shift+Tab: the client's Shift is meant for the application, keep it
-            return KeyPress(code, shift=(not shift_held) if flip_shift else None, toggle_num_lock=flip_num)
+        level3_held = bool(state & State.LEVEL3)
+        # Cheapest first: nothing, sync Num Lock, then a fake Shift press or release, then both; then the
+        # same with AltGr pressed (or released) around the key.
+        for flip_level3 in (False, True):
+            if flip_level3 and self.level3_code is None:
+                break
+            for flip_num, flip_shift in ((False, False), (True, False), (False, True), (True, True)):
+                target = (state ^ (State.NUM_LOCK if flip_num else 0) ^ (State.SHIFT if flip_shift else 0)
+                          ^ (State.LEVEL3 if flip_level3 else 0))
+                if target >= len(syms) or syms[target] != keysym:
+                    continue
+                if flip_shift and shift_held and syms[target | State.SHIFT] in FUNCTION_KEYSYMS:
+                    continue  # Shift+Tab: the client's Shift is meant for the application, keep it
+                return KeyPress(code, shift=(not shift_held) if flip_shift else None, toggle_num_lock=flip_num,
+                                level3=(not level3_held) if flip_level3 else None)
         log.debug("keysym 0x%x: key %d does not give it in state %r; pressed as it is", keysym, code, state)
         return KeyPress(code)
 

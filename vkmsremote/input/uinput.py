@@ -29,13 +29,16 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from evdev import ecodes
 
 from vkmsremote.errors import InputDeviceError, PermissionDeniedError
 from vkmsremote.frame import Placement
 from vkmsremote.input.keymap import US, Keymap, KeyPress, State
+
+if TYPE_CHECKING:
+    from vkmsremote.input.clipboard import DesktopClipboard
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +175,19 @@ def _check_uinput(path: str) -> None:
 class Keyboard:
     """The uinput keyboard: counts presses per code across sinks and tracks the target's lock state."""
 
-    def __init__(self, device: UinputDevice, keymap: Keymap = US) -> None:
+    def __init__(self, device: UinputDevice, keymap: Keymap = US,
+                 keymap_source: Callable[[], Keymap] | None = None) -> None:
         self.device = device
         self.keymap = keymap
+        self.keymap_source = keymap_source  # e.g. input.layout.LayoutSource: the desktop's current layout
         self._down: collections.Counter[int] = collections.Counter()
         self._locks = State.NONE
+
+    def refresh_keymap(self) -> Keymap:
+        """The keymap to plan the next key press with (follows the desktop's layout if a source is set)."""
+        if self.keymap_source is not None:
+            self.keymap = self.keymap_source()
+        return self.keymap
 
     @property
     def state(self) -> State:
@@ -185,6 +196,9 @@ class Keyboard:
             if etype == ecodes.EV_LED and code in LOCK_LEDS:
                 self._locks = self._locks | LOCK_LEDS[code] if value else self._locks & ~LOCK_LEDS[code]
         shift = State.SHIFT if any(self._down[c] for c in SHIFT_CODES) else State.NONE
+        level3 = self.keymap.level3_code
+        if level3 is not None and self._down[level3]:
+            shift |= State.LEVEL3
         return shift | self._locks
 
     def is_down(self, code: int) -> bool:
@@ -211,23 +225,25 @@ class Keyboard:
             self._emit(code, False)
 
     def press_planned(self, plan: KeyPress) -> None:
-        """Press ``plan.code`` with the Shift/Num Lock adjustments the keymap asked for."""
+        """Press ``plan.code`` with the Shift/AltGr/Num Lock adjustments the keymap asked for."""
         if plan.toggle_num_lock and not self.is_down(ecodes.KEY_NUMLOCK):
             self._emit(ecodes.KEY_NUMLOCK, True)
             self._emit(ecodes.KEY_NUMLOCK, False)
+        level3 = self.keymap.level3_code
+        around: list[tuple[int, bool]] = []  # (code, pressed for the key: True) set before, undone after
         if plan.shift is True:
-            self._emit(ecodes.KEY_LEFTSHIFT, True)
-            self.press(plan.code)
-            self._emit(ecodes.KEY_LEFTSHIFT, False)
+            around.append((ecodes.KEY_LEFTSHIFT, True))
         elif plan.shift is False:
-            held = [c for c in SHIFT_CODES if self.is_down(c)]
-            for c in held:
-                self._emit(c, False)
-            self.press(plan.code)
-            for c in held:
-                self._emit(c, True)
-        else:
-            self.press(plan.code)
+            around += [(c, False) for c in SHIFT_CODES if self.is_down(c)]
+        if level3 is not None and plan.level3 is True:
+            around.append((level3, True))
+        elif level3 is not None and plan.level3 is False and self.is_down(level3):
+            around.append((level3, False))
+        for code, down in around:
+            self._emit(code, down)
+        self.press(plan.code)
+        for code, down in reversed(around):
+            self._emit(code, not down)
 
 
 class Pointer:
@@ -281,10 +297,14 @@ class UinputDevices:
     def __init__(self, keyboard: Keyboard, pointer: Pointer) -> None:
         self.keyboard = keyboard
         self.pointer = pointer
+        self.clipboard: DesktopClipboard | None = None
+        """Where the clients' clipboard text goes (vkmsremote.input.clipboard); None: dropped."""
 
     @classmethod
     def open(cls, name: str = "vkmsremote", *, keymap: Keymap = US,
-             factory: DeviceFactory = EvdevUinputDevice) -> UinputDevices:
+             factory: DeviceFactory = EvdevUinputDevice, follow_layout: bool = False) -> UinputDevices:
+        """``follow_layout``: plan keys with the desktop's own keymap (vkmsremote.input.layout), re-read
+        every few seconds, instead of ``keymap`` alone."""
         keyboard_device = factory(keyboard_spec(name, keymap))
         try:
             pointer_device = factory(pointer_spec(name))
@@ -292,9 +312,17 @@ class UinputDevices:
             keyboard_device.close()
             raise
         log.info("uinput keyboard %s, pointer %s", keyboard_device.path, pointer_device.path)
-        return cls(Keyboard(keyboard_device, keymap), Pointer(pointer_device))
+        source = None
+        if follow_layout:
+            from vkmsremote.input.layout import LayoutSource
+
+            source = LayoutSource(background=True)
+        return cls(Keyboard(keyboard_device, keymap, source), Pointer(pointer_device))
 
     def close(self) -> None:
+        close_source = getattr(self.keyboard.keymap_source, "close", None)
+        if close_source is not None:
+            close_source()
         self.keyboard.device.close()
         self.pointer.device.close()
 
@@ -395,7 +423,7 @@ class UinputSink:
         if not down:
             self._release_keysym(keysym)
             return
-        plan = keyboard.keymap.plan(keysym, keyboard.state)
+        plan = keyboard.refresh_keymap().plan(keysym, keyboard.state)
         if plan is None:
             return
         if plan.code in self._held.codes:
@@ -437,7 +465,11 @@ class UinputSink:
         pointer.syn()
 
     def clipboard(self, text: str) -> None:
-        log.debug("clipboard text (%d chars) not injected: uinput has no clipboard", len(text))
+        desktop = self.devices.clipboard
+        if desktop is None:
+            log.debug("clipboard text (%d chars) dropped: no desktop clipboard", len(text))
+            return
+        desktop.set(text)
 
     # Leaving -------------------------------------------------------------------------------------------
 

@@ -113,6 +113,7 @@ class Encoding(IntEnum):
     FINE_QUALITY_LEVEL_0 = -512  # ... -412 is level 100
     FINE_QUALITY_LEVEL_100 = -412
     SUBSAMPLING_1X = -768  # ... -763
+    EXTENDED_CLIPBOARD = -1063131698  # 0xC0A1E5CE as S32 (rfbproto "Extended Clipboard Pseudo-Encoding")
 
 
 def jpeg_quality_level(encoding: int) -> int | None:

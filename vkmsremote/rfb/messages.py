@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
@@ -35,6 +36,9 @@ MAX_CUT_TEXT_LENGTH = 0x7FFF_FFFF
 """ClientCutText: a length with the top bit set is the Extended Clipboard format (a negative S32), which
 this server never announces; anything above this is a protocol error. Smaller but still too long texts are
 skipped by the protocol (see ServerConnection ``max_cut_text``)."""
+MAX_EXTENDED_CLIPBOARD = 1 << 20
+"""Extended Clipboard: cap on a message's payload as sent (zlib-compressed for provide) and, separately, on
+the text it inflates to (``ExtendedClipboard.provided_text``: inflating stops there, no zlib bomb)."""
 MAX_PLAIN_CREDENTIAL = 1024
 """VeNCrypt Plain: cap on the username and on the password length."""
 MAX_DESKTOP_DIMENSION = 16384
@@ -231,11 +235,144 @@ class ClientCutText:
         return int(length)
 
     @classmethod
+    def is_extended(cls, header: bytes) -> bool:
+        """A negative S32 length: the Extended Clipboard format (rfbproto "Extended Clipboard")."""
+        _, length = cls.HEADER.unpack(header)
+        return bool(length > MAX_CUT_TEXT_LENGTH)
+
+    @classmethod
     def from_bytes(cls, data: bytes) -> ClientCutText:
         return cls(bytes(data[cls.HEADER.size:]))
 
     def to_bytes(self) -> bytes:
         return self.HEADER.pack(self.TYPE, len(self.text)) + self.text
+
+
+class ClipboardAction(IntFlag):
+    """rfbproto "Extended Clipboard Pseudo-Encoding": the action bits of the flags word."""
+
+    CAPS = 1 << 24
+    REQUEST = 1 << 25
+    PEEK = 1 << 26
+    NOTIFY = 1 << 27
+    PROVIDE = 1 << 28
+
+
+class ClipboardFormat(IntFlag):
+    """The format bits (0-15) of the flags word; this server handles text only."""
+
+    TEXT = 1 << 0
+    RTF = 1 << 1
+    HTML = 1 << 2
+    DIB = 1 << 3
+    FILES = 1 << 4
+
+
+_FORMAT_BITS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendedClipboard:
+    """An Extended Clipboard message: a ClientCutText / ServerCutText whose S32 length is negative.
+
+    The body is a U32 flags word (one action, format bits) and a payload: for CAPS a U32 maximum size per
+    format bit set (in bit order); for PROVIDE a zlib stream (its own, per message) holding, per format bit
+    set, a U32 size and the data (text: UTF-8, CRLF line ends, NUL-terminated); nothing for the others.
+    """
+
+    flags: int
+    payload: bytes = b""
+
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">B3xiI")  # type, padding, negative length, flags
+    SERVER_TYPE: ClassVar[ServerMessage] = ServerMessage.SERVER_CUT_TEXT
+    CLIENT_TYPE: ClassVar[ClientMessage] = ClientMessage.CLIENT_CUT_TEXT
+
+    @property
+    def action(self) -> ClipboardAction:
+        return ClipboardAction(self.flags & 0xFF000000)
+
+    @property
+    def formats(self) -> ClipboardFormat:
+        return ClipboardFormat(self.flags & 0xFFFF)
+
+    # --- making them -------------------------------------------------------------------------------------
+
+    @classmethod
+    def caps(cls, actions: ClipboardAction, sizes: dict[ClipboardFormat, int]) -> ExtendedClipboard:
+        formats = ClipboardFormat(0)
+        for fmt in sizes:
+            formats |= fmt
+        payload = b"".join(struct.pack(">I", sizes[f]) for f in sorted(sizes, key=int))
+        return cls(int(ClipboardAction.CAPS | actions | formats), payload)
+
+    @classmethod
+    def request(cls, formats: ClipboardFormat = ClipboardFormat.TEXT) -> ExtendedClipboard:
+        return cls(int(ClipboardAction.REQUEST | formats))
+
+    @classmethod
+    def notify(cls, formats: ClipboardFormat = ClipboardFormat.TEXT) -> ExtendedClipboard:
+        return cls(int(ClipboardAction.NOTIFY | formats))
+
+    @classmethod
+    def provide_text(cls, text: str) -> ExtendedClipboard:
+        data = text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8") + b"\0"
+        return cls(int(ClipboardAction.PROVIDE | ClipboardFormat.TEXT),
+                   zlib.compress(struct.pack(">I", len(data)) + data))
+
+    # --- reading them ------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ExtendedClipboard:
+        """From the whole message (header + body) of either direction."""
+        _, length, flags = cls.HEADER.unpack(data[:cls.HEADER.size])
+        if -length < 4:
+            raise RemoteProtocolError(f"Extended Clipboard message of {-length} bytes has no flags word")
+        return cls(flags, bytes(data[cls.HEADER.size:]))
+
+    def caps_sizes(self) -> dict[ClipboardFormat, int]:
+        """The client's maximum size per format (CAPS)."""
+        sizes: dict[ClipboardFormat, int] = {}
+        pos = 0
+        for bit in range(_FORMAT_BITS):
+            if self.flags & (1 << bit):
+                if pos + 4 > len(self.payload):
+                    raise RemoteProtocolError("Extended Clipboard caps list fewer sizes than formats")
+                sizes[ClipboardFormat(1 << bit)] = struct.unpack_from(">I", self.payload, pos)[0]
+                pos += 4
+        return sizes
+
+    def provided_text(self, max_size: int) -> tuple[str | None, bool]:
+        """The text of a PROVIDE (None if it has none) and whether it was cut at ``max_size`` bytes.
+
+        Inflates at most ``max_size`` + a few bytes (a zlib bomb stops there); invalid UTF-8 is replaced
+        (U+FFFD), never raised; CRLF becomes LF and the NUL terminator goes."""
+        inflater = zlib.decompressobj()
+        try:
+            raw = inflater.decompress(self.payload, max_size + 8)
+        except zlib.error as exc:
+            raise RemoteProtocolError(f"Extended Clipboard provide: bad zlib data ({exc})") from exc
+        truncated = bool(inflater.unconsumed_tail)
+        if not self.formats & ClipboardFormat.TEXT:
+            return None, False
+        if len(raw) < 4:
+            raise RemoteProtocolError("Extended Clipboard provide: no text size")
+        (size,) = struct.unpack_from(">I", raw)
+        data = raw[4:4 + size]
+        if size > len(data):
+            truncated = True
+        data = data[:max_size]
+        if size > max_size:
+            truncated = True
+        text = data.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+        return text.replace("\r\n", "\n"), truncated
+
+    def to_bytes(self) -> bytes:
+        """Server -> client (ServerCutText with a negative length)."""
+        return self.HEADER.pack(self.SERVER_TYPE, -(4 + len(self.payload)), self.flags) + self.payload
+
+    def to_client_bytes(self) -> bytes:
+        """Client -> server (ClientCutText with a negative length): for tests and fuzzing."""
+        return self.HEADER.pack(self.CLIENT_TYPE, -(4 + len(self.payload)), self.flags) + self.payload
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +500,7 @@ CLIENT_MESSAGES: dict[int, type[ClientMessageType]] = {
 knowing a message's length the stream cannot be resynchronised."""
 
 ClientEvent = (SetPixelFormat | SetEncodings | FramebufferUpdateRequest | KeyEvent | PointerEvent | ClientCutText
-               | EnableContinuousUpdates | ClientFence | SetDesktopSize | QemuExtendedKeyEvent)
+               | EnableContinuousUpdates | ClientFence | SetDesktopSize | QemuExtendedKeyEvent | ExtendedClipboard)
 
 
 # --- server to client (RFC 6143 7.3.2, 7.6) --------------------------------------------------------------
@@ -487,7 +624,7 @@ class ServerFence:
 
 
 ServerMessageValue = (ServerInit | FramebufferUpdate | SetColourMapEntries | Bell | ServerCutText
-                      | EndOfContinuousUpdates | ServerFence)
+                      | ExtendedClipboard | EndOfContinuousUpdates | ServerFence)
 
 
 # --- pseudo-rectangles (rfbproto "Pseudo-encodings") -------------------------------------------------------

@@ -65,6 +65,7 @@ from vkmsremote.rfb.auth import CHALLENGE_SIZE, Access, SecurityPolicy, vnc_auth
 from vkmsremote.rfb.constants import (
     NO_SECURITY_TYPES,
     RSA_AES_TYPES,
+    Encoding,
     SecurityResult,
     SecurityType,
     VeNCryptSubtype,
@@ -73,12 +74,15 @@ from vkmsremote.rfb.constants import (
 )
 from vkmsremote.rfb.messages import (
     CLIENT_MESSAGES,
+    MAX_EXTENDED_CLIPBOARD,
     MAX_PLAIN_CREDENTIAL,
     ClientCutText,
     ClientEvent,
+    ExtendedClipboard,
     ProtocolVersion,
     ServerInit,
     ServerMessageValue,
+    SetEncodings,
     SetPixelFormat,
 )
 
@@ -253,6 +257,9 @@ class ServerConnection:
         self.username: str | None = None
         self.view_only = False
         """True once the client authenticated with the view-only password."""
+        self.extended_clipboard = False
+        """The client's last SetEncodings listed the Extended Clipboard pseudo-encoding: a ClientCutText with
+        a negative length is then an :class:`ExtendedClipboard` (else a protocol error)."""
         self._handlers: dict[State, Callable[[], object]] = {
             State.VERSION: self._on_version,
             State.SECURITY_TYPE: self._on_security_type,
@@ -732,6 +739,8 @@ class ServerConnection:
         header = self._peek(cls.HEADER.size)
         if header is None:
             return NEED_DATA
+        if cls is ClientCutText and self.extended_clipboard and ClientCutText.is_extended(header):
+            return self._extended_clipboard(header)
         tail = cls.tail_length(header)
         if cls is ClientCutText and tail > self._max_cut_text:
             self._advance(cls.HEADER.size)
@@ -743,4 +752,19 @@ class ServerConnection:
         message = cls.from_bytes(data)
         if isinstance(message, SetPixelFormat):
             message.pixel_format.validate()
+        elif isinstance(message, SetEncodings):
+            self.extended_clipboard = Encoding.EXTENDED_CLIPBOARD in message.encodings
         return message
+
+    def _extended_clipboard(self, header: bytes) -> object:
+        """A ClientCutText with a negative length, once the client announced the Extended Clipboard."""
+        (length,) = struct.unpack_from(">i", header, 4)
+        tail = -length
+        if tail > MAX_EXTENDED_CLIPBOARD:
+            self._advance(len(header))
+            self._skip = tail
+            return ClientCutTextDiscarded(tail)
+        data = self._take(len(header) + tail)
+        if data is None:
+            return NEED_DATA
+        return ExtendedClipboard.from_bytes(data)

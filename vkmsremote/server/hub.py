@@ -31,8 +31,8 @@ from typing import Protocol
 
 import numpy as np
 
-from vkmsremote.frame import Cursor, Frame, FramePool, FrameSource, Pixels, Rect, ResizableSource
-from vkmsremote.rfb.messages import MAX_DESKTOP_DIMENSION, ExtendedDesktopSizeStatus, Screen
+from vkmsremote.frame import MAX_RESIZE, Cursor, Frame, FramePool, FrameSource, Pixels, Rect, ResizableSource
+from vkmsremote.rfb.messages import ExtendedDesktopSizeStatus, Screen
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ class Hub:
         snap = self.snapshot
         if snap is None:
             return ExtendedDesktopSizeStatus.OUT_OF_RESOURCES
-        if not (1 <= width <= MAX_DESKTOP_DIMENSION and 1 <= height <= MAX_DESKTOP_DIMENSION):
+        if not (1 <= width <= MAX_RESIZE and 1 <= height <= MAX_RESIZE):
             return ExtendedDesktopSizeStatus.INVALID_LAYOUT
         # Only one screen covering the whole framebuffer is supported (the source is one CRTC).
         if len(screens) != 1 or (screens[0].x, screens[0].y, screens[0].width, screens[0].height) != (0, 0, width, height):

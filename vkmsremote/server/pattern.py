@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from vkmsremote.frame import Cursor, Frame, Pixels, Rect
+from vkmsremote.frame import MAX_RESIZE, Cursor, Frame, Pixels, Rect
 from vkmsremote.rfb.messages import MAX_DESKTOP_DIMENSION, ExtendedDesktopSizeStatus
 
 # 3x5 digits, one string of 15 bits per digit (rows top to bottom).
@@ -94,7 +94,7 @@ class PatternSource:
     def request_resize(self, width: int, height: int) -> int:
         if not self.resizable:
             return ExtendedDesktopSizeStatus.PROHIBITED
-        if not (16 <= width <= MAX_DESKTOP_DIMENSION and 16 <= height <= MAX_DESKTOP_DIMENSION):
+        if not (16 <= width <= MAX_RESIZE and 16 <= height <= MAX_RESIZE):
             return ExtendedDesktopSizeStatus.INVALID_LAYOUT
         self._pending_size = (width, height)
         return ExtendedDesktopSizeStatus.OK

@@ -44,6 +44,9 @@ from vkmsremote.rfb.messages import (
     Bell,
     ClientCutText,
     ClientEvent,
+    ClipboardAction,
+    ClipboardFormat,
+    ExtendedClipboard,
     ExtendedDesktopSizeReason,
     ExtendedDesktopSizeStatus,
     FramebufferUpdate,
@@ -174,6 +177,9 @@ class Session:
         self.conn = ServerConnection(ctx.policy, refuse=refuse, max_cut_text=ctx.max_cut_text)
 
         # what the client announced
+        self._extended_clipboard = False
+        self._client_clipboard_max = 0
+        self._clipboard_out: str | None = None  # the desktop's clipboard as last sent (answers requests)
         self._encoders: dict[int, Encoder] = {}
         self._encoder: Encoder | None = None
         self._settings = EncoderSettings()
@@ -300,7 +306,18 @@ class Session:
             self._send(Bell())
 
     def send_cut_text(self, text: str) -> None:
-        if self._attached and not self._closing and self.access.permits(Permission.CLIPBOARD_OUT):
+        """The desktop's clipboard changed: an Extended Clipboard client is told (notify) and asks for the
+        UTF-8 text when it wants it; any other client gets it at once as ServerCutText (Latin-1)."""
+        if not (self._attached and not self._closing and self.access.permits(Permission.CLIPBOARD_OUT)):
+            return
+        if len(text) > self.ctx.max_cut_text:
+            log.warning("%s: clipboard text of %d characters cut to %d", self.record.peer, len(text),
+                        self.ctx.max_cut_text)
+            text = text[:self.ctx.max_cut_text]
+        self._clipboard_out = text
+        if self._extended_clipboard:
+            self._send(ExtendedClipboard.notify(ClipboardFormat.TEXT))
+        else:
             self._send(ServerCutText.from_str(text))
 
     # --- handshake ----------------------------------------------------------------------------------------
@@ -442,6 +459,8 @@ class Session:
             self._on_set_desktop_size(ev)
         elif isinstance(ev, ClientCutText):
             self.sink.clipboard(ev.text.decode("latin-1"))
+        elif isinstance(ev, ExtendedClipboard):
+            self._on_extended_clipboard(ev)
         elif isinstance(ev, ClientCutTextDiscarded):
             log.warning("%s: ignored a ClientCutText of %d bytes (limit %d)", self.record.peer, ev.length,
                         self.ctx.max_cut_text)
@@ -510,8 +529,42 @@ class Session:
                 self._video = self.ctx.video_share.member(self._settings)
         else:
             self._video = None
+        extended = Encoding.EXTENDED_CLIPBOARD in ev.encodings
+        if extended and not self._extended_clipboard and (
+                self.access.permits(Permission.CLIPBOARD_IN) or self.access.permits(Permission.CLIPBOARD_OUT)):
+            actions = (ClipboardAction.REQUEST | ClipboardAction.PEEK | ClipboardAction.NOTIFY
+                       | ClipboardAction.PROVIDE)
+            self._send(ExtendedClipboard.caps(actions, {ClipboardFormat.TEXT: self.ctx.max_cut_text}))
+        self._extended_clipboard = extended
         # Last: a test (another thread) that sees the client's list may read the choice made from it.
         self.record.client_encodings = ev.encodings
+
+    def _on_extended_clipboard(self, ev: ExtendedClipboard) -> None:
+        """rfbproto "Extended Clipboard": text only; the server asks for a notified clipboard at once."""
+        action, incoming, outgoing = ev.action, self.access.permits(Permission.CLIPBOARD_IN), \
+            self.access.permits(Permission.CLIPBOARD_OUT)
+        text_offered = bool(ev.formats & ClipboardFormat.TEXT)
+        if action is ClipboardAction.CAPS:
+            self._client_clipboard_max = ev.caps_sizes().get(ClipboardFormat.TEXT, 0)
+        elif action is ClipboardAction.NOTIFY and incoming and text_offered:
+            self._send(ExtendedClipboard.request(ClipboardFormat.TEXT))
+        elif action is ClipboardAction.REQUEST and outgoing and text_offered and self._clipboard_out is not None:
+            out = self._clipboard_out
+            limit = self._client_clipboard_max  # what the client's caps said it takes (0: no caps seen)
+            if limit and len(out.encode("utf-8")) + 1 > limit:
+                log.warning("%s: clipboard text cut to the client's %d-byte limit", self.record.peer, limit)
+                out = out.encode("utf-8")[:max(limit - 1, 0)].decode("utf-8", errors="ignore")
+            self._send(ExtendedClipboard.provide_text(out))
+        elif action is ClipboardAction.PEEK and outgoing:
+            has = ClipboardFormat.TEXT if self._clipboard_out is not None else ClipboardFormat(0)
+            self._send(ExtendedClipboard.notify(has))
+        elif action is ClipboardAction.PROVIDE and incoming:
+            text, truncated = ev.provided_text(self.ctx.max_cut_text)
+            if truncated:
+                log.warning("%s: Extended Clipboard text longer than %d bytes: cut there", self.record.peer,
+                            self.ctx.max_cut_text)
+            if text is not None:
+                self.sink.clipboard(text)
 
     def _on_set_desktop_size(self, ev: SetDesktopSize) -> None:
         assert self.flow is not None

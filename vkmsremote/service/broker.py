@@ -49,7 +49,8 @@ def _child_main(sock: socket.socket, spec: BrokerSpec, parent: int) -> NoReturn:
         broker = Broker(spec)
         if spec.restrict and os.geteuid() == 0:
             keep_only([Cap.SYS_ADMIN])
-        broker.server = BrokerServer(sock, LocalExporter(broker.card), broker.policy.allows, writeback=broker.wb_fn)
+        broker.server = BrokerServer(sock, LocalExporter(broker.card), broker.policy.allows, writeback=broker.wb_fn,
+                                     resize=broker.resize_fn)
         send_hello(sock, None)
         ready = True
         broker.start_driving()

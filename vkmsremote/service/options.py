@@ -39,6 +39,17 @@ def size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def mode(text: str) -> tuple[int, int, float | None]:
+    """argparse type of a WIDTHxHEIGHT[@HZ] mode option."""
+    from vkmsremote.drm.cvt import parse_mode  # imported when used: the CLI's parser stays light
+    from vkmsremote.errors import UsageError
+
+    try:
+        return parse_mode(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def port(text: str) -> int:
     """argparse type of a TCP port option (0: any free port)."""
     try:

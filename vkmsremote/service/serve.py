@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from vkmsremote.service.options import DEFAULT_PORT, add_listen_arguments, add_security_arguments, size
 
 if TYPE_CHECKING:
+    import asyncio
     import ssl
 
     from vkmsremote.frame import FrameSource
@@ -104,6 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--crtc", type=int, help="crtc: CRTC id (default: the connector's, or the only one)")
     src.add_argument("--input", choices=("none", "uinput"),
                      help="where keyboard and pointer go (default: uinput for crtc, none for pattern)")
+    from vkmsremote.desktop.binding import add_pointer_output_argument
+
+    add_pointer_output_argument(src)
     net = parser.add_argument_group("network and security")
     add_listen_arguments(net, port_help="TCP port")
     add_security_arguments(net)
@@ -228,6 +232,11 @@ async def start_web(server: VncServer, web: WebListener) -> WebServer:
     return web_server
 
 
+def _clipboard_watch_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("the desktop's clipboard is no longer watched: %r", task.exception())
+
+
 async def run_until_stopped(server: VncServer, *, web: WebListener | None = None,
                             started: Callable[[VncServer, WebServer | None], None] | None = None,
                             stopping: Callable[[], None] | None = None,
@@ -282,13 +291,29 @@ def run(args: argparse.Namespace) -> int:
     input_kind = args.input or ("uinput" if args.source == "crtc" else "none")
     sink: InputSink | SinkFactory = NullSink()
     devices: UinputDevices | None = None
+    binding = None
     try:
         if input_kind == "uinput" and not args.view_only:
-            devices = UinputDevices.open("vkmsremote")
+            if args.source == "crtc":  # bound before the devices exist (Weston reads WL_OUTPUT when one is added)
+                from vkmsremote.desktop.binding import bind_pointer
+
+                named = args.connector if args.connector and not args.connector.isdigit() else None
+                binding = bind_pointer(args.pointer_output, args.card, named,
+                                       lambda text: print(f"vkmsremote: {text}", flush=True))
+            devices = UinputDevices.open("vkmsremote", follow_layout=True)
             sink = uinput_sink_factory(devices, source)
+            from vkmsremote.input.clipboard import open_desktop_clipboard
+
+            devices.clipboard, clipboard_state = open_desktop_clipboard()
+            print(f"vkmsremote: {clipboard_state}", flush=True)
         server = vnc_server(source, sink, policy, args)
+        watchers: list[asyncio.Task[None]] = []  # kept referenced while the loop runs
 
         def started(server: VncServer, web_server: WebServer | None) -> None:
+            if devices is not None and devices.clipboard is not None:  # the desktop's copies go to the clients
+                task = asyncio.get_running_loop().create_task(devices.clipboard.watch(server.send_clipboard))
+                task.add_done_callback(_clipboard_watch_ended)
+                watchers.append(task)
             print(f"vkmsremote: serving {source.desktop_name} on {server.host} port {server.port}", flush=True)
             if web_server is not None:
                 assert web is not None
@@ -300,4 +325,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if devices is not None:
             devices.close()
+        if binding is not None:
+            binding.undo()
     return 0

@@ -32,6 +32,7 @@ from vkmsremote.service.options import (
     add_security_arguments,
     has_full_password_source,
     has_view_only_password_source,
+    mode,
     size,
 )
 
@@ -41,7 +42,7 @@ DEFAULT_USER = "nobody"
 DEFAULT_DRIVE_FPS = 30.0
 ANNOUNCE_ENV = "VKMSREMOTE_ANNOUNCE"
 """Set by ``up --vm``: the host address clients use (the guest prints it instead of its own address)."""
-SERVING_PACKAGES = ("vkmsremote.capture", "vkmsremote.drm", "vkmsremote.rfb", "vkmsremote.server",
+SERVING_PACKAGES = ("vkmsremote.capture", "vkmsremote.consumer", "vkmsremote.drm", "vkmsremote.rfb", "vkmsremote.server",
                     "vkmsremote.web", "vkmsremote.input", "vkmsremote.service")
 """Everything the network-facing process may import after the privilege drop (see preload_modules)."""
 
@@ -56,7 +57,11 @@ def add_arguments(up: argparse.ArgumentParser) -> None:
     srv.add_argument("--drive", choices=("pattern",),
                      help="pattern: vkmsremote becomes DRM master and page-flips an animated test pattern onto "
                           "the connector (demos, benchmarks); default: serve whatever a compositor shows")
-    srv.add_argument("--drive-size", type=size, metavar="WxH", help="--drive: mode size (default: preferred)")
+    srv.add_argument("--mode", type=mode, metavar="WxH[@Hz]",
+                     help="--drive: XR-0's mode, any size up to 8192x8192 at any rate (a mode VKMS does not list "
+                          "is made with CVT reduced blanking, as `cvt -r` computes it); XR-glasses presets are "
+                          "in docs/up.md (default: the preferred mode, 1024x768@60)")
+    srv.add_argument("--drive-size", type=size, metavar="WxH", help="--drive: mode size (the same as --mode WxH)")
     srv.add_argument("--drive-fps", type=float, default=DEFAULT_DRIVE_FPS, metavar="N",
                      help=f"--drive: flips per second at most (default {DEFAULT_DRIVE_FPS:g}; 0: every vblank)")
     srv.add_argument("--capture", choices=("getfb2", "writeback"), default="getfb2",
@@ -64,6 +69,9 @@ def add_arguments(up: argparse.ArgumentParser) -> None:
                           "writeback connector composes each frame (needs --drive)")
     srv.add_argument("--input", choices=("uinput", "none"), default="uinput",
                      help="where clients' keyboard and pointer go (default uinput)")
+    from vkmsremote.desktop.binding import add_pointer_output_argument
+
+    add_pointer_output_argument(srv)
     srv.add_argument("--user", default=DEFAULT_USER,
                      help=f"unprivileged user the network-facing process becomes (default {DEFAULT_USER})")
     srv.add_argument("--down-on-exit", action="store_true", help="remove the device when serving stops")
@@ -71,6 +79,9 @@ def add_arguments(up: argparse.ArgumentParser) -> None:
                      help="run all of this inside vkmsremote's test VM (for machines without VKMS) and forward "
                           "the ports to this host's 127.0.0.1")
     add_security_arguments(up.add_argument_group("security (as for `vkmsremote serve`)"))
+    from vkmsremote.consumer.options import add_up_arguments as add_consumer_arguments
+
+    add_consumer_arguments(up)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +112,11 @@ def check_options(args: argparse.Namespace) -> None:
                                        ("--down-on-exit", args.down_on_exit)) if on]
         if given:
             raise UsageError(f"{', '.join(given)} cannot be used with --no-serve")
+    if args.mode is not None and args.drive_size is not None:
+        raise UsageError("--mode and --drive-size both give the mode", hint="give --mode WxH[@Hz] only")
+    if args.mode is not None and not args.drive:
+        raise UsageError("--mode needs --drive pattern",
+                         hint="without it a compositor is DRM master and sets the mode (its own settings)")
     if args.drive_fps is not None and args.drive_fps < 0:
         raise UsageError("--drive-fps must be 0 or more")
     if args.web is not None and args.web == args.port and args.port:
@@ -180,12 +196,18 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
                              "server gives up its privileges", hint=f"choose a port of {low} or more")
     spec = BrokerSpec(card_path=target.card, crtc_id=target.crtc_id,
                       drive_connector=target.drm_name if args.drive == "pattern" else None,
-                      drive_size=args.drive_size, drive_fps=args.drive_fps or None,
+                      drive_size=args.mode[:2] if args.mode else args.drive_size,
+                      drive_refresh=args.mode[2] if args.mode else None, drive_fps=args.drive_fps or None,
                       writeback=args.capture == "writeback",
                       down_on_exit=target.device if args.down_on_exit else None)
     broker = spawn_broker(spec)  # it starts up (imports, modeset) while this process prepares
     devices: Any = None
     try:
+        if args.input == "uinput" and not args.view_only:  # before the devices exist (Weston reads WL_OUTPUT at add)
+            from vkmsremote.desktop.binding import bind_pointer
+
+            bind_pointer(args.pointer_output, target.card, target.drm_name,
+                         lambda text: _say(out, text)).undo_at_exit_of_parent()  # undone as root after the drop
         # Everything that needs root's files is read now: password file, TLS key and certificate.
         from vkmsremote.server.app import resolves_to_loopback
         from vkmsremote.service.serve import WebListener, policy_from_args, uinput_sink_factory, vnc_server
@@ -203,7 +225,7 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
         if args.input == "uinput" and not args.view_only:
             from vkmsremote.input import UinputDevices
 
-            devices = UinputDevices.open("vkmsremote")
+            devices = UinputDevices.open("vkmsremote", follow_layout=True)
         preload_modules()
         from vkmsremote.capture.crtc import CrtcReader
         from vkmsremote.drm.card import Card
@@ -212,14 +234,18 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
         # Opened after the broker is ready: a first opener is DRM master for a moment, which could make
         # the broker's --drive fail to become master.
         card = Card.open(target.card)  # authenticated as root at open: GETCRTC, GETPLANE, vblank events
+        from vkmsremote.consumer.service import ConsumerService
+
+        consumers = ConsumerService.prepare(args, target, broker)  # the socket is bound as root
         dropped = drop_privileges(user.pw_name)
         log.info("serving as %s (uid %d, no capabilities); capture broker pid %s keeps CAP_SYS_ADMIN",
                  dropped.user, dropped.uid, broker.pid)
         reader = CrtcReader(card, target.crtc_id, desktop_name=target.desktop_name, own_card=True,
-                            exporter=broker, writeback=broker if args.capture == "writeback" else None)
+                            exporter=broker, writeback=broker if args.capture == "writeback" else None,
+                            resizer=broker if args.drive else None)
         sink = uinput_sink_factory(devices, reader) if devices is not None else None
         server = vnc_server(reader, sink, policy, args)
-        asyncio.run(_serve(server, reader, target, web, announce, out))
+        asyncio.run(_serve(server, reader, target, web, announce, out, consumers))
     finally:
         if devices is not None:
             devices.close()  # releases anything still pressed
@@ -231,7 +257,7 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
 
 
 async def _serve(server: Any, reader: Any, target: ServeTarget, web: Any, announce: str | None,
-                 out: TextIO) -> None:
+                 out: TextIO, consumers: Any = None) -> None:
     from vkmsremote.server.app import rsa_key_announcement
     from vkmsremote.service.serve import run_until_stopped
 
@@ -250,9 +276,17 @@ async def _serve(server: Any, reader: Any, target: ServeTarget, web: Any, announ
         if (fingerprint := rsa_key_announcement(server.ctx.policy)) is not None:
             _say(out, fingerprint)
 
+    async def cleanup() -> None:
+        if consumers is not None:
+            await consumers.close()
+        await reader.close()
+
     try:
+        if consumers is not None:
+            await consumers.start()
+            _say(out, f"consumer socket {consumers.path}")
         await run_until_stopped(server, web=web, started=started, stopping=lambda: _say(out, "stopping"),
-                                cleanup=reader.close)
+                                cleanup=cleanup)
     finally:
         log.info("capture: %d frames from %d vblanks; %d full checks, %d idle probes, %d torn reads discarded; "
                  "%d broker calls, %d buffers received", reader.frames, reader.vblanks, reader.full_checks,

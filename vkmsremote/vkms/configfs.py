@@ -134,7 +134,7 @@ class Configfs:
         steps = []
         if not is_configfs_mount(self.root):
             steps.append(f"mount -t configfs none {self.root}")
-        steps.append("modprobe vkms")
+        steps.append("modprobe vkms create_default_dev=0")
         return steps
 
     def ensure_available(self) -> None:
@@ -151,7 +151,9 @@ class Configfs:
         if not is_configfs_mount(self.root):
             _run(["mount", "-t", "configfs", "none", str(self.root)], f"mount configfs at {self.root}")
         if not self.available() and not Path("/sys/module/vkms").exists():
-            _run(["modprobe", "vkms"], "modprobe vkms")
+            from .module import load_vkms
+
+            load_vkms()  # create_default_dev=0: only configfs devices
         if not self.available():
             if Path("/sys/module/vkms").exists():
                 raise VkmsUnavailableError(

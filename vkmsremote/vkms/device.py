@@ -16,6 +16,7 @@ from dataclasses import replace as evolve
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from vkmsremote.desktop.clients import DrmClient, drm_master
 from vkmsremote.errors import (
     DeviceStateError,
     PermissionDeniedError,
@@ -34,6 +35,7 @@ from .mapping import (
     DrmView,
     match,
 )
+from .module import default_device_card, legacy_note, load_vkms, module_state
 from .plan import (
     Mkdir,
     ObservedDevice,
@@ -48,7 +50,7 @@ from .plan import (
     plan_up,
 )
 from .profile import load_profile
-from .spec import ConnectorStatus, DeviceSpec
+from .spec import ConnectorSpec, ConnectorStatus, DeviceSpec, Layout
 from .state import StateStore, new_record
 from .udev import DrmEvents
 
@@ -77,6 +79,7 @@ class ConnectorMapping:
     modes: tuple[str, ...] = ()
     preferred_mode: str | None = None
     sysfs: str | None = None  # /sys/class/drm/card0-Virtual-1
+    lit: bool | None = None  # a CRTC drives it (sysfs ``enabled``): a compositor or modetest lights it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +94,7 @@ class ConnectorMapping:
             "preferred_mode": self.preferred_mode,
             "modes": list(self.modes),
             "sysfs": self.sysfs,
+            "lit": self.lit,
         }
 
 
@@ -108,6 +112,7 @@ class DeviceMapping:
     drm_source: str | None = None  # "ioctl" | "sysfs" | None (no card)
     managed: bool = False  # a vkmsremote state record exists for it
     note: str = ""  # why DRM fields are missing, if they are
+    master: DrmClient | None = None  # the process holding the card as DRM master (compositor, X server)
 
     def connector(self, name: str) -> ConnectorMapping:
         for c in self.connectors:
@@ -137,6 +142,9 @@ class DeviceMapping:
             "drm_source": self.drm_source,
             "managed": self.managed,
             "note": self.note,
+            "drm_master": None if self.master is None else {
+                "pid": self.master.pid, "command": self.master.command, "uid": self.master.uid,
+                "source": self.master.source},
             "connectors": [c.to_json() for c in self.connectors],
         }
 
@@ -246,11 +254,18 @@ def _mapping(cfs: Configfs, observed: ObservedDevice, store: StateStore, *, sysf
             c, drm_name=m.drm.name, connector_id=m.drm.id, drm_status=m.drm.status,
             crtc_id=m.crtc_ids[0] if m.crtc_ids else None, possible_crtc_ids=m.crtc_ids,
             encoder_ids=m.encoder_ids, modes=m.drm.modes, preferred_mode=m.drm.preferred_mode,
-            sysfs=f"{card_sysfs}-{m.drm.name}",
+            sysfs=f"{card_sysfs}-{m.drm.name}", lit=_lit(f"{card_sysfs}-{m.drm.name}"),
         ))
     note = "" if source == "ioctl" else f"could not open {card_dev}: DRM view from sysfs (no CRTC ids)"
     return evolve(plain, card=card_dev, card_sysfs=card_sysfs, connectors=tuple(conns), drm_source=source,
-                   note=note)
+                   note=note, master=drm_master(card_dev))
+
+
+def _lit(connector_sysfs: str) -> bool | None:
+    try:
+        return (Path(connector_sysfs) / "enabled").read_text().strip() == "enabled"
+    except OSError:
+        return None
 
 
 def _wait_for_card(cfs: Configfs, name: str, events: DrmEvents, timeout: float) -> tuple[str, str]:
@@ -291,6 +306,7 @@ def up(
     timeout: float = DEFAULT_TIMEOUT,
     executor: Executor | None = None,
     after_apply: Callable[[DeviceMapping], None] | None = None,
+    default_device: bool = False,
 ) -> UpResult:
     """Make the profile's device exist and be enabled; return the configfs <-> DRM mapping.
 
@@ -304,7 +320,16 @@ def up(
     cfs = configfs or Configfs()
     store = state or StateStore(configfs=cfs)
     _require_root(cfs, "up")
-    cfs.ensure_available()
+    if default_device:
+        return _up_default_device(spec, timeout)
+    try:
+        cfs.ensure_available()
+    except VkmsUnavailableError:
+        mod = module_state()
+        if not cfs.is_system or not mod.loaded or mod.has_configfs:
+            raise
+        log.warning("VKMS here has no configfs (before Linux 6.19): using its default device")
+        return _up_default_device(spec, timeout)
     run = executor or cfs
     observed = cfs.observe(spec.name)
     previous = store.load(spec.name)
@@ -367,6 +392,51 @@ def up(
         if events is not None:
             events.close()
     return UpResult(mapping, changed=bool(ops), applied=tuple(journal.done))
+
+
+def _up_default_device(spec: DeviceSpec, timeout: float) -> UpResult:
+    """The pre-6.19 path: VKMS's one default device (loaded now if need be), its single Virtual connector
+    mapped to the profile's first connector (XR-0). Nothing is made in configfs."""
+    if default_device_card() is None:
+        state = module_state()
+        if state.loaded:
+            raise DeviceStateError(
+                "the vkms module is loaded without its default device (create_default_dev=0)",
+                hint="reload it with one: `rmmod vkms && modprobe vkms`, or use configfs (drop --default-device)")
+        with DrmEvents() as events:
+            load_vkms(default_device=True)
+            events.wait_until(default_device_card, timeout, "the DRM card of VKMS's default device",
+                              hint="`dmesg | tail` may show why VKMS did not create it")
+    mapping = default_device_mapping(spec.layout.connectors[0].name)
+    assert mapping is not None
+    if mapping.card is None or not mapping.connectors or mapping.connectors[0].connector_id is None:
+        raise DeviceStateError(f"VKMS's default device has no Virtual connector ({mapping.note})",
+                               hint="`dmesg | tail` may say why")
+    return UpResult(mapping, changed=False)
+
+
+def default_device_mapping(connector: str = "XR-0") -> DeviceMapping | None:
+    """VKMS's default device as a DeviceMapping (``connector`` names its single Virtual connector), or None."""
+    found = default_device_card()
+    if found is None:
+        return None
+    card_dev, card_sysfs = found
+    view, source = read_drm_view(card_dev, card_sysfs)
+    virtual = [c for c in view.connectors if c.type == DRM_MODE_CONNECTOR_VIRTUAL]
+    layout = Layout((), (), (), (ConnectorSpec(connector, ()),))
+    plain = DeviceMapping(name="vkms (default device)", configfs_path="-", enabled=True,
+                          observed=ObservedDevice("vkms", True, layout), card=card_dev, card_sysfs=card_sysfs,
+                          drm_source=source, note=legacy_note(module_state()), master=drm_master(card_dev))
+    if not virtual:
+        return evolve(plain, connectors=(ConnectorMapping(connector, plain.name, "connected"),))
+    d = virtual[0]
+    crtcs = tuple(crtc for i, crtc in enumerate(view.crtc_ids)
+                  if any(view.encoders.get(e, 0) >> i & 1 for e in d.encoder_ids))
+    c = ConnectorMapping(connector, plain.name, "connected", drm_name=d.name, connector_id=d.id, drm_status=d.status,
+                         crtc_id=crtcs[0] if crtcs else None, possible_crtc_ids=crtcs, encoder_ids=d.encoder_ids,
+                         modes=d.modes, preferred_mode=d.preferred_mode, sysfs=f"{card_sysfs}-{d.name}",
+                         lit=_lit(f"{card_sysfs}-{d.name}"))
+    return evolve(plain, connectors=(c,))
 
 
 def _removes(op: Op) -> bool:
@@ -475,7 +545,11 @@ def status(
     """Every VKMS device (or ``device``) with its configfs and DRM views."""
     cfs = configfs or Configfs()
     store = state or StateStore(configfs=cfs)
+    # VKMS's default device (the only one before 6.19, optional since) is listed after configfs's
+    legacy = [m for m in (default_device_mapping(),) if m is not None] if cfs.is_system and device is None else []
     if not cfs.available():
+        if legacy:
+            return legacy
         raise VkmsUnavailableError(f"no VKMS configfs directory at {cfs.vkms}", hint=UNAVAILABLE_HINT)
     names = cfs.device_names()
     if device is not None:
@@ -488,7 +562,7 @@ def status(
         observed = cfs.observe(name)
         if observed is not None:
             out.append(_mapping(cfs, observed, store))
-    return out
+    return out + legacy
 
 
 # --- hotplug ----------------------------------------------------------------------------------------------

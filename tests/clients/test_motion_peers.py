@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clients.support import ControlledSource, ServerThread
-from clients.test_tigervnc import display, viewer, wait_for
-from test_encodings_libvncclient import client_binary, run_client
-from test_motion import frames
+from rfb.test_motion import frames
 
+from clients.support import ControlledSource, ServerThread
+from clients.test_encodings_libvncclient import client_binary, run_client
+from clients.test_tigervnc import display, viewer, wait_for
 from vkmsremote.frame import Rect
 from vkmsremote.rfb.constants import Encoding
 from vkmsremote.rfb.convert import convert_array

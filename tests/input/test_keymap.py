@@ -84,7 +84,7 @@ def test_plan(keysym: int, state: State, expected: KeyPress) -> None:
 
 def test_every_printable_ascii_comes_out_right_in_every_state() -> None:
     for keysym in range(0x20, 0x7F):
-        for state in State.__members__.values():
+        for state in (s for s in State.__members__.values() if not s & State.LEVEL3):  # no AltGr on US
             for s in (state, state | State.SHIFT, state | State.CAPS_LOCK | State.NUM_LOCK):
                 plan = US.plan(keysym, s)
                 assert plan is not None, hex(keysym)

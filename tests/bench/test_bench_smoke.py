@@ -37,7 +37,7 @@ from vkmsremote.bench.workloads import WORKLOADS, make_workload
 from vkmsremote.capture.crtc import Pacing
 from vkmsremote.capture.driver import decode_frame_number
 
-TOP = Path(__file__).resolve().parent.parent
+TOP = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 

@@ -60,7 +60,7 @@ def test_security_defaults(tmp_path: Path) -> None:
     assert security_policy().types == (SecurityType.NONE,)
     p = security_policy(password="pw", tls_cert=None, tls_key=None, tls_dir=tmp_path / "tls")
     assert p.types == (SecurityType.RA2_256, SecurityType.RA2, SecurityType.RA2NE_256, SecurityType.RA2NE,
-                       SecurityType.VENCRYPT, SecurityType.VNC_AUTH)  # RSA-AES first (tests/test_rfb_rsaaes.py)
+                       SecurityType.VENCRYPT, SecurityType.VNC_AUTH)  # RSA-AES first (tests/rfb/test_rfb_rsaaes.py)
     assert p.vencrypt_subtypes == (VeNCryptSubtype.X509_VNC,) and p.authenticates
     p = security_policy(password="pw", username="u", tls_dir=tmp_path / "tls")
     assert p.vencrypt_subtypes == (VeNCryptSubtype.X509_VNC, VeNCryptSubtype.X509_PLAIN)

@@ -31,7 +31,7 @@ from vkmsremote.errors import (
     VkmsUnavailableError,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
 

@@ -50,6 +50,8 @@ def test_defaults() -> None:
     (["--no-serve", "--down-on-exit", "--web"], "--web, --down-on-exit cannot be used with --no-serve"),
     (["--web", "5900"], "--web and --port are both 5900"),
     (["--drive", "pattern", "--drive-fps", "-1"], "--drive-fps must be 0 or more"),
+    (["--mode", "1920x1080@90"], "--mode needs --drive pattern"),
+    (["--drive", "pattern", "--mode", "1920x1080", "--drive-size", "800x600"], "--mode and --drive-size both"),
 ])
 def test_refused_before_anything_changes(fake: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
                                          message: str) -> None:
@@ -61,7 +63,8 @@ def test_refused_before_anything_changes(fake: Path, capsys: pytest.CaptureFixtu
 
 
 def test_bad_values_are_argparse_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--port", "70000"], ["--drive-size", "big"], ["--capture", "scanout"], ["--drive", "x"]):
+    for argv in (["--port", "70000"], ["--drive-size", "big"], ["--capture", "scanout"], ["--drive", "x"],
+                 ["--mode", "9000x9000"], ["--mode", "1920x1080@0"], ["--mode", "1920x"]):
         with pytest.raises(SystemExit) as ei:
             cli.build_parser().parse_args(["up", *argv])
         assert ei.value.code == 2

@@ -27,7 +27,7 @@ from vkmsremote.server.credentials import check_file, password_from, read_passwo
 from vkmsremote.server.tls import ensure_certificate, generate_self_signed
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "Sekr1t-pw"
 WRONG = "guessed!"
 

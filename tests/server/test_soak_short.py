@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
 WRITE_HIGH = 256 * 1024  # vkmsremote.server.session.WRITE_HIGH: above it the server stops encoding for a client
 
 

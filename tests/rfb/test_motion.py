@@ -426,7 +426,7 @@ def test_bench_client_decodes_h264(tmp_path: Any) -> None:
     from pathlib import Path
 
     out = tmp_path / "rows.json"
-    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_pipeline.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_pipeline.py"
     done = subprocess.run([sys.executable, str(script), "--sizes", "640x480", "--workloads", "full-motion",
                            "--encodings", "h264", "--seconds", "1.5", "--warmup", "0.5", "--json", str(out)],
                           capture_output=True, text=True, timeout=240)

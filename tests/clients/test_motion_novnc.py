@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from test_web_chromium import (
+from web.test_web_chromium import (
     BLOCK_RGB,
     HEIGHT,
     WIDTH,

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clients.support import ControlledSource, ServerThread, rgb_of
 from PIL import Image
-from test_motion import frames, psnr
+from rfb.test_motion import frames, psnr
 
 import vkmsremote.server.session as session_module
+from clients.support import ControlledSource, ServerThread, rgb_of
 from vkmsremote.rfb.constants import Encoding
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vkmsremote"

@@ -1,0 +1,1 @@
+"""Tests of vkmsremote.vm (the test-VM runner, on the host)."""
