@@ -147,32 +147,53 @@ def test_a_100_mb_cut_text_is_skipped_and_the_connection_goes_on(extended: bool)
 # --- sessions with real clients -------------------------------------------------------------------------------
 
 
+VNCDOTOOL_CUT_TEXT = r"""
+import sys, time
+from vncdotool import api
+client = api.connect(f"127.0.0.1::{sys.argv[1]}", timeout=60)
+received = []
+client.refreshScreen(incremental=False)
+client.protocol.copy_text = received.append  # vncdotool's hook for ServerCutText
+print("ready", flush=True)
+sys.stdin.readline()  # the test has had the server send its clipboard
+deadline = time.monotonic() + 60
+while not received and time.monotonic() < deadline:
+    client.refreshScreen(incremental=False)
+print(ascii(received), flush=True)
+client.paste("Grüße aus dem Client")
+client.refreshScreen(incremental=False)  # a round trip: the ClientCutText before it has gone out
+client.disconnect()
+api.shutdown()
+"""
+
+
 def test_vncdotool_plain_cut_text_both_ways(tmp_path: Path) -> None:
-    """vncdotool has no Extended Clipboard: it gets Latin-1 ServerCutText and sends ClientCutText."""
-    from vncdotool import api
+    """vncdotool has no Extended Clipboard: it gets Latin-1 ServerCutText and sends ClientCutText. (It runs in a
+    process of its own: vncdotool's threaded API runs Twisted's reactor, which cannot start twice in one process.)"""
+    import subprocess
+    import sys
 
     server_ = HttpsServer(tmp_path, None, frozenset({Encoding.RAW}))
+    proc = subprocess.Popen([sys.executable, "-c", VNCDOTOOL_CUT_TEXT, str(server_.vnc.port)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
     try:
-        client = api.connect(f"127.0.0.1::{server_.vnc.port}", timeout=30)
-        try:
-            received: list[str] = []
-            client.refreshScreen(incremental=False)
-            assert client.protocol is not None
-            client.protocol.copy_text = received.append  # vncdotool's hook for ServerCutText
-            deadline = time.monotonic() + 20
-            while not server_.vnc.ctx.sessions and time.monotonic() < deadline:
-                time.sleep(0.05)
-            server_.loop.call_soon_threadsafe(server_.vnc.send_clipboard, "Grüße")
-            while not received and time.monotonic() < deadline:
-                client.refreshScreen(incremental=False)
-            assert received == ["Grüße"]  # within Latin-1: exactly
-            client.paste("Grüße aus dem Client")
-            while not any(e[0] == "clipboard" for e in server_.sink.events) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert ("clipboard", "Grüße aus dem Client") in server_.sink.events
-        finally:
-            client.disconnect()
+        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
+        deadline = time.monotonic() + 60
+        while not server_.vnc.ctx.sessions and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server_.loop.call_soon_threadsafe(server_.vnc.send_clipboard, "Grüße")
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == ascii(["Grüße"])  # within Latin-1: exactly
+        assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
+        while not any(e[0] == "clipboard" for e in server_.sink.events) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ("clipboard", "Grüße aus dem Client") in server_.sink.events
     finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
         server_.stop()
 
 

@@ -203,14 +203,15 @@ def run(
             append=tuple(append),
             share_host_tmp=share_host_tmp,
             verbose=verbose,
-            # The interpreter's prefix (a venv inside a checkout under /tmp, say) and the directory this
-            # vkmsremote package is imported from (the checkout an editable install points into) stay
-            # visible too.
+            # The interpreter's prefix (a venv inside a checkout under /tmp, say), the directory this
+            # vkmsremote package is imported from (the checkout an editable install points into) and every
+            # import path (site-packages a .pth line adds from another venv) stay visible too.
             keep=tuple(
                 {
                     Path(sys.prefix).resolve(),
                     PACKAGE_ROOT,
                     *(Path(a).resolve().parent for a in argv[:1] if a.startswith("/")),
+                    *(Path(p).resolve() for p in sys.path if p and Path(p).is_dir()),
                 }
             ),
         )
