@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vkmsremote.consumer.options import socket_path
+from vkmsremote.errors import VkmsRemoteError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,12 @@ class ConsumerService:
         if getattr(args, "capture", "getfb2") == "writeback":
             log.warning("no consumer socket with --capture writeback (the broker then serves writeback jobs)")
             return None
-        listener = bind_socket(path, group=args.consumer_group, mode=args.consumer_mode)
+        try:
+            listener = bind_socket(path, group=args.consumer_group, mode=args.consumer_mode)
+        except (OSError, VkmsRemoteError) as exc:
+            # Optional: VNC serving goes on without it (e.g. a systemd unit without CAP_CHOWN for the group).
+            log.warning("no consumer socket at %s: %s; serving VNC without it", path, exc)
+            return None
         try:
             card = Card.open(target.card)
         except BaseException:
