@@ -24,7 +24,7 @@ from vkmsremote.input.layout import (
     XKB_KEYCODE_OFFSET,
     LayoutSource,
     Reading,
-    _RuleNames,
+    RuleNames,
     from_names,
     keymap_of,
     layout_descriptions,
@@ -49,7 +49,7 @@ def typed_through_xkb(events: list[tuple[int, int, int]], layout: str) -> str:
     lib.xkb_state_key_get_utf8.restype = ctypes.c_int
     lib.xkb_state_key_get_utf8.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_size_t]
     ctx = lib.xkb_context_new(0)
-    names = _RuleNames(b"evdev", b"pc105", layout.encode(), b"", b"")
+    names = RuleNames(b"evdev", b"pc105", layout.encode(), b"", b"")
     keymap = lib.xkb_keymap_new_from_names(ctx, ctypes.byref(names), 0)
     state = lib.xkb_state_new(keymap)
     text = []

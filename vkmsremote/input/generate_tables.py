@@ -29,14 +29,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vkmsremote.errors import UsageError
+from vkmsremote.input.layout import RuleNames
 
 RULES, MODEL, LAYOUT = "evdev", "pc105", "us"
 XKB_KEYCODE_OFFSET = 8  # xkb keycode = evdev code + 8 (keycodes/evdev)
 STATES = 8  # index bit 0: Shift held, bit 1: Caps Lock locked, bit 2: Num Lock locked
-
-
-class _RuleNames(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_char_p) for n in ("rules", "model", "layout", "variant", "options")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,43 +44,17 @@ class XkbTables:
 
 
 def _load_xkbcommon() -> ctypes.CDLL:
-    path = ctypes.util.find_library("xkbcommon") or "libxkbcommon.so.0"
-    try:
-        lib = ctypes.CDLL(path)
-    except OSError as exc:
-        raise UsageError(f"cannot load libxkbcommon: {exc}", hint="apt-get install libxkbcommon0 xkb-data") from exc
-    vp, u32 = ctypes.c_void_p, ctypes.c_uint32
-    lib.xkb_context_new.restype = vp
-    lib.xkb_context_new.argtypes = [ctypes.c_int]
-    lib.xkb_keymap_new_from_names.restype = vp
-    lib.xkb_keymap_new_from_names.argtypes = [vp, ctypes.POINTER(_RuleNames), ctypes.c_int]
-    lib.xkb_state_new.restype = vp
-    lib.xkb_state_new.argtypes = [vp]
-    lib.xkb_keymap_mod_get_index.restype = u32
-    lib.xkb_keymap_mod_get_index.argtypes = [vp, ctypes.c_char_p]
-    lib.xkb_state_update_mask.argtypes = [vp, u32, u32, u32, u32, u32, u32]
-    lib.xkb_state_key_get_one_sym.restype = u32
-    lib.xkb_state_key_get_one_sym.argtypes = [vp, u32]
-    lib.xkb_keymap_min_keycode.restype = u32
-    lib.xkb_keymap_min_keycode.argtypes = [vp]
-    lib.xkb_keymap_max_keycode.restype = u32
-    lib.xkb_keymap_max_keycode.argtypes = [vp]
-    lib.xkb_keymap_num_levels_for_key.restype = u32
-    lib.xkb_keymap_num_levels_for_key.argtypes = [vp, u32, u32]
-    lib.xkb_keymap_key_get_syms_by_level.restype = ctypes.c_int
-    lib.xkb_keymap_key_get_syms_by_level.argtypes = [vp, u32, u32, u32, ctypes.POINTER(ctypes.POINTER(u32))]
-    lib.xkb_keysym_get_name.restype = ctypes.c_int
-    lib.xkb_keysym_get_name.argtypes = [u32, ctypes.c_char_p, ctypes.c_size_t]
-    for name in ("xkb_state_unref", "xkb_keymap_unref", "xkb_context_unref"):
-        getattr(lib, name).argtypes = [vp]
-    return lib
+    """libxkbcommon with its prototypes: the one loader, vkmsremote.input.layout's."""
+    from vkmsremote.input.layout import xkbcommon
+
+    return xkbcommon()
 
 
 def xkb_tables() -> XkbTables:
     """The US keymap as libxkbcommon compiles it from the installed xkb-data."""
     lib = _load_xkbcommon()
     ctx = lib.xkb_context_new(0)
-    names = _RuleNames(RULES.encode(), MODEL.encode(), LAYOUT.encode(), b"", b"")
+    names = RuleNames(RULES.encode(), MODEL.encode(), LAYOUT.encode(), b"", b"")
     keymap = lib.xkb_keymap_new_from_names(ctx, ctypes.byref(names), 0)
     if not keymap:
         raise UsageError(f"libxkbcommon could not compile {RULES}/{MODEL}/{LAYOUT}", hint="install xkb-data")

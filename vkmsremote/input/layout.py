@@ -50,7 +50,7 @@ MAX_KEYMAP_TEXT: Final = 4 << 20  # an xkbcomp dump is ~100 kB; refuse anything 
 READ_TIMEOUT: Final = 20.0  # xkbcomp under a loaded TCG VM can take seconds
 
 
-class _RuleNames(ctypes.Structure):
+class RuleNames(ctypes.Structure):
     _fields_ = [(n, ctypes.c_char_p) for n in ("rules", "model", "layout", "variant", "options")]
 
 
@@ -71,7 +71,7 @@ def xkbcommon() -> ctypes.CDLL:
     lib.xkb_context_new.restype = vp
     lib.xkb_context_new.argtypes = [ctypes.c_int]
     lib.xkb_keymap_new_from_names.restype = vp
-    lib.xkb_keymap_new_from_names.argtypes = [vp, ctypes.POINTER(_RuleNames), ctypes.c_int]
+    lib.xkb_keymap_new_from_names.argtypes = [vp, ctypes.POINTER(RuleNames), ctypes.c_int]
     lib.xkb_keymap_new_from_string.restype = vp
     lib.xkb_keymap_new_from_string.argtypes = [vp, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
     lib.xkb_state_new.restype = vp
@@ -191,7 +191,7 @@ def _compile(make: Callable[[ctypes.CDLL, int], int], what: str) -> XkbTables:
 def tables_from_names(layout: str, variant: str = "", options: str = "", *, rules: str = "evdev",
                       model: str = "pc105") -> XkbTables:
     """Compile RMLVO names (as setxkbmap, localectl and compositors' configs name a layout)."""
-    names = _RuleNames(rules.encode(), model.encode(), layout.encode(), variant.encode(), options.encode())
+    names = RuleNames(rules.encode(), model.encode(), layout.encode(), variant.encode(), options.encode())
     return _compile(lambda lib, ctx: lib.xkb_keymap_new_from_names(ctx, ctypes.byref(names), 0),
                     f"{rules}/{model}/{layout}({variant}) {options}")
 
