@@ -15,7 +15,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -24,7 +23,6 @@ import pytest
 from PIL import Image
 from selenium import webdriver
 from selenium.common.exceptions import ElementNotInteractableException, NoSuchElementException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -38,16 +36,10 @@ from vkmsremote.server.session import Session
 from vkmsremote.web.http import landing_location
 from vkmsremote.web.novnc import DEBIAN_ROOT
 from vkmsremote.web.server import WebConfig, WebServer, start_web_server
+from web.test_web_novnc import CHROMEDRIVER, CHROMIUM, chromium
 
 T = TypeVar("T")
 
-CHROMIUM = Path("/usr/lib/chromium/chromium")  # the binary behind Debian's /usr/bin/chromium wrapper script
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--window-size=900,700",
-)
 
 
 class WebDriver:
@@ -105,11 +97,7 @@ def browser() -> Iterator[WebDriver]:
         if not tool.exists():
             pytest.fail(f"{tool} missing: run scripts/setup-host.sh (Debian chromium, chromium-driver)")
     profile = tempfile.mkdtemp(prefix="vkmsremote-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = WebDriver(webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options))
+    driver = WebDriver(chromium(None, f"--user-data-dir={profile}"))
     try:
         assert driver.driver.capabilities["browserName"] in ("chrome", "chromium"), driver.driver.capabilities
         yield driver

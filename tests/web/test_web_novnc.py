@@ -139,12 +139,18 @@ class HttpsServer:
             self.loop.close()
 
 
-def chromium(trusted_spki: str | None) -> webdriver.Chrome:
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--window-size=900,700",
+)
+
+
+def chromium(trusted_spki: str | None, *extra: str) -> webdriver.Chrome:
+    """Debian's headless Chromium through Debian's chromedriver; ``extra``: more command-line flags."""
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=900,700"):
+    for flag in (*CHROMIUM_FLAGS, *extra):
         options.add_argument(flag)
     if trusted_spki:
         options.add_argument(f"--ignore-certificate-errors-spki-list={trusted_spki}")
