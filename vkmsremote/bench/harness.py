@@ -79,8 +79,14 @@ def wait_display(display: str, timeout: float, procs: Procs, role: str) -> None:
 
 
 def start_x_server(role: str, argv: list[str], procs: Procs, timeout: float = 60) -> str:
-    """Start an X server that takes ``-displayfd FD`` (Xvfb, Xvnc) on a free display; returns ':N'."""
+    """Start an X server that takes ``-displayfd FD`` (Xvfb, Xvnc) on a free display; returns ':N'.
+
+    ``-noreset``: without it the server resets when its last client leaves (wait_display's probe is the
+    first), and Xvfb then rewrites its -fbdir file's header in native byte order before swapping it,
+    so a reader can catch a half-written header."""
     r, w = os.pipe()
+    if "-noreset" not in argv:
+        argv = [*argv, "-noreset"]
     procs.start(role, [*argv, "-displayfd", str(w)], pass_fds=(w,))
     os.close(w)
     # Xvfb writes the number and the newline separately: closing the pipe before the newline kills it.
