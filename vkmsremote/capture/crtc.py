@@ -23,6 +23,12 @@ Theory of operation:
   (capture.damage); a frame is returned only when pixels or the cursor changed.
 - While the CRTC is off the kernel has no vblanks to wait for: the reader returns one "no signal" frame,
   then looks at the CRTC state every ``idle_poll`` seconds until it lights up again.
+- When the card itself goes away (its VKMS device disabled or removed in configfs: the DRM device is
+  unplugged and every ioctl on the open fd fails with ENODEV), a reader given a ``locate`` function
+  releases everything it held of the card (fd, mappings, event reader), returns one "no signal" frame and
+  asks ``locate`` every ``reacquire_poll`` seconds where the CRTC is now: the device may come back as
+  another card node (the old minor stays taken while anyone holds it). Without ``locate`` the error is
+  raised, as any other.
 - Only the primary and cursor planes are read (overlay planes are not composed). With a
   :class:`~vkmsremote.capture.exporter.WritebackExporter` the reader instead has the CRTC's writeback
   connector compose each frame into a buffer (only possible for the DRM master: vkmsremote driving the
@@ -36,6 +42,7 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,7 +61,7 @@ from vkmsremote.drm.ioctl import ObjectType
 from vkmsremote.drm.plane import get_plane_state
 from vkmsremote.drm.properties import get_properties
 from vkmsremote.drm.resources import Resources
-from vkmsremote.errors import DeviceStateError, DrmError, TimeoutError_, UsageError
+from vkmsremote.errors import DeviceStateError, DrmError, TimeoutError_, UsageError, VkmsRemoteError
 from vkmsremote.frame import MAX_RESIZE, Cursor, Frame, Pixels, Placement, Rect, ResizeStatus
 
 log = logging.getLogger(__name__)
@@ -178,6 +185,27 @@ class _Gone(Exception):
     """The framebuffer GETCRTC named vanished before it could be read (its client removed it): look again."""
 
 
+CARD_GONE_ERRNOS = (errno.ENODEV,)
+"""What the card fd's ioctls fail with once its DRM device is unplugged (drm_ioctl: drm_dev_is_unplugged)."""
+DEFAULT_REACQUIRE_POLL = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class CrtcLocation:
+    """Where the served CRTC is now: the card node, the CRTC id on it, the name clients are shown, and the DRM
+    name of the connector it is served for (if one was named)."""
+
+    card_path: str
+    crtc_id: int
+    desktop_name: str = ""
+    drm_connector: str = ""
+
+
+Locator = Callable[[], "CrtcLocation | None"]
+"""Finds the served CRTC again after its card went away; None while it is not there (yet). May raise
+VkmsRemoteError (a device half made, a node not created yet): the reader then asks again later."""
+
+
 class Resizer(Protocol):
     """Whoever sets the CRTC's mode (the capture broker's client when vkmsremote drives the CRTC)."""
 
@@ -198,15 +226,10 @@ class CrtcReader:
                  idle_poll: float = 0.25, vblank_timeout: float = 1.0, own_card: bool = False,
                  default_size: tuple[int, int] = DEFAULT_SIZE, exporter: FramebufferExporter | None = None,
                  writeback: WritebackExporter | None = None, pacing: Pacing | None = None,
-                 resizer: Resizer | None = None, report_flips: bool = False) -> None:
-        res = Resources.fetch(card, probe=False)
-        res.crtc(crtc_id)  # raises UsageError for a wrong id
-        self.card = card
-        self.crtc_id = crtc_id
-        res.primary_plane(crtc_id)  # raises UsageError if the CRTC has no primary plane to follow
-        cursor = res.cursor_plane(crtc_id)
-        # With writeback the cursor plane is composed into the picture already.
-        self.cursor_plane_id = cursor.id if cursor is not None and writeback is None else None
+                 resizer: Resizer | None = None, report_flips: bool = False, locate: Locator | None = None,
+                 reacquire_poll: float = DEFAULT_REACQUIRE_POLL) -> None:
+        self.writeback = writeback
+        self._attach(card, crtc_id)
         self._desktop_name = desktop_name or f"{os.path.basename(card.path)} CRTC {crtc_id}"
         self._tile = tile
         self._idle_poll = idle_poll
@@ -215,7 +238,7 @@ class CrtcReader:
         self._default_size = default_size
         self._own_exporter = exporter is not None
         self.exporter: FramebufferExporter = exporter if exporter is not None else LocalExporter(card)
-        self.writeback = writeback
+        self._local_exporter = exporter is None  # made anew for each card found again
         self.resizer = resizer
         self.resize_refusal = ("the CRTC's mode is set by its DRM master (a compositor); vkmsremote sets it only "
                                "with --drive")
@@ -245,6 +268,11 @@ class CrtcReader:
         self.probes = 0  # cheap idle looks
         self.report_flips = report_flips  # also return a frame (damage ()) when only the fb id changed
         self.last_vblank = (0, 0)  # (sequence, CLOCK_MONOTONIC ns) of the vblank the last look waited for
+        self._locate = locate
+        self._reacquire_poll = reacquire_poll
+        self._lost = False  # the card went away: nothing of it is held until locate finds the CRTC again
+        self.cards_lost = 0  # times the card went away (stats, tests)
+        self.cards_found = 0  # times the CRTC was found again on a new card
 
     @classmethod
     def open(cls, card_path: str, *, crtc_id: int | None = None, connector: int | str | None = None,
@@ -336,6 +364,22 @@ class CrtcReader:
         return int(status)
 
     async def next_frame(self) -> Frame:
+        while True:
+            if self._lost:
+                await self._reacquire()
+            try:
+                return await self._next_frame()
+            except DrmError as exc:
+                if exc.errno not in CARD_GONE_ERRNOS or self._locate is None:
+                    raise
+                had_signal = not self._no_signal
+                self._card_lost(exc)
+                if had_signal or self._serial < 0:
+                    pixels, _ = self._show_no_signal()
+                    self._unchanged = 0
+                    return self._frame(pixels, None)
+
+    async def _next_frame(self) -> Frame:
         if self._serial < 0:
             while True:
                 try:
@@ -378,18 +422,70 @@ class CrtcReader:
         self.close_sync()
 
     def close_sync(self) -> None:
+        self._release_card()
+        if self._own_exporter:
+            self.exporter.close()
+            self._own_exporter = False
+
+    # --- the card going away and coming back ------------------------------------------------------------
+
+    def _release_card(self) -> None:
+        """Let go of everything held of the card: the event reader (before the fd it watches), the mapped
+        buffers, and the card itself if it is ours."""
         if self._events is not None:
             self._events.close()
             self._events = None
         self._fbs.close()
         self._cursor_fbs.close()
         self._drop_writeback_buffer()
-        self._entry = None
-        if self._own_exporter:
-            self.exporter.close()
-            self._own_exporter = False
+        self._entry, self._state = None, None
         if self._own_card:
             self.card.close()
+
+    def _card_lost(self, exc: DrmError) -> None:
+        log.warning("%s: the card is gone (%s); no signal until it is found again", self._desktop_name, exc)
+        self.cards_lost += 1
+        self._lost = True
+        self._release_card()
+        self._torn_in_row = 0
+
+    def _attach(self, card: Card, crtc_id: int) -> None:
+        """Read ``crtc_id`` on ``card`` from now on (it must have a primary plane to follow)."""
+        res = Resources.fetch(card, probe=False)
+        res.crtc(crtc_id)  # raises UsageError for a wrong id
+        res.primary_plane(crtc_id)  # raises UsageError if the CRTC has no primary plane to follow
+        cursor = res.cursor_plane(crtc_id)
+        self.card, self.crtc_id = card, crtc_id
+        # With writeback the cursor plane is composed into the picture already.
+        self.cursor_plane_id = cursor.id if cursor is not None and self.writeback is None else None
+
+    async def _reacquire(self) -> None:
+        """Ask the locator every ``reacquire_poll`` seconds until it finds the CRTC on a card that opens."""
+        assert self._locate is not None
+        while True:
+            try:
+                found = self._locate()
+                if found is not None:
+                    card = Card.open(found.card_path)
+                    try:
+                        self._attach(card, found.crtc_id)
+                    except BaseException:
+                        card.close()
+                        raise
+                    break
+            except VkmsRemoteError as exc:  # half made, node not there yet, ...: ask again
+                log.debug("looking for %s again: %s", self._desktop_name, exc)
+            await self._timer.sleep(self._reacquire_poll)
+        if self._local_exporter:
+            self.exporter = LocalExporter(card)
+        self._fbs = FramebufferCache(self.exporter)
+        self._cursor_fbs = FramebufferCache(self.exporter, max_entries=2)
+        self._own_card = True
+        self._lost = False
+        self.cards_found += 1
+        if found.desktop_name:
+            self._desktop_name = found.desktop_name
+        log.warning("%s: found again on %s, CRTC %d", self._desktop_name, card.path, found.crtc_id)
 
     # --- internals -------------------------------------------------------------------------------------
 
@@ -563,8 +659,8 @@ class CrtcReader:
         if self.cursor_plane_id is None:
             return
         old = self._cursor
-        plane = get_plane_state(self.card, self.cursor_plane_id)
-        if self._no_signal or not plane.fb_id or plane.crtc_id != self.crtc_id:
+        plane = None if self._no_signal else get_plane_state(self.card, self.cursor_plane_id)
+        if plane is None or not plane.fb_id or plane.crtc_id != self.crtc_id:
             if old is not None and old.visible:
                 self._cursor = Cursor(old.pixels, old.hot_x, old.hot_y, old.x, old.y, False, old.serial + 1)
             return

@@ -52,12 +52,24 @@ def _pattern_source(args: argparse.Namespace) -> FrameSource:
 
 
 def _crtc_source(args: argparse.Namespace) -> FrameSource:
+    """The CrtcReader of --card/--connector/--crtc. It follows the CRTC when the card goes away and comes back
+    (service/locate.py): a configfs connector (XR-0) through the mapping, any other card by its node."""
     from vkmsremote.capture.crtc import CrtcReader
+    from vkmsremote.errors import DeviceStateError
+    from vkmsremote.service.locate import ConfigfsConnector, crtc_locator
 
     connector: int | str | None = args.connector
     if isinstance(connector, str) and connector.isdigit():
         connector = int(connector)
-    return CrtcReader.open(args.card, crtc_id=args.crtc, connector=connector)
+    locate = crtc_locator(args.card, connector, args.crtc)
+    if not isinstance(locate, ConfigfsConnector) or connector != locate.connector:
+        return CrtcReader.open(args.card, crtc_id=args.crtc, connector=connector, locate=locate)
+    found = locate()  # --connector XR-0: the mapping says which card and CRTC
+    if found is None:
+        raise DeviceStateError(f"{connector} has no DRM connector: VKMS device {locate.device!r} is not enabled",
+                               hint="`vkmsremote status` shows it; `vkmsremote up` enables it")
+    args.card, args.connector = found.card_path, found.drm_connector  # the pointer binding names the DRM side
+    return CrtcReader.open(found.card_path, crtc_id=found.crtc_id, desktop_name=found.desktop_name, locate=locate)
 
 
 SOURCES["pattern"] = _pattern_source
@@ -101,7 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--fps", type=float, default=30.0, help="pattern: frames per second (default 30)")
     src.add_argument("--full-motion", action="store_true", help="pattern: change every pixel every frame")
     src.add_argument("--card", default="/dev/dri/card0", help="crtc: DRM card (default /dev/dri/card0)")
-    src.add_argument("--connector", help="crtc: connector name (e.g. Virtual-1) or id whose CRTC to serve")
+    src.add_argument("--connector", help="crtc: connector whose CRTC to serve: a configfs name (XR-0: the card is found "
+                     "through the mapping, and found again if the device is disabled and enabled or made anew), "
+                     "or a DRM name (e.g. Virtual-1) or id on --card")
     src.add_argument("--crtc", type=int, help="crtc: CRTC id (default: the connector's, or the only one)")
     src.add_argument("--input", choices=("none", "uinput"),
                      help="where keyboard and pointer go (default: uinput for crtc, none for pattern)")
