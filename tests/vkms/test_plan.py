@@ -38,7 +38,7 @@ from vkmsremote.vkms.plan import (
 )
 from vkmsremote.vkms.profile import load_profile
 from vkmsremote.vkms.spec import ConnectorStatus, DeviceSpec
-from vkmsremote.vkms.state import StateStore
+from vkmsremote.vkms.state import Record, StateStore
 
 VKMS = PurePosixPath("/sys/kernel/config/vkms")
 XR0 = load_profile("xr-0")
@@ -231,6 +231,25 @@ def test_up_twice_is_a_no_op_and_down_removes_everything(fake: Configfs, tmp_pat
     (result,) = down(configfs=fake, state=store)
     assert result.device == "vkmsremote" and len(result.applied) == 1 + 4 + 5 + 1
     assert list(fake.vkms.iterdir()) == [] and store.devices() == []
+
+
+def test_up_records_the_device_before_enabling_it(fake: Configfs, tmp_path: Path) -> None:
+    """The state record is written before the first configfs change and already names the device and its
+    ``enabled``: a kill after enabling, before the finished record, leaves a device down and up can adopt
+    (tests/vm/test_faults_vm.py kills up at every such point)."""
+    store = StateStore(tmp_path / "state")
+    events: list[object] = []
+    real_run, real_save = fake.run, store.save
+    fake.run = lambda op: (events.append(op), real_run(op))[1]  # type: ignore[method-assign]
+    store.save = lambda record: (events.append(record), real_save(record))[1]  # type: ignore[method-assign]
+    up(XR0, configfs=fake, state=store)
+    enable = next(i for i, e in enumerate(events) if isinstance(e, WriteAttr) and e.path.name == "enabled")
+    first, last = events[0], events[-1]
+    assert isinstance(first, Record) and first.in_progress
+    device = PurePosixPath(fake.vkms / "vkmsremote")
+    assert device in first.created and device / "enabled" in first.created
+    assert isinstance(last, Record) and not last.in_progress and last.created == first.created
+    assert enable < len(events) - 1  # the finished record comes after enabling: the window the first one covers
 
 
 def test_failed_up_rolls_back_and_keeps_no_record(fake: Configfs, tmp_path: Path) -> None:

@@ -51,21 +51,24 @@ def _fake(tmp_path: Path, name: str) -> tuple[Configfs, StateStore]:
     return cfs, StateStore(tmp_path / f"{name}-state", configfs=cfs)
 
 
-def _killed_after(ops: int, action: Callable[[], object], cfs: Configfs) -> bool:
-    """Run ``action`` in a forked child that SIGKILLs itself before its (ops+1)-th configfs operation;
-    True if it was killed (False: it finished first)."""
+def _killed_after(steps: int, action: Callable[[], object], cfs: Configfs, store: StateStore | None = None) -> bool:
+    """Run ``action`` in a forked child that SIGKILLs itself before its (steps+1)-th step: a configfs
+    operation, or (with ``store``) a write of the state record. True if it was killed (False: it finished)."""
     pid = os.fork()
     if pid == 0:  # the child: no rollback, no cleanup, exactly like kill -9
-        real = cfs.run
         done = [0]
 
-        def run(op: Any) -> None:
-            if done[0] == ops:
-                os.kill(os.getpid(), signal.SIGKILL)
-            real(op)
-            done[0] += 1
+        def counted(real: Callable[[Any], None]) -> Callable[[Any], None]:
+            def step(arg: Any) -> None:
+                if done[0] == steps:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                real(arg)
+                done[0] += 1
+            return step
 
-        cfs.run = run  # type: ignore[method-assign]
+        cfs.run = counted(cfs.run)  # type: ignore[method-assign]
+        if store is not None:
+            store.save = counted(store.save)  # type: ignore[method-assign]
         try:
             action()
         finally:
@@ -93,20 +96,33 @@ def _assert_gone(cfs: Configfs, store: StateStore) -> None:
 
 
 def test_every_crash_point_of_up_recovers(tmp_path: Path) -> None:
+    """Killed before any of its steps: each configfs operation and each write of the state record. The last
+    crash point is the window after ``enabled`` was written (the card exists) and before the finished record:
+    the record written ahead of the first change must already name the device, or nothing could adopt or
+    remove it."""
     spec = load_profile("xr-0")
     n_ops = len(plan_create(spec, PurePosixPath("/x/vkms")))
     assert n_ops > 5
-    for k in range(n_ops + 1):
+    n_steps = n_ops + 2  # the record written ahead (in progress), the configfs operations, the finished record
+    windows = 0
+    for k in range(n_steps + 1):
         for then in ("up", "down"):
             cfs, store = _fake(tmp_path, f"up-{k}-{then}")
-            killed = _killed_after(k, functools.partial(up, spec, configfs=cfs, state=store), cfs)
-            assert killed == (k < n_ops), k
+            killed = _killed_after(k, functools.partial(up, spec, configfs=cfs, state=store), cfs, store)
+            assert killed == (k < n_steps), k
+            observed = cfs.observe(spec.name)
+            if observed is not None and observed.enabled and killed:  # enabled, the finished record not written
+                record = store.load(spec.name)
+                assert record is not None and record.in_progress, (k, record)
+                assert PurePosixPath(cfs.vkms / spec.name) in record.created, record
+                windows += 1
             if then == "up":
                 result = up(spec, configfs=cfs, state=store)  # adopts or rebuilds, never refuses
                 _assert_up(cfs, store)
                 assert result.device.name == spec.name
             down(None, configfs=cfs, state=store)  # after the crash, or after the recovery
             _assert_gone(cfs, store)
+    assert windows == 2, "the kill after enabling and before the finished record was not exercised"
 
 
 def test_every_crash_point_of_down_recovers(tmp_path: Path) -> None:
