@@ -24,7 +24,8 @@ Theory of operation:
 - While the CRTC is off the kernel has no vblanks to wait for: the reader returns one "no signal" frame,
   then looks at the CRTC state every ``idle_poll`` seconds until it lights up again.
 - When the card itself goes away (its VKMS device disabled or removed in configfs: the DRM device is
-  unplugged and every ioctl on the open fd fails with ENODEV), a reader given a ``locate`` function
+  unregistered, its node /sys/dev/char/MAJOR:MINOR vanishes; a device that is unplugged instead fails every
+  ioctl with ENODEV), a reader given a ``locate`` function
   releases everything it held of the card (fd, mappings, event reader), returns one "no signal" frame and
   asks ``locate`` every ``reacquire_poll`` seconds where the CRTC is now: the device may come back as
   another card node (the old minor stays taken while anyone holds it). Without ``locate`` the error is
@@ -179,6 +180,10 @@ def read_crtc_state(card: Card, crtc_id: int) -> CrtcState | None:
 def _signed32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value >= 1 << 31 else value
+
+
+class _CardGone(Exception):
+    """The card's DRM device was unregistered (see CrtcReader._check_registered)."""
 
 
 class _Gone(Exception):
@@ -369,8 +374,8 @@ class CrtcReader:
                 await self._reacquire()
             try:
                 return await self._next_frame()
-            except DrmError as exc:
-                if exc.errno not in CARD_GONE_ERRNOS or self._locate is None:
+            except (DrmError, _CardGone) as exc:
+                if isinstance(exc, DrmError) and (exc.errno not in CARD_GONE_ERRNOS or self._locate is None):
                     raise
                 had_signal = not self._no_signal
                 self._card_lost(exc)
@@ -393,6 +398,7 @@ class CrtcReader:
             status = await self._wait_vblank() if delay is None else await self._sleep(delay)
             if status == _OFF:
                 if self._no_signal:
+                    self._check_registered()
                     await asyncio.sleep(self._idle_poll)  # no vblanks while off: look again later
                     continue
                 pixels, _ = self._show_no_signal()
@@ -410,6 +416,7 @@ class CrtcReader:
             if delay is not None:
                 self.look_cost = 0.8 * self.look_cost + 0.2 * (time.thread_time() - started)
             if self._no_signal and was_no_signal:
+                self._check_registered()
                 continue
             cursor_changed = (self._cursor.serial if self._cursor else None) != cursor_serial
             flipped = self.report_flips and self.fb_id != fb_before
@@ -442,7 +449,17 @@ class CrtcReader:
         if self._own_card:
             self.card.close()
 
-    def _card_lost(self, exc: DrmError) -> None:
+    def _check_registered(self) -> None:
+        """Raise _CardGone if the card's device is no longer registered (checked while there is no signal).
+
+        Disabling a VKMS device unregisters its DRM device (vkms_destroy: drm_dev_unregister, then an atomic
+        shutdown) without marking it unplugged: an fd held open keeps answering ioctls, for a device whose
+        CRTCs are all off, and keeps its minor taken, so the device comes back as another card. Its node
+        /sys/dev/char/MAJOR:MINOR is gone, though."""
+        if self._locate is not None and not os.path.exists(self._card_sysfs):
+            raise _CardGone(f"{self._card_sysfs} is gone: {self.card.path} was unregistered")
+
+    def _card_lost(self, exc: Exception) -> None:
         log.warning("%s: the card is gone (%s); no signal until it is found again", self._desktop_name, exc)
         self.cards_lost += 1
         self._lost = True
@@ -456,6 +473,8 @@ class CrtcReader:
         res.primary_plane(crtc_id)  # raises UsageError if the CRTC has no primary plane to follow
         cursor = res.cursor_plane(crtc_id)
         self.card, self.crtc_id = card, crtc_id
+        rdev = os.fstat(card.fd).st_rdev
+        self._card_sysfs = f"/sys/dev/char/{os.major(rdev)}:{os.minor(rdev)}"
         # With writeback the cursor plane is composed into the picture already.
         self.cursor_plane_id = cursor.id if cursor is not None and self.writeback is None else None
 

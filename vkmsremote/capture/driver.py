@@ -25,7 +25,7 @@ from vkmsremote.drm.framebuffer import DumbFramebuffer
 from vkmsremote.drm.ioctl import AtomicFlag, EventType
 from vkmsremote.drm.mode import Mode
 from vkmsremote.drm.resources import Resources
-from vkmsremote.errors import UsageError
+from vkmsremote.errors import DrmError, UsageError
 from vkmsremote.frame import Pixels
 
 REFRESH_TOLERANCE = 0.5
@@ -330,6 +330,9 @@ class PatternDriver:
             req.add(self.crtc_id, "ACTIVE", 0).add(self.crtc_id, "MODE_ID", 0)
             req.add_many(self.plane_id, {"FB_ID": 0, "CRTC_ID": 0})
             req.commit(AtomicFlag.ALLOW_MODESET)
+        self._free()
+
+    def _free(self) -> None:
         for fb in self._fbs:
             fb.close()
         self._fbs = []
@@ -340,6 +343,13 @@ class PatternDriver:
     def close(self) -> None:
         try:
             self.stop()
+        except DrmError:
+            if not self._own_card:
+                raise
+            # The card's device is gone (its VKMS device disabled or removed): there is nothing to turn off.
+            # With the card closed, freeing the buffers only unmaps them.
+            self.card.close()
+            self._free()
         finally:
             if self._own_card:
                 self.card.close()
