@@ -250,3 +250,22 @@ def test_frame_written_in_place_when_nobody_holds_it() -> None:
     buffer_id = id(t._current)
     assert t.update(g) == (Rect(3, 3, 1, 1),)
     assert id(t._current) == buffer_id and t.buffer_switches == 0 and np.array_equal(t.frame, g)
+
+
+def test_a_dropped_tracker_is_freed_at_once_not_by_the_cycle_collector() -> None:
+    """The reader drops its tracker at every "no signal" and every new mode: with a reference cycle (the pool
+    holding a bound method of its tracker) each one kept its frames until a full collection, and a server that
+    lost its picture every few seconds grew by two frames each time (scripts/survive.py measured it)."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        tracker = DamageTracker(64, 32)
+        tracker.reset(np.zeros((32, 64, 4), np.uint8))
+        tracker.update(np.ones((32, 64, 4), np.uint8))
+        gone = weakref.ref(tracker)
+        del tracker
+        assert gone() is None
+    finally:
+        gc.enable()

@@ -27,8 +27,6 @@ that buffer was current (or the whole frame if it is too old). ``frame`` is then
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 
@@ -67,8 +65,12 @@ class DamageTracker:
             raise ValueError(f"tile size {tile} must be a positive multiple of 16")
         self.width, self.height, self.tile = width, height, tile
         self._word: type[np.unsignedinteger] = np.uint64 if width % 2 == 0 else np.uint32
-        # Each buffer keeps the views the compare uses: (words, uint32 pixels).
-        self._pool = FramePool((height, width, 4), make_views=self._views)
+        # Each buffer keeps the views the compare uses: (words, uint32 pixels). Not a bound method: the pool
+        # would then reference the tracker, and a tracker dropped (a new mode, no signal) would wait for the
+        # cyclic garbage collector, with its frames, instead of being freed at once.
+        word = self._word
+        self._pool = FramePool((height, width, 4), make_views=lambda array: (_words(array, word),
+                                                                             _words(array, np.uint32)))
         self._current = self._pool.new_buffer()
         self.buffer_switches = 0  # updates written into another buffer (for tests and benchmarks)
         self._px_per_word = 2 if width % 2 == 0 else 1
@@ -86,9 +88,6 @@ class DamageTracker:
         self._sample_u64 = self._sample.view(np.uint64)
         self._try_sample = False  # the last update changed most tiles: pre-check the next one
         self.whole_frames = 0  # updates answered by the pre-check (for tests and benchmarks)
-
-    def _views(self, array: Pixels) -> tuple[Any, ...]:
-        return _words(array, self._word), _words(array, np.uint32)
 
     @property
     def frame(self) -> Pixels:
