@@ -210,6 +210,19 @@ class Server:
             raise Failure(f"the server exited ({self.proc.returncode}):\n{self.output[-4000:]}")
 
     def probe(self) -> Probe:
+        """The server's counts once two reads 0.1 s apart agree on them (a look in progress holds an exported
+        buffer's fd for a moment), and its RSS then."""
+        last = self.read_proc()
+        for _ in range(30):
+            time.sleep(0.1)
+            now = self.read_proc()
+            if (now.fds, now.card_fds, now.dmabuf_fds, now.dmabuf_maps) == (
+                    last.fds, last.card_fds, last.dmabuf_fds, last.dmabuf_maps):
+                return now
+            last = now
+        return last
+
+    def read_proc(self) -> Probe:
         pid = self.proc.pid
         targets = []
         for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -467,7 +480,7 @@ class Run:
         if not self.client.pending:
             self.client.request()
         deadline = time.monotonic() + WAIT
-        while self.server.probe().card_fds:
+        while self.server.read_proc().card_fds:
             if time.monotonic() > deadline:
                 raise Failure("the server still holds a card after its device went away")
             time.sleep(0.2)
