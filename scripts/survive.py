@@ -489,12 +489,14 @@ class Run:
     # bookkeeping -----------------------------------------------------------------------------------------------------
 
     def cycle_done(self, report: FaultReport, i: int) -> None:
-        """After each cycle; the first one's end is the baseline. The first and the last cycle end settled
+        """After each cycle; the first one's end is the baseline, the last one's the final count. Both end settled
         (modetest: its one buffer seen; the pattern: both buffers seen), so the counts compare."""
         self.server.alive()
         report.cycles = i + 1
         if i == 0:
             report.before = self.server.probe()
+        if i == self.args.cycles - 1:  # before the fault's master goes (the reader would let go of its buffers)
+            report.after = self.server.probe()
         if self.args.progress and (i + 1) % self.args.progress == 0:
             p = self.server.probe()
             print(f"survive: {report.fault} {i + 1}/{self.args.cycles}: fds {p.fds} rss {p.rss_kb} kB",
@@ -534,7 +536,6 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     getattr(run, fault)(report, args.cycles)
                     server.alive()
-                    report.after = server.probe()  # settled as at the baseline (see Run.cycle_done)
                 except (Failure, VkmsRemoteError, OSError, subprocess.SubprocessError) as exc:
                     report.error = f"{type(exc).__name__}: {exc}"
                 report.seconds = round(time.monotonic() - t0, 1)
