@@ -276,8 +276,6 @@ class CrtcReader:
         self._locate = locate
         self._reacquire_poll = reacquire_poll
         self._lost = False  # the card went away: nothing of it is held until locate finds the CRTC again
-        self.cards_lost = 0  # times the card went away (stats, tests)
-        self.cards_found = 0  # times the CRTC was found again on a new card
 
     @classmethod
     def open(cls, card_path: str, *, crtc_id: int | None = None, connector: int | str | None = None,
@@ -461,7 +459,6 @@ class CrtcReader:
 
     def _card_lost(self, exc: Exception) -> None:
         log.warning("%s: the card is gone (%s); no signal until it is found again", self._desktop_name, exc)
-        self.cards_lost += 1
         self._lost = True
         self._release_card()
         self._torn_in_row = 0
@@ -501,7 +498,6 @@ class CrtcReader:
         self._cursor_fbs = FramebufferCache(self.exporter, max_entries=2)
         self._own_card = True
         self._lost = False
-        self.cards_found += 1
         if found.desktop_name:
             self._desktop_name = found.desktop_name
         log.warning("%s: found again on %s, CRTC %d", self._desktop_name, card.path, found.crtc_id)
