@@ -24,12 +24,11 @@ Theory of operation:
 - While the CRTC is off the kernel has no vblanks to wait for: the reader returns one "no signal" frame,
   then looks at the CRTC state every ``idle_poll`` seconds until it lights up again.
 - When the card itself goes away (its VKMS device disabled or removed in configfs: the DRM device is
-  unregistered, its node /sys/dev/char/MAJOR:MINOR vanishes; a device that is unplugged instead fails every
-  ioctl with ENODEV), a reader given a ``locate`` function
-  releases everything it held of the card (fd, mappings, event reader), returns one "no signal" frame and
-  asks ``locate`` every ``reacquire_poll`` seconds where the CRTC is now: the device may come back as
-  another card node (the old minor stays taken while anyone holds it). Without ``locate`` the error is
-  raised, as any other.
+  unregistered and its node /sys/dev/char/MAJOR:MINOR vanishes; a device that is unplugged instead fails
+  every ioctl with ENODEV), a reader given a ``locate`` function releases everything it held of the card
+  (fd, mappings, event reader), returns one "no signal" frame and asks ``locate`` every ``reacquire_poll``
+  seconds where the CRTC is now: the device may come back as another card node (the old minor stays taken
+  while anyone holds it). Without ``locate`` it shows "no signal" until the card is back, or raises ENODEV.
 - Only the primary and cursor planes are read (overlay planes are not composed). With a
   :class:`~vkmsremote.capture.exporter.WritebackExporter` the reader instead has the CRTC's writeback
   connector compose each frame into a buffer (only possible for the DRM master: vkmsremote driving the
