@@ -28,7 +28,7 @@ Theory of operation:
   every ioctl with ENODEV), a reader given a ``locate`` function releases everything it held of the card
   (fd, mappings, event reader), returns one "no signal" frame and asks ``locate`` every ``reacquire_poll``
   seconds where the CRTC is now: the device may come back as another card node (the old minor stays taken
-  while anyone holds it). Without ``locate`` it shows "no signal" until the card is back, or raises ENODEV.
+  while anyone holds it). Without ``locate`` it stays at "no signal" (unregistered) or raises (ENODEV).
 - Only the primary and cursor planes are read (overlay planes are not composed). With a
   :class:`~vkmsremote.capture.exporter.WritebackExporter` the reader instead has the CRTC's writeback
   connector compose each frame into a buffer (only possible for the DRM master: vkmsremote driving the
