@@ -23,8 +23,9 @@ W, H = 640, 480
 
 def test_a_consumer_that_never_reads_does_not_change_the_vnc_fps(tmp_path: Path) -> None:
     binary = build_client()
-    # 32 KiB of socket buffer: the stuck consumer is full within about a second of flips (256 KiB in `up`).
-    st = ServerThread(tmp_path / "XR-0.sock", width=W, height=H, send_buffer=32 * 1024)
+    # 16 KiB of socket buffer (the kernel doubles it): the stuck consumer is full after a few dozen flips,
+    # within the measurement even on a loaded host (256 KiB in `up`).
+    st = ServerThread(tmp_path / "XR-0.sock", width=W, height=H, send_buffer=16 * 1024)
     source = st.call(lambda: TappedSource(PatternSource(W, H, fps=30), st.server, W, H))
     vnc = VncServer(source, port=0)
     asyncio.run_coroutine_threadsafe(vnc.start(), st.loop).result(30)
@@ -47,11 +48,12 @@ def test_a_consumer_that_never_reads_does_not_change_the_vnc_fps(tmp_path: Path)
         stuck = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         stuck.connect(str(st.path))  # never reads
         with_stuck = fps(4)
+        stuck_flips = source.flips - flips_before
         print(f"VNC fps (LibVNCClient, Raw, {W}x{H}, pattern at 30/s): alone {alone:.1f}, beside a consumer that "
-              f"never reads {with_stuck:.1f} (ratio {with_stuck / alone:.2f}); {source.flips - flips_before} flips "
+              f"never reads {with_stuck:.1f} (ratio {with_stuck / alone:.2f}); {stuck_flips} flips "
               f"meanwhile, stuck consumer dropped: {st.server.dropped_slow}")
         assert st.server.dropped_slow == 1 and not st.server.consumers  # filled its buffer, dropped
-        assert source.flips - flips_before > 60
+        assert stuck_flips > 20
         assert with_stuck >= 0.7 * alone, (alone, with_stuck)
     finally:
         if stuck is not None:
