@@ -178,6 +178,10 @@ class _Gone(Exception):
     """The framebuffer GETCRTC named vanished before it could be read (its client removed it): look again."""
 
 
+RESIZE_CHECK_TIMEOUT = 2.0
+"""Seconds a resizer's change may take to reach the CRTC after it answered (a compositor's modeset)."""
+
+
 class Resizer(Protocol):
     """Whoever sets the CRTC's mode (the capture broker's client when vkmsremote drives the CRTC)."""
 
@@ -332,8 +336,27 @@ class CrtcReader:
             return ResizeStatus.PROHIBITED
         status = self.resizer.resize(width, height)
         if status == ResizeStatus.OK:
+            if not self._crtc_size_becomes(width, height):
+                return ResizeStatus.OUT_OF_RESOURCES
             self.wake()  # the next look finds the new mode and framebuffer
         return int(status)
+
+    def _crtc_size_becomes(self, width: int, height: int, timeout: float = RESIZE_CHECK_TIMEOUT) -> bool:
+        """Whether GETCRTC shows a mode of ``width`` x ``height`` within ``timeout`` s: a resize is answered
+        "done" only when the CRTC itself has the new size, whoever set it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                state = read_crtc_state(self.card, self.crtc_id)
+            except DrmError:
+                state = None
+            if state is not None and (state.width, state.height) == (width, height):
+                return True
+            if time.monotonic() > deadline:
+                log.warning("resize to %dx%d reported done, but CRTC %d is %s", width, height, self.crtc_id,
+                            f"{state.width}x{state.height}" if state is not None else "off")
+                return False
+            time.sleep(0.05)
 
     async def next_frame(self) -> Frame:
         if self._serial < 0:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import asyncio
     import ssl
 
+    from vkmsremote.capture.crtc import CrtcReader
     from vkmsremote.frame import FrameSource
     from vkmsremote.input import UinputDevices
     from vkmsremote.rfb.auth import SecurityPolicy
@@ -57,7 +58,34 @@ def _crtc_source(args: argparse.Namespace) -> FrameSource:
     connector: int | str | None = args.connector
     if isinstance(connector, str) and connector.isdigit():
         connector = int(connector)
-    return CrtcReader.open(args.card, crtc_id=args.crtc, connector=connector)
+    reader = CrtcReader.open(args.card, crtc_id=args.crtc, connector=connector)
+    output = _output_of(reader, connector)
+    if output is not None:  # a client's SetDesktopSize goes to the compositor driving the card
+        from vkmsremote.desktop.resize import DesktopResizer
+        from vkmsremote.drm.cvt import x_timings
+
+        reader.resizer = DesktopResizer(args.card, output, x_timings)
+    return reader
+
+
+def _output_of(reader: CrtcReader, connector: int | str | None) -> str | None:
+    """The DRM name (Virtual-N, the compositor's output name) of the connector ``reader`` serves: the one
+    asked for, else the one routed to its CRTC."""
+    from vkmsremote.drm.resources import Resources
+
+    res = Resources.fetch(reader.card, probe=False)
+    if connector is not None:
+        return res.connector(connector).name
+    routed = [c.name for c in res.connectors if res.crtc_of(c) == reader.crtc_id]
+    return routed[0] if len(routed) == 1 else None
+
+
+async def _close_source(source: FrameSource) -> None:
+    """Close the source and undo what its resizer changed in the desktop (modes added to X, ...)."""
+    await source.close()
+    undo = getattr(getattr(source, "resizer", None), "undo", None)
+    if undo is not None:
+        undo()
 
 
 SOURCES["pattern"] = _pattern_source
@@ -321,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
             if (announcement := rsa_key_announcement(policy)) is not None:
                 print(f"vkmsremote: {announcement}", flush=True)
 
-        asyncio.run(run_until_stopped(server, web=web, started=started, cleanup=source.close))
+        asyncio.run(run_until_stopped(server, web=web, started=started, cleanup=lambda: _close_source(source)))
     finally:
         if devices is not None:
             devices.close()
