@@ -422,3 +422,60 @@ def test_second_output_pointer_maps_into_its_own_area(desktop: Desktop) -> None:
             proc.wait(30)
     finally:
         single_output(desktop)
+
+
+def test_client_resizes_xorg_through_randr(desktop: Desktop) -> None:
+    """A client's SetDesktopSize (vncdotool's connection, the message written on it) while Xorg is XR-0's
+    DRM master: the server adds a CVT-RB mode through RandR and sets it, the X screen grows to 1366x1024
+    (a size VKMS does not list), the CRTC scans it out, and the client's frames are that framebuffer pixel
+    for pixel. When the server stops it puts the old mode back and removes the one it added (issue 13)."""
+    from twisted.internet import reactor
+
+    from vkmsremote.drm.card import Card
+    from vkmsremote.drm.crtc import get_crtc
+    from vkmsremote.drm.framebuffer import map_framebuffer
+    from vkmsremote.drm.resources import Resources
+    from vkmsremote.rfb.messages import Screen, SetDesktopSize
+
+    width, height = 1366, 1024
+    proc, port = _start_server(desktop, "--input", "none", log_name="server-resize.log")
+    try:
+        with vnc(port) as client:
+            wait_for(frame_size_is(client, 1024, 768), "the 1024x768 desktop")
+            ask = SetDesktopSize(width, height, (Screen(0, 0, 0, width, height),)).to_bytes()
+            reactor.callFromThread(client.protocol.transport.write, ask)  # type: ignore[attr-defined]
+            wait_for(frame_size_is(client, width, height), f"the VNC framebuffer to become {width}x{height}",
+                     state=lambda: x("xrandr", check=False))
+            assert f"current {width} x {height}," in x("xrandr")  # the X screen grew with the output
+            assert re.search(rf"^{desktop.connector} connected primary {width}x{height}\+0\+0", x("xrandr"), re.M)
+            assert f"{width}x{height}_vkmsremote" in x("xrandr")
+            modetest = subprocess.run(["modetest", "-M", "vkms", "-p"], capture_output=True, text=True,
+                                      timeout=60).stdout
+            assert f"{width}x{height}" in modetest  # a program nobody here wrote sees the mode on the CRTC
+            xterm(desktop, "grown", "30x3+1150+900", r"printf '\033[?25lbeyond 1024x768'; sleep 3600")
+            gx, gy, _, _ = desktop.window("grown")
+            assert (gx, gy) == (1150, 900)
+            with Card.open(desktop.card) as card:
+                res = Resources.fetch(card, probe=False)
+                crtc_id = res.crtc_of(res.connector(desktop.connector))
+
+                def same() -> bool:
+                    crtc = get_crtc(card, crtc_id, with_properties=False)
+                    assert crtc.mode is not None and (crtc.mode.width, crtc.mode.height) == (width, height)
+                    with map_framebuffer(card, crtc.fb_id) as m, m.reading():
+                        fb = np.ascontiguousarray(m.plane_rows(0, 4)[..., 2::-1])
+                    f = frame(client)
+                    return fb.shape == f.shape == (height, width, 3) and bool(np.array_equal(f, fb)) and \
+                        bool((f[gy:gy + 20, gx:gx + 100] == 0).any())  # the xterm's black text is in it
+
+                wait_for(same, "a VNC frame equal to the CRTC's 1366x1024 framebuffer", timeout=120)
+        log = (desktop.workdir / "server-resize.log").read_text(errors="replace")
+        assert f"resized {desktop.connector} to {width}x{height} through RandR" in log
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    # the server put the mode back and removed the one it added
+    wait_for(lambda: "current 1024 x 768," in x("xrandr"), "X back at 1024x768 after the server stopped")
+    assert "_vkmsremote" not in x("xrandr")
+    single_output(desktop)
+

@@ -394,6 +394,58 @@ def _crtc_lit(card: str, crtc_id: int) -> bool:
         return bool(get_crtc(c, crtc_id, with_properties=False).fb_id)
 
 
+def test_client_resizes_xr0_through_the_compositor(compositor: Compositor) -> None:
+    """A client's SetDesktopSize (vncdotool's connection, the message written on it): sway sets the custom
+    mode through its IPC and the client's frames are XR-0's 1366x1024 scanout (a size VKMS does not list);
+    Weston has no runtime interface: refused, the reason logged, nothing changes. The server's exit puts
+    sway's mode back (issue 13)."""
+    from twisted.internet import reactor
+
+    from vkmsremote.rfb.messages import Screen, SetDesktopSize
+
+    width, height = 1366, 1024
+    proc = compositor.spawn([sys.executable, "-m", "vkmsremote", "serve", "--source", "crtc", "--card",
+                             compositor.card, "--connector", compositor.xr0, "--port", "0", "--input", "none"],
+                            "serve-resize.log")
+
+    def port() -> int | None:
+        text = compositor.log("serve-resize.log")
+        assert proc.poll() is None, f"vkmsremote serve exited: {text}"
+        m = re.search(r"serving .* port (\d+)", text)
+        return int(m.group(1)) if m else None
+
+    viewer = Viewer(wait_for(port, "vkmsremote serve to listen"))
+    scan = Scanout(compositor.card, compositor.crtc0)
+    try:
+        assert viewer.frame(incremental=False).shape[:2] == SIZE[::-1]
+        ask = SetDesktopSize(width, height, (Screen(0, 0, 0, width, height),)).to_bytes()
+        reactor.callFromThread(viewer.client.protocol.transport.write, ask)  # type: ignore[attr-defined]
+        if compositor.name == "weston":
+            wait_for(lambda: "prohibited" in compositor.log("serve-resize.log"), "the refusal in the log")
+            assert "weston" in compositor.log("serve-resize.log")
+            assert viewer.frame(incremental=False).shape[:2] == SIZE[::-1] and lit(compositor.card, compositor.crtc0)
+            return
+
+        def equal() -> bool:
+            frame = viewer.frame(incremental=False)
+            scan.buffers.clear()
+            scan.look()
+            return frame.shape[:2] == (height, width) and scan.which(frame) is not None
+
+        wait_for(equal, f"a {width}x{height} VNC frame equal to XR-0's scanout", timeout=180)
+        with Card.open(compositor.card) as c:
+            mode = get_crtc(c, compositor.crtc0, with_properties=False).mode
+            assert mode is not None and (mode.width, mode.height) == (width, height)
+        modetest = subprocess.run(["modetest", "-M", "vkms", "-p"], capture_output=True, text=True, timeout=60).stdout
+        assert f"{width}x{height}" in modetest  # a program nobody here wrote sees the mode on the CRTC
+        assert f"resized {compositor.xr0} to {width}x{height}" in compositor.log("serve-resize.log")
+    finally:
+        scan.close()
+        viewer.close()
+        compositor.stop(proc)
+    wait_for(lambda: lit(compositor.card, compositor.crtc0), "sway to put XR-0 back at 1024x768 after the server")
+
+
 def test_serve_exit_undoes_the_binding(compositor: Compositor, served: Served) -> None:
     """Last in the module: stopping the server removes the Weston rule / resets sway's mapping."""
     compositor.stop(served.proc)  # SIGTERM; the fixture's teardown finds it gone
