@@ -479,3 +479,44 @@ def test_client_resizes_xorg_through_randr(desktop: Desktop) -> None:
     assert "_vkmsremote" not in x("xrandr")
     single_output(desktop)
 
+
+
+def vkmsremote(*argv: str) -> dict[str, Any]:
+    """``vkmsremote ARGV --json``'s result (the command must succeed)."""
+    import json
+
+    done = subprocess.run([sys.executable, "-m", "vkmsremote", *argv, "--json"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, f"vkmsremote {shlex.join(argv)}: {done.stderr}"
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_output_add_lights_xr1_under_xorg_and_remove_turns_it_off(desktop: Desktop) -> None:
+    """Outputs on demand (issue 13): ``output remove XR-1`` unplugs it (X shows it disconnected);
+    ``output add XR-1 --mode 1280x720@75`` plugs it back and X lights it right of XR-0 at that mode (a
+    size and rate VKMS does not list) without restarting anything; ``remove`` turns it off again."""
+    from vkmsremote.drm.card import Card
+    from vkmsremote.drm.crtc import get_crtc
+
+    try:
+        gone = vkmsremote("output", "remove", "XR-1")
+        assert gone["configfs_status"] == "disconnected" and gone["drm_status"] == "disconnected", gone
+        wait_for(lambda: f"{desktop.second} disconnected" in x("xrandr"), "X to see XR-1 unplugged")
+        added = vkmsremote("output", "add", "XR-1", "--mode", "1280x720@75")
+        assert added["lit"] is True and "xrandr --output" in added["compositor"], added
+        print(f"output add XR-1 under Xorg: lit after {added['seconds']} s")
+        shown = x("xrandr")
+        assert re.search(rf"^{desktop.second} connected 1280x720\+1024\+0", shown, re.M), shown
+        assert "current 2304 x 768," in shown  # the X screen spans both
+        with Card.open(desktop.card) as card:
+            crtc = get_crtc(card, added["crtc_id"], with_properties=False)
+            assert crtc.fb_id and crtc.mode is not None and (crtc.mode.width, crtc.mode.height) == (1280, 720)
+            assert abs(crtc.mode.refresh - 75) < 0.5, crtc.mode
+        assert vkmsremote("status")["devices"][0]["connectors"][1]["lit"] is True
+        removed = vkmsremote("output", "remove", "XR-1")
+        assert removed["lit"] is False and "--off" in removed["compositor"], removed
+        assert "current 1024 x 768," in x("xrandr") and "_vkmsremote" not in x("xrandr")
+    finally:
+        subprocess.run([sys.executable, "-m", "vkmsremote", "hotplug", "XR-1", "--connect"], timeout=300, check=False)
+        wait_for(lambda: f"{desktop.second} connected" in x("xrandr"), "X to see XR-1 plugged in again")
+        single_output(desktop)

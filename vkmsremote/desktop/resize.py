@@ -14,6 +14,10 @@ The output keeps its refresh rate. A request answers OK only once the compositor
 new size (the CRTC reader then checks the CRTC itself, see vkmsremote.capture.crtc). :meth:`DesktopResizer.undo`
 (on exit) puts back each output's mode from before the first resize and removes the modes vkmsremote
 added to the X server.
+
+The same adapters light an output that ``vkmsremote output add`` connected (:meth:`DesktopResizer.light`:
+Xorg leaves a new output dark until a RandR client lights it; sway lights it itself) and turn it off before
+``output remove`` unplugs it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +53,10 @@ Run = Callable[[list[str], dict[str, str]], "subprocess.CompletedProcess[str]"]
 
 class Adapter(Protocol):
     def resize(self, width: int, height: int) -> ResizeStatus: ...
+
+    def light(self, mode: tuple[int, int, float | None] | None, timeout: float) -> str: ...
+
+    def dark(self) -> str: ...
 
     def undo(self) -> None: ...
 
@@ -193,6 +202,49 @@ class XorgResizer:
         log.info("resized %s to %dx%d through RandR on %s (mode %s)", self.output, width, height, self.display, name)
         return ResizeStatus.OK
 
+    def _mode_name(self, out: XOutput, width: int, height: int, refresh: float | None) -> str:
+        """A mode of the output of that size (and rate, if given), added to X if the output lists none."""
+        name = f"{width}x{height}"
+        if name in out.modes and refresh is None:
+            return name
+        name += MODE_SUFFIX
+        if name not in self.created and name not in out.modes:
+            self.xrandr("--newmode", name, *self.timings(width, height, refresh or out.rate or 60.0).split())
+            self.created.append(name)
+        if name not in out.modes:
+            self.xrandr("--addmode", self.output, name)
+            self.added.append(name)
+        return name
+
+    def light(self, mode: tuple[int, int, float | None] | None, timeout: float) -> str:
+        """After a hotplug: wait until X sees the output connected, then light it right of the lit outputs
+        (X leaves a new output dark; a desktop environment or ``xrandr --auto`` lights it)."""
+        deadline = time.monotonic() + timeout
+        while (out := self.query()) is None or not out.connected:
+            if time.monotonic() > deadline:
+                raise VkmsRemoteError(f"X display {self.display} does not show {self.output} connected "
+                                      f"after {timeout:g} s")
+            time.sleep(0.25)
+        outputs = parse_xrandr(self.xrandr("--query"))
+        right = max((o.geometry[0] + o.geometry[2] for o in outputs.values()
+                     if o.geometry is not None and o.name != self.output), default=0)
+        how = ("--mode", self._mode_name(out, *mode)) if mode is not None else ("--auto",)
+        self.xrandr("--output", self.output, *how, "--pos", f"{right}x0")
+        return f"xrandr --output {self.output} {' '.join(how)} --pos {right}x0 on {self.display}"
+
+    def dark(self) -> str:
+        """Before an unplug: turn the output off (X would keep scanning out to it) and remove our modes."""
+        self.xrandr("--output", self.output, "--off")
+        out = self.query()
+        for name in out.modes if out is not None else ():
+            if name.endswith(MODE_SUFFIX):
+                self.xrandr("--delmode", self.output, name)
+                try:
+                    self.xrandr("--rmmode", name)
+                except VkmsRemoteError as e:  # another output still has it
+                    log.info("mode %s stays in X: %s", name, e)
+        return f"xrandr --output {self.output} --off on {self.display}"
+
     def undo(self) -> None:
         """Back to the mode from before the first resize; remove the modes added (each step on its own)."""
         steps: list[tuple[str, ...]] = []
@@ -262,6 +314,24 @@ class SwayResizer:
         log.info("resized %s to %dx%d@%.3f Hz through sway's IPC", self.output, width, height, now[2])
         return ResizeStatus.OK
 
+    def light(self, mode: tuple[int, int, float | None] | None, timeout: float) -> str:
+        """After a hotplug: sway enables a new output itself; with ``mode`` it is set once sway lists it."""
+        if mode is None:
+            return "sway lights new outputs itself"
+        width, height, refresh = mode
+        deadline = time.monotonic() + timeout
+        with SwayIpc(self.socket) as ipc:
+            while sway_output(ipc.outputs(), self.output) is None:
+                if time.monotonic() > deadline:
+                    raise IpcError(f"sway does not list {self.output} after {timeout:g} s")
+                time.sleep(0.25)
+            command = f"output {self.output} mode --custom {width}x{height}@{refresh or 60.0:.3f}Hz"
+            ipc.command(command)
+        return f"swaymsg {command}"
+
+    def dark(self) -> str:
+        return "sway turns an unplugged output off itself"
+
     def undo(self) -> None:
         if self.original is None:
             return
@@ -322,6 +392,25 @@ class DesktopResizer:
             log.info("resize to %dx%d prohibited: %s", width, height, adapter)
             return ResizeStatus.PROHIBITED
         return adapter.resize(width, height)
+
+    def light(self, mode: tuple[int, int, float | None] | None = None, timeout: float = 30.0) -> str:
+        """``output add``: have the compositor light the output just connected (at ``mode`` if given).
+        Returns what was done; VkmsRemoteError if the compositor refused."""
+        holder = self._master(self.card)
+        if holder is None:
+            return "no compositor drives the card: whoever becomes DRM master lights it"
+        adapter = self._adapter(holder)
+        if isinstance(adapter, str):
+            return f"left to the compositor ({adapter})"
+        return adapter.light(mode, timeout)
+
+    def dark(self) -> str:
+        """``output remove``: have the compositor turn the output off before it is unplugged."""
+        holder = self._master(self.card)
+        if holder is None:
+            return "no compositor drives the card"
+        adapter = self._adapter(holder)
+        return f"left to the compositor ({adapter})" if isinstance(adapter, str) else adapter.dark()
 
     def undo(self) -> None:
         for adapter in self.adapters.values():
