@@ -322,6 +322,11 @@ class CrtcReader:
         return Placement(x, y, min(state.width, info.width - x), min(state.height, info.height - y),
                          info.width, info.height)
 
+    @property
+    def no_signal(self) -> bool:
+        """The CRTC is off (the last frame is the "no signal" picture)."""
+        return self._no_signal
+
     def wake(self) -> None:
         """Something will probably change soon (a client sent input): look at every vblank again."""
         self._unchanged = 0

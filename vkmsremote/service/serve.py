@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from vkmsremote.errors import UsageError
 from vkmsremote.service.options import DEFAULT_PORT, add_listen_arguments, add_security_arguments, size
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ def _pattern_source(args: argparse.Namespace) -> FrameSource:
 def _crtc_source(args: argparse.Namespace) -> FrameSource:
     from vkmsremote.capture.crtc import CrtcReader
 
+    if args.connector and "," in args.connector:
+        return _multi_source(args)
     connector: int | str | None = args.connector
     if isinstance(connector, str) and connector.isdigit():
         connector = int(connector)
@@ -66,6 +69,26 @@ def _crtc_source(args: argparse.Namespace) -> FrameSource:
 
         reader.resizer = DesktopResizer(args.card, output, x_timings)
     return reader
+
+
+def _multi_source(args: argparse.Namespace) -> FrameSource:
+    """``--connector A,B,...``: one desktop with a screen per connector (vkmsremote.capture.multi)."""
+    from vkmsremote.capture.crtc import CrtcReader
+    from vkmsremote.capture.multi import MultiSource
+
+    names = [n.strip() for n in args.connector.split(",")]
+    if len(set(names)) != len(names) or not all(names):
+        raise UsageError(f"--connector {args.connector!r}: name each connector once")
+    readers: list[FrameSource] = []
+    try:
+        for name in names:
+            readers.append(CrtcReader.open(args.card, crtc_id=None, connector=int(name) if name.isdigit() else name))
+        return MultiSource(readers, names)
+    except BaseException:
+        for r in readers:
+            assert isinstance(r, CrtcReader)
+            r.close_sync()
+        raise
 
 
 def _output_of(reader: CrtcReader, connector: int | str | None) -> str | None:
@@ -129,7 +152,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--fps", type=float, default=30.0, help="pattern: frames per second (default 30)")
     src.add_argument("--full-motion", action="store_true", help="pattern: change every pixel every frame")
     src.add_argument("--card", default="/dev/dri/card0", help="crtc: DRM card (default /dev/dri/card0)")
-    src.add_argument("--connector", help="crtc: connector name (e.g. Virtual-1) or id whose CRTC to serve")
+    src.add_argument("--connector", help="crtc: connector name (e.g. Virtual-1) or id whose CRTC to serve; "
+                     "several, comma-separated (Virtual-1,Virtual-2): one desktop with a screen per connector, "
+                     "side by side (view only for now)")
     src.add_argument("--crtc", type=int, help="crtc: CRTC id (default: the connector's, or the only one)")
     src.add_argument("--input", choices=("none", "uinput"),
                      help="where keyboard and pointer go (default: uinput for crtc, none for pattern)")
@@ -316,7 +341,10 @@ def run(args: argparse.Namespace) -> int:
     policy = policy_from_args(args)
     web = WebListener.from_args(args)
     source = _source(args)
-    input_kind = args.input or ("uinput" if args.source == "crtc" else "none")
+    input_kind = args.input or ("uinput" if args.source == "crtc" and "," not in (args.connector or "") else "none")
+    if input_kind == "uinput" and "," in (args.connector or ""):
+        raise UsageError("--input uinput with several connectors is not supported yet",
+                         hint="serve them with --input none, or one connector per server")
     sink: InputSink | SinkFactory = NullSink()
     devices: UinputDevices | None = None
     binding = None
