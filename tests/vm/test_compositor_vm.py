@@ -520,3 +520,78 @@ def test_output_add_lights_xr1_under_xorg_and_remove_turns_it_off(desktop: Deskt
         subprocess.run([sys.executable, "-m", "vkmsremote", "hotplug", "XR-1", "--connect"], timeout=300, check=False)
         wait_for(lambda: f"{desktop.second} connected" in x("xrandr"), "X to see XR-1 plugged in again")
         single_output(desktop)
+
+
+def test_two_connectors_in_one_session(desktop: Desktop) -> None:
+    """``serve --connector Virtual-1,Virtual-2`` with Xorg lighting both side by side: vncdotool (a client
+    nobody here wrote) gets one 2048x768 desktop equal, pixel for pixel, to what the two CRTCs scan out;
+    an ExtendedDesktopSize client (the tests' RawClient: vncdotool does not parse the screen list) gets two
+    screens; ``output remove XR-1`` takes XR-1's screen away for both, ``output add XR-1`` brings it back
+    (issue 13)."""
+    import asyncio
+
+    from clients.support import RawClient, screens_of
+
+    from vkmsremote.drm.card import Card
+    from vkmsremote.drm.crtc import get_crtc
+    from vkmsremote.drm.framebuffer import map_framebuffer
+    from vkmsremote.drm.resources import Resources
+    from vkmsremote.rfb.constants import Encoding
+    from vkmsremote.rfb.messages import FramebufferUpdateRequest
+
+    def scanout() -> np.ndarray:
+        """XR-0's CRTC area then XR-1's, side by side, read from the framebuffers they scan out."""
+        with Card.open(desktop.card) as card:
+            res = Resources.fetch(card, probe=False)
+            parts = []
+            for name in (desktop.connector, desktop.second):
+                crtc = get_crtc(card, res.crtc_of(res.connector(name)), with_properties=False)
+                assert crtc.mode is not None and crtc.fb_id, f"{name} is dark"
+                with map_framebuffer(card, crtc.fb_id) as m, m.reading():
+                    fb = m.plane_rows(0, 4)
+                    parts.append(np.ascontiguousarray(
+                        fb[crtc.y:crtc.y + crtc.mode.height, crtc.x:crtc.x + crtc.mode.width, 2::-1]))
+            return np.concatenate(parts, axis=1)
+
+    async def layout(c: RawClient, size: tuple[int, int], initial: bool = False) -> list[tuple[int, int, int, int, int]]:
+        """The screen list of the next ExtendedDesktopSize rectangle of that size (``initial``: ask for the
+        current one; otherwise wait for a change)."""
+        for _ in range(30):
+            c.send(FramebufferUpdateRequest(not initial, 0, 0, c.width, c.height))
+            up = await c.read_update(120)
+            for _x, _y, w, h, enc, data in up.rects:
+                if enc == Encoding.EXTENDED_DESKTOP_SIZE and (w, h) == size:
+                    return [(s.id, s.x, s.y, s.width, s.height) for s in screens_of(data)]
+        raise AssertionError(f"no ExtendedDesktopSize of {size}")
+
+    x("xrandr", "--output", desktop.second, "--mode", "1024x768", "--right-of", desktop.connector)
+    xterm(desktop, "right", "30x3+1200+100", r"printf '\033[?25lon XR-1'; sleep 3600")
+    desktop.window("right")
+    proc, port = _start_server(desktop, "--input", "none", connector=f"{desktop.connector},{desktop.second}",
+                               log_name="server-multi.log")
+    try:
+        with vnc(port) as client:
+            wait_for(frame_size_is(client, 2048, 768), "one 2048x768 desktop of XR-0 and XR-1")
+            wait_for(lambda: np.array_equal(frame(client), scanout()),
+                     "a frame equal to both CRTCs' scanout side by side", timeout=120)
+
+            async def screens_follow_xr1() -> None:
+                raw = RawClient()
+                await raw.connect(port)
+                raw.set_encodings(Encoding.RAW, Encoding.EXTENDED_DESKTOP_SIZE)
+                two = await layout(raw, (2048, 768), initial=True)
+                assert [s[1:] for s in two] == [(0, 0, 1024, 768), (1024, 0, 1024, 768)] and two[0][0] != two[1][0]
+                removed = await asyncio.to_thread(vkmsremote, "output", "remove", "XR-1")
+                assert removed["lit"] is False, removed
+                assert await layout(raw, (1024, 768)) == [two[0]]  # XR-1's screen is gone, XR-0's id kept
+                added = await asyncio.to_thread(vkmsremote, "output", "add", "XR-1")
+                assert added["lit"] is True, added
+                assert await layout(raw, (2048, 768)) == two  # back, with the same ids
+                await raw.close()
+
+            asyncio.run(screens_follow_xr1())
+            wait_for(frame_size_is(client, 2048, 768), "vncdotool's desktop 2048x768 again")
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        single_output(desktop)
