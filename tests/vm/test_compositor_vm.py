@@ -424,28 +424,53 @@ def test_second_output_pointer_maps_into_its_own_area(desktop: Desktop) -> None:
         single_output(desktop)
 
 
-def test_client_resizes_xorg_through_randr(desktop: Desktop) -> None:
-    """A client's SetDesktopSize (vncdotool's connection, the message written on it) while Xorg is XR-0's
-    DRM master: the server adds a CVT-RB mode through RandR and sets it, the X screen grows to 1366x1024
-    (a size VKMS does not list), the CRTC scans it out, and the client's frames are that framebuffer pixel
-    for pixel. When the server stops it puts the old mode back and removes the one it added (issue 13)."""
-    from twisted.internet import reactor
+@contextlib.contextmanager
+def remote_resize_viewer(port: int, width: int, height: int, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """TigerVNC's viewer (a client nobody here wrote) with RemoteResize, in a window of ``width`` x ``height``
+    on an Xvfb of its own: it asks the server for its window's size (SetDesktopSize) once connected."""
+    r, w = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "2048x1536x24", "-nolisten", "tcp"],
+                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    viewer = None
+    try:
+        number = os.read(r, 100).decode().strip()
+        assert number, "Xvfb did not report its display number"
+        log = open(workdir / f"vncviewer-{port}.log", "wb")  # noqa: SIM115 (closed with the viewer)
+        viewer = subprocess.Popen(["vncviewer", f"-geometry={width}x{height}+0+0", "-RemoteResize=1",
+                                   "-SecurityTypes=None", "-AutoSelect=0", "-PreferredEncoding=ZRLE", "-FullColor=1",
+                                   f"127.0.0.1::{port}"], env={**os.environ, "DISPLAY": f":{number}"},
+                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        yield viewer
+    finally:
+        os.close(r)
+        for proc in (viewer, xvfb):
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
+
+def test_client_resizes_xorg_through_randr(desktop: Desktop) -> None:
+    """TigerVNC's viewer with RemoteResize in a 1366x1024 window asks for that size (SetDesktopSize) while
+    Xorg is XR-0's DRM master: the server adds a CVT-RB mode through RandR and sets it, the X screen grows
+    to 1366x1024 (a size VKMS does not list), the CRTC scans it out, and a second client's (vncdotool's)
+    frames are that framebuffer pixel for pixel. When the server stops it puts the old mode back and removes
+    the one it added (issue 13)."""
     from vkmsremote.drm.card import Card
     from vkmsremote.drm.crtc import get_crtc
     from vkmsremote.drm.framebuffer import map_framebuffer
     from vkmsremote.drm.resources import Resources
-    from vkmsremote.rfb.messages import Screen, SetDesktopSize
 
     width, height = 1366, 1024
     proc, port = _start_server(desktop, "--input", "none", log_name="server-resize.log")
     try:
-        with vnc(port) as client:
-            wait_for(frame_size_is(client, 1024, 768), "the 1024x768 desktop")
-            ask = SetDesktopSize(width, height, (Screen(0, 0, 0, width, height),)).to_bytes()
-            reactor.callFromThread(client.protocol.transport.write, ask)  # type: ignore[attr-defined]
+        with vnc(port) as client, remote_resize_viewer(port, width, height, desktop.workdir) as viewer:
             wait_for(frame_size_is(client, width, height), f"the VNC framebuffer to become {width}x{height}",
-                     state=lambda: x("xrandr", check=False))
+                     state=lambda: (x("xrandr", check=False), viewer.poll()))
             assert f"current {width} x {height}," in x("xrandr")  # the X screen grew with the output
             assert re.search(rf"^{desktop.connector} connected (?:primary )?{width}x{height}\+0\+0", x("xrandr"), re.M)
             assert f"{width}x{height}_vkmsremote" in x("xrandr")

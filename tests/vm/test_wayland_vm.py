@@ -395,13 +395,11 @@ def _crtc_lit(card: str, crtc_id: int) -> bool:
 
 
 def test_client_resizes_xr0_through_the_compositor(compositor: Compositor) -> None:
-    """A client's SetDesktopSize (vncdotool's connection, the message written on it): sway sets the custom
-    mode through its IPC and the client's frames are XR-0's 1366x1024 scanout (a size VKMS does not list);
-    Weston has no runtime interface: refused, the reason logged, nothing changes. The server's exit puts
-    sway's mode back (issue 13)."""
-    from twisted.internet import reactor
-
-    from vkmsremote.rfb.messages import Screen, SetDesktopSize
+    """TigerVNC's viewer with RemoteResize in a 1366x1024 window asks for that size (SetDesktopSize): sway
+    sets the custom mode through its IPC and a second client's (vncdotool's) frames are XR-0's 1366x1024
+    scanout (a size VKMS does not list); Weston has no runtime interface: refused, the reason logged,
+    nothing changes. The server's exit puts sway's mode back (issue 13)."""
+    from .test_compositor_vm import remote_resize_viewer
 
     width, height = 1366, 1024
     proc = compositor.spawn([sys.executable, "-m", "vkmsremote", "serve", "--source", "crtc", "--card",
@@ -414,12 +412,13 @@ def test_client_resizes_xr0_through_the_compositor(compositor: Compositor) -> No
         m = re.search(r"serving .* port (\d+)", text)
         return int(m.group(1)) if m else None
 
-    viewer = Viewer(wait_for(port, "vkmsremote serve to listen"))
+    served_port = wait_for(port, "vkmsremote serve to listen")
+    viewer = Viewer(served_port)
     scan = Scanout(compositor.card, compositor.crtc0)
+    resizing = contextlib.ExitStack()
     try:
         assert viewer.frame(incremental=False).shape[:2] == SIZE[::-1]
-        ask = SetDesktopSize(width, height, (Screen(0, 0, 0, width, height),)).to_bytes()
-        reactor.callFromThread(viewer.client.protocol.transport.write, ask)  # type: ignore[attr-defined]
+        resizing.enter_context(remote_resize_viewer(served_port, width, height, compositor.workdir))
         if compositor.name == "weston":
             wait_for(lambda: "prohibited" in compositor.log("serve-resize.log"), "the refusal in the log")
             assert "weston" in compositor.log("serve-resize.log")
@@ -440,6 +439,7 @@ def test_client_resizes_xr0_through_the_compositor(compositor: Compositor) -> No
         assert f"{width}x{height}" in modetest  # a program nobody here wrote sees the mode on the CRTC
         assert f"resized {compositor.xr0} to {width}x{height}" in compositor.log("serve-resize.log")
     finally:
+        resizing.close()
         scan.close()
         viewer.close()
         compositor.stop(proc)
