@@ -494,8 +494,6 @@ def test_client_resizes_xorg_through_randr(desktop: Desktop) -> None:
                         bool((f[gy:gy + 20, gx:gx + 100] == 0).any())  # the xterm's black text is in it
 
                 wait_for(same, "a VNC frame equal to the CRTC's 1366x1024 framebuffer", timeout=120)
-        log = (desktop.workdir / "server-resize.log").read_text(errors="replace")
-        assert f"resized {desktop.connector} to {width}x{height} through RandR" in log
     finally:
         proc.terminate()
         proc.wait(60)

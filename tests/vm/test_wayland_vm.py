@@ -423,7 +423,7 @@ def test_client_resizes_xr0_through_the_compositor(compositor: Compositor) -> No
         resizing.enter_context(remote_resize_viewer(served_port, width, height, compositor.workdir))
         if compositor.name == "weston":
             wait_for(lambda: "prohibited" in compositor.log("serve-resize.log"), "the refusal in the log")
-            assert "weston" in compositor.log("serve-resize.log")
+            assert "has no runtime interface to set a mode" in compositor.log("serve-resize.log")
             assert viewer.frame(incremental=False).shape[:2] == SIZE[::-1] and lit(compositor.card, compositor.crtc0)
             return
 
@@ -439,7 +439,6 @@ def test_client_resizes_xr0_through_the_compositor(compositor: Compositor) -> No
             assert mode is not None and (mode.width, mode.height) == (width, height)
         modetest = subprocess.run(["modetest", "-M", "vkms", "-p"], capture_output=True, text=True, timeout=60).stdout
         assert f"{width}x{height}" in modetest  # a program nobody here wrote sees the mode on the CRTC
-        assert f"resized {compositor.xr0} to {width}x{height}" in compositor.log("serve-resize.log")
     finally:
         resizing.close()
         scan.close()

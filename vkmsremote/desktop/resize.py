@@ -174,7 +174,7 @@ class XorgResizer:
         try:
             out = self.query()
             if out is None or out.geometry is None:
-                log.info("resize to %dx%d prohibited: %s is not lit on X display %s", width, height, self.output,
+                log.warning("resize to %dx%d prohibited: %s is not lit on X display %s", width, height, self.output,
                          self.display)
                 return ResizeStatus.PROHIBITED
             if out.geometry[:2] == (width, height):
@@ -296,7 +296,7 @@ class SwayResizer:
             with SwayIpc(self.socket) as ipc:
                 mode = self._mode(ipc)
                 if mode is None:
-                    log.info("resize to %dx%d prohibited: sway has no active output %s", width, height, self.output)
+                    log.warning("resize to %dx%d prohibited: sway has no active output %s", width, height, self.output)
                     return ResizeStatus.PROHIBITED
                 if mode[:2] == (width, height):
                     return ResizeStatus.OK
@@ -384,12 +384,12 @@ class DesktopResizer:
     def resize(self, width: int, height: int) -> ResizeStatus:
         holder = self._master(self.card)
         if holder is None:
-            log.info("resize to %dx%d prohibited: nothing drives %s (no DRM master; vkmsremote sets the mode "
+            log.warning("resize to %dx%d prohibited: nothing drives %s (no DRM master; vkmsremote sets the mode "
                      "itself only with --drive)", width, height, self.card)
             return ResizeStatus.PROHIBITED
         adapter = self._adapter(holder)
         if isinstance(adapter, str):
-            log.info("resize to %dx%d prohibited: %s", width, height, adapter)
+            log.warning("resize to %dx%d prohibited: %s", width, height, adapter)
             return ResizeStatus.PROHIBITED
         return adapter.resize(width, height)
 
