@@ -107,3 +107,14 @@ def test_a_client_sees_one_screen_per_source_and_the_list_change() -> None:
             await c.close()
 
         asyncio.run(main())
+
+
+def test_serve_refuses_input_or_a_repeated_name_with_several_connectors(capsys: Any) -> None:
+    from vkmsremote.cli import main
+
+    assert main(["serve", "--source", "crtc", "--card", "/dev/null", "--connector", "Virtual-1,Virtual-2",
+                 "--input", "uinput"]) == 2
+    assert "several connectors" in capsys.readouterr().err
+    assert main(["serve", "--source", "crtc", "--card", "/dev/null", "--connector", "Virtual-1,Virtual-1",
+                 "--input", "none"]) == 2
+    assert "name each connector once" in capsys.readouterr().err

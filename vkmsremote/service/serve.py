@@ -340,11 +340,11 @@ def run(args: argparse.Namespace) -> int:
 
     policy = policy_from_args(args)
     web = WebListener.from_args(args)
-    source = _source(args)
     input_kind = args.input or ("uinput" if args.source == "crtc" and "," not in (args.connector or "") else "none")
     if input_kind == "uinput" and "," in (args.connector or ""):
         raise UsageError("--input uinput with several connectors is not supported yet",
                          hint="serve them with --input none, or one connector per server")
+    source = _source(args)
     sink: InputSink | SinkFactory = NullSink()
     devices: UinputDevices | None = None
     binding = None
