@@ -415,19 +415,32 @@ def test_client_resizes_xr0_through_the_compositor(compositor: Compositor) -> No
         return int(m.group(1)) if m else None
 
     served_port = wait_for(port, "vkmsremote serve to listen")
-    viewer = Viewer(served_port)
     scan = Scanout(compositor.card, compositor.crtc0)
-    resizing = contextlib.ExitStack()
+    viewer: Viewer | None = None
+
+    def xr0_size() -> tuple[int, int] | None:
+        with Card.open(compositor.card) as c:
+            mode = get_crtc(c, compositor.crtc0, with_properties=False).mode
+        return (mode.width, mode.height) if mode is not None else None
+
     try:
-        assert viewer.frame(incremental=False).shape[:2] == SIZE[::-1]
-        resizing.enter_context(remote_resize_viewer(served_port, width, height, compositor.workdir))
+        # vncdotool connects once TigerVNC's viewer has gone: while one is connected, vncdotool's repeated
+        # non-incremental requests go unanswered (a server flow issue, reproduced on the host)
+        with remote_resize_viewer(served_port, width, height, compositor.workdir) as tiger:
+            if compositor.name == "weston":
+                wait_for(lambda: "prohibited" in compositor.log("serve-resize.log"), "the refusal in the log",
+                         state=tiger.poll)
+            else:
+                wait_for(lambda: xr0_size() == (width, height), f"sway to set {width}x{height} on XR-0",
+                         state=xr0_size)
+        viewer = Viewer(served_port)
         if compositor.name == "weston":
-            wait_for(lambda: "prohibited" in compositor.log("serve-resize.log"), "the refusal in the log")
             assert "has no runtime interface to set a mode" in compositor.log("serve-resize.log")
             assert viewer.frame(incremental=False).shape[:2] == SIZE[::-1] and lit(compositor.card, compositor.crtc0)
             return
 
         def equal() -> bool:
+            assert viewer is not None
             frame = viewer.frame(incremental=False)
             scan.buffers.clear()
             scan.look()
@@ -440,9 +453,9 @@ def test_client_resizes_xr0_through_the_compositor(compositor: Compositor) -> No
         modetest = subprocess.run(["modetest", "-M", "vkms", "-p"], capture_output=True, text=True, timeout=60).stdout
         assert f"{width}x{height}" in modetest  # a program nobody here wrote sees the mode on the CRTC
     finally:
-        resizing.close()
         scan.close()
-        viewer.close()
+        if viewer is not None:
+            viewer.close()
         compositor.stop(proc)
     wait_for(lambda: lit(compositor.card, compositor.crtc0), "sway to put XR-0 back at 1024x768 after the server")
 
