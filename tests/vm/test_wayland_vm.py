@@ -468,7 +468,10 @@ def test_output_remove_and_add_under_sway(compositor: Compositor) -> None:
     from .test_compositor_vm import vkmsremote
 
     removed = vkmsremote("output", "remove", "XR-1")
-    assert removed["lit"] is False and removed["drm_status"] == "disconnected", removed
+    assert removed["drm_status"] == "disconnected", removed
+    # Measured: Weston 10 keeps scanning out to an output whose connector was unplugged (its CRTC stays lit
+    # for the 30 s `output remove` waits); sway turns it off.
+    assert removed["lit"] is (compositor.name == "weston"), removed
     if compositor.name == "weston":
         added = vkmsremote("output", "add", "XR-1")
         print(f"output add XR-1 under weston: lit after {added['seconds']} s")
