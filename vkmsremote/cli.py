@@ -119,6 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds to wait for the udev event (default 20)")
     hp.add_argument("--json", action="store_true", help="print the connector's mapping as JSON")
 
+    op = sub.add_parser("output", help="outputs on demand: connect a pooled connector and have the compositor "
+                        "light it (add), or turn it off and disconnect it (remove)",
+                        description="VKMS cannot give an enabled device a new connector; a profile holds a pool "
+                        "of connectors created disconnected (configfs/xr-pool.toml). `add` connects one (hotplug) "
+                        "and asks the compositor that drives the card to light it (Xorg: RandR; sway lights it "
+                        "itself); `remove` turns it off there and disconnects it.")
+    op_sub = op.add_subparsers(dest="output_action", required=True, metavar="add|remove")
+    for action in ("add", "remove"):
+        a = op_sub.add_parser(action, help=("connect and light" if action == "add" else "turn off and disconnect")
+                              + " a connector of the pool, e.g. XR-1")
+        a.add_argument("connector", help="configfs connector name, e.g. XR-1")
+        if action == "add":
+            from vkmsremote.service.options import mode
+
+            a.add_argument("--mode", type=mode, metavar="WxH[@Hz]",
+                           help="the output's mode, any size and rate (default: the compositor's choice)")
+        a.add_argument("--device", help="the device holding the connector (needed only if several have it)")
+        a.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                       help="seconds to wait for the compositor (default 30)")
+        a.add_argument("--json", action="store_true", help="print the result as JSON")
+
     co = sub.add_parser("consume", help="a local consumer of XR-0's consumer socket (reference client)",
                         description="Connect to a connector's consumer socket as an ordinary user, receive its "
                         "buffers once and every frame with its damage (docs/consumer-protocol.md).")
@@ -323,13 +344,31 @@ def _cmd_hotplug(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_output(args: argparse.Namespace) -> int:
+    from vkmsremote.vkms.output import output_add, output_remove
+
+    cfs = _configfs(args)
+    common = {"device": args.device, "configfs": cfs, "state": _state(args, cfs), "timeout": args.timeout}
+    change = (output_add(args.connector, mode=args.mode, **common) if args.output_action == "add"
+              else output_remove(args.connector, **common))
+    if args.json:
+        print(json.dumps(change.to_json(), indent=2))
+    else:
+        c = change.connector
+        lit = {True: "lit", False: "dark", None: "lit state unknown"}[change.lit]
+        print(f"{c.name} {c.configfs_status} ({c.drm_name}: DRM reports {c.drm_status}, {lit} after "
+              f"{change.seconds:.1f} s); compositor: {change.compositor}")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from vkmsremote.service.serve import run
 
     return run(args)
 
 
-COMMANDS = {"consume": _cmd_consume, "down": _cmd_down, "status": _cmd_status, "hotplug": _cmd_hotplug, "serve": _cmd_serve}
+COMMANDS = {"consume": _cmd_consume, "down": _cmd_down, "status": _cmd_status, "hotplug": _cmd_hotplug,
+            "output": _cmd_output, "serve": _cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

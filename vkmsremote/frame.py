@@ -131,6 +131,16 @@ class ResizableSource(Protocol):
         1 prohibited, 2 out of resources, 3 invalid size, 4 forwarded (may complete later)."""
         ...
 
+@runtime_checkable
+class MultiScreenSource(Protocol):
+    """A FrameSource made of several monitors side by side (vkmsremote.capture.multi). Optional: the server
+    reports one screen covering the whole frame for other sources."""
+
+    def screens(self) -> tuple[tuple[int, Rect], ...]:
+        """(a stable number of the monitor, its area in the frame) for each monitor shown in the last frame."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Placement:
     """A CRTC's picture (x, y, width, height) inside the framebuffer it scans out of (fb_width x fb_height)."""

@@ -315,3 +315,22 @@ def test_a_broker_that_cannot_start_says_why() -> None:
 def test_writeback_needs_driving() -> None:
     with pytest.raises(BrokerError, match="needs vkmsremote to drive"):
         start_broker(BrokerSpec(card_path="/dev/null", crtc_id=1, writeback=True, restrict=False), timeout=120)
+
+
+def test_resize_answers_carry_the_compositor_adapters_status(pair: Pair) -> None:
+    """Without --drive the broker passes a resize to the compositor's adapter (vkmsremote.desktop.resize):
+    its status comes back to the reader as prohibited, failed or done."""
+    from vkmsremote.frame import ResizeStatus
+
+    assert pair.client.resize(1366, 1024) == ResizeStatus.PROHIBITED  # no resizer at all
+    answers = {(1366, 1024): 0, (800, 600): int(ResizeStatus.PROHIBITED), (640, 480): int(ResizeStatus.OUT_OF_RESOURCES)}
+    asked: list[tuple[int, int]] = []
+
+    def resize(width: int, height: int) -> int:
+        asked.append((width, height))
+        return answers[(width, height)]
+
+    pair.server.resize = resize
+    assert [pair.client.resize(*size) for size in answers] == [
+        ResizeStatus.OK, ResizeStatus.PROHIBITED, ResizeStatus.OUT_OF_RESOURCES]
+    assert asked == list(answers)

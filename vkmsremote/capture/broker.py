@@ -208,7 +208,8 @@ class ScanoutPolicy:
 
 
 WritebackFn = Callable[[int, "tuple[int, ...] | None"], ExportedFramebuffer]
-ResizeFn = Callable[[int, int], None]
+ResizeFn = Callable[[int, int], "int | None"]
+"""(width, height) -> None or 0 when done, else an ExtendedDesktopSize status (1 prohibited: refused)."""
 
 
 def pack_size(width: int, height: int) -> int:
@@ -289,7 +290,12 @@ class BrokerServer:
                          text="a compositor is DRM master, not vkmsremote: it sets the mode (serve with --drive)")
         if not (1 <= width <= MAX_RESIZE and 1 <= height <= MAX_RESIZE):
             return Reply(req.op, req.seq, Status.REFUSED, errno.EINVAL, text=f"size {width}x{height} out of range")
-        self.resize(width, height)
+        status = self.resize(width, height)
+        if status == ResizeStatus.PROHIBITED:
+            return Reply(req.op, req.seq, Status.REFUSED, errno.EPERM,
+                         text="the compositor that is DRM master cannot be asked (the broker's log says why)")
+        if status:
+            return Reply(req.op, req.seq, Status.FAILED, errno.EIO, text=f"resize failed (status {status})")
         return Reply(req.op, req.seq, Status.OK)
 
 
@@ -313,6 +319,9 @@ class BrokerSpec:
     """Keep only CAP_SYS_ADMIN and set no_new_privs (when started as root)."""
     down_on_exit: str | None = None
     """VKMS device name to remove (``vkmsremote down``) when the broker ends."""
+    resize_output: str | None = None
+    """Without ``drive_connector``: the served output's DRM name; a client's resize is then passed to the
+    compositor that is DRM master (vkmsremote.desktop.resize, wired by vkmsremote.service.broker)."""
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)

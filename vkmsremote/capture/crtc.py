@@ -189,6 +189,7 @@ class _Gone(Exception):
     """The framebuffer GETCRTC named vanished before it could be read (its client removed it): look again."""
 
 
+<<<<<<< HEAD
 CARD_GONE_ERRNOS = (errno.ENODEV,)
 """What the card fd's ioctls fail with once its DRM device is unplugged (drm_ioctl: drm_dev_is_unplugged)."""
 DEFAULT_REACQUIRE_POLL = 0.5
@@ -208,6 +209,10 @@ class CrtcLocation:
 Locator = Callable[[], "CrtcLocation | None"]
 """Finds the served CRTC again after its card went away; None while it is not there (yet). May raise
 VkmsRemoteError (a device half made, a node not created yet): the reader then asks again later."""
+=======
+RESIZE_CHECK_TIMEOUT = 2.0
+"""Seconds a resizer's change may take to reach the CRTC after it answered (a compositor's modeset)."""
+>>>>>>> resize2
 
 
 class Resizer(Protocol):
@@ -348,6 +353,11 @@ class CrtcReader:
         return Placement(x, y, min(state.width, info.width - x), min(state.height, info.height - y),
                          info.width, info.height)
 
+    @property
+    def no_signal(self) -> bool:
+        """The CRTC is off (the last frame is the "no signal" picture)."""
+        return self._no_signal
+
     def wake(self) -> None:
         """Something will probably change soon (a client sent input): look at every vblank again."""
         self._unchanged = 0
@@ -362,8 +372,27 @@ class CrtcReader:
             return ResizeStatus.PROHIBITED
         status = self.resizer.resize(width, height)
         if status == ResizeStatus.OK:
+            if not self._crtc_size_becomes(width, height):
+                return ResizeStatus.OUT_OF_RESOURCES
             self.wake()  # the next look finds the new mode and framebuffer
         return int(status)
+
+    def _crtc_size_becomes(self, width: int, height: int, timeout: float = RESIZE_CHECK_TIMEOUT) -> bool:
+        """Whether GETCRTC shows a mode of ``width`` x ``height`` within ``timeout`` s: a resize is answered
+        "done" only when the CRTC itself has the new size, whoever set it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                state = read_crtc_state(self.card, self.crtc_id)
+            except DrmError:
+                state = None
+            if state is not None and (state.width, state.height) == (width, height):
+                return True
+            if time.monotonic() > deadline:
+                log.warning("resize to %dx%d reported done, but CRTC %d is %s", width, height, self.crtc_id,
+                            f"{state.width}x{state.height}" if state is not None else "off")
+                return False
+            time.sleep(0.05)
 
     async def next_frame(self) -> Frame:
         while True:

@@ -2,7 +2,7 @@
 
 A message is ``"i3-ipc"``, a 32-bit payload length and a 32-bit type, both in the host's byte order,
 then a JSON payload. The reply carries the same type. Used for ``input <id> map_to_output <name>``
-(RUN_COMMAND).
+(RUN_COMMAND), and for resizing an output (RUN_COMMAND ``output <name> mode --custom``, GET_OUTPUTS).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class IpcError(VkmsRemoteError):
 
 class MessageType(IntEnum):
     RUN_COMMAND = 0
+    GET_OUTPUTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,10 @@ class SwayIpc:
             return json.loads(body)
         except ValueError as e:
             raise IpcError(f"sway sent invalid JSON: {e}") from e
+
+    def outputs(self) -> Any:
+        """GET_OUTPUTS: sway's outputs as JSON (name, active, current_mode with refresh in mHz, ...)."""
+        return self.request(MessageType.GET_OUTPUTS)
 
     def command(self, text: str) -> None:
         """Run one sway command; IpcError with sway's message if it fails."""

@@ -96,3 +96,8 @@ def modeline(mode: Mode) -> str:
              "-vsync" if mode.flags & DRM_MODE_FLAG_NVSYNC else "+vsync")
     return (f'"{mode.name}" {i.clock / 1000:.2f} {i.hdisplay} {i.hsync_start} {i.hsync_end} {i.htotal} '
             f'{i.vdisplay} {i.vsync_start} {i.vsync_end} {i.vtotal} {flags[0]} {flags[1]}')
+
+
+def x_timings(width: int, height: int, refresh: float = 60.0) -> str:
+    """The numbers of the CVT-RB mode's X11 modeline without its name (``xrandr --newmode NAME`` takes them)."""
+    return modeline(cvt_rb_mode(width, height, refresh)).split('" ', 1)[1]

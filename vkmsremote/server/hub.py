@@ -31,7 +31,17 @@ from typing import Protocol
 
 import numpy as np
 
-from vkmsremote.frame import MAX_RESIZE, Cursor, Frame, FramePool, FrameSource, Pixels, Rect, ResizableSource
+from vkmsremote.frame import (
+    MAX_RESIZE,
+    Cursor,
+    Frame,
+    FramePool,
+    FrameSource,
+    MultiScreenSource,
+    Pixels,
+    Rect,
+    ResizableSource,
+)
 from vkmsremote.rfb.messages import ExtendedDesktopSizeStatus, Screen
 
 log = logging.getLogger(__name__)
@@ -196,7 +206,9 @@ class Hub:
         resized_by = None
         if resized:
             resized_by, self._resize_by = self._resize_by, None
-            if not self.screens or resized_by is None:
+            if isinstance(self.source, MultiScreenSource):  # one screen per monitor, ids stable (rfbproto "Screen Model")
+                self.screens = tuple(Screen(SCREEN_ID + n, r.x, r.y, r.w, r.h) for n, r in self.source.screens())
+            elif not self.screens or resized_by is None:
                 self.screens = (Screen(SCREEN_ID, 0, 0, snap.width, snap.height),)
         self.snapshot = snap
         self.frames += 1

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from vkmsremote.capture.broker import (
     READY_TIMEOUT,
@@ -35,6 +35,7 @@ def _raise_exit(signum: int, frame: FrameType | None) -> None:
 def _child_main(sock: socket.socket, spec: BrokerSpec, parent: int) -> NoReturn:
     code = 0
     broker: Broker | None = None
+    desktop: Any = None  # a DesktopResizer when resizes go to the compositor
     ready = False
     try:
         # Ctrl-C reaches the whole process group: the server shuts down and closes the socket, which ends
@@ -49,8 +50,15 @@ def _child_main(sock: socket.socket, spec: BrokerSpec, parent: int) -> NoReturn:
         broker = Broker(spec)
         if spec.restrict and os.geteuid() == 0:
             keep_only([Cap.SYS_ADMIN])
+        resize = broker.resize_fn
+        if resize is None and spec.resize_output:  # a compositor drives the CRTC: ask it (as root, here)
+            from vkmsremote.desktop.resize import DesktopResizer
+            from vkmsremote.drm.cvt import x_timings
+
+            desktop = DesktopResizer(spec.card_path, spec.resize_output, x_timings)
+            resize = desktop.resize
         broker.server = BrokerServer(sock, LocalExporter(broker.card), broker.policy.allows, writeback=broker.wb_fn,
-                                     resize=broker.resize_fn)
+                                     resize=resize)
         send_hello(sock, None)
         ready = True
         broker.start_driving()
@@ -68,6 +76,9 @@ def _child_main(sock: socket.socket, spec: BrokerSpec, parent: int) -> NoReturn:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         with contextlib.suppress(BaseException):
             sock.close()
+        if desktop is not None:  # put back the compositor's mode, remove the modes added to X
+            with contextlib.suppress(BaseException):
+                desktop.undo()
         if broker is not None:
             with contextlib.suppress(BaseException):
                 broker.close()

@@ -14,12 +14,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from vkmsremote.errors import UsageError
 from vkmsremote.service.options import DEFAULT_PORT, add_listen_arguments, add_security_arguments, size
 
 if TYPE_CHECKING:
     import asyncio
     import ssl
 
+    from vkmsremote.capture.crtc import CrtcReader
     from vkmsremote.frame import FrameSource
     from vkmsremote.input import UinputDevices
     from vkmsremote.rfb.auth import SecurityPolicy
@@ -58,18 +60,70 @@ def _crtc_source(args: argparse.Namespace) -> FrameSource:
     from vkmsremote.errors import DeviceStateError
     from vkmsremote.service.locate import ConfigfsConnector, crtc_locator
 
+    if args.connector and "," in args.connector:
+        return _multi_source(args)
     connector: int | str | None = args.connector
     if isinstance(connector, str) and connector.isdigit():
         connector = int(connector)
     locate = crtc_locator(args.card, connector, args.crtc)
     if not isinstance(locate, ConfigfsConnector) or connector != locate.connector:
-        return CrtcReader.open(args.card, crtc_id=args.crtc, connector=connector, locate=locate)
-    found = locate()  # --connector XR-0: the mapping says which card and CRTC
-    if found is None:
-        raise DeviceStateError(f"{connector} has no DRM connector: VKMS device {locate.device!r} is not enabled",
-                               hint="`vkmsremote status` shows it; `vkmsremote up` enables it")
-    args.card, args.connector = found.card_path, found.drm_connector  # the pointer binding names the DRM side
-    return CrtcReader.open(found.card_path, crtc_id=found.crtc_id, desktop_name=found.desktop_name, locate=locate)
+        reader = CrtcReader.open(args.card, crtc_id=args.crtc, connector=connector, locate=locate)
+    else:
+        found = locate()  # --connector XR-0: the mapping says which card and CRTC
+        if found is None:
+            raise DeviceStateError(f"{connector} has no DRM connector: VKMS device {locate.device!r} is not enabled",
+                                   hint="`vkmsremote status` shows it; `vkmsremote up` enables it")
+        args.card, args.connector = found.card_path, found.drm_connector  # the pointer binding names the DRM side
+        connector = found.drm_connector
+        reader = CrtcReader.open(found.card_path, crtc_id=found.crtc_id, desktop_name=found.desktop_name,
+                                 locate=locate)
+    output = _output_of(reader, connector)
+    if output is not None:  # a client's SetDesktopSize goes to the compositor driving the card
+        from vkmsremote.desktop.resize import DesktopResizer
+        from vkmsremote.drm.cvt import x_timings
+
+        reader.resizer = DesktopResizer(args.card, output, x_timings)
+    return reader
+
+
+def _multi_source(args: argparse.Namespace) -> FrameSource:
+    """``--connector A,B,...``: one desktop with a screen per connector (vkmsremote.capture.multi)."""
+    from vkmsremote.capture.crtc import CrtcReader
+    from vkmsremote.capture.multi import MultiSource
+
+    names = [n.strip() for n in args.connector.split(",")]
+    if len(set(names)) != len(names) or not all(names):
+        raise UsageError(f"--connector {args.connector!r}: name each connector once")
+    readers: list[FrameSource] = []
+    try:
+        for name in names:
+            readers.append(CrtcReader.open(args.card, crtc_id=None, connector=int(name) if name.isdigit() else name))
+        return MultiSource(readers, names)
+    except BaseException:
+        for r in readers:
+            assert isinstance(r, CrtcReader)
+            r.close_sync()
+        raise
+
+
+def _output_of(reader: CrtcReader, connector: int | str | None) -> str | None:
+    """The DRM name (Virtual-N, the compositor's output name) of the connector ``reader`` serves: the one
+    asked for, else the one routed to its CRTC."""
+    from vkmsremote.drm.resources import Resources
+
+    res = Resources.fetch(reader.card, probe=False)
+    if connector is not None:
+        return res.connector(connector).name
+    routed = [c.name for c in res.connectors if res.crtc_of(c) == reader.crtc_id]
+    return routed[0] if len(routed) == 1 else None
+
+
+async def _close_source(source: FrameSource) -> None:
+    """Close the source and undo what its resizer changed in the desktop (modes added to X, ...)."""
+    await source.close()
+    undo = getattr(getattr(source, "resizer", None), "undo", None)
+    if undo is not None:
+        undo()
 
 
 SOURCES["pattern"] = _pattern_source
@@ -113,9 +167,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--fps", type=float, default=30.0, help="pattern: frames per second (default 30)")
     src.add_argument("--full-motion", action="store_true", help="pattern: change every pixel every frame")
     src.add_argument("--card", default="/dev/dri/card0", help="crtc: DRM card (default /dev/dri/card0)")
+<<<<<<< HEAD
     src.add_argument("--connector", help="crtc: connector whose CRTC to serve: a configfs name (XR-0: the card is found "
                      "through the mapping, and found again if the device is disabled and enabled or made anew), "
                      "or a DRM name (e.g. Virtual-1) or id on --card")
+=======
+    src.add_argument("--connector", help="crtc: connector name (e.g. Virtual-1) or id whose CRTC to serve; "
+                     "several, comma-separated (Virtual-1,Virtual-2): one desktop with a screen per connector, "
+                     "side by side (view only for now)")
+>>>>>>> resize2
     src.add_argument("--crtc", type=int, help="crtc: CRTC id (default: the connector's, or the only one)")
     src.add_argument("--input", choices=("none", "uinput"),
                      help="where keyboard and pointer go (default: uinput for crtc, none for pattern)")
@@ -301,8 +361,11 @@ def run(args: argparse.Namespace) -> int:
 
     policy = policy_from_args(args)
     web = WebListener.from_args(args)
+    input_kind = args.input or ("uinput" if args.source == "crtc" and "," not in (args.connector or "") else "none")
+    if input_kind == "uinput" and "," in (args.connector or ""):
+        raise UsageError("--input uinput with several connectors is not supported yet",
+                         hint="serve them with --input none, or one connector per server")
     source = _source(args)
-    input_kind = args.input or ("uinput" if args.source == "crtc" else "none")
     sink: InputSink | SinkFactory = NullSink()
     devices: UinputDevices | None = None
     binding = None
@@ -335,7 +398,7 @@ def run(args: argparse.Namespace) -> int:
             if (announcement := rsa_key_announcement(policy)) is not None:
                 print(f"vkmsremote: {announcement}", flush=True)
 
-        asyncio.run(run_until_stopped(server, web=web, started=started, cleanup=source.close))
+        asyncio.run(run_until_stopped(server, web=web, started=started, cleanup=lambda: _close_source(source)))
     finally:
         if devices is not None:
             devices.close()

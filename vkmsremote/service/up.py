@@ -199,7 +199,8 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
                       drive_size=args.mode[:2] if args.mode else args.drive_size,
                       drive_refresh=args.mode[2] if args.mode else None, drive_fps=args.drive_fps or None,
                       writeback=args.capture == "writeback",
-                      down_on_exit=target.device if args.down_on_exit else None)
+                      down_on_exit=target.device if args.down_on_exit else None,
+                      resize_output=None if args.drive else target.drm_name)
     broker = spawn_broker(spec)  # it starts up (imports, modeset) while this process prepares
     devices: Any = None
     try:
@@ -242,7 +243,7 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
                  dropped.user, dropped.uid, broker.pid)
         reader = CrtcReader(card, target.crtc_id, desktop_name=target.desktop_name, own_card=True,
                             exporter=broker, writeback=broker if args.capture == "writeback" else None,
-                            resizer=broker if args.drive else None)
+                            resizer=broker)  # --drive: the broker sets the mode; else it asks the compositor
         sink = uinput_sink_factory(devices, reader) if devices is not None else None
         server = vnc_server(reader, sink, policy, args)
         asyncio.run(_serve(server, reader, target, web, announce, out, consumers))
