@@ -41,8 +41,9 @@ USER, UID = "desk", 1000
 RUNTIME = Path(f"/run/user/{UID}")
 RESULTS = Path(os.environ.get("VKMSREMOTE_GUEST_RESULTS", "/tmp"))
 SIZE = (1024, 768)
-LIGHT_BUDGET = 240.0
-"""Seconds a desktop gets to light both outputs: Mutter made its socket in 18 s under TCG (VM-NOTES)."""
+LIGHT_BUDGET = 300.0
+"""Seconds a desktop gets to light both outputs: under TCG on the loaded 2-core host KWin took 77 s,
+GNOME Shell made its socket after 121 s."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,10 @@ class DesktopSpec:
 DESKTOPS = {
     "kwin": DesktopSpec("kwin", ("kwin_wayland", "--drm", "--no-lockscreen", "--no-global-shortcuts"),
                         {"KWIN_COMPOSE": "Q", "QT_LOGGING_RULES": "kwin_wayland_drm.debug=true"}),
+    # Mutter's atomic path queued its mode set and never committed it on VKMS (docs/compositors.md);
+    # its legacy path lights both outputs.
     "gnome-shell": DesktopSpec("gnome-shell", ("gnome-shell", "--wayland", "--no-x11", "--display-server"),
-                               {"MUTTER_DEBUG": "kms"}),
+                               {"MUTTER_DEBUG": "kms", "MUTTER_DEBUG_FORCE_KMS_MODE": "simple"}),
 }
 
 
@@ -74,15 +77,15 @@ class Device:
     crtc1: int
 
 
-@pytest.fixture(scope="module")
-def device() -> Iterator[Device]:
-    mapping = json.loads(sh("vkmsremote", "up", "--profile", "xr-dual", "--no-serve", "--json"))
-    dev = mapping["device"]
+def make_device() -> Device:
+    """A fresh xr-dual device (``down`` first): the KMS state a previous desktop left (its CRTCs stay
+    active with its last framebuffers after it exits) must not count for the next one."""
+    sh("vkmsremote", "down", "--force", check=False)
+    dev = json.loads(sh("vkmsremote", "up", "--profile", "xr-dual", "--no-serve", "--json"))["device"]
     by_name = {c["name"]: c for c in dev["connectors"]}
     card = dev["card"]
-    yield Device(card, int(card.rsplit("card", 1)[1]), by_name["XR-0"]["drm_name"], by_name["XR-1"]["drm_name"],
-                 by_name["XR-0"]["crtc_id"], by_name["XR-1"]["crtc_id"])
-    sh("vkmsremote", "down", "--force", check=False)
+    return Device(card, int(card.rsplit("card", 1)[1]), by_name["XR-0"]["drm_name"], by_name["XR-1"]["drm_name"],
+                  by_name["XR-0"]["crtc_id"], by_name["XR-1"]["crtc_id"])
 
 
 def crtc_lit(card: str, crtc_id: int) -> bool:
@@ -97,17 +100,20 @@ class Desktop:
     device: Device
     unit: str
     started: float
+    pid: int = 0
     figures: dict[str, object] = field(default_factory=dict)
 
     def journal(self, lines: int = 80) -> str:
-        return sh("journalctl", "-b", "-u", self.unit, "--no-pager", "-o", "short-monotonic", "-n", str(lines),
-                  check=False)
+        """The unit's lines and the compositor's own: pam_systemd moved it into its session's scope, so
+        its output is not under the unit's name."""
+        return sh("journalctl", "-b", "--no-pager", "-o", "short-monotonic", "-n", str(lines),
+                  f"_SYSTEMD_UNIT={self.unit}.service", "+", f"_PID={self.pid}", check=False)
 
     def session(self) -> dict[str, str]:
         """logind's view of the desktop's session (Active, State, Seat, VTNr, Type)."""
         for line in sh("loginctl", "list-sessions", "--no-legend", check=False).splitlines():
             fields = line.split()
-            if len(fields) >= 3 and fields[2] == USER:
+            if len(fields) >= 4 and fields[2] == USER and fields[3] == "seat0":
                 out = sh("loginctl", "show-session", fields[0], "-p", "Active", "-p", "State", "-p", "Seat",
                          "-p", "VTNr", "-p", "Type", check=False)
                 return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
@@ -136,8 +142,9 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float, desktop: Desk
 
 
 @pytest.fixture(scope="module", params=sorted(DESKTOPS))
-def desktop(request: pytest.FixtureRequest, device: Device) -> Iterator[Desktop]:
+def desktop(request: pytest.FixtureRequest) -> Iterator[Desktop]:
     spec = DESKTOPS[request.param]
+    device = make_device()
     unit = f"vkmsremote-desktop-{spec.name}"
     env = {"XDG_SESSION_TYPE": "wayland", "XDG_SESSION_CLASS": "user", "XDG_RUNTIME_DIR": str(RUNTIME),
            "DBUS_SESSION_BUS_ADDRESS": f"unix:path={RUNTIME}/bus", "KWIN_DRM_DEVICES": device.card, **spec.env}
@@ -146,6 +153,7 @@ def desktop(request: pytest.FixtureRequest, device: Device) -> Iterator[Desktop]
     started = time.monotonic()
     sh("systemd-run", f"--unit={unit}", *(a for p in props for a in ("-p", p)), "--", *spec.argv)
     desk = Desktop(spec, device, unit, started)
+    desk.pid = int(sh("systemctl", "show", "-p", "MainPID", "--value", unit).strip() or 0)
     try:
         yield desk
     finally:
@@ -156,6 +164,7 @@ def desktop(request: pytest.FixtureRequest, device: Device) -> Iterator[Desktop]
             f.write(json.dumps({"desktop": spec.name, **desk.figures}) + "\n")
         (RESULTS / f"journal-{spec.name}.txt").write_text(desk.journal(2000))
         time.sleep(3)  # logind closes the session, releases the VT and the card
+        sh("vkmsremote", "down", "--force", check=False)
 
 
 def versions() -> dict[str, str]:
