@@ -41,9 +41,9 @@ USER, UID = "desk", 1000
 RUNTIME = Path(f"/run/user/{UID}")
 RESULTS = Path(os.environ.get("VKMSREMOTE_GUEST_RESULTS", "/tmp"))
 SIZE = (1024, 768)
-LIGHT_BUDGET = 300.0
-"""Seconds a desktop gets to light both outputs: under TCG on the loaded 2-core host KWin took 77 s,
-GNOME Shell made its socket after 121 s."""
+LIGHT_BUDGET = 600.0
+"""Seconds a desktop gets to light both outputs. Under TCG on the shared 2-core host (load 11-13) KWin
+took 73-77 s, Mutter alone 139 s, GNOME Shell about 310 s (docs/compositors.md)."""
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,8 @@ class DesktopSpec:
 DESKTOPS = {
     "kwin": DesktopSpec("kwin", ("kwin_wayland", "--drm", "--no-lockscreen", "--no-global-shortcuts"),
                         {"KWIN_COMPOSE": "Q", "QT_LOGGING_RULES": "kwin_wayland_drm.debug=true"}),
-    # Mutter's atomic path queued its mode set and never committed it on VKMS (docs/compositors.md);
-    # its legacy path lights both outputs.
     "gnome-shell": DesktopSpec("gnome-shell", ("gnome-shell", "--wayland", "--no-x11", "--display-server"),
-                               {"MUTTER_DEBUG": "kms", "MUTTER_DEBUG_FORCE_KMS_MODE": "simple"}),
+                               {"MUTTER_DEBUG": "kms"}),
 }
 
 
