@@ -73,7 +73,7 @@ def guest_tree(*, build: bool = True, desktop: bool = False) -> Path:
     try:
         tree = cache_dir() / name / current.read_text().strip() / "root"
     except FileNotFoundError:
-        raise VmError("no guest tree in the cache", hint="run scripts/build-guest.sh") from None
+        raise VmError(f"no {name} tree in the cache", hint=f"run scripts/{script.name}") from None
     return tree
 
 
