@@ -8,7 +8,7 @@ import pytest
 
 from vkmsremote.errors import VmError
 from vkmsremote.vm.accel import Accel
-from vkmsremote.vm.guest import GuestSpec, kernel_append, qemu_command, run_script
+from vkmsremote.vm.guest import GuestSpec, guest_tree, kernel_append, qemu_command, run_script
 
 SPEC = GuestSpec(
     kernel=Path("/k/bzImage"),
@@ -61,3 +61,16 @@ def test_kernel_modules_are_shared_and_mounted_before_the_command() -> None:
     mount = script.index("mount -t 9p -o trans=virtio,version=9p2000.L,ro modules /lib/modules/7.3.4")
     assert mount < script.index("python3 -m pytest tests/guest")
     assert "modules" not in " ".join(qemu_command(SPEC)).replace("/lib/modules", "")
+
+
+@pytest.mark.parametrize(("desktop", "folder"), [(False, "guest"), (True, "guest-desktop")])
+def test_the_desktop_variant_is_its_own_cached_tree(desktop: bool, folder: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """--desktop boots scripts/build-guest-desktop.sh's tree, cached beside (not under) the default one,
+    which build-guest.sh prunes."""
+    monkeypatch.setenv("VKMSREMOTE_CACHE", str(tmp_path))
+    with pytest.raises(VmError, match=f"no {folder} tree in the cache"):
+        guest_tree(build=False, desktop=desktop)
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "current").write_text("0123456789ab\n")
+    assert guest_tree(build=False, desktop=desktop) == tmp_path / folder / "0123456789ab" / "root"

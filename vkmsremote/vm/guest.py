@@ -59,19 +59,21 @@ class GuestSpec:
                 raise VmError(f"path {str(path)!r} cannot be passed to qemu's -fsdev (it has a comma)")
 
 
-def guest_tree(*, build: bool = True) -> Path:
-    """The cached Debian 13 tree (scripts/build-guest.sh prints it, building it if needed)."""
-    script = repo_root() / "scripts" / "build-guest.sh"
+def guest_tree(*, build: bool = True, desktop: bool = False) -> Path:
+    """The cached Debian 13 tree (scripts/build-guest.sh prints it, building it if needed); with
+    ``desktop``, its variant with GNOME Shell and KWin (scripts/build-guest-desktop.sh)."""
+    name = "guest-desktop" if desktop else "guest"
+    script = repo_root() / "scripts" / f"build-{name}.sh"
     if build and script.is_file():
         done = subprocess.run([str(script)], stdout=subprocess.PIPE, text=True, check=False)
         if done.returncode != 0:
-            raise VmError("scripts/build-guest.sh failed", hint="see its output above")
+            raise VmError(f"scripts/{script.name} failed", hint="see its output above")
         return Path(done.stdout.strip().splitlines()[-1])
-    current = cache_dir() / "guest" / "current"
+    current = cache_dir() / name / "current"
     try:
-        tree = cache_dir() / "guest" / current.read_text().strip() / "root"
+        tree = cache_dir() / name / current.read_text().strip() / "root"
     except FileNotFoundError:
-        raise VmError("no guest tree in the cache", hint="run scripts/build-guest.sh") from None
+        raise VmError(f"no {name} tree in the cache", hint=f"run scripts/{script.name}") from None
     return tree
 
 
@@ -186,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("command", nargs="+")
     p.add_argument("--kernel")
     p.add_argument("--tree", help="guest root tree (default: scripts/build-guest.sh's)")
+    p.add_argument("--desktop", action="store_true",
+                   help="boot the desktop variant (GNOME Shell, KWin: scripts/build-guest-desktop.sh's tree)")
     p.add_argument("--results-dir", required=True)
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
     p.add_argument("--accel", choices=[a.value for a in Accel])
@@ -195,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         accel = Accel(args.accel) if args.accel else choose_accel(kernel)[0]
         spec = GuestSpec(
             kernel=kernel.resolve(),
-            tree=Path(args.tree).resolve() if args.tree else guest_tree(),
+            tree=Path(args.tree).resolve() if args.tree else guest_tree(desktop=args.desktop),
             checkout=repo_root(),
             results_dir=Path(args.results_dir).resolve(),
             argv=tuple(args.command),
