@@ -189,7 +189,6 @@ class _Gone(Exception):
     """The framebuffer GETCRTC named vanished before it could be read (its client removed it): look again."""
 
 
-<<<<<<< HEAD
 CARD_GONE_ERRNOS = (errno.ENODEV,)
 """What the card fd's ioctls fail with once its DRM device is unplugged (drm_ioctl: drm_dev_is_unplugged)."""
 DEFAULT_REACQUIRE_POLL = 0.5
@@ -209,10 +208,9 @@ class CrtcLocation:
 Locator = Callable[[], "CrtcLocation | None"]
 """Finds the served CRTC again after its card went away; None while it is not there (yet). May raise
 VkmsRemoteError (a device half made, a node not created yet): the reader then asks again later."""
-=======
+
 RESIZE_CHECK_TIMEOUT = 2.0
 """Seconds a resizer's change may take to reach the CRTC after it answered (a compositor's modeset)."""
->>>>>>> resize2
 
 
 class Resizer(Protocol):

@@ -167,15 +167,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--fps", type=float, default=30.0, help="pattern: frames per second (default 30)")
     src.add_argument("--full-motion", action="store_true", help="pattern: change every pixel every frame")
     src.add_argument("--card", default="/dev/dri/card0", help="crtc: DRM card (default /dev/dri/card0)")
-<<<<<<< HEAD
     src.add_argument("--connector", help="crtc: connector whose CRTC to serve: a configfs name (XR-0: the card is found "
                      "through the mapping, and found again if the device is disabled and enabled or made anew), "
-                     "or a DRM name (e.g. Virtual-1) or id on --card")
-=======
-    src.add_argument("--connector", help="crtc: connector name (e.g. Virtual-1) or id whose CRTC to serve; "
-                     "several, comma-separated (Virtual-1,Virtual-2): one desktop with a screen per connector, "
-                     "side by side (view only for now)")
->>>>>>> resize2
+                     "or a DRM name (e.g. Virtual-1) or id on --card; several DRM names, comma-separated "
+                     "(Virtual-1,Virtual-2): one desktop with a screen per connector, side by side (view only for now)")
     src.add_argument("--crtc", type=int, help="crtc: CRTC id (default: the connector's, or the only one)")
     src.add_argument("--input", choices=("none", "uinput"),
                      help="where keyboard and pointer go (default: uinput for crtc, none for pattern)")
