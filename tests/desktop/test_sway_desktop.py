@@ -116,3 +116,13 @@ def test_clipboard_both_ways_through_wlr_data_control(sway: Sway) -> None:
 
     asyncio.run(watch())
     assert seen == ["Kopiert unter sway ✓"]  # our own "Grüße ✓" (there when watching began) was not news
+
+
+def test_sway_found_without_swaysock(sway: Sway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve`` started from a system unit has no $SWAYSOCK and this sway's sockets are not under /run/user:
+    the running sway process names them (its environment), for the layout and the clipboard alike."""
+    monkeypatch.delenv("SWAYSOCK")
+    reading = read_desktop_layout()
+    assert reading is not None and reading.description == "sway: de"
+    found, why = open_desktop_clipboard()
+    assert isinstance(found, WlrClipboard) and found.display == sway.display, why

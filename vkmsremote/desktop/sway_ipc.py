@@ -120,3 +120,19 @@ class SwayIpc:
         for r in replies if isinstance(replies, list) else [replies]:
             if not r.get("success"):
                 raise IpcError(f"sway refused {text!r}: {r.get('error', 'no reason given')}")
+
+
+def running_sway_sockets(*, proc: Path = Path("/proc")) -> list[Path]:
+    """IPC sockets of the sway processes running here (found by their name in ``/proc/<pid>/comm``), whatever
+    their ``XDG_RUNTIME_DIR``: a sway started outside a logind session keeps its sockets where it was told."""
+    found = []
+    for entry in sorted(proc.glob("[0-9]*"), key=lambda p: int(p.name)):
+        try:
+            if (entry / "comm").read_text().strip() != "sway":
+                continue
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        sock = socket_path_of(int(entry.name), proc=proc)
+        if sock is not None and sock.exists():
+            found.append(sock)
+    return found

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from vkmsremote.desktop.sway_ipc import running_sway_sockets
 from vkmsremote.errors import UsageError
 from vkmsremote.input.keymap import STATES, UNICODE_KEYSYM_BASE, US, Keymap
 
@@ -294,9 +295,12 @@ def sway_config_layout(config: str, device_name: str = "vkmsremote keyboard") ->
 
 
 def _sway_sockets() -> list[str]:
+    """$SWAYSOCK, then the sockets of running sway processes (their environment names it), then sway's
+    default place under /run/user; each once."""
     env = os.environ.get("SWAYSOCK")
     found = [env] if env else []
-    return found + sorted(glob.glob("/run/user/*/sway-ipc.*.sock"))
+    found += [str(p) for p in running_sway_sockets()] + sorted(glob.glob("/run/user/*/sway-ipc.*.sock"))
+    return list(dict.fromkeys(found))
 
 
 def _x_displays() -> list[str]:
