@@ -316,6 +316,7 @@ class Reading:
     key: str
     description: str
     compile: Callable[[], Keymap]
+    x_display: str | None = None  # the X display it was read from (input.spare remaps keys there)
 
 
 def read_desktop_layout() -> Reading | None:
@@ -339,7 +340,7 @@ def read_desktop_layout() -> Reading | None:
         except UsageError as exc:
             failures.append(f"X display {display}: {exc}")
             continue
-        return Reading(text, f"X {display}", functools.partial(_compile_text, text, f"X {display}"))
+        return Reading(text, f"X {display}", functools.partial(_compile_text, text, f"X {display}"), display)
     if failures:
         raise UsageError("; ".join(failures))
     return None
@@ -368,6 +369,8 @@ class LayoutSource:
         self._key: str | None = None
         self._keymap: Keymap = US
         self.description = "US (built-in tables)"
+        self.x_display: str | None = None
+        """The X display the layout was last read from; None when it was not an X server's."""
         self._background = background
         self._fresh = threading.Event()  # set after each read; cleared when a key asks for a fresh one
         self._wake = threading.Event()
@@ -412,6 +415,7 @@ class LayoutSource:
         except (UsageError, OSError) as exc:
             why, reading = str(exc), None
         key = reading.key if reading is not None else ""
+        self.x_display = reading.x_display if reading is not None else None
         if key == self._key:
             return
         self._key = key
