@@ -311,7 +311,7 @@ def sway_ipc(compositor: Compositor) -> SwayIpc:
     sway_only(compositor)
     sock = socket_path_of(compositor.pid)
     assert sock is not None
-    return SwayIpc(sock)
+    return SwayIpc(sock, timeout=120)  # a layout change compiles a keymap per keyboard: seconds under TCG
 
 
 @pytest.mark.parametrize(("layout", "text"), [("de", "zyäöüß@€"), ("fr", "azerty&é\"'(")])

@@ -2,7 +2,7 @@
 
 A message is ``"i3-ipc"``, a 32-bit payload length and a 32-bit type, both in the host's byte order,
 then a JSON payload. The reply carries the same type. Used for ``input <id> map_to_output <name>``
-(RUN_COMMAND).
+(RUN_COMMAND), and for the keyboard layout sway applies (GET_INPUTS, GET_CONFIG; vkmsremote.input.layout).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ class IpcError(VkmsRemoteError):
 
 class MessageType(IntEnum):
     RUN_COMMAND = 0
+    GET_INPUTS = 100  # sway-ipc(7): the input devices, with each keyboard's XKB layout names
+    GET_CONFIG = 9  # sway-ipc(7): the config file's text as last (re)loaded
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,10 +6,11 @@ it with libxkbcommon (Debian ``libxkbcommon0`` through ctypes, the same library 
 
 * Xorg: the keymap the X server holds, as ``xkbcomp -xkb $DISPLAY -`` prints it (Debian ``x11-xkb-utils``);
   xkbcommon parses xkbcomp's text format (``XKB_KEYMAP_FORMAT_TEXT_V1``). Follows ``setxkbmap``.
-* sway: ``swaymsg -t get_inputs`` names the active layout of each keyboard (``xkb_layout_names``,
+* sway: its IPC's ``get_inputs`` names the active layout of each keyboard (``xkb_layout_names``,
   ``xkb_active_layout_index``) by its description ("German"); the layout and variant come back from
   xkeyboard-config's own list (``/usr/share/X11/xkb/rules/evdev.lst``) and are compiled with rules evdev.
-  With no keyboard plugged in yet, the ``input`` settings of sway's config (``get_config``) say it.
+  With no keyboard plugged in yet, the ``input`` settings of sway's config (``get_config``) say it. The
+  sway is ``$SWAYSOCK``'s, else any running sway process (its environment names its socket).
   (XKB options are not read; they are not applied.)
 * Anything else, or a read that fails: the generated US tables, with a log line saying so.
 
@@ -23,7 +24,6 @@ import ctypes
 import ctypes.util
 import functools
 import glob
-import json
 import logging
 import os
 import re
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from vkmsremote.desktop.sway_ipc import running_sway_sockets
+from vkmsremote.desktop.sway_ipc import IpcError, MessageType, SwayIpc, running_sway_sockets
 from vkmsremote.errors import UsageError
 from vkmsremote.input.keymap import STATES, UNICODE_KEYSYM_BASE, US, Keymap
 
@@ -257,12 +257,18 @@ def layout_descriptions(lst: Path = EVDEV_LST) -> dict[str, tuple[str, str]]:
 
 
 def sway_layout(socket: str, device_name: str = "vkmsremote keyboard") -> tuple[str, str] | None:
-    """(layout, variant) sway applies to ``device_name`` (or to its first keyboard), or None."""
-    inputs = json.loads(_run(["swaymsg", "-s", socket, "-t", "get_inputs", "-r"], {}))
-    keyboards = [i for i in inputs if i.get("type") == "keyboard" and i.get("xkb_layout_names")]
-    if not keyboards:  # none plugged in yet: what the config says a keyboard gets
-        config = json.loads(_run(["swaymsg", "-s", socket, "-t", "get_config", "-r"], {})).get("config", "")
-        return sway_config_layout(config, device_name)
+    """(layout, variant) sway applies to ``device_name`` (or to its first keyboard), or None.
+
+    Through vkmsremote's own IPC client rather than swaymsg, which gives up after 3 s (a sway busy compiling a
+    new keymap under a loaded TCG guest took longer)."""
+    try:
+        with SwayIpc(socket, timeout=READ_TIMEOUT) as ipc:
+            inputs = ipc.request(MessageType.GET_INPUTS)
+            keyboards = [i for i in inputs if i.get("type") == "keyboard" and i.get("xkb_layout_names")]
+            if not keyboards:  # none plugged in yet: what the config says a keyboard gets
+                return sway_config_layout(ipc.request(MessageType.GET_CONFIG).get("config", ""), device_name)
+    except IpcError as exc:
+        raise UsageError(str(exc)) from exc
     ours = [k for k in keyboards if k.get("name") == device_name]
     keyboard = (ours or keyboards)[0]
     names = keyboard["xkb_layout_names"]
