@@ -328,6 +328,13 @@ def test_typing_follows_sways_layout(compositor: Compositor, served: Served, lay
     assert "built-in US tables" not in compositor.log(served.log)  # (serve logs warnings only)
 
 
+def test_keysym_the_layout_lacks_through_a_virtual_keyboard(compositor: Compositor, served: Served) -> None:
+    """``€`` on sway's us layout: typed through wtype's virtual keyboard (zwp_virtual_keyboard_v1) between
+    keys typed through uinput, in order (issue 19)."""
+    sway_only(compositor)
+    type_into_foot(compositor, served, "a€b", "virtual")
+
+
 def as_session_user(compositor: Compositor, *argv: str, data: bytes | None = None) -> bytes:
     """A Wayland client of the session (as sway's user, nobody), e.g. wl-copy or wl-paste."""
     # wl-copy forks the process that serves the selection: no pipes it could keep open (run would wait for it)

@@ -315,6 +315,15 @@ def _x_displays() -> list[str]:
     return found + [":" + p.rsplit("X", 1)[1] for p in sorted(glob.glob("/tmp/.X11-unix/X*"))]
 
 
+def wayland_of_sway(socket: str) -> tuple[str, str] | None:
+    """(XDG_RUNTIME_DIR, WAYLAND_DISPLAY) of the sway whose IPC socket is ``socket`` (sway puts both in its
+    runtime directory)."""
+    runtime = os.path.dirname(socket)
+    displays = sorted(os.path.basename(p) for p in glob.glob(os.path.join(runtime, "wayland-*"))
+                      if not p.endswith(".lock"))
+    return (runtime, displays[0]) if displays else None
+
+
 @dataclass(frozen=True, slots=True)
 class Reading:
     """What was read from the desktop: a key to compare (the keymap text or names) and how to compile it."""
@@ -323,6 +332,7 @@ class Reading:
     description: str
     compile: Callable[[], Keymap]
     x_display: str | None = None  # the X display it was read from (input.spare remaps keys there)
+    wayland: tuple[str, str] | None = None  # (XDG_RUNTIME_DIR, WAYLAND_DISPLAY) of the sway it was read from
 
 
 def read_desktop_layout() -> Reading | None:
@@ -338,7 +348,7 @@ def read_desktop_layout() -> Reading | None:
         if found is not None:
             layout, variant = found
             return Reading(f"sway {layout} {variant}", f"sway: {layout}{f'({variant})' if variant else ''}",
-                           functools.partial(from_names, layout, variant))
+                           functools.partial(from_names, layout, variant), wayland=wayland_of_sway(socket))
         failures.append(f"sway at {socket}: no keyboard layout in its inputs or config")
     for display in _x_displays():
         try:
@@ -377,6 +387,8 @@ class LayoutSource:
         self.description = "US (built-in tables)"
         self.x_display: str | None = None
         """The X display the layout was last read from; None when it was not an X server's."""
+        self.wayland: tuple[str, str] | None = None
+        """(XDG_RUNTIME_DIR, WAYLAND_DISPLAY) of the sway the layout was last read from."""
         self._background = background
         self._fresh = threading.Event()  # set after each read; cleared when a key asks for a fresh one
         self._wake = threading.Event()
@@ -422,6 +434,7 @@ class LayoutSource:
             why, reading = str(exc), None
         key = reading.key if reading is not None else ""
         self.x_display = reading.x_display if reading is not None else None
+        self.wayland = reading.wayland if reading is not None else None
         if key == self._key:
             return
         self._key = key

@@ -9,21 +9,26 @@ is down) or the devices close, when every one is reset to no symbol. Until then 
 costs nothing. (Resetting right after the release could overtake the key events: the release reaches X
 through the kernel and X's input thread, the reset through a client connection.)
 
-Anywhere else (Wayland) such keysyms are dropped with a log line: there the compositor's keymap for
-vkmsremote's keyboard is the one the user configured, and wlroots' virtual-keyboard protocol would need a
-Wayland client of our own.
+On sway (wlroots), where the keymap of a keyboard belongs to the compositor's config, such a keysym is typed
+through the virtual-keyboard protocol (``zwp_virtual_keyboard_v1``) by ``wtype -k <keysym name>`` (Debian
+``wtype``): a short-lived virtual keyboard whose own keymap has the symbol, pressed and released at once (so
+it does not auto-repeat while the client holds the key). Anywhere else (Weston, GNOME, KDE), or without
+wtype, such keysyms are dropped with a log line.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import shutil
 import subprocess
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
 from vkmsremote.input.keymap import Keymap, KeyPress
+from vkmsremote.input.layout import xkbcommon
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +40,14 @@ TIMEOUT: Final = 20.0  # xmodmap under a loaded TCG guest
 
 
 class XSpareKeys:
-    """Spare keys remapped on the X display ``display()`` names (None: not an X desktop, keysym dropped)."""
+    """Spare keys remapped on the X display ``display()`` names; with None there, keysyms typed through the
+    Wayland session ``wayland()`` names ((XDG_RUNTIME_DIR, WAYLAND_DISPLAY) of a wlroots compositor) if any,
+    else dropped."""
 
-    def __init__(self, display: Callable[[], str | None], codes: tuple[int, ...] = SPARE_CODES) -> None:
+    def __init__(self, display: Callable[[], str | None], codes: tuple[int, ...] = SPARE_CODES,
+                 wayland: Callable[[], tuple[str, str] | None] = lambda: None) -> None:
         self._display = display
+        self._wayland = wayland
         self.codes = codes
         self._assigned: OrderedDict[int, int] = OrderedDict()  # keysym -> spare code, least recently used first
         self._on: str | None = None  # the display the assignments were made on
@@ -53,10 +62,13 @@ class XSpareKeys:
         keysym = keymap.normalize(keysym)  # one spare key for U+20AC and EuroSign
         display = self._display()
         if display is None:
-            if keysym not in self._dropped_logged:
+            session = self._wayland()
+            if session is not None and shutil.which("wtype"):
+                self._type_virtual(keysym, keymap, session)
+            elif keysym not in self._dropped_logged:
                 self._dropped_logged.add(keysym)
-                log.info("keysym 0x%x is not on the %s layout and the desktop is not Xorg: dropped", keysym,
-                         keymap.description)
+                log.warning("keysym 0x%x is not on the %s layout and the desktop is neither Xorg nor a wlroots "
+                            "compositor with wtype installed: dropped", keysym, keymap.description)
             return None
         if display != self._on:
             self._assigned.clear()
@@ -84,6 +96,27 @@ class XSpareKeys:
                  keymap.description, code, code + XKB_KEYCODE_OFFSET)
         self._assigned[keysym] = code
         return KeyPress(code)
+
+    def _type_virtual(self, keysym: int, keymap: Keymap, session: tuple[str, str]) -> None:
+        runtime_dir, wayland_display = session
+        buf = ctypes.create_string_buffer(64)
+        if xkbcommon().xkb_keysym_get_name(keysym, buf, len(buf)) <= 0:
+            log.warning("keysym 0x%x has no name in libxkbcommon: dropped", keysym)
+            return
+        name = buf.value.decode()
+        env = {**os.environ, "XDG_RUNTIME_DIR": runtime_dir, "WAYLAND_DISPLAY": wayland_display}
+        try:
+            out = subprocess.run(["wtype", "-k", name], capture_output=True, timeout=TIMEOUT, check=False, env=env)
+        except subprocess.TimeoutExpired:
+            log.warning("keysym %s dropped: wtype did not finish within %s s", name, TIMEOUT)
+            return
+        if out.returncode != 0:
+            log.warning("keysym %s dropped: wtype failed (%d): %s", name, out.returncode,
+                        out.stderr.decode(errors="replace").strip())
+        elif keysym not in self._dropped_logged:
+            self._dropped_logged.add(keysym)
+            log.info("keysym %s is not on the %s layout: typed through a virtual keyboard (wtype)", name,
+                     keymap.description)
 
     def close(self) -> None:
         """Give the spare keys back: no symbol on any of them."""

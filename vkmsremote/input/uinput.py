@@ -329,7 +329,7 @@ class UinputDevices:
             from vkmsremote.input.layout import LayoutSource
 
             source = LayoutSource(background=True)
-            spare = XSpareKeys(lambda: source.x_display)
+            spare = XSpareKeys(lambda: source.x_display, wayland=lambda: source.wayland)
         return cls(Keyboard(keyboard_device, keymap, source, spare), Pointer(pointer_device))
 
     def close(self) -> None:
