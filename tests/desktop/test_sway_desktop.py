@@ -24,7 +24,7 @@ from input.test_uinput_sink import RecordingDevice
 
 from vkmsremote.input.clipboard import WlrClipboard, open_desktop_clipboard
 from vkmsremote.input.keymap import US
-from vkmsremote.input.layout import read_desktop_layout
+from vkmsremote.input.layout import describe_desktop_layout, read_desktop_layout
 from vkmsremote.input.spare import XSpareKeys
 from vkmsremote.input.uinput import UinputDevices, UinputSink
 
@@ -127,6 +127,7 @@ def test_sway_found_without_swaysock(sway: Sway, monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("SWAYSOCK")
     reading = read_desktop_layout()
     assert reading is not None and reading.description == "sway: de"
+    assert describe_desktop_layout() == "sway: de"  # what `status` prints
     found, why = open_desktop_clipboard()
     assert isinstance(found, WlrClipboard) and found.display == sway.display, why
 

@@ -362,6 +362,17 @@ def read_desktop_layout() -> Reading | None:
     return None
 
 
+def describe_desktop_layout() -> str:
+    """What ``serve`` would type with now, for ``status``: the desktop's layout, or the US fallback and why."""
+    try:
+        reading = read_desktop_layout()
+    except UsageError as exc:
+        return f"US (built-in tables): {exc}"
+    if reading is None:
+        return "US (built-in tables): no X display or sway socket found"
+    return reading.description
+
+
 class LayoutSource:
     """The keymap to type with, re-read from the desktop every ``interval`` seconds while keys arrive.
 
