@@ -435,6 +435,46 @@ def test_clicks_land_on_the_pixel_of_xr0_and_never_leave_it(compositor: Composit
         compositor.stop(wev)
 
 
+def test_extended_clipboard_utf8_both_ways_with_tigervnc(compositor: Compositor, served: Served) -> None:
+    """TigerVNC's viewer (Extended Clipboard) under an Xvfb in the guest: ``Grüße ✓`` copied in the sway
+    session arrives whole (UTF-8; plain ServerCutText would give '?' for ✓) in the viewer's X CLIPBOARD, and
+    text copied on the viewer's display is what wl-paste gives the session (issue 19)."""
+    sway_only(compositor)
+    from clients.test_tigervnc import viewer
+
+    r, w = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    try:
+        env = dict(os.environ, DISPLAY=":" + os.read(r, 100).decode().strip(), HOME=str(compositor.workdir),
+                   XAUTHORITY="")
+
+        def viewer_clipboard() -> bytes:
+            return subprocess.run(["xclip", "-selection", "clipboard", "-o"], env=env, capture_output=True,
+                                  timeout=60).stdout
+
+        with viewer(env, served.port, "-SecurityTypes", "None") as proc:
+            # The viewer asks for the server's clipboard and offers its own only while it has the focus (no
+            # window manager: give it; its title names the desktop, XR-0's connector)
+            subprocess.run(["xdotool", "search", "--sync", "--name", compositor.xr0, "windowfocus", "--sync"],
+                           env=env, check=True, timeout=180)
+            as_session_user(compositor, "wl-copy", data="Grüße ✓".encode())
+            try:
+                wait_for(lambda: viewer_clipboard() == "Grüße ✓".encode(),
+                         "the session's clipboard in the viewer's X CLIPBOARD", timeout=120)
+            finally:
+                assert proc.poll() is None, proc.communicate()[0][-2000:]
+            subprocess.run(["xclip", "-selection", "clipboard", "-i"], input="vom Viewer ✓".encode(), env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=60)
+            wait_for(lambda: as_session_user(compositor, "wl-paste", "--no-newline") == "vom Viewer ✓".encode(),
+                     "the viewer's clipboard in the session (wl-paste)", timeout=120)
+    finally:
+        xvfb.terminate()
+        xvfb.wait(30)
+        os.close(r)
+
+
 def test_card_added_while_running(compositor: Compositor, vm_results_dir: Path) -> None:
     """Start order, measured: ``up`` while the compositor runs makes a new card; does the compositor light
     it? (Those that do not need ``up`` before the display manager: the unit's Before=display-manager.service.)
