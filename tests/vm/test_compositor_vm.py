@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -157,6 +158,9 @@ def desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desktop]:
                 proc.kill()
                 proc.wait()
         down(force=True)
+        results = os.environ.get("VKMSREMOTE_VM_RESULTS")
+        if results:  # the guest's /tmp goes with the VM: keep Xorg's, the server's and the xterms' logs
+            shutil.copytree(workdir, Path(results) / "xorg-desktop", dirs_exist_ok=True)
 
 
 def single_output(desktop: Desktop) -> None:
