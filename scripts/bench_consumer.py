@@ -11,6 +11,11 @@ ConsumerServer. The consumer is the C example client (clients/c/vkmsr-consume, c
 and the same for a consumer that polls GETCRTC on a 60 Hz timer (modelled: the flip lands uniformly
 within a poll period, plus the same work), for the ratio docs/benchmarks.md quotes. What this leaves
 out, and the VM test measures for real: the vblank event's wake-up, GETCRTC and the broker round trip.
+
+``--frame-first`` measures what sending the FRAME at the flip, before the tap's copy and damage compare,
+would give (the damage would then need a message of its own, which protocol version 1 does not have: the
+FRAME sent here carries no rectangles, so this is a measurement of the socket path, not a mode of the
+server).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ def build_client(out: Path) -> Path:
     return exe
 
 
-async def produce(server: ConsumerServer, w: int, h: int, frames: int, fps: float) -> list[float]:
+async def produce(server: ConsumerServer, w: int, h: int, frames: int, fps: float, frame_first: bool) -> list[float]:
     pitch = w * 4
     buffers = []
     for i in range(3):
@@ -74,10 +79,13 @@ async def produce(server: ConsumerServer, w: int, h: int, frames: int, fps: floa
         await asyncio.sleep(max(0.0, next_flip - time.monotonic()))
         next_flip += period
         flip_ns = time.monotonic_ns()  # the flip: from here the tap works
+        if frame_first:
+            server.frame(n % 3 + 1, (0, 0, w, h), (), new_buffer=True, vblank_ns=flip_ns)
         np.copyto(scratch, back)
         damage = tracker.update(scratch)
         rects = tuple(Rect(r.x, r.y, r.w, r.h) for r in damage)
-        server.frame(n % 3 + 1, (0, 0, w, h), rects, new_buffer=True, vblank_ns=flip_ns)
+        if not frame_first:
+            server.frame(n % 3 + 1, (0, 0, w, h), rects, new_buffer=True, vblank_ns=flip_ns)
         work.append((time.monotonic_ns() - flip_ns) / 1e6)
     return work
 
@@ -95,7 +103,7 @@ async def main_async(args: argparse.Namespace) -> None:
                                                       env={**os.environ, "VKMSR_CHECKSUMS": "0"})
         while not server.consumers:
             await asyncio.sleep(0.01)
-        work = await produce(server, w, h, args.frames, args.fps)
+        work = await produce(server, w, h, args.frames, args.fps, args.frame_first)
         out, _ = await client.communicate()
         await server.close()
     lat = [int(f.split("=")[1]) / 1e6 for line in out.decode().splitlines() if line.startswith("frame ")
@@ -103,7 +111,8 @@ async def main_async(args: argparse.Namespace) -> None:
     period = 1000 / 60
     rng = np.random.default_rng(1)
     polled = [float(u) + wk for u, wk in zip(rng.uniform(0, period, len(work)), work, strict=True)]
-    print(f"{w}x{h}, {len(lat)} frames at {args.fps:g}/s, C consumer on the consumer socket (host, no DRM)")
+    print(f"{w}x{h}, {len(lat)} frames at {args.fps:g}/s, C consumer on the consumer socket (host, no DRM)"
+          + (", FRAME sent before the tap's work" if args.frame_first else ""))
     print(f"  tap work (copy + damage + send): p50 {pct(work, .5):.2f} ms, p99 {pct(work, .99):.2f} ms")
     print(f"  flip -> consumer event:          p50 {pct(lat, .5):.2f} ms, p90 {pct(lat, .9):.2f} ms, "
           f"p99 {pct(lat, .99):.2f} ms")
@@ -116,6 +125,7 @@ def main() -> int:
     p.add_argument("--size", default="1920x1080")
     p.add_argument("--frames", type=int, default=600)
     p.add_argument("--fps", type=float, default=60.0)
+    p.add_argument("--frame-first", action="store_true", help="send each FRAME before the copy and damage compare")
     asyncio.run(main_async(p.parse_args()))
     return 0
 

@@ -40,14 +40,15 @@ class ServerThread:
     """A ConsumerServer serving ``path`` from an event loop in a thread; :meth:`call` runs code there."""
 
     def __init__(self, path: Path, *, width: int = 64, height: int = 32, max_consumers: int = 8,
-                 send_buffer: int = 256 * 1024, mode: int = 0o666, group: str | int | None = None) -> None:
+                 send_buffer: int = 256 * 1024, mode: int = 0o666, group: str | int | None = None,
+                 card: str = "/dev/dri/card7") -> None:
         self.path = path
         self.width, self.height = width, height
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         listener = bind_socket(path, group=group, mode=mode)
-        hello = Hello("XR-0", "/dev/dri/card7", "Virtual-3", 41, 40, os.getpid(), Mode(width, height, 60000, True))
+        hello = Hello("XR-0", card, "Virtual-3", 41, 40, os.getpid(), Mode(width, height, 60000, True))
 
         def make() -> ConsumerServer:
             s = ConsumerServer(listener, hello, max_consumers=max_consumers, send_buffer=send_buffer, path=path)
@@ -147,3 +148,49 @@ def parse_lines(text: str) -> list[tuple[str, dict[str, str]]]:
         fields = dict(f.split("=", 1) for f in rest.split() if "=" in f)
         out.append((kind, fields))
     return out
+
+
+class TappedSource:
+    """A FrameSource that passes another one's frames on and, like the tap of ``vkmsremote up``, hands each
+    one to a ConsumerServer as a page flip: copied into the next of three memfd buffers (standing in for
+    the compositor's dma-bufs), then a FRAME with the frame's damage. Runs on the consumer server's loop,
+    inside the VNC path: a consumer that could block the server would block the VNC clients here."""
+
+    def __init__(self, source: Any, server: ConsumerServer, width: int, height: int) -> None:
+        import mmap
+
+        self.source, self.server = source, server
+        self.width, self.height = width, height
+        self._views: list[np.ndarray] = []
+        self._maps: list[mmap.mmap] = []
+        for i in range(3):
+            fd = os.memfd_create(f"tap-buffer-{i}", os.MFD_CLOEXEC)
+            os.ftruncate(fd, width * 4 * height)
+            mm = mmap.mmap(fd, width * 4 * height)
+            self._maps.append(mm)
+            self._views.append(np.frombuffer(mm, np.uint8).reshape(height, width, 4))
+            server.add_buffer(Buffer(i + 1, 200 + i, width, height, DrmFormat.XRGB8888, 0, (Plane(width * 4, 0, 0),), 1),
+                              (fd,))  # the server owns the fd from here
+        self.flips = 0
+
+    @property
+    def desktop_name(self) -> str:
+        return str(self.source.desktop_name)
+
+    def cursor(self) -> Any:
+        return self.source.cursor()
+
+    async def next_frame(self) -> Any:
+        frame = await self.source.next_frame()
+        bid = self.flips % 3 + 1
+        np.copyto(self._views[bid - 1], frame.pixels)
+        damage = None if frame.damage is None else tuple(Rect(r.x, r.y, r.w, r.h) for r in frame.damage)
+        self.server.frame(bid, (0, 0, self.width, self.height), damage, new_buffer=True)
+        self.flips += 1
+        return frame
+
+    async def close(self) -> None:
+        await self.source.close()
+        self._views.clear()
+        for mm in self._maps:
+            mm.close()

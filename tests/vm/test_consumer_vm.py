@@ -3,8 +3,10 @@ XR-0; unprivileged consumers (uid 65534, group video, no capabilities) find it b
 buffer once, and the pixels they map are the pattern frame the driver drew into that framebuffer, for
 every frame, with damage covering every changed pixel. The C client (compiled here) prints the Python
 client's checksums; a uid outside the group is refused; latency from the vblank of a flip to the consumer,
-against polling at 60 Hz. (`consume --egl` on llvmpipe, ffmpeg's kmsgrab and the VNC fps beside a stuck
-consumer are not yet proven here: see docs/consumer-protocol.md; a stuck consumer is dropped in the host tests.)
+against polling at 60 Hz. Then, on modetest's framebuffer (no `up`: cheap), ffmpeg's kmsgrab captures what
+GETFB2 reads, and `consume --egl` imports that dma-buf into EGL and reads every pixel back through GL.
+(A consumer that never reads beside a VNC client, and 1,000 connect/disconnect cycles, need no kernel:
+tests/consumer/.)
 """
 
 from __future__ import annotations
@@ -15,15 +17,20 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
-from consumer_support import build_c_client, parse_lines
+from consumer_support import ServerThread, build_c_client, parse_lines
 
+from vkmsremote.consumer.protocol import Buffer, Plane
 from vkmsremote.drm.card import Card
 from vkmsremote.drm.events import get_sequence
-from vkmsremote.drm.resources import get_crtc
+from vkmsremote.drm.framebuffer import map_framebuffer
+from vkmsremote.drm.resources import Resources, get_crtc
 
+from .test_drm_vm import make_vkms_device, wait_card
 from .test_serve_vm import Up
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1500)]
@@ -85,6 +92,17 @@ print(json.dumps(out))
 
 
 # `vkmsremote consume --egl` as the same kind of unprivileged process.
+EGL_CONSUMER = r"""
+import os, sys
+from vkmsremote.cli import build_parser
+from vkmsremote.consumer import consume, egl  # noqa: F401
+video, path = int(sys.argv[1]), sys.argv[2]
+args = build_parser().parse_args(["consume", path, "--egl", "--json", "--checksums", "--frames", "1"])
+os.setgroups([video]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+sys.exit(consume.run(args))
+"""
+
+
 def _video_gid() -> int:
     return grp.getgrnam("video").gr_gid
 
@@ -191,3 +209,86 @@ def test_unprivileged_consumers_get_every_flip_buffers_once_pixels_and_damage(vk
     finally:
         code = up.stop()
     assert code == 0
+
+
+def _reachable_by_all(path: Path) -> None:
+    """Let uid 65534 reach ``path`` (pytest's tmp dirs are 0700)."""
+    os.chmod(path, 0o755)
+    for parent in path.parents:
+        if str(parent).startswith("/tmp/") or str(parent) == "/tmp":
+            os.chmod(parent, os.stat(parent).st_mode | 0o755)
+
+
+def test_kmsgrab_and_the_egl_consumer_see_the_scanned_out_framebuffer(vkms_clean: Path, tmp_path: Path) -> None:
+    """modetest lights XR-0 with its SMPTE picture; the framebuffer read through GETFB2 is the reference.
+    ffmpeg's kmsgrab (root) captures the same picture; `vkmsremote consume --egl` (uid 65534, group video)
+    given that scanout buffer's dma-buf through the consumer socket reads it back through GL."""
+    make_vkms_device(vkms_clean, "xr")
+    card_path = wait_card("xr")
+    with Card.open(card_path) as probe:
+        res = Resources.fetch(probe)
+        conn, crtc = res.connectors[0], res.crtcs[0]
+    # modetest exits (removing its framebuffer) when stdin closes: keep it open with a pipe.
+    modetest = subprocess.Popen(["modetest", "-M", "vkms", "-s", f"{conn.id}@{crtc.id}:1024x768"],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    st: ServerThread | None = None
+    try:
+        with Card.open(card_path) as card:
+            deadline = time.monotonic() + 60
+            while not (fb_id := get_crtc(card, crtc.id, with_properties=False).fb_id):
+                assert time.monotonic() < deadline and modetest.poll() is None, "modetest did not light XR-0"
+                time.sleep(0.05)
+            mapped = map_framebuffer(card, fb_id)  # GETFB2 + PRIME + mmap, as root
+            try:
+                info = mapped.info
+                w, h = info.width, info.height
+                with mapped.reading():
+                    picture = np.array(mapped.plane_rows(0, 4))
+                reference = zlib.crc32(np.ascontiguousarray(picture[..., :3]).tobytes())  # X is undefined
+                assert len(np.unique(picture[..., :3].reshape(-1, 3), axis=0)) > 8, "not modetest's colour bars"
+
+                # ffmpeg's kmsgrab (root: it calls GETFB2 itself) on the CRTC the mapping names.
+                raw = tmp_path / "kmsgrab.raw"
+                grab = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "kmsgrab", "-device",
+                                       card_path, "-crtc_id", str(crtc.id), "-framerate", "10", "-i", "-",
+                                       "-frames:v", "1", "-vf", "hwdownload,format=bgr0", "-f", "rawvideo", "-y",
+                                       str(raw)], capture_output=True, text=True, timeout=300)
+                assert grab.returncode == 0, grab.stderr
+                grabbed = np.fromfile(raw, np.uint8)
+                assert grabbed.size == w * h * 4, (grabbed.size, w, h)
+                grabbed_crc = zlib.crc32(np.ascontiguousarray(grabbed.reshape(h, w, 4)[..., :3]).tobytes())
+                print(f"GETFB2 fb {fb_id} {w}x{h}: crc32(BGR) {reference:08x}; ffmpeg kmsgrab: {grabbed_crc:08x}")
+                assert grabbed_crc == reference
+
+                # The EGL consumer, given this buffer's dma-buf through a consumer socket.
+                _reachable_by_all(tmp_path)
+                st = ServerThread(tmp_path / "XR-0.sock", width=w, height=h, card=card_path)
+                fds, plane_fd = mapped.buffer_fds()
+                meta = Buffer(1, fb_id, w, h, info.format, info.modifiers[0],
+                              tuple(Plane(info.pitches[i], info.offsets[i], plane_fd[i]) for i in range(info.num_planes)),
+                              len(fds))
+                dups = tuple(os.dup(fd) for fd in fds)
+                server = st.server
+                st.call(lambda: server.add_buffer(meta, dups))
+                st.call(lambda: server.frame(1, (0, 0, w, h), None, new_buffer=True))
+                env = {**os.environ, "PYTHONPATH": str(REPO), "MESA_SHADER_CACHE_DISABLE": "true"}
+                run = subprocess.run([sys.executable, "-c", EGL_CONSUMER, str(_video_gid()), str(st.path)],
+                                     capture_output=True, text=True, env=env, timeout=600)
+                print(f"consume --egl stderr:\n{run.stderr}")
+                assert run.returncode == 0, run.stderr
+                lines = [json.loads(line) for line in run.stdout.splitlines()]
+                took = next(d for d in lines if d["type"] == "path")
+                frame = next(d for d in lines if d["type"] == "frame")
+                print(f"consume --egl: path {took['path']}: {took['why']}; frame {frame}")
+                assert int(frame["crc32"], 16) == zlib.crc32(np.ascontiguousarray(picture).tobytes())  # mmap path
+                assert took["path"] == "egl-dmabuf", took
+                # Every pixel GL reads from the imported texture is the framebuffer's.
+                assert frame["gl_pixels"] == w * h and frame["gl_differ"] == 0 and frame["gl_equal"], frame
+                assert frame["egl_imports"] == 1, frame
+            finally:
+                mapped.close()
+    finally:
+        if st is not None:
+            st.close()
+        modetest.stdin.close()  # type: ignore[union-attr]
+        modetest.wait(60)
