@@ -180,9 +180,11 @@ class WlrClipboard:
             return b""
 
     async def watch(self, changed: Callable[[str], None]) -> None:
-        # One line per change (wl-paste runs the command with the new content on its stdin; echo ignores it).
+        # One line per change. wl-paste runs the command with the new content on its stdin: the command reads it
+        # all (a command that left it unread, like a bare echo, closed the pipe under the clipboard's owner, and
+        # wl-copy, writing to it, died of SIGPIPE, taking the selection with it).
         proc = await asyncio.create_subprocess_exec(
-            "wl-paste", "--watch", "echo", "changed", stdout=asyncio.subprocess.PIPE,
+            "wl-paste", "--watch", "sh", "-c", "cat > /dev/null; echo changed", stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env={**os.environ, **self._env})
         assert proc.stdout is not None and proc.stderr is not None
         try:
