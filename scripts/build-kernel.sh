@@ -6,7 +6,8 @@
 #   scripts/build-kernel.sh            # build if missing, print the bzImage path on stdout
 #   scripts/build-kernel.sh --force    # rebuild
 #
-# Cache: ${VKMSREMOTE_CACHE:-~/.cache/vkmsremote}/kernel/<source-version>-<config-hash>/bzImage
+# Cache: ${VKMSREMOTE_CACHE:-~/.cache/vkmsremote}/kernel/<source-version>-<config-hash>/bzImage, and the
+# modules (VKMS is one, as in distributions' kernels) in modroot/lib/modules/<release> beside it.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cache=${VKMSREMOTE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vkmsremote}
@@ -47,7 +48,8 @@ pick_version() {
 src_pkg=
 if [ -f "$cache/kernel/current" ] && [ $force = 0 ]; then
   cur=$(cat "$cache/kernel/current")
-  if [ -f "$cache/kernel/$cur/bzImage" ] && [ "${cur##*-}" = "$config_hash" ]; then
+  if [ -f "$cache/kernel/$cur/bzImage" ] && [ -f "$cache/kernel/$cur/modroot/.complete" ] \
+     && [ "${cur##*-}" = "$config_hash" ]; then
     say "cached kernel $cache/kernel/$cur/bzImage"
     echo "$cache/kernel/$cur/bzImage"
     exit 0
@@ -62,7 +64,7 @@ src_pkg=linux-source-$ver
 full=$(apt-cache "${apt_opts[@]}" show "$src_pkg" | awk '/^Version:/{print $2}' | sort -V | tail -1)
 id="$full-$config_hash"
 out=$cache/kernel/$id
-if [ -f "$out/bzImage" ] && [ $force = 0 ]; then
+if [ -f "$out/bzImage" ] && [ -f "$out/modroot/.complete" ] && [ $force = 0 ]; then
   echo "$id" > "$cache/kernel/current"
   say "cached kernel $out/bzImage"
   echo "$out/bzImage"; exit 0
@@ -93,17 +95,17 @@ make -C "$build" -s ARCH=x86_64 tinyconfig >&2
 make -C "$build" -s ARCH=x86_64 olddefconfig >&2
 missing=0
 while read -r line; do
-  case "$line" in CONFIG_*=y) ;; *) continue ;; esac
+  case "$line" in CONFIG_*=y|CONFIG_*=m) ;; *) continue ;; esac
   grep -qx "$line" "$build/.config" || { say "warning: $line did not stick"; missing=1; }
 done < "$fragment"
-for must in CONFIG_DRM_VKMS=y CONFIG_CONFIGFS_FS=y CONFIG_INPUT_UINPUT=y CONFIG_VIRTIO_CONSOLE=y CONFIG_9P_FS=y; do
+for must in CONFIG_MODULES=y CONFIG_MODULE_UNLOAD=y CONFIG_DRM_VKMS=m CONFIG_CONFIGFS_FS=y CONFIG_INPUT_UINPUT=y CONFIG_VIRTIO_CONSOLE=y CONFIG_9P_FS=y; do
   grep -qx "$must" "$build/.config" || die "$must is not set after configuration"
 done
 
 jobs=$(( $(nproc) + 1 ))
-say "building bzImage with -j$jobs (about 5 minutes on 2 cores); log: $build/build.log"
+say "building bzImage and modules with -j$jobs (about 5 minutes on 2 cores); log: $build/build.log"
 start=$(date +%s)
-( make -C "$build" ARCH=x86_64 -j"$jobs" bzImage > "$build/build.log" 2>&1 ) &
+( make -C "$build" ARCH=x86_64 -j"$jobs" bzImage modules > "$build/build.log" 2>&1 ) &
 pid=$!
 while kill -0 $pid 2>/dev/null; do
   sleep 15
@@ -111,7 +113,11 @@ while kill -0 $pid 2>/dev/null; do
   say "... $(( $(date +%s) - start ))s, $n objects compiled"
 done
 wait $pid || { tail -30 "$build/build.log" >&2; die "kernel build failed; see $build/build.log"; }
-mkdir -p "$out"
+rm -rf "$out"; mkdir -p "$out"
+make -C "$build" -s ARCH=x86_64 INSTALL_MOD_PATH="$out/modroot" INSTALL_MOD_STRIP=1 modules_install >&2 \
+  || die "modules_install failed (depmod comes with Debian's kmod package)"
+find "$out/modroot" -name vkms.ko | grep -q . || die "no vkms.ko was built"
+touch "$out/modroot/.complete"
 cp "$build/arch/x86/boot/bzImage" "$out/bzImage"
 cp "$build/.config" "$out/config"
 echo "$id" > "$cache/kernel/current"

@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # vkmsremote's test command. On a fresh Debian machine it does everything:
 #   1. scripts/setup-host.sh     Debian packages + .venv with the project and its dev tools
-#   2. scripts/build-kernel.sh   the VKMS test kernel (cached in ~/.cache/vkmsremote/kernel)
+#   2. scripts/build-kernel.sh   the VKMS test kernel, VKMS a module as in distributions (cached in
+#                                ~/.cache/vkmsremote/kernel; the VM runner binds its modules and loads vkms)
 #   3. ruff check, dead code (vulture, scripts/deadcode.py), mypy vkmsremote
-#   4. host tests:  pytest -m "not vm and not vm_modules" tests
+#   4. host tests:  pytest -m "not vm" tests
 #   5. VM tests:    pytest -m vm tests, all in ONE boot of the test kernel (python -m vkmsremote.vm)
 #   6. guest tests: tests/guest in ONE boot of the Debian 13 guest with systemd as PID 1 (python -m
 #                   vkmsremote.vm.guest; the tree is scripts/build-guest.sh's, made by the set-up)
-#   7. VKMS as a module (only with VKMSREMOTE_MODULE_TESTS=1, not yet part of the default run: its kernel
-#      variant is a second full build): scripts/build-kernel-modules.sh, then pytest -m vm_modules in a short boot
 # Every stage runs even if an earlier one failed (unless it depends on it); the exit status is
 # non-zero if any stage failed. Extra arguments go to both pytest runs (e.g. -k name, -x).
 # Guest artefacts and the VM tests' JUnit XML land in build/vm-results/ (the Debian 13 guest's, with its
@@ -79,7 +78,7 @@ stage deadcode "$py" scripts/deadcode.py  # vulture over vkmsremote/, allow-list
 stage mypy "$top/.venv/bin/mypy" vkmsremote
 # the layer contracts in pyproject.toml (docs/architecture.md); the host tests report coverage of the core layers
 stage imports env PYTHONPATH="$top" "$top/.venv/bin/lint-imports" --no-cache --no-logo
-stage host-tests "$py" -m pytest -m "not vm and not vm_modules" tests \
+stage host-tests "$py" -m pytest -m "not vm" tests \
   --cov=vkmsremote.rfb --cov=vkmsremote.capture --cov=vkmsremote.server --cov-report=term "$@"
 
 # Every vm-marked test (tests/vm/ and the VM benchmark smoke) in one boot.
@@ -104,20 +103,4 @@ else
   skip guest-tests "no test kernel"
 fi
 
-# VKMS as a module (tests/vm/test_module_vm.py): the module variant of the kernel, built over a copy of the
-# first build's tree, in a second (short) boot. No vkms.* on the kernel command line: modprobe would apply it.
-if [ "${VKMSREMOTE_MODULE_TESTS:-0}" != 1 ]; then
-  bold "==> vm-module-tests: not run (set VKMSREMOTE_MODULE_TESTS=1; the module kernel variant is a second build)"
-elif [ -n "$kernel" ]; then
-  mod_out=$(mktemp)
-  if stage kernel-modules bash -c 'scripts/build-kernel-modules.sh > "$1"' _ "$mod_out"; then
-    rm -rf "$results_dir-modules"; mkdir -p "$results_dir-modules"
-    stage vm-module-tests "$py" -m vkmsremote.vm --kernel "$(sed -n 1p "$mod_out")" --append loglevel=4 \
-      --env "VKMSREMOTE_MODULES_DIR=$(sed -n 2p "$mod_out")" --timeout 1200 --results-dir "$results_dir-modules" -- \
-      "$py" -m pytest -m vm_modules tests/vm/test_module_vm.py --junitxml="$results_dir-modules/junit-vm.xml" "$@"
-  fi
-  rm -f "$mod_out"
-else
-  skip vm-module-tests "no test kernel"
-fi
 finish

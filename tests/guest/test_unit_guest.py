@@ -86,6 +86,14 @@ def installed() -> Iterator[None]:
     shutil.copy(server / "vkmsremote.service", "/etc/systemd/system/vkmsremote.service")
     shutil.copy(server / "vkmsremote.sysusers", "/usr/lib/sysusers.d/vkmsremote.conf")
     sh("systemd-sysusers")
+    # VKMS is a module in the test kernel, as in distributions: loaded at boot by modules-load.d, without
+    # its default device (modprobe.d); the unit itself may not load modules (ProtectKernelModules=yes)
+    shutil.copy(server / "vkms.modules-load", "/etc/modules-load.d/vkms.conf")
+    shutil.copy(server / "vkms.modprobe", "/etc/modprobe.d/vkms.conf")
+    if not Path("/sys/module/vkms").exists():
+        sh("systemctl", "restart", "systemd-modules-load")
+    assert Path("/sys/module/vkms/initstate").read_text().strip() == "live", "vkms is built in, not a module"
+    assert Path("/sys/module/vkms/parameters/create_default_dev").read_text().strip() == "N"
     os.makedirs("/etc/vkmsremote", mode=0o700, exist_ok=True)
     fd = os.open("/etc/vkmsremote/password", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.write(fd, b"guest-test-password\n")

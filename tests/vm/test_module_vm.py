@@ -1,6 +1,8 @@
-"""VKMS as a loadable module, on the module variant of the test kernel (scripts/build-kernel-modules.sh).
+"""VKMS as a loadable module, as distributions ship it: the test kernel builds it as vkms.ko
+(scripts/kernel.config: CONFIG_DRM_VKMS=m) and the VM runner binds the kernel's modules at
+/lib/modules/<release> and loads vkms before the tests, as modules-load.d does at boot.
 
-These run in their own VM boot (scripts/test.sh: ``-m vm_modules``), where nothing has loaded vkms:
+These unload it and load it again their own ways, then leave it loaded as they found it:
 
 - ``vkmsremote up`` loads vkms itself with create_default_dev=0 and mounts configfs when it is not
   mounted, then makes XR-0 (and no default device appears);
@@ -8,14 +10,10 @@ These run in their own VM boot (scripts/test.sh: ``-m vm_modules``), where nothi
 - the pre-6.19 path: vkms loaded the way an old kernel loads it (with its one default device), and
   ``up --default-device`` serves XR-0 from that device's single Virtual connector; ``status`` says which
   features need configfs (6.19).
-
-The variant's modules are on the host's file system (the guest's root, read-only); the fixture binds
-them at /lib/modules/<release> as a distribution's package would have put them.
 """
 
 from __future__ import annotations
 
-import os
 import platform
 import re
 import subprocess
@@ -30,10 +28,8 @@ import pytest
 from .test_compositor_vm import wait_for
 from .test_serve_vm import Viewer
 
-# Not marked ``vm``: the main boot (``-m vm``) has VKMS built in. Outside the module kernel the fixture fails.
-pytestmark = [pytest.mark.vm_modules, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(600)]
 
-MODULES_DIR_ENV = "VKMSREMOTE_MODULES_DIR"
 CONFIGFS = Path("/sys/kernel/config")
 
 
@@ -66,21 +62,17 @@ def mounted(path: Path, fstype: str) -> bool:
 
 @pytest.fixture(scope="module")
 def modules() -> Iterator[Path]:
-    """/lib/modules/<release> with the variant's modules (a tmpfs over the host's /lib/modules)."""
-    given = os.environ.get(MODULES_DIR_ENV)
-    assert given, f"${MODULES_DIR_ENV} is not set: run with the module kernel (scripts/test.sh does)"
-    release = platform.release()
-    src = Path(given)
-    assert src.name == release, f"{src} is not the modules of this kernel ({release})"
-    assert (src / "modules.dep").exists(), f"{src} has no modules.dep"
-    sh("mount", "-t", "tmpfs", "vkmsremote-modules", "/lib/modules")
-    target = Path("/lib/modules") / release
-    target.mkdir()
-    sh("mount", "--bind", str(src), str(target))
+    """/lib/modules/<release> with this kernel's modules (bound there by the VM runner); vkms is loaded
+    again afterwards (the boot's way: the command line's vkms.create_default_dev=0) and configfs mounted."""
+    target = Path("/lib/modules") / platform.release()
+    assert (target / "modules.dep").exists(), f"{target} has no modules.dep: boot the test kernel with its modules"
     try:
         yield target
     finally:
-        sh("umount", "-l", "/lib/modules", check=False)
+        unload()
+        sh("modprobe", "vkms")
+        if not mounted(CONFIGFS, "configfs"):
+            sh("mount", "-t", "configfs", "configfs", str(CONFIGFS))
 
 
 @pytest.fixture
@@ -90,7 +82,7 @@ def state(tmp_path: Path) -> Path:
 
 def test_vkms_is_a_module_here(modules: Path) -> None:
     assert (modules / "kernel" / "drivers" / "gpu" / "drm" / "vkms" / "vkms.ko").exists()
-    assert not Path("/sys/module/vkms").exists(), "vkms was loaded before any test asked for it"
+    assert Path("/sys/module/vkms/initstate").read_text().strip() == "live", "vkms is built in, not a module"
 
 
 def test_up_loads_vkms_and_mounts_configfs(modules: Path, state: Path) -> None:

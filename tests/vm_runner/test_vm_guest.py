@@ -48,3 +48,16 @@ def test_run_script_records_status_and_journal() -> None:
 def test_a_comma_in_a_path_is_refused() -> None:
     with pytest.raises(VmError):
         GuestSpec(kernel=Path("/k"), tree=Path("/a,b"), checkout=Path("/c"), results_dir=Path("/r"), argv=("x",))
+
+
+def test_kernel_modules_are_shared_and_mounted_before_the_command() -> None:
+    spec = GuestSpec(**{**{f: getattr(SPEC, f) for f in SPEC.__slots__},
+                        "modules": Path("/k/modroot/lib/modules/7.3.4")})
+    cmd = qemu_command(spec)
+    fsdevs = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-fsdev"]
+    assert "local,id=modules,path=/k/modroot/lib/modules/7.3.4,security_model=none,multidevs=remap,readonly=on" \
+        in fsdevs
+    script = run_script(spec)
+    mount = script.index("mount -t 9p -o trans=virtio,version=9p2000.L,ro modules /lib/modules/7.3.4")
+    assert mount < script.index("python3 -m pytest tests/guest")
+    assert "modules" not in " ".join(qemu_command(SPEC)).replace("/lib/modules", "")

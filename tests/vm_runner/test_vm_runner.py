@@ -161,6 +161,27 @@ def test_guest_script_is_valid_bash_and_quotes_argv() -> None:
     assert not any("ip addr" in line for line in lines)
 
 
+def test_kernel_modules_are_bound_and_vkms_loaded_before_the_command(tmp_path: Path) -> None:
+    from vkmsremote.vm.kernel import kernel_modules
+
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"")
+    assert kernel_modules(image) is None  # a kernel without modules: nothing bound, nothing loaded
+    assert "modprobe" not in guest_script(spec())
+    release = tmp_path / "modroot" / "lib" / "modules" / "7.3.4-1"
+    release.mkdir(parents=True)
+    (release / "modules.dep").write_text("")
+    assert kernel_modules(image) == release
+    script = guest_script(spec(modules=release))
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    lines = script.splitlines()
+    bind = next(i for i, line in enumerate(lines) if line.startswith("mkdir -p /lib/modules/7.3.4-1 && mount --bind"))
+    load = lines.index("modprobe vkms || fail 'modprobe vkms failed'")
+    marker = next(i for i, line in enumerate(lines) if READY_MARKER in line)
+    assert bind < load < marker
+    assert any("the kernel is $release" in line for line in lines)  # modules of another kernel: refused
+
+
 @pytest.mark.parametrize("base", ["/var/tmp", "/tmp"])
 def test_guest_script_runs_in_a_private_mount_namespace(base: str) -> None:
     # Run the real script on the host, isolated by unshare so its tmpfs /tmp stays private to it.

@@ -108,11 +108,14 @@ class VmSpec:
     extra_qemu: tuple[str, ...] = field(default=())
     keep: tuple[Path, ...] = ()
     """More host paths the command needs (e.g. the venv); kept visible if they are under /tmp."""
+    modules: Path | None = None
+    """The kernel's modules (``.../lib/modules/<release>``): bound at /lib/modules/<release> in the guest,
+    and vkms loaded from them before the command, as a distribution's boot loads it (modules-load.d)."""
 
     def __post_init__(self) -> None:
         if not self.argv:
             raise VmError("no command given to run in the VM")
-        for path in (self.kernel, self.results_dir, self.cwd, *self.rwdirs):
+        for path in (self.kernel, self.results_dir, self.cwd, *self.rwdirs, *filter(None, [self.modules])):
             if not _SAFE_PATH.match(str(path)):
                 raise VmError(
                     f"path {str(path)!r} cannot be passed through vng",
@@ -252,6 +255,18 @@ def guest_script(spec: VmSpec) -> str:
                 "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet",
                 'echo 1 > "/proc/sys/net/ipv4/conf/$nic/route_localnet"',
             ]
+    if spec.modules is not None:
+        # VKMS is a module here: its directory over the host's /lib/modules (a tmpfs hides the host's own
+        # modules), then `modprobe vkms` with the command line's vkms.* options, as modules-load.d would.
+        release = spec.modules.name
+        lines += [
+            'read -r release < /proc/sys/kernel/osrelease',
+            f'[ "$release" = {q(release)} ] || fail "the modules are for {release}, the kernel is $release"',
+            "mount -t tmpfs -o mode=0755 vkmsremote-modules /lib/modules || fail 'cannot mount a tmpfs on /lib/modules'",
+            f"mkdir -p /lib/modules/{q(release)} && mount --bind {q(str(spec.modules))} /lib/modules/{q(release)} "
+            "|| fail 'cannot bind the kernel modules'",
+            "modprobe vkms || fail 'modprobe vkms failed'",
+        ]
     lines += [
         f"cd {q(str(spec.cwd))} || fail 'cannot cd to {spec.cwd}'",
         "read -r uptime _ < /proc/uptime",

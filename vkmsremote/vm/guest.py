@@ -3,8 +3,10 @@
 Theory of operation: scripts/build-guest.sh makes a trixie tree (cached, never written to). qemu boots
 the test kernel with that tree as its root over 9p, read-only; the tree's /sbin/vkmsremote-init puts a
 tmpfs overlay on it and execs systemd. Two more 9p shares: ``checkout`` (this repository, read-only,
-on /checkout, where the tree's vkmsremote .pth file points) and ``results`` (a host directory, read-write,
-on /guest-run). The host writes ``run.sh`` there; the guest's vkmsremote-guest-run.service runs it once
+on /checkout, where the tree's vkmsremote .pth file points), ``results`` (a host directory, read-write,
+on /guest-run) and, for a kernel with modules, ``modules`` (its ``lib/modules/<release>``, read-only: run.sh
+mounts it there, as the kernel's package would have installed it; the tests install vkms's modules-load.d
+and modprobe.d files from server/ and load it the way an installed system does). The host writes ``run.sh`` there; the guest's vkmsremote-guest-run.service runs it once
 multi-user.target is reached and powers off. run.sh records its exit status in ``exit-status`` (the
 source of truth, as in vkmsremote.vm.command) and copies the journal out.
 
@@ -26,7 +28,7 @@ from pathlib import Path
 from vkmsremote.errors import VkmsRemoteError, VmError
 from vkmsremote.vm.accel import Accel, choose_accel
 from vkmsremote.vm.command import parse_status
-from vkmsremote.vm.kernel import cache_dir, kernel_image, repo_root
+from vkmsremote.vm.kernel import cache_dir, kernel_image, kernel_modules, repo_root
 
 IN_GUEST_ENV = "VKMSREMOTE_IN_GUEST"
 GUEST_CHECKOUT = "/checkout"
@@ -47,11 +49,12 @@ class GuestSpec:
     accel: Accel = Accel.TCG
     memory: str = "2G"
     cpus: int = 2
+    modules: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.argv:
             raise VmError("no command given to run in the guest")
-        for path in (self.tree, self.checkout, self.results_dir):
+        for path in (self.tree, self.checkout, self.results_dir, *filter(None, [self.modules])):
             if "," in str(path):
                 raise VmError(f"path {str(path)!r} cannot be passed to qemu's -fsdev (it has a comma)")
 
@@ -79,7 +82,7 @@ def kernel_append(spec: GuestSpec) -> str:
             "rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=loose",
             "init=/sbin/vkmsremote-init console=ttyS0 panic=-1",
             "vkms.create_default_dev=0 systemd.show_status=error",
-            # the test kernel has no modules: each modprobe@ unit only costs seconds under TCG (not configfs:
+            # the modules are mounted only by run.sh: each modprobe@ unit only costs seconds under TCG (not configfs:
             # sys-kernel-config.mount requires it, and without that mount only the service sees configfs)
             *(f"systemd.mask=modprobe@{m}.service" for m in ("drm", "fuse", "efi_pstore", "dm_mod", "loop")),
         ]
@@ -102,6 +105,7 @@ def qemu_command(spec: GuestSpec) -> list[str]:
         *share("root", spec.tree, "/dev/root", readonly=True),
         *share("checkout", spec.checkout, "checkout", readonly=True),
         *share("results", spec.results_dir, "results", readonly=False),
+        *(share("modules", spec.modules, "modules", readonly=True) if spec.modules is not None else []),
     ]  # fmt: skip
 
 
@@ -115,6 +119,10 @@ def run_script(spec: GuestSpec) -> str:
             f"export {IN_GUEST_ENV}=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/root",
             f"export VKMSREMOTE_GUEST_RESULTS={GUEST_RESULTS}",
             'echo "vkmsremote-guest: running after $(cut -d" " -f1 /proc/uptime) s of uptime"',
+            *([f"mkdir -p /lib/modules/{q(spec.modules.name)}",
+               f"mount -t 9p -o trans=virtio,version=9p2000.L,ro modules /lib/modules/{q(spec.modules.name)} "
+               '|| echo "vkmsremote-guest: cannot mount the kernel modules" >&2']
+              if spec.modules is not None else []),
             f"cd {GUEST_CHECKOUT}",
             shlex.join(spec.argv),
             "rc=$?",
@@ -191,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results_dir=Path(args.results_dir).resolve(),
             argv=tuple(args.command),
             accel=accel,
+            modules=kernel_modules(kernel.resolve()),
         )
         return run(spec, timeout=args.timeout)
     except VkmsRemoteError as exc:

@@ -42,6 +42,17 @@ def cached_kernel() -> Path | None:
     return image if name and image.is_file() else None
 
 
+def kernel_modules(image: Path) -> Path | None:
+    """The modules of the kernel ``image`` (``<dir>/modroot/lib/modules/<release>``, with modules.dep, as
+    scripts/build-kernel.sh installs them beside the bzImage), or None for a kernel without modules."""
+    base = image.parent / "modroot" / "lib" / "modules"
+    try:
+        found = sorted(d for d in base.iterdir() if (d / "modules.dep").is_file())
+    except OSError:
+        return None
+    return found[0] if len(found) == 1 else None
+
+
 def kernel_image(*, build: bool = True, timeout: float = 3600.0) -> Path:
     """Path of the test kernel's bzImage.
 

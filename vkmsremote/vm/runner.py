@@ -28,7 +28,7 @@ from vkmsremote.vm.command import (
     parse_status,
     vng_command,
 )
-from vkmsremote.vm.kernel import cache_dir, kernel_image
+from vkmsremote.vm.kernel import cache_dir, kernel_image, kernel_modules
 
 DEFAULT_TIMEOUT = 900.0
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -203,6 +203,7 @@ def run(
             append=tuple(append),
             share_host_tmp=share_host_tmp,
             verbose=verbose,
+            modules=kernel_modules(image.resolve()),
             # The interpreter's prefix (a venv inside a checkout under /tmp, say), the directory this
             # vkmsremote package is imported from (the checkout an editable install points into) and every
             # import path (site-packages a .pth line adds from another venv) stay visible too.
