@@ -142,3 +142,12 @@ def test_keysym_the_layout_lacks_through_a_virtual_keyboard(sway: Sway, caplog: 
         assert spare.plan(0x20AC, US, lambda code: False) is None  # nothing for uinput to press
     assert "keysym EuroSign is not on the US (built-in tables) layout: typed through a virtual keyboard" \
         in caplog.text, caplog.text
+
+
+def test_sway_without_keyboards_or_layout_config_types_with_its_default_us(sway: Sway) -> None:
+    """Before sway has picked up vkmsremote's keyboard, with no xkb_layout in its config: sway's default (us),
+    not the built-in fallback with its warning."""
+    sway.config.write_text("\n")
+    sway.msg("reload")
+    reading = read_desktop_layout()
+    assert reading is not None and reading.description == "sway: us"

@@ -265,8 +265,9 @@ def sway_layout(socket: str, device_name: str = "vkmsremote keyboard") -> tuple[
         with SwayIpc(socket, timeout=READ_TIMEOUT) as ipc:
             inputs = ipc.request(MessageType.GET_INPUTS)
             keyboards = [i for i in inputs if i.get("type") == "keyboard" and i.get("xkb_layout_names")]
-            if not keyboards:  # none plugged in yet: what the config says a keyboard gets
-                return sway_config_layout(ipc.request(MessageType.GET_CONFIG).get("config", ""), device_name)
+            if not keyboards:  # none plugged in yet: what the config says a keyboard gets, else sway's default
+                configured = sway_config_layout(ipc.request(MessageType.GET_CONFIG).get("config", ""), device_name)
+                return configured or ("us", "")  # sway-input(5): xkb_layout defaults to libxkbcommon's, us
     except IpcError as exc:
         raise UsageError(str(exc)) from exc
     ours = [k for k in keyboards if k.get("name") == device_name]
