@@ -128,6 +128,7 @@ def run_script(spec: GuestSpec) -> str:
             "rc=$?",
             f"journalctl -b --no-pager -o short-monotonic > {q(GUEST_RESULTS)}/journal.txt 2>&1",
             f'echo "$rc" > {q(GUEST_RESULTS)}/{STATUS_NAME}',
+            *([f"umount -l /lib/modules/{q(spec.modules.name)}"] if spec.modules is not None else []),
             "sync",
             "",
         ]
