@@ -40,6 +40,8 @@ debs=(
   # keyboard layouts and the clipboard: xkbcomp reads Xorg's keymap, xclip/wl-clipboard the selections (sway,
   # listed below, runs headless as the wlroots desktop of tests/desktop/test_sway_desktop.py)
   x11-xkb-utils xclip wl-clipboard
+  # keysyms the layout lacks on sway: typed through the virtual-keyboard protocol (vkmsremote.input.spare)
+  wtype
   # mode changes and checks on Xorg in the VM (tests/vm/test_compositor_vm.py)
   x11-xserver-utils
   # consumer socket (tests/consumer/test_consumer.py, tests/vm/test_consumer_vm.py): the C client is built through

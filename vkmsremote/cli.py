@@ -269,11 +269,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
     web = _web_client()
     sockets = _consumer_sockets(devices)
     rsa_key = _rsa_key_status()
+    from vkmsremote.input.clipboard import open_desktop_clipboard
+    from vkmsremote.input.layout import describe_desktop_layout
+
+    desktop_input = {"keyboard_layout": describe_desktop_layout(), "clipboard": open_desktop_clipboard()[1]}
     if args.json:
         print(json.dumps({"configfs": str(cfs.vkms), "devices": [d.to_json() for d in devices], "web_client": web,
                           "open_h264": {"offered": h264.available(), "why_not": h264.unavailable_reason(),
                                         "hardware_encoders": h264.hardware_encoders()},
-                          "rsa_aes_key": rsa_key, "consumer_sockets": sockets}, indent=2))
+                          "rsa_aes_key": rsa_key, "consumer_sockets": sockets, "desktop_input": desktop_input},
+                         indent=2))
     else:
         _print_status(devices, sys.stdout)
         for name, path in sockets.items():
@@ -286,6 +291,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
             print(f"web client (--web): noVNC {web['version']} from {web['root']}{lacks}")
         if rsa_key is not None:
             print(f"RSA-AES key fingerprint {rsa_key['fingerprint']} ({rsa_key['path']})")
+        print(f"keyboard layout: {desktop_input['keyboard_layout']}")
+        print(desktop_input["clipboard"])
     return 0
 
 

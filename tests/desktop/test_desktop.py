@@ -19,7 +19,15 @@ import pytest
 
 from vkmsremote.desktop import binding as b
 from vkmsremote.desktop.clients import DrmClient, card_clients, drm_master, parse_clients
-from vkmsremote.desktop.sway_ipc import Header, IpcError, MessageType, SwayIpc, encode, socket_path_of
+from vkmsremote.desktop.sway_ipc import (
+    Header,
+    IpcError,
+    MessageType,
+    SwayIpc,
+    encode,
+    running_sway_sockets,
+    socket_path_of,
+)
 
 # drivers/gpu/drm/drm_debugfs.c drm_clients_info: header, then one row per open file
 CLIENTS = """\
@@ -203,6 +211,18 @@ def test_sway_socket_path_from_the_environment(tmp_path: Path) -> None:
     (proc / "42" / "environ").write_bytes(b"SWAYSOCK=/tmp/s.sock\0")
     assert socket_path_of(42, proc=proc) == Path("/tmp/s.sock")
     assert socket_path_of(43, proc=proc) is None
+
+
+def test_running_sway_sockets_from_proc(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    for pid, comm, env in ((9, "foot", b"SWAYSOCK=/x"), (12, "sway", b"SWAYSOCK=" + str(tmp_path / "a.sock").encode()),
+                           (100, "sway", b"SWAYSOCK=" + str(tmp_path / "gone.sock").encode())):
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "comm").write_text(comm + "\n")
+        (proc / str(pid) / "environ").write_bytes(env + b"\0")
+    (tmp_path / "a.sock").write_text("")
+    # foot is no sway; pid 100's socket does not exist (a sway still starting, or one that crashed)
+    assert running_sway_sockets(proc=proc) == [tmp_path / "a.sock"]
 
 
 def test_pointer_output_argument() -> None:

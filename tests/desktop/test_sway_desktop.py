@@ -9,6 +9,7 @@ machine, and the clipboard through wl-clipboard (wlr-data-control) both ways.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import subprocess
@@ -22,7 +23,9 @@ from input.test_layout import DE_TEXT, FR_TEXT, keysym_of, typed_through_xkb
 from input.test_uinput_sink import RecordingDevice
 
 from vkmsremote.input.clipboard import WlrClipboard, open_desktop_clipboard
-from vkmsremote.input.layout import read_desktop_layout
+from vkmsremote.input.keymap import US
+from vkmsremote.input.layout import describe_desktop_layout, read_desktop_layout
+from vkmsremote.input.spare import XSpareKeys
 from vkmsremote.input.uinput import UinputDevices, UinputSink
 
 NOBODY = 65534
@@ -116,3 +119,35 @@ def test_clipboard_both_ways_through_wlr_data_control(sway: Sway) -> None:
 
     asyncio.run(watch())
     assert seen == ["Kopiert unter sway ✓"]  # our own "Grüße ✓" (there when watching began) was not news
+
+
+def test_sway_found_without_swaysock(sway: Sway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve`` started from a system unit has no $SWAYSOCK and this sway's sockets are not under /run/user:
+    the running sway process names them (its environment), for the layout and the clipboard alike."""
+    monkeypatch.delenv("SWAYSOCK")
+    reading = read_desktop_layout()
+    assert reading is not None and reading.description == "sway: de"
+    assert describe_desktop_layout() == "sway: de"  # what `status` prints
+    found, why = open_desktop_clipboard()
+    assert isinstance(found, WlrClipboard) and found.display == sway.display, why
+
+
+def test_keysym_the_layout_lacks_through_a_virtual_keyboard(sway: Sway, caplog: pytest.LogCaptureFixture) -> None:
+    """No X server: a keysym the layout lacks goes through wtype (zwp_virtual_keyboard_v1), which sway offers;
+    what arrives in a terminal is checked in the VM (tests/vm/test_wayland_vm.py)."""
+    reading = read_desktop_layout()
+    assert reading is not None and reading.wayland == (str(sway.runtime), sway.display)
+    spare = XSpareKeys(lambda: reading.x_display, wayland=lambda: reading.wayland)
+    with caplog.at_level(logging.INFO, logger="vkmsremote.input.spare"):
+        assert spare.plan(0x20AC, US, lambda code: False) is None  # nothing for uinput to press
+    assert "keysym EuroSign is not on the US (built-in tables) layout: typed through a virtual keyboard" \
+        in caplog.text, caplog.text
+
+
+def test_sway_without_keyboards_or_layout_config_types_with_its_default_us(sway: Sway) -> None:
+    """Before sway has picked up vkmsremote's keyboard, with no xkb_layout in its config: sway's default (us),
+    not the built-in fallback with its warning."""
+    sway.config.write_text("\n")
+    sway.msg("reload")
+    reading = read_desktop_layout()
+    assert reading is not None and reading.description == "sway: us"

@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from vkmsremote.input.spare import SPARE_CODES
 from vkmsremote.vkms.device import down, up
 
 # Starting Xorg and the server (in the first test's set-up) can take minutes under TCG on a busy machine.
@@ -156,6 +158,9 @@ def desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desktop]:
                 proc.kill()
                 proc.wait()
         down(force=True)
+        results = os.environ.get("VKMSREMOTE_VM_RESULTS")
+        if results:  # the guest's /tmp goes with the VM: keep Xorg's, the server's and the xterms' logs
+            shutil.copytree(workdir, Path(results) / "xorg-desktop", dirs_exist_ok=True)
 
 
 def single_output(desktop: Desktop) -> None:
@@ -306,6 +311,29 @@ def test_typing_follows_the_x_servers_layout(desktop: Desktop, layout: str, text
     finally:
         x("setxkbmap", "-layout", "us")
     assert "built-in US tables" not in (desktop.workdir / "server.log").read_text(errors="replace")
+
+
+def test_keysym_the_layout_lacks_is_typed_on_a_spare_key(desktop: Desktop) -> None:
+    """``€`` and ``ß`` on the US layout: the server sets a spare key to each for the moment (xmodmap) and
+    presses it (issue 19); the X keymap gets the spare keys back when the server stops."""
+    assert "layout:     us" in x("setxkbmap", "-query")
+    text = "a€ßb"
+    out = desktop.workdir / "spare.txt"
+    xterm(desktop, "spare", "40x2+400+400", f'IFS= read -r line; printf "%s" "$line" > {out}; sleep 3600',
+          LC_ALL="C.UTF-8")
+    lx, ly, lw, lh = desktop.window("spare")
+    with vnc(desktop.port) as client:
+        client.mouseMove(lx + lw // 2, ly + lh // 2)
+        wait_for(mouse_at(desktop, (lx + lw // 2, ly + lh // 2)), "the pointer on the spare xterm",
+                 state=where(desktop, client))
+        type_text(client, text)
+        client.keyPress("enter")
+        wait_for(out.exists, "the spare xterm's shell to write what was typed")
+    assert out.read_text(encoding="utf-8") == text
+    # The spare keys keep their keysyms while the server runs (serve logs warnings only: look at X's keymap)
+    keys = x("xmodmap", "-pke")
+    spare = {code + 8: re.search(rf"^keycode\s+{code + 8} =(.*)$", keys, re.M) for code in SPARE_CODES}
+    assert {m.group(1).split()[0] for m in spare.values() if m and m.group(1).split()} == {"EuroSign", "ssharp"}, keys
 
 
 def test_clipboard_both_ways_through_x_selections(desktop: Desktop) -> None:

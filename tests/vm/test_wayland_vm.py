@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from vkmsremote.desktop.sway_ipc import SwayIpc, socket_path_of
 from vkmsremote.drm.card import Card
 from vkmsremote.drm.resources import get_crtc
 from vkmsremote.vkms.device import down, up
@@ -266,16 +267,16 @@ def test_frames_equal_the_scanout(compositor: Compositor, served: Served) -> Non
         compositor.stop(foot)
 
 
-def test_typed_text_reaches_foot_on_xr0(compositor: Compositor, served: Served) -> None:
-    """The exact text, typed through the client, arrives as a line in foot's shell. Typing is repeated
-    until it does (under TCG foot may map, and take the focus, after the first keys went out); every
-    line that arrived is kept for the failure message."""
-    out, lines = compositor.workdir / "typed.txt", compositor.workdir / "typed-lines.txt"
-    started = compositor.workdir / "typed.started"
+def type_into_foot(compositor: Compositor, served: Served, text: str, tag: str) -> None:
+    """``text``, typed through the client, arrives as a line in foot's shell. Typing is repeated until it does
+    (under TCG foot may map, and take the focus, after the first keys went out; the server may still type with
+    the layout it had before a switch); every line that arrived is kept for the failure message."""
+    out, lines = compositor.workdir / f"{tag}.txt", compositor.workdir / f"{tag}-lines.txt"
+    started = compositor.workdir / f"{tag}.started"
     script = (f'touch {started}; while IFS= read -r line; do printf "%s\\n" "$line" >> {lines}; '
               f'[ "$line" = "$TEXT" ] && printf "%s" "$line" > {out}; done; sleep 600')
-    foot = compositor.spawn(["foot", "-a", "foot", "-F", "sh", "-c", script], "foot-typed.log",
-                            {**compositor.client_env(), "TEXT": TEXT})
+    foot = compositor.spawn(["foot", "-a", "foot", "-F", "sh", "-c", script], f"foot-{tag}.log",
+                            {**compositor.client_env(), "TEXT": text, "LC_ALL": "C.UTF-8"})
     viewer = Viewer(served.port)
     try:
         wait_for(started.exists, "foot to start its shell", timeout=180)
@@ -283,18 +284,91 @@ def test_typed_text_reaches_foot_on_xr0(compositor: Compositor, served: Served) 
         deadline = time.monotonic() + 240
         while not out.exists():
             assert time.monotonic() < deadline, (
-                f"{TEXT!r} never arrived in foot; lines that did: "
-                f"{lines.read_text() if lines.exists() else 'none'}")
+                f"{text!r} never arrived in foot; lines that did: "
+                f"{lines.read_text(encoding='utf-8') if lines.exists() else 'none'}")
             client.mouseMove(SIZE[0] // 2, SIZE[1] // 2)
             client.mousePress(1)  # focus by clicking, whatever the shell's policy
-            type_text(client, TEXT)
+            type_text(client, text)
             client.keyPress("enter")
             with contextlib.suppress(AssertionError):
                 wait_for(out.exists, "foot's shell to write what was typed", timeout=30)
-        assert out.read_text() == TEXT
+        assert out.read_text(encoding="utf-8") == text
     finally:
         viewer.close()
         compositor.stop(foot)
+
+
+def test_typed_text_reaches_foot_on_xr0(compositor: Compositor, served: Served) -> None:
+    type_into_foot(compositor, served, TEXT, "typed")
+
+
+def sway_only(compositor: Compositor) -> None:
+    if compositor.name != "sway":
+        pytest.skip(f"{compositor.name}: only sway has an IPC to set the layout and a wlr-data-control clipboard")
+
+
+def sway_ipc(compositor: Compositor) -> SwayIpc:
+    sway_only(compositor)
+    sock = socket_path_of(compositor.pid)
+    assert sock is not None
+    return SwayIpc(sock, timeout=120)  # a layout change compiles a keymap per keyboard: seconds under TCG
+
+
+@pytest.mark.parametrize(("layout", "text"), [("de", "zyäöüß@€"), ("fr", "azerty&é\"'(")])
+# US: test_typed_text_reaches_foot_on_xr0, typed through the keymap read from sway (its default, us)
+def test_typing_follows_sways_layout(compositor: Compositor, served: Served, layout: str, text: str) -> None:
+    """``input type:keyboard xkb_layout`` through sway's IPC: the server reads the layout sway applies to its
+    keyboard (get_inputs) and types with it (issue 19)."""
+    with sway_ipc(compositor) as ipc:
+        ipc.command(f"input type:keyboard xkb_layout {layout}")
+        try:
+            type_into_foot(compositor, served, text, f"layout-{layout}")
+        finally:
+            ipc.command("input type:keyboard xkb_layout us")
+    assert "built-in US tables" not in compositor.log(served.log)  # (serve logs warnings only)
+
+
+def test_keysym_the_layout_lacks_through_a_virtual_keyboard(compositor: Compositor, served: Served) -> None:
+    """``€`` on sway's us layout: typed through wtype's virtual keyboard (zwp_virtual_keyboard_v1) between
+    keys typed through uinput, in order (issue 19)."""
+    sway_only(compositor)
+    type_into_foot(compositor, served, "a€b", "virtual")
+
+
+def as_session_user(compositor: Compositor, *argv: str, data: bytes | None = None) -> bytes:
+    """A Wayland client of the session (as sway's user, nobody), e.g. wl-copy or wl-paste."""
+    # wl-copy forks the process that serves the selection: no pipes it could keep open (run would wait for it)
+    out = subprocess.DEVNULL if data is not None else subprocess.PIPE
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv],
+                          input=data, env={**os.environ, **compositor.client_env()}, stdout=out, stderr=out,
+                          timeout=120, check=True).stdout or b""
+
+
+def test_clipboard_both_ways_through_wlr_data_control(compositor: Compositor, served: Served) -> None:
+    """wl-copy in the session reaches a client without the Extended Clipboard as ServerCutText (Latin-1); the
+    client's paste is what wl-paste gives the session's applications (issue 19; wl-clipboard, wlr-data-control)."""
+    sway_only(compositor)
+    log = compositor.log(served.log)
+    assert f"clipboard: Wayland {compositor.display} (wl-clipboard, wlr-data-control)" in log, log[-3000:]
+    viewer = Viewer(served.port)
+    try:
+        client = viewer.client
+        received: list[str] = []
+        viewer.frame(incremental=False)
+        client.protocol.copy_text = received.append  # vncdotool's ServerCutText hook
+        as_session_user(compositor, "wl-copy", data="Grüße von XR-0".encode())
+
+        def arrived() -> bool:
+            viewer.frame(incremental=False)  # keeps vncdotool reading
+            return bool(received)
+
+        wait_for(arrived, "the session's clipboard at the VNC client", timeout=120)
+        assert received == ["Grüße von XR-0"]
+        client.paste("Grüße aus dem Client")
+        wait_for(lambda: as_session_user(compositor, "wl-paste", "--no-newline") == "Grüße aus dem Client".encode(),
+                 "the client's text in the session's clipboard (wl-paste)", timeout=120)
+    finally:
+        viewer.close()
 
 
 WEV_MOTION = re.compile(r"wl_pointer\] (?:enter|motion): .*x, y: (-?[\d.]+), (-?[\d.]+)")
@@ -359,6 +433,46 @@ def test_clicks_land_on_the_pixel_of_xr0_and_never_leave_it(compositor: Composit
     finally:
         viewer.close()
         compositor.stop(wev)
+
+
+def test_extended_clipboard_utf8_both_ways_with_tigervnc(compositor: Compositor, served: Served) -> None:
+    """TigerVNC's viewer (Extended Clipboard) under an Xvfb in the guest: ``Grüße ✓`` copied in the sway
+    session arrives whole (UTF-8; plain ServerCutText would give '?' for ✓) in the viewer's X CLIPBOARD, and
+    text copied on the viewer's display is what wl-paste gives the session (issue 19)."""
+    sway_only(compositor)
+    from clients.test_tigervnc import viewer
+
+    r, w = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    try:
+        env = dict(os.environ, DISPLAY=":" + os.read(r, 100).decode().strip(), HOME=str(compositor.workdir),
+                   XAUTHORITY="")
+
+        def viewer_clipboard() -> bytes:
+            return subprocess.run(["xclip", "-selection", "clipboard", "-o"], env=env, capture_output=True,
+                                  timeout=60).stdout
+
+        with viewer(env, served.port, "-SecurityTypes", "None") as proc:
+            # The viewer asks for the server's clipboard and offers its own only while it has the focus (no
+            # window manager: give it; its title names the desktop, XR-0's connector)
+            subprocess.run(["xdotool", "search", "--sync", "--name", compositor.xr0, "windowfocus", "--sync"],
+                           env=env, check=True, timeout=180)
+            as_session_user(compositor, "wl-copy", data="Grüße ✓".encode())
+            try:
+                wait_for(lambda: viewer_clipboard() == "Grüße ✓".encode(),
+                         "the session's clipboard in the viewer's X CLIPBOARD", timeout=120)
+            finally:
+                assert proc.poll() is None, proc.communicate()[0][-2000:]
+            subprocess.run(["xclip", "-selection", "clipboard", "-i"], input="vom Viewer ✓".encode(), env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=60)
+            wait_for(lambda: as_session_user(compositor, "wl-paste", "--no-newline") == "vom Viewer ✓".encode(),
+                     "the viewer's clipboard in the session (wl-paste)", timeout=120)
+    finally:
+        xvfb.terminate()
+        xvfb.wait(30)
+        os.close(r)
 
 
 def test_card_added_while_running(compositor: Compositor, vm_results_dir: Path) -> None:

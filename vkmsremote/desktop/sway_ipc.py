@@ -2,7 +2,8 @@
 
 A message is ``"i3-ipc"``, a 32-bit payload length and a 32-bit type, both in the host's byte order,
 then a JSON payload. The reply carries the same type. Used for ``input <id> map_to_output <name>``
-(RUN_COMMAND), and for resizing an output (RUN_COMMAND ``output <name> mode --custom``, GET_OUTPUTS).
+(RUN_COMMAND), for resizing an output (RUN_COMMAND ``output <name> mode --custom``, GET_OUTPUTS), and for
+the keyboard layout sway applies (GET_INPUTS, GET_CONFIG; vkmsremote.input.layout).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class IpcError(VkmsRemoteError):
 class MessageType(IntEnum):
     RUN_COMMAND = 0
     GET_OUTPUTS = 3
+    GET_CONFIG = 9  # sway-ipc(7): the config file's text as last (re)loaded
+    GET_INPUTS = 100  # sway-ipc(7): the input devices, with each keyboard's XKB layout names
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +128,19 @@ class SwayIpc:
         for r in replies if isinstance(replies, list) else [replies]:
             if not r.get("success"):
                 raise IpcError(f"sway refused {text!r}: {r.get('error', 'no reason given')}")
+
+
+def running_sway_sockets(*, proc: Path = Path("/proc")) -> list[Path]:
+    """IPC sockets of the sway processes running here (found by their name in ``/proc/<pid>/comm``), whatever
+    their ``XDG_RUNTIME_DIR``: a sway started outside a logind session keeps its sockets where it was told."""
+    found = []
+    for entry in sorted(proc.glob("[0-9]*"), key=lambda p: int(p.name)):
+        try:
+            if (entry / "comm").read_text().strip() != "sway":
+                continue
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        sock = socket_path_of(int(entry.name), proc=proc)
+        if sock is not None and sock.exists():
+            found.append(sock)
+    return found

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
 import logging
 import os
 import subprocess
@@ -24,10 +23,9 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final, Protocol
 
-from vkmsremote.input.layout import _sway_sockets, _x_displays
+from vkmsremote.input.layout import _sway_sockets, _x_displays, wayland_of_sway
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +180,11 @@ class WlrClipboard:
             return b""
 
     async def watch(self, changed: Callable[[str], None]) -> None:
-        # One line per change (wl-paste runs the command with the new content on its stdin; echo ignores it).
+        # One line per change. wl-paste runs the command with the new content on its stdin: the command reads it
+        # all (a command that left it unread, like a bare echo, closed the pipe under the clipboard's owner, and
+        # wl-copy, writing to it, died of SIGPIPE, taking the selection with it).
         proc = await asyncio.create_subprocess_exec(
-            "wl-paste", "--watch", "echo", "changed", stdout=asyncio.subprocess.PIPE,
+            "wl-paste", "--watch", "sh", "-c", "cat > /dev/null; echo changed", stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env={**os.environ, **self._env})
         assert proc.stdout is not None and proc.stderr is not None
         try:
@@ -203,14 +203,6 @@ class WlrClipboard:
                     await proc.wait()
 
 
-def _wayland_of_sway(socket: str) -> tuple[str, str] | None:
-    """(XDG_RUNTIME_DIR, WAYLAND_DISPLAY) of the sway whose IPC socket is ``socket``."""
-    runtime = str(Path(socket).parent)
-    displays = sorted(Path(p).name for p in glob.glob(os.path.join(runtime, "wayland-*"))
-                      if not p.endswith(".lock"))
-    return (runtime, displays[0]) if displays else None
-
-
 def _has(tool: str) -> bool:
     return any(os.access(os.path.join(d, tool), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep))
 
@@ -218,7 +210,7 @@ def _has(tool: str) -> bool:
 def open_desktop_clipboard(max_size: int = DEFAULT_MAX_SIZE) -> tuple[DesktopClipboard | None, str]:
     """The clipboard of the desktop this process can reach, and a sentence for ``status`` and the log."""
     for socket in _sway_sockets():
-        found = _wayland_of_sway(socket)
+        found = wayland_of_sway(socket)
         if found is None:
             continue
         if not _has("wl-paste"):

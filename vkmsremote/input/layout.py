@@ -6,10 +6,11 @@ it with libxkbcommon (Debian ``libxkbcommon0`` through ctypes, the same library 
 
 * Xorg: the keymap the X server holds, as ``xkbcomp -xkb $DISPLAY -`` prints it (Debian ``x11-xkb-utils``);
   xkbcommon parses xkbcomp's text format (``XKB_KEYMAP_FORMAT_TEXT_V1``). Follows ``setxkbmap``.
-* sway: ``swaymsg -t get_inputs`` names the active layout of each keyboard (``xkb_layout_names``,
+* sway: its IPC's ``get_inputs`` names the active layout of each keyboard (``xkb_layout_names``,
   ``xkb_active_layout_index``) by its description ("German"); the layout and variant come back from
   xkeyboard-config's own list (``/usr/share/X11/xkb/rules/evdev.lst``) and are compiled with rules evdev.
-  With no keyboard plugged in yet, the ``input`` settings of sway's config (``get_config``) say it.
+  With no keyboard plugged in yet, the ``input`` settings of sway's config (``get_config``) say it. The
+  sway is ``$SWAYSOCK``'s, else any running sway process (its environment names its socket).
   (XKB options are not read; they are not applied.)
 * Anything else, or a read that fails: the generated US tables, with a log line saying so.
 
@@ -23,7 +24,6 @@ import ctypes
 import ctypes.util
 import functools
 import glob
-import json
 import logging
 import os
 import re
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from vkmsremote.desktop.sway_ipc import IpcError, MessageType, SwayIpc, running_sway_sockets
 from vkmsremote.errors import UsageError
 from vkmsremote.input.keymap import STATES, UNICODE_KEYSYM_BASE, US, Keymap
 
@@ -256,12 +257,19 @@ def layout_descriptions(lst: Path = EVDEV_LST) -> dict[str, tuple[str, str]]:
 
 
 def sway_layout(socket: str, device_name: str = "vkmsremote keyboard") -> tuple[str, str] | None:
-    """(layout, variant) sway applies to ``device_name`` (or to its first keyboard), or None."""
-    inputs = json.loads(_run(["swaymsg", "-s", socket, "-t", "get_inputs", "-r"], {}))
-    keyboards = [i for i in inputs if i.get("type") == "keyboard" and i.get("xkb_layout_names")]
-    if not keyboards:  # none plugged in yet: what the config says a keyboard gets
-        config = json.loads(_run(["swaymsg", "-s", socket, "-t", "get_config", "-r"], {})).get("config", "")
-        return sway_config_layout(config, device_name)
+    """(layout, variant) sway applies to ``device_name`` (or to its first keyboard), or None.
+
+    Through vkmsremote's own IPC client rather than swaymsg, which gives up after 3 s (a sway busy compiling a
+    new keymap under a loaded TCG guest took longer)."""
+    try:
+        with SwayIpc(socket, timeout=READ_TIMEOUT) as ipc:
+            inputs = ipc.request(MessageType.GET_INPUTS)
+            keyboards = [i for i in inputs if i.get("type") == "keyboard" and i.get("xkb_layout_names")]
+            if not keyboards:  # none plugged in yet: what the config says a keyboard gets, else sway's default
+                configured = sway_config_layout(ipc.request(MessageType.GET_CONFIG).get("config", ""), device_name)
+                return configured or ("us", "")  # sway-input(5): xkb_layout defaults to libxkbcommon's, us
+    except IpcError as exc:
+        raise UsageError(str(exc)) from exc
     ours = [k for k in keyboards if k.get("name") == device_name]
     keyboard = (ours or keyboards)[0]
     names = keyboard["xkb_layout_names"]
@@ -294,15 +302,27 @@ def sway_config_layout(config: str, device_name: str = "vkmsremote keyboard") ->
 
 
 def _sway_sockets() -> list[str]:
+    """$SWAYSOCK, then the sockets of running sway processes (their environment names it), then sway's
+    default place under /run/user; each once."""
     env = os.environ.get("SWAYSOCK")
     found = [env] if env else []
-    return found + sorted(glob.glob("/run/user/*/sway-ipc.*.sock"))
+    found += [str(p) for p in running_sway_sockets()] + sorted(glob.glob("/run/user/*/sway-ipc.*.sock"))
+    return list(dict.fromkeys(found))
 
 
 def _x_displays() -> list[str]:
     env = os.environ.get("DISPLAY")
     found = [env] if env else []
     return found + [":" + p.rsplit("X", 1)[1] for p in sorted(glob.glob("/tmp/.X11-unix/X*"))]
+
+
+def wayland_of_sway(socket: str) -> tuple[str, str] | None:
+    """(XDG_RUNTIME_DIR, WAYLAND_DISPLAY) of the sway whose IPC socket is ``socket`` (sway puts both in its
+    runtime directory)."""
+    runtime = os.path.dirname(socket)
+    displays = sorted(os.path.basename(p) for p in glob.glob(os.path.join(runtime, "wayland-*"))
+                      if not p.endswith(".lock"))
+    return (runtime, displays[0]) if displays else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +332,8 @@ class Reading:
     key: str
     description: str
     compile: Callable[[], Keymap]
+    x_display: str | None = None  # the X display it was read from (input.spare remaps keys there)
+    wayland: tuple[str, str] | None = None  # (XDG_RUNTIME_DIR, WAYLAND_DISPLAY) of the sway it was read from
 
 
 def read_desktop_layout() -> Reading | None:
@@ -327,7 +349,7 @@ def read_desktop_layout() -> Reading | None:
         if found is not None:
             layout, variant = found
             return Reading(f"sway {layout} {variant}", f"sway: {layout}{f'({variant})' if variant else ''}",
-                           functools.partial(from_names, layout, variant))
+                           functools.partial(from_names, layout, variant), wayland=wayland_of_sway(socket))
         failures.append(f"sway at {socket}: no keyboard layout in its inputs or config")
     for display in _x_displays():
         try:
@@ -335,10 +357,21 @@ def read_desktop_layout() -> Reading | None:
         except UsageError as exc:
             failures.append(f"X display {display}: {exc}")
             continue
-        return Reading(text, f"X {display}", functools.partial(_compile_text, text, f"X {display}"))
+        return Reading(text, f"X {display}", functools.partial(_compile_text, text, f"X {display}"), display)
     if failures:
         raise UsageError("; ".join(failures))
     return None
+
+
+def describe_desktop_layout() -> str:
+    """What ``serve`` would type with now, for ``status``: the desktop's layout, or the US fallback and why."""
+    try:
+        reading = read_desktop_layout()
+    except UsageError as exc:
+        return f"US (built-in tables): {exc}"
+    if reading is None:
+        return "US (built-in tables): no X display or sway socket found"
+    return reading.description
 
 
 class LayoutSource:
@@ -364,6 +397,10 @@ class LayoutSource:
         self._key: str | None = None
         self._keymap: Keymap = US
         self.description = "US (built-in tables)"
+        self.x_display: str | None = None
+        """The X display the layout was last read from; None when it was not an X server's."""
+        self.wayland: tuple[str, str] | None = None
+        """(XDG_RUNTIME_DIR, WAYLAND_DISPLAY) of the sway the layout was last read from."""
         self._background = background
         self._fresh = threading.Event()  # set after each read; cleared when a key asks for a fresh one
         self._wake = threading.Event()
@@ -408,6 +445,8 @@ class LayoutSource:
         except (UsageError, OSError) as exc:
             why, reading = str(exc), None
         key = reading.key if reading is not None else ""
+        self.x_display = reading.x_display if reading is not None else None
+        self.wayland = reading.wayland if reading is not None else None
         if key == self._key:
             return
         self._key = key

@@ -36,6 +36,7 @@ from evdev import ecodes
 from vkmsremote.errors import InputDeviceError, PermissionDeniedError
 from vkmsremote.frame import Placement
 from vkmsremote.input.keymap import US, Keymap, KeyPress, State
+from vkmsremote.input.spare import SPARE_CODES, XSpareKeys
 
 if TYPE_CHECKING:
     from vkmsremote.input.clipboard import DesktopClipboard
@@ -176,10 +177,11 @@ class Keyboard:
     """The uinput keyboard: counts presses per code across sinks and tracks the target's lock state."""
 
     def __init__(self, device: UinputDevice, keymap: Keymap = US,
-                 keymap_source: Callable[[], Keymap] | None = None) -> None:
+                 keymap_source: Callable[[], Keymap] | None = None, spare: XSpareKeys | None = None) -> None:
         self.device = device
         self.keymap = keymap
         self.keymap_source = keymap_source  # e.g. input.layout.LayoutSource: the desktop's current layout
+        self.spare = spare  # keysyms the layout lacks, on a spare key remapped for them (input.spare)
         self._down: collections.Counter[int] = collections.Counter()
         self._locks = State.NONE
 
@@ -223,6 +225,15 @@ class Keyboard:
         if self._down[code] == 0:
             del self._down[code]
             self._emit(code, False)
+
+    def plan(self, keysym: int) -> KeyPress | None:
+        """How to type ``keysym`` now: with the desktop's layout, else on a spare key (None: dropped)."""
+        keymap = self.refresh_keymap()
+        plan = keymap.plan(keysym, self.state)
+        if self.spare is not None and (plan is None or plan.code in self.spare.assigned_codes):
+            # (the layout read back after a remap shows our spare key; it may be reassigned since)
+            return self.spare.plan(keysym, keymap, self.is_down)
+        return plan
 
     def press_planned(self, plan: KeyPress) -> None:
         """Press ``plan.code`` with the Shift/AltGr/Num Lock adjustments the keymap asked for."""
@@ -277,7 +288,8 @@ class Pointer:
 
 
 def keyboard_spec(name: str, keymap: Keymap = US) -> DeviceSpec:
-    codes = tuple(sorted(c for c in keymap.codes if 0 < c <= ecodes.KEY_MAX and c not in _BUTTON_RANGE))
+    codes = tuple(sorted(c for c in keymap.codes | set(SPARE_CODES)
+                         if 0 < c <= ecodes.KEY_MAX and c not in _BUTTON_RANGE))
     leds = (ecodes.LED_NUML, ecodes.LED_CAPSL, ecodes.LED_SCROLLL)
     return DeviceSpec(f"{name} keyboard", keys=codes, leds=leds)
 
@@ -312,14 +324,17 @@ class UinputDevices:
             keyboard_device.close()
             raise
         log.info("uinput keyboard %s, pointer %s", keyboard_device.path, pointer_device.path)
-        source = None
+        source = spare = None
         if follow_layout:
             from vkmsremote.input.layout import LayoutSource
 
             source = LayoutSource(background=True)
-        return cls(Keyboard(keyboard_device, keymap, source), Pointer(pointer_device))
+            spare = XSpareKeys(lambda: source.x_display, wayland=lambda: source.wayland)
+        return cls(Keyboard(keyboard_device, keymap, source, spare), Pointer(pointer_device))
 
     def close(self) -> None:
+        if self.keyboard.spare is not None:
+            self.keyboard.spare.close()
         close_source = getattr(self.keyboard.keymap_source, "close", None)
         if close_source is not None:
             close_source()
@@ -423,7 +438,7 @@ class UinputSink:
         if not down:
             self._release_keysym(keysym)
             return
-        plan = keyboard.refresh_keymap().plan(keysym, keyboard.state)
+        plan = keyboard.plan(keysym)
         if plan is None:
             return
         if plan.code in self._held.codes:
