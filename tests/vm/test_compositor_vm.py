@@ -578,7 +578,8 @@ def test_output_add_lights_xr1_under_xorg_and_remove_turns_it_off(desktop: Deskt
 
 
 def test_two_connectors_in_one_session(desktop: Desktop) -> None:
-    """``serve --connector Virtual-1,Virtual-2`` with Xorg lighting both side by side: vncdotool (a client
+    """``serve --connector XR-0,XR-1`` (configfs names, found through the mapping) with Xorg lighting both side
+    by side: vncdotool (a client
     nobody here wrote) gets one 2048x768 desktop equal, pixel for pixel, to what the two CRTCs scan out;
     an ExtendedDesktopSize client (the tests' RawClient: vncdotool does not parse the screen list) gets two
     screens; ``output remove XR-1`` takes XR-1's screen away for both, ``output add XR-1`` brings it back
@@ -622,8 +623,7 @@ def test_two_connectors_in_one_session(desktop: Desktop) -> None:
     x("xrandr", "--output", desktop.second, "--mode", "1024x768", "--right-of", desktop.connector)
     xterm(desktop, "right", "30x3+1200+100", r"printf '\033[?25lon XR-1'; sleep 3600")
     desktop.window("right")
-    proc, port = _start_server(desktop, "--input", "none", connector=f"{desktop.connector},{desktop.second}",
-                               log_name="server-multi.log")
+    proc, port = _start_server(desktop, "--input", "none", connector="XR-0,XR-1", log_name="server-multi.log")
     try:
         with vnc(port) as client:
             wait_for(frame_size_is(client, 2048, 768), "one 2048x768 desktop of XR-0 and XR-1")

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import asyncio
     import ssl
 
-    from vkmsremote.capture.crtc import CrtcReader
+    from vkmsremote.capture.crtc import CrtcLocation, CrtcReader
     from vkmsremote.frame import FrameSource
     from vkmsremote.input import UinputDevices
     from vkmsremote.rfb.auth import SecurityPolicy
@@ -56,27 +56,15 @@ def _pattern_source(args: argparse.Namespace) -> FrameSource:
 def _crtc_source(args: argparse.Namespace) -> FrameSource:
     """The CrtcReader of --card/--connector/--crtc. It follows the CRTC when the card goes away and comes back
     (service/locate.py): a configfs connector (XR-0) through the mapping, any other card by its node."""
-    from vkmsremote.capture.crtc import CrtcReader
-    from vkmsremote.errors import DeviceStateError
-    from vkmsremote.service.locate import ConfigfsConnector, crtc_locator
-
     if args.connector and "," in args.connector:
         return _multi_source(args)
     connector: int | str | None = args.connector
     if isinstance(connector, str) and connector.isdigit():
         connector = int(connector)
-    locate = crtc_locator(args.card, connector, args.crtc)
-    if not isinstance(locate, ConfigfsConnector) or connector != locate.connector:
-        reader = CrtcReader.open(args.card, crtc_id=args.crtc, connector=connector, locate=locate)
-    else:
-        found = locate()  # --connector XR-0: the mapping says which card and CRTC
-        if found is None:
-            raise DeviceStateError(f"{connector} has no DRM connector: VKMS device {locate.device!r} is not enabled",
-                                   hint="`vkmsremote status` shows it; `vkmsremote up` enables it")
+    reader, found = _open_reader(args.card, connector, args.crtc)
+    if found is not None:  # --connector XR-0: found through the mapping
         args.card, args.connector = found.card_path, found.drm_connector  # the pointer binding names the DRM side
         connector = found.drm_connector
-        reader = CrtcReader.open(found.card_path, crtc_id=found.crtc_id, desktop_name=found.desktop_name,
-                                 locate=locate)
     output = _output_of(reader, connector)
     if output is not None:  # a client's SetDesktopSize goes to the compositor driving the card
         from vkmsremote.desktop.resize import DesktopResizer
@@ -84,6 +72,25 @@ def _crtc_source(args: argparse.Namespace) -> FrameSource:
 
         reader.resizer = DesktopResizer(args.card, output, x_timings)
     return reader
+
+
+def _open_reader(card: str, connector: int | str | None, crtc: int | None) -> tuple[CrtcReader, CrtcLocation | None]:
+    """The CrtcReader for ``--card card --connector connector --crtc crtc``, following the CRTC when its card
+    goes away and comes back (service/locate.py); with where it was found when ``connector`` is a configfs
+    name (XR-0), through the mapping."""
+    from vkmsremote.capture.crtc import CrtcReader
+    from vkmsremote.errors import DeviceStateError
+    from vkmsremote.service.locate import ConfigfsConnector, crtc_locator
+
+    locate = crtc_locator(card, connector, crtc)
+    if not isinstance(locate, ConfigfsConnector) or connector != locate.connector:
+        return CrtcReader.open(card, crtc_id=crtc, connector=connector, locate=locate), None
+    found = locate()  # the mapping says which card and CRTC
+    if found is None:
+        raise DeviceStateError(f"{connector} has no DRM connector: VKMS device {locate.device!r} is not enabled",
+                               hint="`vkmsremote status` shows it; `vkmsremote up` enables it")
+    reader = CrtcReader.open(found.card_path, crtc_id=found.crtc_id, desktop_name=found.desktop_name, locate=locate)
+    return reader, found
 
 
 def _multi_source(args: argparse.Namespace) -> FrameSource:
@@ -96,8 +103,8 @@ def _multi_source(args: argparse.Namespace) -> FrameSource:
         raise UsageError(f"--connector {args.connector!r}: name each connector once")
     readers: list[FrameSource] = []
     try:
-        for name in names:
-            readers.append(CrtcReader.open(args.card, crtc_id=None, connector=int(name) if name.isdigit() else name))
+        for name in names:  # configfs names (XR-0,XR-1) through the mapping, or DRM names/ids on --card
+            readers.append(_open_reader(args.card, int(name) if name.isdigit() else name, None)[0])
         return MultiSource(readers, names)
     except BaseException:
         for r in readers:
@@ -169,8 +176,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--card", default="/dev/dri/card0", help="crtc: DRM card (default /dev/dri/card0)")
     src.add_argument("--connector", help="crtc: connector whose CRTC to serve: a configfs name (XR-0: the card is found "
                      "through the mapping, and found again if the device is disabled and enabled or made anew), "
-                     "or a DRM name (e.g. Virtual-1) or id on --card; several DRM names, comma-separated "
-                     "(Virtual-1,Virtual-2): one desktop with a screen per connector, side by side (view only for now)")
+                     "or a DRM name (e.g. Virtual-1) or id on --card; several, comma-separated (XR-0,XR-1 or "
+                     "Virtual-1,Virtual-2): one desktop with a screen per connector, side by side (view only for now)")
     src.add_argument("--crtc", type=int, help="crtc: CRTC id (default: the connector's, or the only one)")
     src.add_argument("--input", choices=("none", "uinput"),
                      help="where keyboard and pointer go (default: uinput for crtc, none for pattern)")
