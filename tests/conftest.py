@@ -64,6 +64,23 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return True if "mark.vm" not in text else None
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``only_compositor(name)`` applies to one value of its ``compositor`` parameter: its
+    other instances are deselected (they do not apply; they are not skipped work)."""
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        marker = item.get_closest_marker("only_compositor")
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if marker is not None and "compositor" in params and params["compositor"] != marker.args[0]:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     problem = vm_problem()
     return "vkmsremote: inside the test VM" if problem is None else f"vkmsremote: host ({problem})"

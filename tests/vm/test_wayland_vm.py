@@ -302,9 +302,13 @@ def test_typed_text_reaches_foot_on_xr0(compositor: Compositor, served: Served) 
     type_into_foot(compositor, served, TEXT, "typed")
 
 
+SWAY_ONLY = pytest.mark.only_compositor("sway")
+"""Only sway has an IPC to set the layout, a wlr-data-control clipboard and a virtual keyboard: the Weston
+instances of these tests are deselected (tests/conftest.py)."""
+
+
 def sway_only(compositor: Compositor) -> None:
-    if compositor.name != "sway":
-        pytest.skip(f"{compositor.name}: only sway has an IPC to set the layout and a wlr-data-control clipboard")
+    assert compositor.name == "sway", f"{compositor.name}: a sway-only test ran with another compositor"
 
 
 def sway_ipc(compositor: Compositor) -> SwayIpc:
@@ -314,6 +318,7 @@ def sway_ipc(compositor: Compositor) -> SwayIpc:
     return SwayIpc(sock, timeout=120)  # a layout change compiles a keymap per keyboard: seconds under TCG
 
 
+@SWAY_ONLY
 @pytest.mark.parametrize(("layout", "text"), [("de", "zyäöüß@€"), ("fr", "azerty&é\"'(")])
 # US: test_typed_text_reaches_foot_on_xr0, typed through the keymap read from sway (its default, us)
 def test_typing_follows_sways_layout(compositor: Compositor, served: Served, layout: str, text: str) -> None:
@@ -328,6 +333,7 @@ def test_typing_follows_sways_layout(compositor: Compositor, served: Served, lay
     assert "built-in US tables" not in compositor.log(served.log)  # (serve logs warnings only)
 
 
+@SWAY_ONLY
 def test_keysym_the_layout_lacks_through_a_virtual_keyboard(compositor: Compositor, served: Served) -> None:
     """``€`` on sway's us layout: typed through wtype's virtual keyboard (zwp_virtual_keyboard_v1) between
     keys typed through uinput, in order (issue 19)."""
@@ -344,6 +350,7 @@ def as_session_user(compositor: Compositor, *argv: str, data: bytes | None = Non
                           timeout=120, check=True).stdout or b""
 
 
+@SWAY_ONLY
 def test_clipboard_both_ways_through_wlr_data_control(compositor: Compositor, served: Served) -> None:
     """wl-copy in the session reaches a client without the Extended Clipboard as ServerCutText (Latin-1); the
     client's paste is what wl-paste gives the session's applications (issue 19; wl-clipboard, wlr-data-control)."""
@@ -435,6 +442,7 @@ def test_clicks_land_on_the_pixel_of_xr0_and_never_leave_it(compositor: Composit
         compositor.stop(wev)
 
 
+@SWAY_ONLY
 def test_extended_clipboard_utf8_both_ways_with_tigervnc(compositor: Compositor, served: Served) -> None:
     """TigerVNC's viewer (Extended Clipboard) under an Xvfb in the guest: ``Grüße ✓`` copied in the sway
     session arrives whole (UTF-8; plain ServerCutText would give '?' for ✓) in the viewer's X CLIPBOARD, and
