@@ -4,15 +4,15 @@ through uinput is tests/vm/test_compositor_vm.py's test_keysym_the_layout_lacks_
 from __future__ import annotations
 
 import logging
-import os
 import re
 import subprocess
-import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from evdev import ecodes as e
 
+from vkmsremote.bench.harness import Procs, setup_xvfb
 from vkmsremote.input.keymap import KeyPress, State
 from vkmsremote.input.layout import _compile_text, xorg_keymap_text
 from vkmsremote.input.spare import SPARE_CODES, XSpareKeys
@@ -24,20 +24,13 @@ XK_EuroSign, XK_ssharp, XK_udiaeresis, XK_ccedilla, XK_ntilde, XK_a = 0x20AC, 0x
 
 
 @pytest.fixture
-def xvfb() -> Iterator[str]:
-    """-noreset: the remaps outlive xmodmap, the only client (an X server resets its keymap when its last client goes)."""
-    name = f":{90 + os.getpid() % 9}"
-    proc = subprocess.Popen(["Xvfb", name, "-nolisten", "tcp", "-noreset"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+def xvfb(tmp_path: Path) -> Iterator[str]:
+    """A real Xvfb on a free display (bench.harness: -noreset, so the remaps outlive xmodmap, the only client)."""
+    procs = Procs(tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while subprocess.run(["xkbcomp", "-xkb", name, os.devnull], capture_output=True).returncode != 0:
-            assert proc.poll() is None and time.monotonic() < deadline, "Xvfb did not start"
-            time.sleep(0.2)
-        yield name
+        yield setup_xvfb((640, 480), procs, role="Xvfb")
     finally:
-        proc.terminate()
-        proc.wait(10)
+        procs.stop_all()
 
 
 def symbols_of(display: str, x_keycode: int) -> list[str]:
