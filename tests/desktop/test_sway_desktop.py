@@ -9,6 +9,7 @@ machine, and the clipboard through wl-clipboard (wlr-data-control) both ways.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -37,6 +38,7 @@ class Sway:
     config: Path
     socket: str
     display: str
+    pid: int
 
     def msg(self, *argv: str) -> str:
         return subprocess.run(["swaymsg", "-s", self.socket, *argv], capture_output=True, text=True, check=True,
@@ -46,19 +48,21 @@ class Sway:
         return {**os.environ, "XDG_RUNTIME_DIR": str(self.runtime), "WAYLAND_DISPLAY": self.display}
 
 
-@pytest.fixture
-def sway(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sway]:
+@contextlib.contextmanager
+def headless_sway(config_text: str, outputs: int = 1) -> Iterator[Sway]:
+    """A headless sway (pixman, no input devices) run as nobody with ``config_text`` as its config and
+    ``outputs`` headless outputs (HEADLESS-1, HEADLESS-2, ...)."""
     assert shutil.which("sway") and shutil.which("wl-copy"), "setup-host.sh installs sway and wl-clipboard"
-    base = Path(f"/tmp/vkmsremote-sway-{os.getpid()}")  # outside pytest's 0700 tree: nobody must reach it
+    base = Path(f"/tmp/vkmsremote-sway-{os.getpid()}-{time.monotonic_ns()}")  # outside pytest's 0700 tree
     runtime, config = base / "run", base / "config"
     runtime.mkdir(parents=True)
     base.chmod(0o755)
     os.chown(runtime, NOBODY, NOBODY)
     runtime.chmod(0o700)
-    config.write_text("input type:keyboard xkb_layout de\n")
+    config.write_text(config_text)
     config.chmod(0o644)
     env = {"PATH": os.environ["PATH"], "XDG_RUNTIME_DIR": str(runtime), "WLR_BACKENDS": "headless",
-           "WLR_LIBINPUT_NO_DEVICES": "1", "WLR_RENDERER": "pixman"}
+           "WLR_HEADLESS_OUTPUTS": str(outputs), "WLR_LIBINPUT_NO_DEVICES": "1", "WLR_RENDERER": "pixman"}
     log = open(base / "sway.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "sway", "-c",
                              str(config)], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -69,14 +73,20 @@ def sway(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPat
             assert time.monotonic() < deadline, "sway made no sockets"
             time.sleep(0.1)
         display = sorted(p.name for p in runtime.glob("wayland-?"))[0]
-        monkeypatch.setenv("SWAYSOCK", str(sockets[0]))
-        monkeypatch.delenv("DISPLAY", raising=False)
-        yield Sway(runtime, config, str(sockets[0]), display)
+        yield Sway(runtime, config, str(sockets[0]), display, proc.pid)
     finally:
         proc.terminate()
         proc.wait(10)
         log.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def sway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sway]:
+    with headless_sway("input type:keyboard xkb_layout de\n") as s:
+        monkeypatch.setenv("SWAYSOCK", s.socket)
+        monkeypatch.delenv("DISPLAY", raising=False)
+        yield s
 
 
 def test_layout_from_sway_follows_its_config(sway: Sway) -> None:

@@ -11,6 +11,12 @@ absolute device to an output (or the whole layout) by its own rules, so the devi
 - sway (and its IPC): ``input <identifier> map_to_output <output>``; on exit ``map_to_output *`` (the
   whole layout, sway's default). sway keeps input configs by identifier, so this may precede the device.
 - Xorg: nothing to do (placement).
+- KWin and GNOME Shell (Mutter): each maps a plain absolute pointer over its whole layout, as Xorg does
+  over its root window, and binds only tablets and touchscreens to one output (Mutter: the
+  ``org.gnome.desktop.peripherals`` tablet/touchscreen ``output`` setting; KWin: a device's
+  ``outputName``). So vkmsremote places its pointer: a :class:`~.wayland.LayoutWatcher` on the
+  compositor's Wayland socket follows where XR-0's output lies in the layout (xdg-output) and the sink
+  scales the client's (x, y) into that rectangle. Nothing in the compositor changes; nothing to undo.
 
 ``plan_binding`` decides (reads /proc and debugfs only); ``apply_binding`` carries the plan out and
 returns a :class:`Binding` whose ``undo()`` reverses exactly what was done. When the compositor cannot
@@ -33,6 +39,7 @@ from vkmsremote.errors import UsageError, VkmsRemoteError
 
 from .clients import DrmClient, drm_master
 from .sway_ipc import IpcError, SwayIpc, socket_path_of
+from .wayland import LayoutWatcher, Placement, WaylandError, wayland_socket_of
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,8 @@ class Compositor(enum.Enum):
     WESTON = "weston"
     SWAY = "sway"
     XORG = "Xorg"
+    KWIN = "kwin_wayland"
+    MUTTER = "gnome-shell"  # or a plain mutter
     OTHER = "other"
 
     @classmethod
@@ -61,6 +70,10 @@ class Compositor(enum.Enum):
             return cls.SWAY
         if name in ("Xorg", "X"):
             return cls.XORG
+        if name == "kwin_wayland":
+            return cls.KWIN
+        if name in ("gnome-shell", "mutter"):
+            return cls.MUTTER
         return cls.OTHER
 
 
@@ -68,6 +81,7 @@ class Method(enum.Enum):
     UDEV_RULE = "udev WL_OUTPUT rule"
     SWAY_IPC = "sway IPC map_to_output"
     PLACEMENT = "placement in the X screen"
+    LAYOUT = "placement in the Wayland layout (xdg-output)"
     NONE = "none"  # --pointer-output none
     MANUAL = "manual"  # cannot bind automatically: ``command`` says how
 
@@ -108,6 +122,7 @@ class BindingPlan:
     command: str = ""  # the equivalent (or, for MANUAL, the needed) shell command
     reason: str = ""  # why MANUAL / NONE
     sway_socket: str | None = None
+    wayland_socket: str | None = None  # Method.LAYOUT: the compositor's Wayland socket
 
     def describe(self) -> str:
         who = self.holder.describe() if self.holder is not None else "no DRM master found"
@@ -116,6 +131,9 @@ class BindingPlan:
                     f"{self.command}")
         if self.method is Method.NONE:
             return f"pointer binding off ({self.reason})"
+        if self.method is Method.LAYOUT:
+            return (f"pointer placed on {self.output} in the layout of {who}, followed over its Wayland socket "
+                    f"{self.wayland_socket} ({self.method.value})")
         if self.holder is None:
             return (f"{self.reason}: wrote the udev WL_OUTPUT rule for a Weston started later; a sway started "
                     f"later needs: {sway_command(self.output)}")
@@ -152,6 +170,13 @@ def plan_binding(mode: str, card: str, output: str | None, *,
                            sway_socket=str(sock))
     if kind is Compositor.XORG:
         return BindingPlan(output, Method.PLACEMENT, holder, kind)
+    if kind in (Compositor.KWIN, Compositor.MUTTER):
+        wl = wayland_socket_of(holder.pid)
+        if wl is None:
+            return BindingPlan(output, Method.MANUAL, holder, kind, manual,
+                               reason=f"{holder.command}'s Wayland socket was not found (its fds and environment "
+                                      "were not readable: run vkmsremote as root)")
+        return BindingPlan(output, Method.LAYOUT, holder, kind, wayland_socket=str(wl))
     return BindingPlan(output, Method.MANUAL, holder, kind, manual,
                        reason=f"{holder.command} has no per-device output binding vkmsremote knows")
 
@@ -164,8 +189,16 @@ class Binding:
     _undo: list[Callable[[], None]] = field(default_factory=list)
 
     say: Callable[[str], None] | None = None
+    layout: LayoutWatcher | None = None  # Method.LAYOUT: follows the compositor's layout (closed by undo)
+
+    def placement(self) -> Placement | None:
+        """Where the bound output lies in the layout the pointer spans (Method.LAYOUT), else None."""
+        return self.layout.placement(self.plan.output) if self.layout is not None else None
 
     def undo(self) -> None:
+        if self.layout is not None:  # a read-only client: closing it changes nothing in the compositor
+            self.layout.close()
+            self.layout = None
         done = bool(self._undo)
         while self._undo:
             step = self._undo.pop()
@@ -253,7 +286,14 @@ def apply_binding(plan: BindingPlan, *, rules_dir: Path = UDEV_RULES_DIR) -> Bin
                     ipc.command(f"input {SWAY_IDENTIFIER} map_to_output *")
 
             binding._undo.append(unmap)
-    except (OSError, IpcError, subprocess.SubprocessError) as e:
+        elif plan.method is Method.LAYOUT:
+            assert plan.wayland_socket is not None
+            binding.layout = LayoutWatcher.open(plan.wayland_socket)
+            if binding.layout.layout.placement(plan.output) is None:
+                log.warning("%s is not in %s's layout yet (outputs: %s): the pointer is placed once it is",
+                            plan.output, plan.compositor.value if plan.compositor else "the compositor",
+                            ", ".join(sorted(binding.layout.layout.rects())) or "none")
+    except (OSError, IpcError, WaylandError, subprocess.SubprocessError) as e:
         binding.undo()
         log.warning("could not bind the pointer to %s by %s: %s; to bind it by hand: %s", plan.output,
                     plan.method.value, e, plan.command)
@@ -270,7 +310,8 @@ def add_pointer_output_argument(group: object) -> None:
     group.add_argument(  # type: ignore[attr-defined]
         "--pointer-output", type=pointer_output_arg, default="auto", metavar="auto|none|NAME",
         help="bind the uinput pointer to the served output (auto, the default: detect the compositor holding "
-             "the card and use its own way: Weston udev WL_OUTPUT, sway map_to_output, Xorg placement; "
+             "the card and use its own way: Weston udev WL_OUTPUT, sway map_to_output, Xorg placement, "
+             "KWin/GNOME placement in their layout (xdg-output); "
              "NAME: bind to that output instead; none: leave it to the compositor)")
 
 

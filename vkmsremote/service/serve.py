@@ -22,8 +22,11 @@ if TYPE_CHECKING:
     import ssl
 
     from vkmsremote.capture.crtc import CrtcLocation, CrtcReader
+    from vkmsremote.desktop.binding import Binding
+    from vkmsremote.desktop.wayland import Placement as LayoutPlacement
     from vkmsremote.frame import FrameSource
     from vkmsremote.input import UinputDevices
+    from vkmsremote.input.uinput import PointerArea
     from vkmsremote.rfb.auth import SecurityPolicy
     from vkmsremote.server.app import SinkFactory, VncServer
     from vkmsremote.server.input import InputSink
@@ -228,16 +231,22 @@ def policy_from_args(args: argparse.Namespace) -> SecurityPolicy:
                            tls_cert=args.tls_cert, tls_key=args.tls_key, view_only_password=view_only_password)
 
 
-def uinput_sink_factory(devices: UinputDevices, source: object = None) -> SinkFactory:
+def uinput_sink_factory(devices: UinputDevices, source: object = None, binding: Binding | None = None) -> SinkFactory:
     """A SinkFactory giving each client its own UinputSink over ``devices`` (one shared pair of uinput
-    devices). With a ``source`` that knows its placement (a CrtcReader), the pointer maps into the
-    connector's place in the compositor's framebuffer (several outputs in one desktop); one that can be
-    woken is woken by input, which is usually followed by a change on screen."""
+    devices). The pointer maps into the connector's place in what the compositor's absolute pointer spans:
+    with a ``binding`` that follows a Wayland layout (KWin, GNOME Shell), its output's rectangle in the
+    layout; else, with a ``source`` that knows its placement (a CrtcReader), the connector's place in the
+    compositor's framebuffer (several outputs in one X screen). A source that can be woken is woken by
+    input, which is usually followed by a change on screen."""
     from vkmsremote.input import UinputSink, area_of
     from vkmsremote.server.input import WakingSink
 
     placement = getattr(source, "placement", None)
-    area = (lambda: area_of(placement())) if callable(placement) else None
+    area: Callable[[], PointerArea | None] | None = None
+    if binding is not None and binding.layout is not None:
+        area = lambda: _layout_area(binding.placement())  # noqa: E731
+    elif callable(placement):
+        area = lambda: area_of(placement())  # noqa: E731
     wake = getattr(source, "wake", None)
 
     def factory(width: int, height: int) -> InputSink:
@@ -245,6 +254,20 @@ def uinput_sink_factory(devices: UinputDevices, source: object = None) -> SinkFa
         return WakingSink(sink, wake) if callable(wake) else sink
 
     return factory
+
+
+def _layout_area(placed: LayoutPlacement | None) -> PointerArea | None:
+    """The PointerArea of an output's rectangle in a Wayland layout; None if unknown or nonsensical."""
+    from vkmsremote.errors import InputDeviceError
+    from vkmsremote.input.uinput import PointerArea
+
+    if placed is None:
+        return None
+    try:
+        return PointerArea(placed.x, placed.y, placed.width, placed.height, placed.layout_width,
+                           placed.layout_height)
+    except InputDeviceError:
+        return None
 
 
 def vnc_server(source: FrameSource, sink: InputSink | SinkFactory | None, policy: SecurityPolicy,
@@ -380,7 +403,7 @@ def run(args: argparse.Namespace) -> int:
                 binding = bind_pointer(args.pointer_output, args.card, named,
                                        lambda text: print(f"vkmsremote: {text}", flush=True))
             devices = UinputDevices.open("vkmsremote", follow_layout=True)
-            sink = uinput_sink_factory(devices, source)
+            sink = uinput_sink_factory(devices, source, binding)
             from vkmsremote.input.clipboard import open_desktop_clipboard
 
             devices.clipboard, clipboard_state = open_desktop_clipboard()

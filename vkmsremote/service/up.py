@@ -203,12 +203,13 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
                       resize_output=None if args.drive else target.drm_name)
     broker = spawn_broker(spec)  # it starts up (imports, modeset) while this process prepares
     devices: Any = None
+    binding: Any = None
     try:
         if args.input == "uinput" and not args.view_only:  # before the devices exist (Weston reads WL_OUTPUT at add)
             from vkmsremote.desktop.binding import bind_pointer
 
-            bind_pointer(args.pointer_output, target.card, target.drm_name,
-                         lambda text: _say(out, text)).undo_at_exit_of_parent()  # undone as root after the drop
+            binding = bind_pointer(args.pointer_output, target.card, target.drm_name, lambda text: _say(out, text))
+            binding.undo_at_exit_of_parent()  # undone as root after the drop; a layout watcher stays here
         # Everything that needs root's files is read now: password file, TLS key and certificate.
         from vkmsremote.server.app import resolves_to_loopback
         from vkmsremote.service.serve import WebListener, policy_from_args, uinput_sink_factory, vnc_server
@@ -244,12 +245,14 @@ def serve_up(args: argparse.Namespace, mapping: Any, out: TextIO = sys.stdout) -
         reader = CrtcReader(card, target.crtc_id, desktop_name=target.desktop_name, own_card=True,
                             exporter=broker, writeback=broker if args.capture == "writeback" else None,
                             resizer=broker)  # --drive: the broker sets the mode; else it asks the compositor
-        sink = uinput_sink_factory(devices, reader) if devices is not None else None
+        sink = uinput_sink_factory(devices, reader, binding) if devices is not None else None
         server = vnc_server(reader, sink, policy, args)
         asyncio.run(_serve(server, reader, target, web, announce, out, consumers))
     finally:
         if devices is not None:
             devices.close()  # releases anything still pressed
+        if binding is not None:
+            binding.undo()  # what is left after undo_at_exit_of_parent: the layout watcher's connection
         broker.close()
     if args.down_on_exit:
         status = "removed" if broker.exit_status == 0 else "could not remove (see the log)"
