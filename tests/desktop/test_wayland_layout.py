@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from evdev import ecodes
@@ -135,7 +136,7 @@ def test_binding_without_a_reachable_socket_says_how() -> None:
 
 
 def _fullscreen_on(sway: Sway, app_id: str) -> tuple[str, dict[str, int]] | None:
-    def walk(node: dict, output: str | None) -> tuple[str, dict[str, int]] | None:
+    def walk(node: dict[str, Any], output: str | None) -> tuple[str, dict[str, int]] | None:
         for child in node.get("nodes", []) + node.get("floating_nodes", []):
             here = child["name"] if child.get("type") == "output" else output
             if child.get("app_id") == app_id and child.get("fullscreen_mode") == 1 and here:

@@ -9,8 +9,10 @@ Each desktop is started the way a display manager would: a system unit (``system
 the tree's test user, ``PAMName=login`` and ``TTYPath=/dev/tty1``, so pam_systemd registers a logind
 session on seat0, VT 1, and the compositor takes the card through logind (TakeDevice), on the ``xr-dual``
 device made by ``vkmsremote up --no-serve`` before it starts. Software rendering (QPainter for KWin,
-llvmpipe for Mutter). Then, where XR-0 is lit, ``vkmsremote serve`` reads XR-0 and vncdotool (Raw)
-must get the framebuffer the CRTC scans out. Figures (seconds to the socket, to each CRTC lit; the
+llvmpipe for Mutter). Then, where XR-0 is lit, ``vkmsremote serve`` (``--pointer-output auto``) reads
+XR-0 and, through vncdotool (Raw): frames equal the framebuffer the CRTC scans out; text typed arrives in
+foot, fullscreen on XR-0; clicks at (x, y), the corners included, arrive at (x, y) of a probe client
+fullscreen on XR-0's wl_output (tests/guest/wlprobe.py), which never sees the pointer leave. Figures (seconds to the socket, to each CRTC lit; the
 session's state) go to $VKMSREMOTE_GUEST_RESULTS/desktops.jsonl, the compositor's journal beside it.
 """
 
@@ -27,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -211,46 +214,210 @@ class Scanout:
         self.card.close()
 
 
-def test_vnc_frames_equal_xr0s_scanout(desktop: Desktop) -> None:
-    """vncdotool (Raw) through ``vkmsremote serve`` on XR-0 gets exactly the scanned-out framebuffer."""
-    from vncdotool import api as vnc_api
+@dataclass
+class Served:
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes]
 
+
+@pytest.fixture(scope="module")
+def served(desktop: Desktop) -> Iterator[Served]:
+    """``vkmsremote serve`` on XR-0 with uinput input and ``--pointer-output auto`` (the default)."""
     dev = desktop.device
     if not (crtc_lit(dev.card, dev.crtc0) and crtc_lit(dev.card, dev.crtc1)):
         pytest.fail(f"XR-0 and XR-1 are not both lit by {desktop.spec.name} (test_xr0_lit_beside_xr1 says why)")
     log = RESULTS / f"serve-{desktop.spec.name}.log"
     with log.open("wb") as out:
-        serve = subprocess.Popen([sys.executable, "-m", "vkmsremote", "serve", "--source", "crtc", "--card", dev.card,
-                                  "--connector", dev.xr0, "--port", "0", "--input", "uinput",
-                                  "--pointer-output", "none"],
-                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    scan = Scanout(dev.card, dev.crtc0)
-    client = None
+        proc = subprocess.Popen([sys.executable, "-m", "vkmsremote", "serve", "--source", "crtc", "--card", dev.card,
+                                 "--connector", dev.xr0, "--port", "0", "--input", "uinput"],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         def port() -> bool:
-            assert serve.poll() is None, f"vkmsremote serve exited: {log.read_text()}"
-            return re.search(r"serving .* port (\d+)", log.read_text()) is not None
+            assert proc.poll() is None, f"vkmsremote serve exited: {log.read_text()}"
+            return SERVING.search(log.read_text()) is not None
 
         wait_for(port, "vkmsremote serve to listen", 300)
-        m = re.search(r"serving .* port (\d+)", log.read_text())
+        m = SERVING.search(log.read_text())
         assert m
-        client = vnc_api.connect(f"127.0.0.1::{m.group(1)}", timeout=60)
-
-        def equal() -> bool:
-            scan.buffers.clear()
-            scan.look()
-            client.refreshScreen(incremental=False)
-            frame = np.asarray(client.screen.copy().convert("RGB"))
-            scan.look()
-            return frame.shape[:2] == SIZE[::-1] and scan.equal_to(frame)
-
-        desktop.figures["frame_equal_s"] = round(wait_for(equal, "a VNC frame equal to XR-0's scanout", 180,
-                                                          desktop, interval=1), 1)
+        yield Served(int(m.group(1)), log, proc)
     finally:
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.disconnect()
-        scan.close()
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(serve.pid, signal.SIGTERM)
-        serve.wait(60)
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+
+
+SERVING = re.compile(r"serving .* port (\d+)")
+
+
+@contextlib.contextmanager
+def viewer(served: Served) -> Iterator[Any]:
+    from vncdotool import api as vnc_api
+
+    client = vnc_api.connect(f"127.0.0.1::{served.port}", timeout=60)
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(Exception):
+            client.disconnect()
+
+
+def test_vnc_frames_equal_xr0s_scanout(desktop: Desktop, served: Served) -> None:
+    """vncdotool (Raw) through ``vkmsremote serve`` on XR-0 gets exactly the scanned-out framebuffer."""
+    dev = desktop.device
+    scan = Scanout(dev.card, dev.crtc0)
+    t0 = time.monotonic()
+    try:
+        with viewer(served) as client:
+            def equal() -> bool:
+                scan.buffers.clear()
+                scan.look()
+                client.refreshScreen(incremental=False)
+                frame = np.asarray(client.screen.copy().convert("RGB"))
+                scan.look()
+                return frame.shape[:2] == SIZE[::-1] and scan.equal_to(frame)
+
+            wait_for(equal, "a VNC frame equal to XR-0's scanout", 180, desktop, interval=1)
+        desktop.figures["frame_equal_s"] = round(time.monotonic() - t0, 1)
+    finally:
+        scan.close()
+
+
+def test_pointer_placed_in_the_desktops_layout(desktop: Desktop, served: Served) -> None:
+    """``--pointer-output auto`` recognised the desktop and follows XR-0's place in its layout."""
+    comm = {"kwin": "kwin_wayland", "gnome-shell": "gnome-shell"}[desktop.spec.name]
+    text = served.log.read_text()
+    assert f"pointer placed on {desktop.device.xr0} in the layout of {comm} (pid " in text, text
+
+
+# --- clients of the desktop, run as its user ------------------------------------------------------------------
+
+TEXT = 'Hello, World! <A&b> ~|"x_y" 42%'
+WORK = Path("/tmp/vkmsremote-desktop-clients")
+
+
+def client_env() -> dict[str, str]:
+    sockets = sorted(p.name for p in RUNTIME.glob("wayland-*") if p.suffix != ".lock" and p.is_socket())
+    assert sockets, f"no Wayland socket in {RUNTIME}"
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": f"/home/{USER}", "USER": USER,
+            "XDG_RUNTIME_DIR": str(RUNTIME), "WAYLAND_DISPLAY": sockets[0], "XDG_SESSION_TYPE": "wayland",
+            "DBUS_SESSION_BUS_ADDRESS": f"unix:path={RUNTIME}/bus", "LC_ALL": "C.UTF-8",
+            "PYTHONPATH": os.getcwd(), "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+@contextlib.contextmanager
+def as_user(argv: list[str], name: str, tag: str, **env: str) -> Iterator[Path]:
+    """Run ``argv`` as the desktop's user in its session's environment; yields its log. Copied to the
+    results afterwards."""
+    WORK.mkdir(exist_ok=True)
+    os.chown(WORK, UID, UID)
+    log = WORK / f"{name}.log"
+    with log.open("wb") as out:
+        os.chown(log, UID, UID)
+        proc = subprocess.Popen(argv, env={**client_env(), **env}, user=UID, group=UID, cwd=WORK, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield log
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
+        for f in WORK.glob(f"{name}*"):
+            with contextlib.suppress(OSError):
+                (RESULTS / f"{tag}-{f.name}").write_bytes(f.read_bytes())
+
+
+def dominant_share(frame: np.ndarray) -> tuple[str, float]:
+    colors, counts = np.unique(frame.reshape(-1, frame.shape[-1]), axis=0, return_counts=True)
+    top = int(counts.argmax())
+    return "#" + "".join(f"{int(c):02x}" for c in colors[top][:3]), float(counts[top] / counts.sum())
+
+
+def test_typed_text_reaches_foot_on_xr0(desktop: Desktop, served: Served) -> None:
+    """Text typed in the VNC client arrives as that exact line in foot's shell; foot is fullscreen on XR-0
+    (it opens where the pointer is, which the client put on XR-0) and fills XR-0's frames."""
+    out, lines, started = WORK / "typed.txt", WORK / "typed-lines.txt", WORK / "typed.started"
+    for f in (out, lines, started):
+        f.unlink(missing_ok=True)
+    script = (f'touch {started}; while IFS= read -r line; do printf "%s\\n" "$line" >> {lines}; '
+              f'[ "$line" = "$TEXT" ] && printf "%s" "$line" > {out}; done; sleep 600')
+    w, h = SIZE
+    t0 = time.monotonic()
+    with viewer(served) as client:
+        client.keyPress("esc")  # GNOME Shell starts in its overview; Escape leaves it (KWin: nothing happens)
+        client.mouseMove(w // 2, h // 2)  # new windows open on the output with the pointer
+        with as_user(["foot", "-a", "foot", "-F", "-o", "cursor.blink=no", "sh", "-c", script], "foot",
+                     desktop.spec.name, TEXT=TEXT):
+            wait_for(started.exists, "foot to start its shell", 300, desktop)
+            deadline = time.monotonic() + 300
+            while not out.exists():
+                assert time.monotonic() < deadline, (
+                    f"{TEXT!r} never arrived in foot; lines that did: "
+                    f"{lines.read_text(encoding='utf-8') if lines.exists() else 'none'}")
+                client.mouseMove(w // 2, h // 2)
+                client.mousePress(1)  # focus by clicking, whatever the shell's policy
+                for ch in TEXT:
+                    client.keyPress(ch)
+                client.keyPress("enter")
+                with contextlib.suppress(AssertionError):
+                    wait_for(out.exists, "foot's shell to write what was typed", 45)
+            assert out.read_text(encoding="utf-8") == TEXT
+            desktop.figures["typed_s"] = round(time.monotonic() - t0, 1)
+
+            def fills_xr0() -> bool:
+                client.refreshScreen(incremental=False)
+                color, share = dominant_share(np.asarray(client.screen.copy().convert("RGB")))
+                desktop.figures["xr0_dominant"] = [color, round(share, 3)]
+                return share > 0.8
+
+            wait_for(fills_xr0, "foot to fill XR-0 (most of XR-0's frame one colour)", 60, desktop, interval=2)
+
+
+PROBE_POINT = re.compile(r"^(?:enter|motion) (-?[\d.]+) (-?[\d.]+)$", re.M)
+PROBE_PRESS = re.compile(r"^button (\d+) 1$", re.M)
+PROBE_RELEASE = re.compile(r"^button \d+ 0$", re.M)
+BTN_LEFT = 272
+
+
+def test_clicks_land_on_the_pixel_of_xr0_and_never_leave_it(desktop: Desktop, served: Served) -> None:
+    """Clicks at (x, y) of the client, the four corners included, arrive at (x, y) of a client fullscreen on
+    XR-0's output, and the pointer never leaves it (nothing reached XR-1 beside it)."""
+    dev = desktop.device
+    w, h = SIZE
+    points = ((w // 3, h // 2), (0, 0), (w - 1, h - 1), (w - 1, 0), (0, h - 1), (517, 301))
+    with as_user([sys.executable, str(Path(__file__).with_name("wlprobe.py")), dev.xr0, str(WORK / "probe.log")],
+                 "probe-run", desktop.spec.name) as run_log, viewer(served) as client:
+        probe = WORK / "probe.log"
+
+        def read() -> str:
+            return probe.read_text() if probe.exists() else ""
+
+        wait_for(lambda: "configured" in read(), f"the probe to be fullscreen on {dev.xr0} "
+                 f"({run_log.read_text(errors='replace')[-500:] if run_log.exists() else ''})", 300, desktop)
+        assert read().splitlines()[0] == f"configured {w} {h}", read()
+
+        def entered() -> bool:
+            client.mouseMove(w // 2, h // 2)
+            return "enter" in read()
+
+        wait_for(entered, "the probe (fullscreen on XR-0) to see the pointer enter", 180, desktop, interval=2)
+        for px, py in points:
+            before = len(read())
+            client.mouseMove(px, py)
+            client.mousePress(1)
+            wait_for(lambda start=before: PROBE_PRESS.search(read()[start:]) is not None,  # type: ignore[misc]
+                     f"the probe to see the click at {px},{py}", 60, desktop)
+            wait_for(lambda start=before: PROBE_RELEASE.search(read()[start:]) is not None,  # type: ignore[misc]
+                     f"the probe to see the release at {px},{py}", 60, desktop)
+            time.sleep(0.3)  # libinput drops a press within ~25 ms of the last release as a bounce
+            text = read()
+            press = max(m.start() for m in PROBE_PRESS.finditer(text))
+            where = PROBE_POINT.findall(text[:press])
+            assert where, text[-2000:]
+            x, y = (float(v) for v in where[-1])
+            assert (int(x), int(y)) == (px, py), f"click at {px},{py} arrived at {x},{y} on {desktop.spec.name}"
+        text = read()
+        assert "leave" not in text, f"the pointer left XR-0's probe: {text[-2000:]}"
+        assert all(int(b) == BTN_LEFT for b in PROBE_PRESS.findall(text))
+        desktop.figures["clicks"] = len(points)
