@@ -7,7 +7,16 @@ its own runtime interface, and the desktop grows or shrinks with the output:
   the caller computes, ``--addmode`` to the output, ``--output NAME --mode``; xrandr sizes the X screen to
   the outputs' bounding box). A mode the output already lists at that size is used as it is.
 - sway (wlroots): its IPC, ``output NAME mode --custom WxH@RHz``.
-- anything else (Weston, Mutter, ...): no runtime interface vkmsremote knows; the request is refused
+- GNOME Shell / Mutter: ``org.gnome.Mutter.DisplayConfig`` on the desktop user's session bus
+  (``GetCurrentState``, then ``ApplyMonitorsConfig`` with method "temporary": no "keep these settings?"
+  dialog, nothing written to monitors.xml), through ``busctl`` run as the compositor's user. Mutter sets
+  only modes the connector lists (VKMS lists the DMT/CEA sizes up to its maximum); outputs right of or
+  below XR-0 move by the change, so the layout stays adjacent as Mutter requires.
+- KWin (Plasma): KScreen's ``kscreen-doctor`` (libkscreen-bin, part of every Plasma install) run as the
+  compositor's user on its Wayland socket: ``-j`` for the outputs and their modes, then
+  ``output.NAME.mode.ID`` (and ``output.OTHER.position.X,Y`` for the outputs it moves) in one call.
+  Like Mutter, KWin sets the modes the connector lists.
+- anything else (Weston, ...): no runtime interface vkmsremote knows; the request is refused
   ("prohibited") with the reason in the log.
 
 The output keeps its refresh rate. A request answers OK only once the compositor reports the output at the
@@ -22,6 +31,7 @@ Xorg leaves a new output dark until a RandR client lights it; sway lights it its
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -344,6 +354,359 @@ class SwayResizer:
         self.original = None
 
 
+# --- GNOME Shell / Mutter ----------------------------------------------------------------------------------
+
+MUTTER_DEST = ("org.gnome.Mutter.DisplayConfig", "/org/gnome/Mutter/DisplayConfig", "org.gnome.Mutter.DisplayConfig")
+APPLY_SIGNATURE = "uua(iiduba(ssa{sv}))a{sv}"
+TEMPORARY = 1  # ApplyMonitorsConfig method: 0 verify, 1 temporary, 2 persistent (asks the user to keep it)
+
+
+@dataclass(frozen=True, slots=True)
+class MutterMode:
+    id: str
+    width: int
+    height: int
+    refresh: float
+    current: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MutterLogical:
+    x: int
+    y: int
+    scale: float
+    transform: int
+    primary: bool
+    connectors: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MutterState:
+    serial: int
+    modes: dict[str, tuple[MutterMode, ...]]  # by connector
+    logical: tuple[MutterLogical, ...]
+
+    def current(self, connector: str) -> MutterMode | None:
+        return next((m for m in self.modes.get(connector, ()) if m.current), None)
+
+
+def _variant(props: Any, key: str) -> Any:
+    v = props.get(key) if isinstance(props, dict) else None
+    return v.get("data") if isinstance(v, dict) else v
+
+
+def parse_mutter_state(text: str) -> MutterState:
+    """``busctl --json=short call ... GetCurrentState``'s output: (serial, monitors, logical monitors, props)."""
+    try:
+        serial, monitors, logical, _props = json.loads(text)["data"]
+        modes = {}
+        for spec, mode_list, _mprops in monitors:
+            modes[str(spec[0])] = tuple(
+                MutterMode(str(m[0]), int(m[1]), int(m[2]), float(m[3]), bool(_variant(m[6], "is-current")))
+                for m in mode_list)
+        lms = tuple(MutterLogical(int(lm[0]), int(lm[1]), float(lm[2]), int(lm[3]), bool(lm[4]),
+                                  tuple(str(spec[0]) for spec in lm[5])) for lm in logical)
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise VkmsRemoteError(f"Mutter's GetCurrentState answer was not understood: {e}: {text[:300]!r}") from e
+    return MutterState(int(serial), modes, lms)
+
+
+def apply_arguments(state: MutterState, mode_of: dict[str, str],
+                    moves: dict[int, tuple[int, int]] | None = None) -> list[str]:
+    """busctl's arguments for ApplyMonitorsConfig: every logical monitor as it is, except each connector's
+    mode (``mode_of``, else its current one) and the positions in ``moves`` (logical monitor index -> x, y)."""
+    args = [str(state.serial), str(TEMPORARY), str(len(state.logical))]
+    for i, lm in enumerate(state.logical):
+        x, y = (moves or {}).get(i, (lm.x, lm.y))
+        args += [str(x), str(y), repr(lm.scale), str(lm.transform), "true" if lm.primary else "false",
+                 str(len(lm.connectors))]
+        for c in lm.connectors:
+            current = state.current(c)
+            mode = mode_of.get(c) or (current.id if current else "")
+            args += [c, mode, "0"]
+    return [*args, "0"]
+
+
+def shift_neighbours(rects: list[tuple[int, int, int, int]], index: int, width: int,
+                     height: int) -> dict[int, tuple[int, int]]:
+    """New positions of the rectangles right of (sharing rows) or below (sharing columns) ``rects[index]``
+    when it becomes ``width`` x ``height``: they move by the change, so the outputs beside it stay adjacent
+    and nothing overlaps."""
+    x0, y0, w0, h0 = rects[index]
+    moves = {}
+    for i, (x, y, w, h) in enumerate(rects):
+        if i == index:
+            continue
+        beside = y < y0 + h0 and y + h > y0  # shares rows with it: right of it moves right
+        under = x < x0 + w0 and x + w > x0  # shares columns with it: below it moves down
+        nx = x + width - w0 if beside and x >= x0 + w0 else x
+        ny = y + height - h0 if under and y >= y0 + h0 else y
+        if (nx, ny) != (x, y):
+            moves[i] = (nx, ny)
+    return moves
+
+
+def relayout(state: MutterState, connector: str, width: int, height: int) -> dict[int, tuple[int, int]]:
+    """New positions for Mutter's logical monitors when ``connector`` becomes ``width`` x ``height`` pixels."""
+    rects = []
+    for lm in state.logical:
+        cur = state.current(lm.connectors[0]) if lm.connectors else None
+        w, h = (cur.width, cur.height) if cur is not None else (0, 0)
+        rects.append((lm.x, lm.y, round(w / lm.scale), round(h / lm.scale)))
+    index = next(i for i, lm in enumerate(state.logical) if connector in lm.connectors)
+    scale = state.logical[index].scale
+    return shift_neighbours(rects, index, round(width / scale), round(height / scale))
+
+
+def process_ids(pid: int, *, proc: Path = Path("/proc")) -> tuple[int, int, dict[str, str]]:
+    """(real uid, real gid, environment) of process ``pid``."""
+    uid = gid = -1
+    for line in (proc / str(pid) / "status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            uid = int(line.split()[1])
+        elif line.startswith("Gid:"):
+            gid = int(line.split()[1])
+    env = {}
+    for item in (proc / str(pid) / "environ").read_bytes().split(b"\0"):
+        key, sep, value = item.decode(errors="replace").partition("=")
+        if sep:
+            env[key] = value
+    return uid, gid, env
+
+
+class MutterResizer:
+    """Resizes ``output`` through Mutter's DisplayConfig D-Bus interface on the session bus ``bus``,
+    calling ``busctl`` as ``uid``/``gid`` (the session bus admits its own user only)."""
+
+    def __init__(self, bus: str, uid: int, gid: int, output: str, *, run: Run = _run) -> None:
+        self.bus = bus
+        self.uid, self.gid = uid, gid
+        self.output = output
+        self._run = run
+        self.original: MutterState | None = None
+
+    @classmethod
+    def of(cls, holder: DrmClient, output: str) -> MutterResizer | str:
+        try:
+            uid, gid, env = process_ids(holder.pid)
+        except OSError as e:
+            return f"{holder.describe()} could not be read ({e.strerror}): run vkmsremote as root"
+        bus = env.get("DBUS_SESSION_BUS_ADDRESS") or (
+            f"unix:path={env['XDG_RUNTIME_DIR']}/bus" if env.get("XDG_RUNTIME_DIR") else "")
+        if not bus:
+            return f"the session bus of {holder.describe()} was not found"
+        return cls(bus, uid, gid, output)
+
+    def busctl(self, method: str, *args: str) -> str:
+        argv = ["busctl", f"--address={self.bus}", "--json=short", "call", *MUTTER_DEST, method, *args]
+        if os.geteuid() != self.uid:
+            argv = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", *argv]
+        r = self._run(argv, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        if r.returncode != 0:
+            raise VkmsRemoteError(f"Mutter's {method} failed: {(r.stderr or r.stdout).strip()[:300]}")
+        return r.stdout
+
+    def state(self) -> MutterState:
+        return parse_mutter_state(self.busctl("GetCurrentState"))
+
+    def apply(self, state: MutterState, mode_of: dict[str, str], moves: dict[int, tuple[int, int]]) -> None:
+        self.busctl("ApplyMonitorsConfig", APPLY_SIGNATURE, *apply_arguments(state, mode_of, moves))
+
+    def resize(self, width: int, height: int) -> ResizeStatus:
+        try:
+            state = self.state()
+            current = state.current(self.output)
+            if current is None or not any(self.output in lm.connectors for lm in state.logical):
+                log.warning("resize to %dx%d prohibited: Mutter has no active monitor %s", width, height,
+                            self.output)
+                return ResizeStatus.PROHIBITED
+            if (current.width, current.height) == (width, height):
+                return ResizeStatus.OK
+            sized = [m for m in state.modes[self.output] if (m.width, m.height) == (width, height)]
+            if not sized:
+                offered = sorted({f"{m.width}x{m.height}" for m in state.modes[self.output]})
+                log.warning("resize of %s to %dx%d: Mutter sets only the connector's own modes (%s)", self.output,
+                            width, height, ", ".join(offered))
+                return ResizeStatus.OUT_OF_RESOURCES
+            mode = min(sized, key=lambda m: abs(m.refresh - current.refresh))
+            if self.original is None:
+                self.original = state
+            self.apply(state, {self.output: mode.id}, relayout(state, self.output, width, height))
+            now = self.state().current(self.output)
+        except (VkmsRemoteError, OSError, subprocess.SubprocessError) as e:
+            log.warning("resize of %s to %dx%d through Mutter's DisplayConfig failed: %s", self.output, width,
+                        height, e)
+            return ResizeStatus.OUT_OF_RESOURCES
+        if now is None or (now.width, now.height) != (width, height):
+            log.warning("resize of %s to %dx%d: Mutter reports %s afterwards", self.output, width, height, now)
+            return ResizeStatus.OUT_OF_RESOURCES
+        log.info("resized %s to %dx%d (%s) through Mutter's DisplayConfig", self.output, width, height, now.id)
+        return ResizeStatus.OK
+
+    def light(self, mode: tuple[int, int, float | None] | None, timeout: float) -> str:
+        return "GNOME Shell lights new outputs itself"
+
+    def dark(self) -> str:
+        return "GNOME Shell turns an unplugged output off itself"
+
+    def undo(self) -> None:
+        if self.original is None:
+            return
+        original, self.original = self.original, None
+        try:
+            now = self.state()
+            modes = {c: m.id for lm in original.logical for c in lm.connectors
+                     if (m := original.current(c)) is not None}
+            back = MutterState(now.serial, now.modes, original.logical)
+            self.apply(back, modes, {})
+        except (VkmsRemoteError, OSError, subprocess.SubprocessError) as e:
+            log.warning("undoing the resize of %s: %s", self.output, e)
+
+
+# --- KWin: KScreen ---------------------------------------------------------------------------------------
+
+KSCREEN_DOCTOR = "kscreen-doctor"
+
+
+@dataclass(frozen=True, slots=True)
+class KScreenMode:
+    id: str
+    width: int
+    height: int
+    refresh: float
+
+
+@dataclass(frozen=True, slots=True)
+class KScreenOutput:
+    name: str
+    enabled: bool
+    x: int
+    y: int
+    scale: float
+    current: str
+    modes: tuple[KScreenMode, ...]
+
+    def mode(self) -> KScreenMode | None:
+        return next((m for m in self.modes if m.id == self.current), None)
+
+    def rect(self) -> tuple[int, int, int, int]:
+        m = self.mode()
+        w, h = (m.width, m.height) if m is not None else (0, 0)
+        return self.x, self.y, round(w / (self.scale or 1.0)), round(h / (self.scale or 1.0))
+
+
+def parse_kscreen(text: str) -> list[KScreenOutput]:
+    """``kscreen-doctor -j``: KScreen's serialized configuration (outputs with pos, scale, currentModeId,
+    modes with id, size and refreshRate)."""
+    try:
+        outputs = []
+        for o in json.loads(text)["outputs"]:
+            modes = tuple(KScreenMode(str(m["id"]), int(m["size"]["width"]), int(m["size"]["height"]),
+                                      float(m.get("refreshRate", 0.0))) for m in o.get("modes", []))
+            pos = o.get("pos") or {}
+            outputs.append(KScreenOutput(str(o["name"]), bool(o.get("enabled")), int(pos.get("x", 0)),
+                                         int(pos.get("y", 0)), float(o.get("scale", 1.0) or 1.0),
+                                         str(o.get("currentModeId", "")), modes))
+    except (ValueError, KeyError, TypeError) as e:
+        raise VkmsRemoteError(f"kscreen-doctor -j was not understood: {e}: {text[:300]!r}") from e
+    return outputs
+
+
+class KScreenResizer:
+    """Resizes ``output`` through ``kscreen-doctor`` on KWin's Wayland socket, run as ``uid``/``gid``."""
+
+    def __init__(self, env: dict[str, str], uid: int, gid: int, output: str, *, run: Run = _run) -> None:
+        self.env = env
+        self.uid, self.gid = uid, gid
+        self.output = output
+        self._run = run
+        self.original: list[KScreenOutput] | None = None
+
+    @classmethod
+    def of(cls, holder: DrmClient, output: str) -> KScreenResizer | str:
+        import shutil
+
+        from .wayland import wayland_socket_of
+
+        if shutil.which(KSCREEN_DOCTOR) is None:
+            return "kscreen-doctor is not installed (Debian: libkscreen-bin)"
+        try:
+            uid, gid, env = process_ids(holder.pid)
+        except OSError as e:
+            return f"{holder.describe()} could not be read ({e.strerror}): run vkmsremote as root"
+        sock = wayland_socket_of(holder.pid)
+        if sock is None:
+            return f"the Wayland socket of {holder.describe()} was not found"
+        run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_RUNTIME_DIR": str(sock.parent),
+                   "WAYLAND_DISPLAY": sock.name, "QT_QPA_PLATFORM": "wayland", "KSCREEN_BACKEND": "KWayland",
+                   "KSCREEN_BACKEND_INPROCESS": "1", "HOME": env.get("HOME", "/")}
+        if env.get("DBUS_SESSION_BUS_ADDRESS"):
+            run_env["DBUS_SESSION_BUS_ADDRESS"] = env["DBUS_SESSION_BUS_ADDRESS"]
+        return cls(run_env, uid, gid, output)
+
+    def doctor(self, *args: str) -> str:
+        argv = [KSCREEN_DOCTOR, *args]
+        if os.geteuid() != self.uid:
+            argv = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", *argv]
+        r = self._run(argv, self.env)
+        if r.returncode != 0:
+            raise VkmsRemoteError(f"kscreen-doctor {' '.join(args)} failed: {(r.stderr or r.stdout).strip()[:300]}")
+        return r.stdout
+
+    def outputs(self) -> list[KScreenOutput]:
+        return parse_kscreen(self.doctor("-j"))
+
+    def resize(self, width: int, height: int) -> ResizeStatus:
+        try:
+            outputs = [o for o in self.outputs() if o.enabled]
+            index = next((i for i, o in enumerate(outputs) if o.name == self.output), None)
+            current = outputs[index].mode() if index is not None else None
+            if index is None or current is None:
+                log.warning("resize to %dx%d prohibited: KWin has no enabled output %s", width, height, self.output)
+                return ResizeStatus.PROHIBITED
+            if (current.width, current.height) == (width, height):
+                return ResizeStatus.OK
+            target = outputs[index]
+            sized = [m for m in target.modes if (m.width, m.height) == (width, height)]
+            if not sized:
+                offered = sorted({f"{m.width}x{m.height}" for m in target.modes})
+                log.warning("resize of %s to %dx%d: KWin sets only the connector's own modes (%s)", self.output,
+                            width, height, ", ".join(offered))
+                return ResizeStatus.OUT_OF_RESOURCES
+            mode = min(sized, key=lambda m: abs(m.refresh - current.refresh))
+            if self.original is None:
+                self.original = outputs
+            moves = shift_neighbours([o.rect() for o in outputs], index, round(width / target.scale),
+                                     round(height / target.scale))
+            self.doctor(f"output.{self.output}.mode.{mode.id}",
+                        *(f"output.{outputs[i].name}.position.{x},{y}" for i, (x, y) in sorted(moves.items())))
+            now = next((o.mode() for o in self.outputs() if o.name == self.output), None)
+        except (VkmsRemoteError, OSError, subprocess.SubprocessError) as e:
+            log.warning("resize of %s to %dx%d through KScreen failed: %s", self.output, width, height, e)
+            return ResizeStatus.OUT_OF_RESOURCES
+        if now is None or (now.width, now.height) != (width, height):
+            log.warning("resize of %s to %dx%d: KScreen reports %s afterwards", self.output, width, height, now)
+            return ResizeStatus.OUT_OF_RESOURCES
+        log.info("resized %s to %dx%d through KScreen (kscreen-doctor)", self.output, width, height)
+        return ResizeStatus.OK
+
+    def light(self, mode: tuple[int, int, float | None] | None, timeout: float) -> str:
+        return "KWin lights new outputs itself"
+
+    def dark(self) -> str:
+        return "KWin turns an unplugged output off itself"
+
+    def undo(self) -> None:
+        if self.original is None:
+            return
+        original, self.original = self.original, None
+        try:
+            self.doctor(*(a for o in original for a in (f"output.{o.name}.mode.{o.current}",
+                                                         f"output.{o.name}.position.{o.x},{o.y}")))
+        except (VkmsRemoteError, OSError, subprocess.SubprocessError) as e:
+            log.warning("undoing the resize of %s: %s", self.output, e)
+
+
 # --- whoever is master ------------------------------------------------------------------------------------
 
 
@@ -376,6 +739,11 @@ class DesktopResizer:
             if sock is None or not sock.exists():
                 return f"sway's IPC socket was not found ({sock or 'no XDG_RUNTIME_DIR'})"
             adapter = SwayResizer(str(sock), self.output)
+        elif kind in (Compositor.MUTTER, Compositor.KWIN):
+            found = (MutterResizer if kind is Compositor.MUTTER else KScreenResizer).of(holder, self.output)
+            if isinstance(found, str):
+                return found
+            adapter = found
         else:
             return f"{holder.describe()} has no runtime interface to set a mode that vkmsremote knows"
         self.adapters[holder.pid] = adapter
