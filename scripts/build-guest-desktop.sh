@@ -26,6 +26,9 @@ packages=(
   fonts-dejavu-core foot
   # the tests' peers: vncdotool's dependencies (vncdotool itself from PyPI, below), wev for clicks
   python3-twisted python3-pil wev
+  # KScreen's kscreen-doctor (how vkmsremote resizes an output under KWin), Xwayland and X clients
+  # (xev, xwininfo) for the Xwayland test
+  libkscreen-bin xwayland x11-utils
 )
 base_tree=$("$top/scripts/build-guest.sh")
 base_hash=$(basename "$(dirname "$base_tree")")

@@ -157,6 +157,7 @@ def test_probe_client_goes_fullscreen_on_the_named_output(tmp_path: Path) -> Non
         try:
             _wait(lambda: log.exists() and "configured" in log.read_text(), "the probe never configured", 30)
             assert log.read_text().splitlines()[0] == "configured 1280 720"
+            _wait(lambda: "on HEADLESS-2" in log.read_text(), f"not shown on HEADLESS-2: {log.read_text()}", 10)
             _wait(lambda: _fullscreen_on(sway, "vkmsremote-probe") is not None, "not fullscreen", 10)
             assert _fullscreen_on(sway, "vkmsremote-probe") == ("HEADLESS-2", {"x": 1024, "y": 0, "width": 1280,
                                                                               "height": 720})

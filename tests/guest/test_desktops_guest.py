@@ -57,9 +57,10 @@ class DesktopSpec:
 
 
 DESKTOPS = {
-    "kwin": DesktopSpec("kwin", ("kwin_wayland", "--drm", "--no-lockscreen", "--no-global-shortcuts"),
-                        {"KWIN_COMPOSE": "Q", "QT_LOGGING_RULES": "kwin_wayland_drm.debug=true"}),
-    "gnome-shell": DesktopSpec("gnome-shell", ("gnome-shell", "--wayland", "--no-x11", "--display-server"),
+    "kwin": DesktopSpec("kwin", ("kwin_wayland", "--drm", "--xwayland", "--no-lockscreen", "--no-global-shortcuts"),
+                        {"KWIN_COMPOSE": "Q",
+                         "QT_LOGGING_RULES": "kwin_wayland_drm.debug=true;kwin_libinput.debug=true"}),
+    "gnome-shell": DesktopSpec("gnome-shell", ("gnome-shell", "--wayland", "--display-server"),
                                {"MUTTER_DEBUG": "kms"}),
 }
 
@@ -293,6 +294,7 @@ def test_pointer_placed_in_the_desktops_layout(desktop: Desktop, served: Served)
 # --- clients of the desktop, run as its user ------------------------------------------------------------------
 
 TEXT = 'Hello, World! <A&b> ~|"x_y" 42%'
+FOOT_BG = "503090"  # foot's background here: a colour no desktop paints, so XR-0's frames tell where foot is
 WORK = Path("/tmp/vkmsremote-desktop-clients")
 
 
@@ -347,7 +349,8 @@ def test_typed_text_reaches_foot_on_xr0(desktop: Desktop, served: Served) -> Non
     with viewer(served) as client:
         client.keyPress("esc")  # GNOME Shell starts in its overview; Escape leaves it (KWin: nothing happens)
         client.mouseMove(w // 2, h // 2)  # new windows open on the output with the pointer
-        with as_user(["foot", "-a", "foot", "-F", "-o", "cursor.blink=no", "sh", "-c", script], "foot",
+        with as_user(["foot", "-a", "foot", "-F", "-o", "cursor.blink=no", "-o", f"colors.background={FOOT_BG}",
+                      "sh", "-c", script], "foot",
                      desktop.spec.name, TEXT=TEXT):
             wait_for(started.exists, "foot to start its shell", 300, desktop)
             deadline = time.monotonic() + 300
@@ -369,9 +372,10 @@ def test_typed_text_reaches_foot_on_xr0(desktop: Desktop, served: Served) -> Non
                 client.refreshScreen(incremental=False)
                 color, share = dominant_share(np.asarray(client.screen.copy().convert("RGB")))
                 desktop.figures["xr0_dominant"] = [color, round(share, 3)]
-                return share > 0.8
+                return color == f"#{FOOT_BG}" and share > 0.8
 
-            wait_for(fills_xr0, "foot to fill XR-0 (most of XR-0's frame one colour)", 60, desktop, interval=2)
+            wait_for(fills_xr0, f"foot to fill XR-0 (XR-0's frame mostly #{FOOT_BG}; "
+                     f"it is {desktop.figures.get('xr0_dominant')})", 60, desktop, interval=2)
 
 
 PROBE_POINT = re.compile(r"^(?:enter|motion) (-?[\d.]+) (-?[\d.]+)$", re.M)
@@ -386,9 +390,10 @@ def test_clicks_land_on_the_pixel_of_xr0_and_never_leave_it(desktop: Desktop, se
     dev = desktop.device
     w, h = SIZE
     points = ((w // 3, h // 2), (0, 0), (w - 1, h - 1), (w - 1, 0), (0, h - 1), (517, 301))
-    with as_user([sys.executable, str(Path(__file__).with_name("wlprobe.py")), dev.xr0, str(WORK / "probe.log")],
-                 "probe-run", desktop.spec.name) as run_log, viewer(served) as client:
-        probe = WORK / "probe.log"
+    probe = WORK / "probe-events.log"
+    probe.unlink(missing_ok=True)
+    with as_user([sys.executable, str(Path(__file__).with_name("wlprobe.py")), dev.xr0, str(probe)],
+                 "probe", desktop.spec.name) as run_log, viewer(served) as client:
 
         def read() -> str:
             return probe.read_text() if probe.exists() else ""
@@ -396,6 +401,8 @@ def test_clicks_land_on_the_pixel_of_xr0_and_never_leave_it(desktop: Desktop, se
         wait_for(lambda: "configured" in read(), f"the probe to be fullscreen on {dev.xr0} "
                  f"({run_log.read_text(errors='replace')[-500:] if run_log.exists() else ''})", 300, desktop)
         assert read().splitlines()[0] == f"configured {w} {h}", read()
+        wait_for(lambda: f"on {dev.xr0}" in read(), f"the probe's surface to be on {dev.xr0} ({read()[-300:]})", 60,
+                 desktop)
 
         def entered() -> bool:
             client.mouseMove(w // 2, h // 2)
@@ -421,3 +428,164 @@ def test_clicks_land_on_the_pixel_of_xr0_and_never_leave_it(desktop: Desktop, se
         assert "leave" not in text, f"the pointer left XR-0's probe: {text[-2000:]}"
         assert all(int(b) == BTN_LEFT for b in PROBE_PRESS.findall(text))
         desktop.figures["clicks"] = len(points)
+
+
+
+def run_as_user(argv: list[str], **env: str) -> str:
+    return subprocess.run(argv, env={**client_env(), **env}, user=UID, group=UID, capture_output=True, text=True,
+                          timeout=120, check=False).stdout
+
+
+def xwayland_display() -> tuple[str, str | None] | None:
+    """(DISPLAY, XAUTHORITY) of the desktop's Xwayland, from its command line (as for Xorg)."""
+    from vkmsremote.desktop.resize import x_display_of
+
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and (proc / "comm").read_text().strip() == "Xwayland":
+                display, auth = x_display_of(int(proc.name))
+                if display is not None:
+                    return display, auth
+    return None
+
+
+XEV_PRESS = re.compile(r"ButtonPress event,.*?\n.*?\((-?\d+),(-?\d+)\), root:\((-?\d+),(-?\d+)\)")
+GEOMETRY = re.compile(r"Absolute upper-left X:\s+(-?\d+).*?Absolute upper-left Y:\s+(-?\d+).*?Width:\s+(\d+).*?"
+                      r"Height:\s+(\d+).*?Map State:\s+(\w+)", re.S)
+
+
+def test_xwayland_client_on_xr0_gets_clicks_and_shows_in_frames(desktop: Desktop, served: Served) -> None:
+    """An X11 client (xev) through the desktop's Xwayland, opened on XR-0: a click at (x, y) of the VNC client
+    arrives at XR-0's (x, y) in X's root window (the layout's coordinates), and the window is in XR-0's frames."""
+    from vkmsremote.desktop.wayland import LayoutWatcher
+
+    dev = desktop.device
+    wait_for(lambda: xwayland_display() is not None, f"{desktop.spec.name}'s Xwayland to run", 300, desktop)
+    found = xwayland_display()
+    assert found is not None
+    display, auth = found
+    xenv = {"DISPLAY": display, **({"XAUTHORITY": auth} if auth else {})}
+    desktop.figures["xwayland"] = display
+    sock = next(p for p in RUNTIME.glob("wayland-*") if p.suffix != ".lock" and p.is_socket())
+    watcher = LayoutWatcher.open(sock)
+    try:
+        place = watcher.placement(dev.xr0)
+    finally:
+        watcher.close()
+    assert place is not None, f"{dev.xr0} not in the layout"
+    w, h = SIZE
+    with viewer(served) as client:
+        client.mouseMove(w // 2, h // 2)  # new windows open on the output with the pointer
+        with as_user(["stdbuf", "-oL", "xev", "-geometry", "400x300", "-event", "button"], "xev",
+                     desktop.spec.name, **xenv) as xlog:
+            def mapped() -> bool:
+                info = GEOMETRY.search(run_as_user(["xwininfo", "-name", "Event Tester"], **xenv))
+                return info is not None and info.group(5) == "IsViewable"
+
+            wait_for(mapped, "xev's window to be mapped", 180, desktop)
+            info = GEOMETRY.search(run_as_user(["xwininfo", "-name", "Event Tester"], **xenv))
+            assert info is not None
+            wx, wy, ww, wh = (int(v) for v in info.groups()[:4])
+            cx, cy = wx + ww // 2, wy + wh // 2  # the window's centre in the layout (X's root window)
+            assert place.x <= cx < place.x + place.width and place.y <= cy < place.y + place.height, (
+                f"the window manager put xev at {wx},{wy} {ww}x{wh}, not on {dev.xr0} at {place}")
+            px, py = cx - place.x, cy - place.y
+            for _attempt in range(3):
+                client.mouseMove(px, py)
+                client.mousePress(1)
+                with contextlib.suppress(AssertionError):
+                    wait_for(lambda: XEV_PRESS.search(xlog.read_text()) is not None, "xev to see the click", 30)
+                    break
+            m = XEV_PRESS.search(xlog.read_text())
+            assert m, xlog.read_text()[-2000:]
+            x, y, rx, ry = (int(v) for v in m.groups())
+            assert (rx, ry) == (place.x + px, place.y + py), f"click at {px},{py} of XR-0 arrived at root {rx},{ry}"
+            assert (x, y) == (cx - wx, cy - wy)
+            client.refreshScreen(incremental=False)
+            frame = np.asarray(client.screen.copy().convert("RGB"))
+            left, top = wx - place.x, wy - place.y
+            color, share = dominant_share(frame[top + 10:top + wh - 10, left + 10:left + ww - 10])
+            desktop.figures["xev_window"] = [wx, wy, ww, wh, color, round(share, 3)]
+            assert share > 0.8, f"xev's window is not in XR-0's frame at {left},{top}: dominant {color} {share:.2f}"
+
+RESIZED = (1280, 720)
+"""A size VKMS lists (a DMT mode): Mutter and KWin set only the connector's own modes."""
+
+
+def xr0_mode(dev: Device) -> tuple[int, int] | None:
+    with Card.open(dev.card) as c:
+        mode = get_crtc(c, dev.crtc0, with_properties=False).mode
+    return (mode.width, mode.height) if mode is not None else None
+
+
+def test_client_resizes_xr0_through_the_desktop(desktop: Desktop) -> None:
+    """A client's SetDesktopSize goes to the desktop's own interface (GNOME Shell: Mutter's DisplayConfig
+    over D-Bus; KWin: kscreen-doctor), XR-0's CRTC takes the mode, XR-1 stays lit, the requester is told,
+    vncdotool's frames are the new size and equal to the scanout; the server's exit puts the mode back."""
+    import asyncio
+
+    from clients.support import RawClient, screens_of
+
+    from vkmsremote.rfb.constants import Encoding
+    from vkmsremote.rfb.messages import FramebufferUpdateRequest, Screen, SetDesktopSize
+
+    dev = desktop.device
+    log = RESULTS / f"serve-resize-{desktop.spec.name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "vkmsremote", "serve", "--source", "crtc", "--card", dev.card,
+                                 "--connector", dev.xr0, "--port", "0", "--input", "none"],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    scan = Scanout(dev.card, dev.crtc0)
+    t0 = time.monotonic()
+    try:
+        wait_for(lambda: SERVING.search(log.read_text()) is not None or proc.poll() is not None,
+                 "vkmsremote serve to listen", 300)
+        m = SERVING.search(log.read_text())
+        assert m, log.read_text()
+        port = int(m.group(1))
+
+        async def layout(c: RawClient) -> tuple[int, int, int, int, list[Screen]]:
+            [(x, y, w, h, enc, data)] = (await c.read_update(600)).rects
+            assert enc == Encoding.EXTENDED_DESKTOP_SIZE
+            return x, y, w, h, screens_of(data)
+
+        async def main() -> tuple[int, int, int, int]:
+            c = RawClient()
+            await c.connect(port)
+            c.set_encodings(Encoding.RAW, Encoding.EXTENDED_DESKTOP_SIZE)
+            c.send(FramebufferUpdateRequest(False, 0, 0, c.width, c.height))
+            [screen] = (await layout(c))[4]
+            c.send(SetDesktopSize(*RESIZED, (Screen(screen.id, 0, 0, *RESIZED),)))
+            reply = (await layout(c))[:4]
+            await c.close()
+            return reply
+
+        reply = asyncio.run(main())
+        assert reply == (1, 0, *RESIZED), f"SetDesktopSize answered {reply}; serve said: {log.read_text()[-3000:]}"
+        desktop.figures["resize_s"] = round(time.monotonic() - t0, 1)
+        assert xr0_mode(dev) == RESIZED
+        assert crtc_lit(dev.card, dev.crtc1), "XR-1 went dark when XR-0 was resized"
+
+        from vncdotool import api as vnc_api
+
+        client = vnc_api.connect(f"127.0.0.1::{port}", timeout=60)
+        try:
+            def equal() -> bool:
+                scan.buffers.clear()
+                scan.look()
+                client.refreshScreen(incremental=False)
+                frame = np.asarray(client.screen.copy().convert("RGB"))
+                scan.look()
+                return frame.shape[:2] == RESIZED[::-1] and scan.equal_to(frame)
+
+            wait_for(equal, f"a {RESIZED} VNC frame equal to XR-0's scanout", 180, desktop, interval=1)
+        finally:
+            with contextlib.suppress(Exception):
+                client.disconnect()
+    finally:
+        scan.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(120)
+    wait_for(lambda: xr0_mode(dev) == SIZE, f"XR-0 back at {SIZE} after the server's exit", 300, desktop)
+    assert crtc_lit(dev.card, dev.crtc1)

@@ -7,6 +7,7 @@ the wl_output named OUTPUT (the compositor's own name for the connector, e.g. Vi
 buffer of the configured size, then one line per event in LOGFILE (flushed at once):
 
     configured W H            the window is fullscreen, its buffer W x H committed
+    on NAME / off NAME        the surface entered / left output NAME (wl_surface.enter/leave)
     enter X Y / motion X Y    surface coordinates (= the output's, at scale 1)
     button CODE STATE         the evdev code (BTN_LEFT 272), 1 pressed / 0 released
     leave                     the pointer left the surface (so it went to another output)
@@ -51,7 +52,7 @@ class Probe:
         self.pointer = 0
         self.size = (0, 0)
         self.buffer_size = (0, 0)
-        self.surface = conn.new_id()
+        self.surface = conn.new_id(self._surface_event)
         conn.send(self.compositor, 0, self.surface)  # create_surface
         self.xdg_surface = conn.new_id(self._xdg_surface_event)
         conn.send(self.wm, 2, self.xdg_surface, self.surface)  # get_xdg_surface
@@ -64,6 +65,12 @@ class Probe:
 
     def write(self, line: str) -> None:
         self.log.write(line + "\n")
+
+    def _surface_event(self, opcode: int, args: Args, conn: Connection) -> None:
+        if opcode in (0, 1):  # enter(output) / leave(output): which output shows the surface
+            wl_id = args.uint()
+            name = next((o.name for o in self.layout.outputs.values() if o.wl_id == wl_id), f"wl_output@{wl_id}")
+            self.write(f"{'on' if opcode == 0 else 'off'} {name}")
 
     def _wm_event(self, opcode: int, args: Args, conn: Connection) -> None:
         if opcode == 0:  # ping

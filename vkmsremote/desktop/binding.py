@@ -190,10 +190,19 @@ class Binding:
 
     say: Callable[[str], None] | None = None
     layout: LayoutWatcher | None = None  # Method.LAYOUT: follows the compositor's layout (closed by undo)
+    _placed: Placement | None = None
 
     def placement(self) -> Placement | None:
-        """Where the bound output lies in the layout the pointer spans (Method.LAYOUT), else None."""
-        return self.layout.placement(self.plan.output) if self.layout is not None else None
+        """Where the bound output lies in the layout the pointer spans (Method.LAYOUT), else None. Each new
+        placement is reported through ``say``."""
+        placed = self.layout.placement(self.plan.output) if self.layout is not None else None
+        if placed != self._placed:
+            self._placed = placed
+            if self.say is not None:
+                self.say(f"pointer area: {placed.name} at {placed.x},{placed.y} {placed.width}x{placed.height} "
+                         f"in a {placed.layout_width}x{placed.layout_height} layout" if placed is not None else
+                         f"pointer area: {self.plan.output} is not in the layout (pointer events go nowhere else)")
+        return placed
 
     def undo(self) -> None:
         if self.layout is not None:  # a read-only client: closing it changes nothing in the compositor
