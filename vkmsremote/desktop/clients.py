@@ -86,6 +86,16 @@ def _debugfs_clients(minor: int, root: Path) -> list[DrmClient] | None:
     return list(seen.values()) if readable else None
 
 
+def process_environ(pid: int, *, proc: Path = PROC) -> dict[str, str]:
+    """The environment process ``pid`` started with (/proc/PID/environ; OSError if it cannot be read)."""
+    env = {}
+    for item in (proc / str(pid) / "environ").read_bytes().split(b"\0"):
+        key, sep, value = item.decode(errors="replace").partition("=")
+        if sep:
+            env[key] = value
+    return env
+
+
 def _comm(pid: int, proc: Path) -> str:
     try:
         return (proc / str(pid) / "comm").read_text().strip()

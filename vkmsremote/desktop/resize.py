@@ -46,7 +46,7 @@ from vkmsremote.errors import VkmsRemoteError
 from vkmsremote.frame import ResizeStatus
 
 from .binding import Compositor
-from .clients import DrmClient, drm_master
+from .clients import DrmClient, drm_master, process_environ
 from .sway_ipc import IpcError, SwayIpc, socket_path_of
 
 log = logging.getLogger(__name__)
@@ -466,12 +466,7 @@ def process_ids(pid: int, *, proc: Path = Path("/proc")) -> tuple[int, int, dict
             uid = int(line.split()[1])
         elif line.startswith("Gid:"):
             gid = int(line.split()[1])
-    env = {}
-    for item in (proc / str(pid) / "environ").read_bytes().split(b"\0"):
-        key, sep, value = item.decode(errors="replace").partition("=")
-        if sep:
-            env[key] = value
-    return uid, gid, env
+    return uid, gid, process_environ(pid, proc=proc)
 
 
 class MutterResizer:

@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 
 from vkmsremote.errors import VkmsRemoteError
 
+from .clients import process_environ
+
 MAGIC = b"i3-ipc"
 MAX_PAYLOAD = 4 << 20  # a reply larger than this is refused (get_tree of a huge desktop is far smaller)
 
@@ -60,11 +62,10 @@ def socket_path_of(pid: int, *, proc: Path = Path("/proc")) -> Path | None:
     """sway's IPC socket for the sway process ``pid``: ``$SWAYSOCK`` from its environment if set,
     else ``$XDG_RUNTIME_DIR/sway-ipc.<uid>.<pid>.sock`` (sway's default name, sway/ipc-server.c)."""
     try:
-        environ = (proc / str(pid) / "environ").read_bytes().split(b"\0")
+        env = process_environ(pid, proc=proc)
         uid = os.stat(proc / str(pid)).st_uid
     except OSError:
         return None
-    env = dict(e.decode(errors="replace").split("=", 1) for e in environ if b"=" in e)
     if env.get("SWAYSOCK"):
         return Path(env["SWAYSOCK"])
     runtime = env.get("XDG_RUNTIME_DIR")

@@ -33,6 +33,8 @@ from pathlib import Path
 
 from vkmsremote.errors import VkmsRemoteError
 
+from .clients import process_environ
+
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 4096
@@ -490,10 +492,7 @@ def wayland_socket_of(pid: int, *, proc: Path = Path("/proc")) -> Path | None:
                     return path
     env: dict[str, str] = {}
     with contextlib.suppress(OSError):
-        for item in (proc / str(pid) / "environ").read_bytes().split(b"\0"):
-            key, sep, value = item.decode(errors="replace").partition("=")
-            if sep:
-                env[key] = value
+        env = process_environ(pid, proc=proc)
     runtime = env.get("XDG_RUNTIME_DIR")
     if runtime:
         candidate = Path(runtime) / env.get("WAYLAND_DISPLAY", "wayland-0")
