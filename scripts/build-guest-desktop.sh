@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the desktop variant of the Debian 13 guest: scripts/build-guest.sh's tree (built first if
 # missing) copied and given GNOME Shell / Mutter, KWin, Mesa's llvmpipe and a test user, for
-# tests/guest/test_desktops_guest.py. Opt-in: the default guest (scripts/test.sh) stays small.
+# tests/guest/test_desktops_guest.py. scripts/test.sh boots it for every guest test (the plain tree still
+# serves TigerVNC's viewer and VKMSREMOTE_DESKTOPS=0).
 #
 #   scripts/build-guest-desktop.sh            # build if missing, print the tree's path on stdout
 #   scripts/build-guest-desktop.sh --force    # rebuild

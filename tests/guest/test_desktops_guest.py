@@ -146,6 +146,7 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float, desktop: Desk
 @pytest.fixture(scope="module", params=sorted(DESKTOPS))
 def desktop(request: pytest.FixtureRequest) -> Iterator[Desktop]:
     spec = DESKTOPS[request.param]
+    set_german_layout(spec.name)
     device = make_device()
     unit = f"vkmsremote-desktop-{spec.name}"
     env = {"XDG_SESSION_TYPE": "wayland", "XDG_SESSION_CLASS": "user", "XDG_RUNTIME_DIR": str(RUNTIME),
@@ -167,6 +168,26 @@ def desktop(request: pytest.FixtureRequest) -> Iterator[Desktop]:
         (RESULTS / f"journal-{spec.name}.txt").write_text(desk.journal(2000))
         time.sleep(3)  # logind closes the session, releases the VT and the card
         sh("vkmsremote", "down", "--force", check=False)
+
+
+LAYOUT = "de"
+"""The desktop user's keyboard layout, set the desktop's own way before it starts: vkmsremote must read it
+(typing with the US tables would turn z into y, and ä, ö, ü, ß, € would not arrive)."""
+
+
+def set_german_layout(desktop: str) -> None:
+    """GNOME: the input source in dconf (gsettings, with a D-Bus bus of its own for dconf's writer); KWin:
+    Plasma's kxkbrc."""
+    home = Path(f"/home/{USER}")
+    if desktop == "gnome-shell":
+        subprocess.run(["dbus-run-session", "--", "gsettings", "set", "org.gnome.desktop.input-sources", "sources",
+                        f"[('xkb', '{LAYOUT}')]"], env={"HOME": str(home), "PATH": os.environ["PATH"]},
+                       user=UID, group=UID, check=True, capture_output=True, timeout=120)
+    else:
+        config = home / ".config"
+        config.mkdir(exist_ok=True)
+        os.chown(config, UID, UID)
+        (config / "kxkbrc").write_text(f"[Layout]\nLayoutList={LAYOUT}\nUse=true\n")
 
 
 def versions() -> dict[str, str]:
@@ -293,7 +314,7 @@ def test_pointer_placed_in_the_desktops_layout(desktop: Desktop, served: Served)
 
 # --- clients of the desktop, run as its user ------------------------------------------------------------------
 
-TEXT = 'Hello, World! <A&b> ~|"x_y" 42%'
+TEXT = 'Hello, World! <A&b> ~|"x_y" 42% zyäöüß€'
 FOOT_BG = "503090"  # foot's background here: a colour no desktop paints, so XR-0's frames tell where foot is
 
 
@@ -343,9 +364,18 @@ def dominant_share(frame: np.ndarray) -> tuple[str, float]:
     return "#" + "".join(f"{int(c):02x}" for c in colors[top][:3]), float(counts[top] / counts.sum())
 
 
+def test_keyboard_layout_read_from_the_desktop(desktop: Desktop) -> None:
+    """What ``status`` says vkmsremote types with: the layout the desktop was given, read its own way."""
+    from vkmsremote.input.layout import describe_desktop_layout
+
+    who = {"gnome-shell": "GNOME", "kwin": "KWin"}[desktop.spec.name]
+    assert describe_desktop_layout() == f"{who}: {LAYOUT}"
+
+
 def test_typed_text_reaches_foot_on_xr0(desktop: Desktop, served: Served) -> None:
-    """Text typed in the VNC client arrives as that exact line in foot's shell; foot is fullscreen on XR-0
-    (it opens where the pointer is, which the client put on XR-0) and fills XR-0's frames."""
+    """Text typed in the VNC client (German layout on the desktop: ASCII, AltGr symbols, umlauts, €) arrives
+    as that exact line in foot's shell; foot is fullscreen on XR-0 (it opens where the pointer is, which the
+    client put on XR-0) and fills XR-0's frames."""
     out, lines, started = WORK / "typed.txt", WORK / "typed-lines.txt", WORK / "typed.started"
     for f in (out, lines, started):
         f.unlink(missing_ok=True)

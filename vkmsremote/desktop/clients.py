@@ -96,6 +96,36 @@ def process_environ(pid: int, *, proc: Path = PROC) -> dict[str, str]:
     return env
 
 
+def process_owner(pid: int, *, proc: Path = PROC) -> tuple[int, int]:
+    """(real uid, real gid) of process ``pid`` (/proc/PID/status; OSError if it cannot be read)."""
+    uid = gid = -1
+    for line in (proc / str(pid) / "status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            uid = int(line.split()[1])
+        elif line.startswith("Gid:"):
+            gid = int(line.split()[1])
+    return uid, gid
+
+
+def as_user(uid: int, gid: int, argv: list[str]) -> list[str]:
+    """``argv`` run as ``uid``/``gid`` (through setpriv, no supplementary groups) unless this process is
+    that user already: how vkmsremote, as root, asks a desktop user's session (its D-Bus bus, its dconf)."""
+    if os.geteuid() == uid:
+        return argv
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv]
+
+
+def processes_named(names: Iterable[str], *, proc: Path = PROC) -> list[tuple[int, str]]:
+    """(pid, comm) of the running processes whose name (comm) is one of ``names``, oldest first."""
+    wanted = set(names)
+    out = []
+    for pid in _pids(proc):
+        comm = _comm(pid, proc)
+        if comm in wanted:
+            out.append((pid, comm))
+    return out
+
+
 def _comm(pid: int, proc: Path) -> str:
     try:
         return (proc / str(pid) / "comm").read_text().strip()

@@ -46,7 +46,7 @@ from vkmsremote.errors import VkmsRemoteError
 from vkmsremote.frame import ResizeStatus
 
 from .binding import Compositor
-from .clients import DrmClient, drm_master, process_environ
+from .clients import DrmClient, as_user, drm_master, process_environ, process_owner
 from .sway_ipc import IpcError, SwayIpc, socket_path_of
 
 log = logging.getLogger(__name__)
@@ -460,13 +460,7 @@ def relayout(state: MutterState, connector: str, width: int, height: int) -> dic
 
 def process_ids(pid: int, *, proc: Path = Path("/proc")) -> tuple[int, int, dict[str, str]]:
     """(real uid, real gid, environment) of process ``pid``."""
-    uid = gid = -1
-    for line in (proc / str(pid) / "status").read_text().splitlines():
-        if line.startswith("Uid:"):
-            uid = int(line.split()[1])
-        elif line.startswith("Gid:"):
-            gid = int(line.split()[1])
-    return uid, gid, process_environ(pid, proc=proc)
+    return (*process_owner(pid, proc=proc), process_environ(pid, proc=proc))
 
 
 class MutterResizer:
@@ -493,9 +487,8 @@ class MutterResizer:
         return cls(bus, uid, gid, output)
 
     def busctl(self, method: str, *args: str) -> str:
-        argv = ["busctl", f"--address={self.bus}", "--json=short", "call", *MUTTER_DEST, method, *args]
-        if os.geteuid() != self.uid:
-            argv = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", *argv]
+        argv = as_user(self.uid, self.gid, ["busctl", f"--address={self.bus}", "--json=short", "call", *MUTTER_DEST,
+                                            method, *args])
         r = self._run(argv, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
         if r.returncode != 0:
             raise VkmsRemoteError(f"Mutter's {method} failed: {(r.stderr or r.stdout).strip()[:300]}")
@@ -640,10 +633,7 @@ class KScreenResizer:
         return cls(run_env, uid, gid, output)
 
     def doctor(self, *args: str) -> str:
-        argv = [KSCREEN_DOCTOR, *args]
-        if os.geteuid() != self.uid:
-            argv = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", *argv]
-        r = self._run(argv, self.env)
+        r = self._run(as_user(self.uid, self.gid, [KSCREEN_DOCTOR, *args]), self.env)
         if r.returncode != 0:
             raise VkmsRemoteError(f"kscreen-doctor {' '.join(args)} failed: {(r.stderr or r.stdout).strip()[:300]}")
         return r.stdout

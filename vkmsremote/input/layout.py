@@ -12,6 +12,14 @@ it with libxkbcommon (Debian ``libxkbcommon0`` through ctypes, the same library 
   With no keyboard plugged in yet, the ``input`` settings of sway's config (``get_config``) say it. The
   sway is ``$SWAYSOCK``'s, else any running sway process (its environment names its socket).
   (XKB options are not read; they are not applied.)
+* GNOME Shell: its input sources, ``gsettings get org.gnome.desktop.input-sources mru-sources`` (the first is
+  the one in use; ``sources`` when none was used yet) read as the desktop's user; ``('xkb', 'de+nodeadkeys')``
+  is layout de, variant nodeadkeys. No sources at all: GNOME Shell derives one from the locale; vkmsremote
+  knows only that a C/English locale means us.
+* KWin: Plasma's keyboard settings, ``kxkbrc`` (``[Layout]`` ``Use=true``, ``LayoutList``, ``VariantList``; the
+  first layout) in the desktop user's config directory; without them KWin applies libxkbcommon's default (us,
+  or ``$XKB_DEFAULT_LAYOUT``).
+  The GNOME Shell or KWin read is the one driving a card (its DRM master), else the only one running.
 * Anything else, or a read that fails: the generated US tables, with a log line saying so.
 
 :class:`LayoutSource` re-reads at most every ``interval`` seconds and compiles only when the text changed,
@@ -35,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from vkmsremote.desktop.clients import as_user, drm_master, process_environ, process_owner, processes_named
 from vkmsremote.desktop.sway_ipc import IpcError, MessageType, SwayIpc, running_sway_sockets
 from vkmsremote.errors import UsageError
 from vkmsremote.input.keymap import STATES, UNICODE_KEYSYM_BASE, US, Keymap
@@ -325,6 +334,66 @@ def wayland_of_sway(socket: str) -> tuple[str, str] | None:
     return (runtime, displays[0]) if displays else None
 
 
+_GNOME_SOURCE = re.compile(r"\(\s*'xkb'\s*,\s*'([^']+)'\s*\)")
+DESKTOP_SHELLS = ("gnome-shell", "kwin_wayland")
+
+
+def gnome_sources(text: str) -> list[tuple[str, str]]:
+    """(layout, variant) of each XKB source in a ``gsettings get ... sources`` answer (GVariant text)."""
+    out = []
+    for source in _GNOME_SOURCE.findall(text):
+        layout, _, variant = source.partition("+")
+        out.append((layout, variant))
+    return out
+
+
+def gnome_layout(pid: int, *, proc: Path = Path("/proc")) -> tuple[str, str] | None:
+    """(layout, variant) GNOME Shell ``pid`` types with (see the module's doc), or None if it cannot be told."""
+    uid, gid = process_owner(pid, proc=proc)
+    env = process_environ(pid, proc=proc)
+    session: dict[str, str] = {k: env[k] for k in ("HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "DBUS_SESSION_BUS_ADDRESS")
+               if k in env}
+    for key in ("mru-sources", "sources"):
+        text = _run(as_user(uid, gid, ["gsettings", "get", "org.gnome.desktop.input-sources", key]), session)
+        found = gnome_sources(text)
+        if found:
+            return found[0]
+    lang = env.get("LC_ALL") or env.get("LANG") or "C"
+    return ("us", "") if lang.split(".")[0] in ("C", "POSIX", "en_US") else None
+
+
+def kde_layout(pid: int, *, proc: Path = Path("/proc")) -> tuple[str, str]:
+    """(layout, variant) KWin ``pid`` applies from Plasma's kxkbrc (see the module's doc)."""
+    import configparser
+
+    env = process_environ(pid, proc=proc)
+    config = Path(env.get("XDG_CONFIG_HOME") or Path(env.get("HOME", "/nonexistent")) / ".config") / "kxkbrc"
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read_string(config.read_text(errors="replace")[:MAX_KEYMAP_TEXT])
+    except (OSError, configparser.Error):
+        parser.clear()
+    if parser.has_section("Layout") and parser.get("Layout", "Use", fallback="false").lower() == "true":
+        layouts = parser.get("Layout", "LayoutList", fallback="").split(",")
+        variants = parser.get("Layout", "VariantList", fallback="").split(",")
+        if layouts[0].strip():
+            return layouts[0].strip(), variants[0].strip()
+    return env.get("XKB_DEFAULT_LAYOUT", "us").split(",")[0] or "us", env.get("XKB_DEFAULT_VARIANT", "").split(",")[0]
+
+
+def _desktop_shells() -> list[tuple[int, str]]:
+    """GNOME Shell and KWin processes: those driving a card (DRM master) first."""
+    running = processes_named(DESKTOP_SHELLS)
+    if len(running) < 2:
+        return running
+    masters = set()
+    for card in sorted(glob.glob("/dev/dri/card*")):
+        holder = drm_master(card)
+        if holder is not None:
+            masters.add(holder.pid)
+    return sorted(running, key=lambda p: p[0] not in masters)
+
+
 @dataclass(frozen=True, slots=True)
 class Reading:
     """What was read from the desktop: a key to compare (the keymap text or names) and how to compile it."""
@@ -351,6 +420,19 @@ def read_desktop_layout() -> Reading | None:
             return Reading(f"sway {layout} {variant}", f"sway: {layout}{f'({variant})' if variant else ''}",
                            functools.partial(from_names, layout, variant), wayland=wayland_of_sway(socket))
         failures.append(f"sway at {socket}: no keyboard layout in its inputs or config")
+    for pid, shell in _desktop_shells():
+        try:
+            named = gnome_layout(pid) if shell == "gnome-shell" else kde_layout(pid)
+        except (UsageError, OSError, ValueError) as exc:
+            failures.append(f"{shell} (pid {pid}): {exc}")
+            continue
+        if named is None:
+            failures.append(f"{shell} (pid {pid}): no input source set, and its locale's layout is not known")
+            continue
+        layout, variant = named
+        who = "GNOME" if shell == "gnome-shell" else "KWin"
+        return Reading(f"{who} {layout} {variant}", f"{who}: {layout}{f'({variant})' if variant else ''}",
+                       functools.partial(from_names, layout, variant))
     for display in _x_displays():
         try:
             text = xorg_keymap_text(display)
@@ -370,7 +452,7 @@ def describe_desktop_layout() -> str:
     except UsageError as exc:
         return f"US (built-in tables): {exc}"
     if reading is None:
-        return "US (built-in tables): no X display or sway socket found"
+        return "US (built-in tables): no X display, sway, GNOME Shell or KWin found"
     return reading.description
 
 
@@ -439,7 +521,7 @@ class LayoutSource:
         self._update()
 
     def _update(self) -> None:
-        why = "no X display or sway socket found"
+        why = "no X display, sway, GNOME Shell or KWin found"
         try:
             reading = self._read()
         except (UsageError, OSError) as exc:
