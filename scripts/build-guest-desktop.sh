@@ -29,7 +29,8 @@ packages=(
   python3-twisted python3-pil wev
   # KScreen's kscreen-doctor (how vkmsremote resizes an output under KWin), Xwayland and X clients
   # (xev, xwininfo) for the Xwayland test
-  libkscreen-bin xwayland x11-utils
+  # (kscreen-doctor needs Qt's Wayland platform plugin, as on every Plasma install)
+  libkscreen-bin qt6-wayland xwayland x11-utils
 )
 base_tree=$("$top/scripts/build-guest.sh")
 base_hash=$(basename "$(dirname "$base_tree")")

@@ -627,7 +627,7 @@ class KScreenResizer:
             return f"the Wayland socket of {holder.describe()} was not found"
         run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_RUNTIME_DIR": str(sock.parent),
                    "WAYLAND_DISPLAY": sock.name, "QT_QPA_PLATFORM": "wayland", "KSCREEN_BACKEND": "KWayland",
-                   "KSCREEN_BACKEND_INPROCESS": "1", "HOME": env.get("HOME", "/")}
+                   "KSCREEN_BACKEND_INPROCESS": "1", "HOME": env.get("HOME", "/"), "LC_ALL": "C.UTF-8"}
         if env.get("DBUS_SESSION_BUS_ADDRESS"):
             run_env["DBUS_SESSION_BUS_ADDRESS"] = env["DBUS_SESSION_BUS_ADDRESS"]
         return cls(run_env, uid, gid, output)
