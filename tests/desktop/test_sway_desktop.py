@@ -49,13 +49,13 @@ class Sway:
 
 
 @contextlib.contextmanager
-def headless_sway(config_text: str, outputs: int = 1) -> Iterator[Sway]:
+def headless_sway(config_text: str, outputs: int = 1, base: Path | None = None) -> Iterator[Sway]:
     """A headless sway (pixman, no input devices) run as nobody with ``config_text`` as its config and
-    ``outputs`` headless outputs (HEADLESS-1, HEADLESS-2, ...)."""
+    ``outputs`` headless outputs (HEADLESS-1, HEADLESS-2, ...), in ``base`` (default: a new directory)."""
     assert shutil.which("sway") and shutil.which("wl-copy"), "setup-host.sh installs sway and wl-clipboard"
-    base = Path(f"/tmp/vkmsremote-sway-{os.getpid()}-{time.monotonic_ns()}")  # outside pytest's 0700 tree
+    base = base or Path(f"/tmp/vkmsremote-sway-{os.getpid()}-{time.monotonic_ns()}")  # outside pytest's 0700 tree
     runtime, config = base / "run", base / "config"
-    runtime.mkdir(parents=True)
+    runtime.mkdir(parents=True, exist_ok=True)
     base.chmod(0o755)
     os.chown(runtime, NOBODY, NOBODY)
     runtime.chmod(0o700)

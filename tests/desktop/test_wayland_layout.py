@@ -103,6 +103,26 @@ def test_layout_followed_as_outputs_move_and_appear() -> None:
             watcher.close()
 
 
+def test_layout_followed_again_after_the_compositor_restarts() -> None:
+    """A compositor that goes away (restart, new session) and comes back on the same socket is followed again;
+    until then the last layout is used."""
+    base = Path(f"/tmp/vkmsremote-sway-restart-{time.monotonic_ns()}")
+    with headless_sway(TWO_OUTPUTS, outputs=2, base=base) as sway:
+        watcher = LayoutWatcher.open(sway.runtime / sway.display)
+        assert watcher.placement("HEADLESS-2") == Placement("HEADLESS-2", 1024, 0, 1280, 720, 2304, 768)
+    try:
+        _wait(lambda: watcher.error is not None, "the lost connection not noticed")
+        assert watcher.placement("HEADLESS-2") == Placement("HEADLESS-2", 1024, 0, 1280, 720, 2304, 768)
+        moved = "output HEADLESS-1 pos 0 0 mode --custom 1024x768\noutput HEADLESS-2 pos 0 768 mode --custom 1280x720\n"
+        with headless_sway(moved, outputs=2, base=base) as again:
+            assert again.display == sway.display
+            _wait(lambda: watcher.placement("HEADLESS-2") == Placement("HEADLESS-2", 0, 768, 1280, 720, 1280, 1488),
+                  f"not followed after the restart: {watcher.error} {watcher.layout.rects()}", 15)
+            assert watcher.error is None
+    finally:
+        watcher.close()
+
+
 @pytest.mark.parametrize("command", ["kwin_wayland", "gnome-shell"])
 def test_binding_places_the_pointer_in_the_layout(command: str) -> None:
     with headless_sway(TWO_OUTPUTS, outputs=2) as sway:

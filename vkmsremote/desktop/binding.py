@@ -201,7 +201,8 @@ class Binding:
             if self.say is not None:
                 self.say(f"pointer area: {placed.name} at {placed.x},{placed.y} {placed.width}x{placed.height} "
                          f"in a {placed.layout_width}x{placed.layout_height} layout" if placed is not None else
-                         f"pointer area: {self.plan.output} is not in the layout (pointer events go nowhere else)")
+                         f"pointer area: {self.plan.output} is not in the layout: the pointer spans the whole layout "
+                         "until it is")
         return placed
 
     def undo(self) -> None:

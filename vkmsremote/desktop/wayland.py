@@ -26,6 +26,7 @@ import re
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE = 4096
 """libwayland's limit for one message (WL_MAX_MESSAGE_SIZE); anything larger is a broken peer."""
 MAX_FDS = 28  # fds one recvmsg may carry (libwayland's MAX_FDS_OUT)
+RECONNECT_INTERVAL = 2.0
+"""Seconds between attempts to reach a compositor whose connection was lost."""
 DISPLAY_ID = 1
 
 
@@ -413,6 +416,7 @@ class LayoutWatcher:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.error: str | None = None
+        self._tried = 0.0  # when a reconnection was last tried
 
     @classmethod
     def open(cls, path: str | Path, timeout: float = 30.0) -> LayoutWatcher:
@@ -441,11 +445,30 @@ class LayoutWatcher:
         except (WaylandError, OSError) as e:
             if not self._stopping:
                 self.error = str(e)
-                log.warning("the compositor's layout is no longer followed: %s", e)
+                log.warning("the compositor's layout is no longer followed (%s); reconnecting to %s every %g s",
+                            e, self.layout.conn.path, RECONNECT_INTERVAL)
 
     def placement(self, name: str) -> Placement | None:
         self.start()
+        if self.error is not None:
+            self._reconnect()
         return self.layout.placement(name)
+
+    def _reconnect(self) -> None:
+        """After the compositor went away (restarted, or the session ended and a new one began on the same
+        socket): connect again, at most every RECONNECT_INTERVAL s. Until then the last layout is used."""
+        now = time.monotonic()
+        if self._stopping or now - self._tried < RECONNECT_INTERVAL:
+            return
+        self._tried = now
+        try:
+            fresh = LayoutWatcher.open(self.layout.conn.path, timeout=RECONNECT_INTERVAL)
+        except WaylandError:
+            return
+        old, self.layout, self.error, self._thread = self.layout, fresh.layout, None, None
+        old.conn.close()
+        log.info("following the compositor's layout at %s again", self.layout.conn.path)
+        self.start()
 
     def wait_change(self, serial: int, timeout: float) -> int:
         """Wait until the layout's serial passes ``serial`` (or ``timeout``); return the serial now."""
