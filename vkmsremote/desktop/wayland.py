@@ -283,7 +283,6 @@ class Registry:
 class Output:
     """One wl_output and what its xdg_output says (logical coordinates: what pointers move in)."""
 
-    global_name: int
     wl_id: int
     name: str = ""
     x: int = 0
@@ -324,8 +323,6 @@ class OutputLayout:
         self.conn = conn
         self.outputs: dict[int, Output] = {}  # by global name
         self.manager: int | None = None
-        self.changed = threading.Condition()
-        self.serial = 0  # bumped whenever an output's done (or removal) makes a new layout
         self.registry = Registry(conn)
         self.registry.on_global = self._global
         self.registry.on_remove = self._remove
@@ -341,7 +338,7 @@ class OutputLayout:
 
     def _global(self, g: Global) -> None:
         if g.interface == "wl_output":
-            out = Output(g.name, 0)
+            out = Output(0)
             out.wl_id = self.registry.bind(g, 4, partial(self._output_event, out))
             self.outputs[g.name] = out
             self._xdg_output(out)
@@ -357,17 +354,13 @@ class OutputLayout:
         self.conn.send(self.manager, 1, out.xdg_id, out.wl_id)  # get_xdg_output(new_id, output)
 
     def _remove(self, g: Global) -> None:
-        out = self.outputs.pop(g.name, None)
-        if out is not None:
-            self._bump()
+        self.outputs.pop(g.name, None)
 
     def _output_event(self, out: Output, opcode: int, args: Args, conn: Connection) -> None:
         if opcode == 1:  # mode(flags, width, height, refresh)
             flags, w, h = args.uint(), args.int(), args.int()
             if flags & 1:
                 out.mode = (w, h)
-        elif opcode == 2:  # done
-            self._bump()
         elif opcode == 4:  # name (v4)
             out.name = out.name or args.string()
 
@@ -380,11 +373,6 @@ class OutputLayout:
             out.logical = True
         elif opcode == 3:  # name (v2)
             out.name = args.string()
-
-    def _bump(self) -> None:
-        with self.changed:
-            self.serial += 1
-            self.changed.notify_all()
 
     def rects(self) -> dict[str, tuple[int, int, int, int]]:
         return {o.name: r for o in list(self.outputs.values()) if o.name and (r := o.rect()) is not None}
@@ -469,13 +457,6 @@ class LayoutWatcher:
         old.conn.close()
         log.info("following the compositor's layout at %s again", self.layout.conn.path)
         self.start()
-
-    def wait_change(self, serial: int, timeout: float) -> int:
-        """Wait until the layout's serial passes ``serial`` (or ``timeout``); return the serial now."""
-        self.start()
-        with self.layout.changed:
-            self.layout.changed.wait_for(lambda: self.layout.serial > serial, timeout)
-            return self.layout.serial
 
     def close(self) -> None:
         self._stopping = True
