@@ -554,6 +554,8 @@ class MutterResizer:
 # --- KWin: KScreen ---------------------------------------------------------------------------------------
 
 KSCREEN_DOCTOR = "kscreen-doctor"
+KSCREEN_SETTLE = 10.0
+"""Seconds KWin gets to apply a configuration kscreen-doctor sent before the resize counts as failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -636,7 +638,7 @@ class KScreenResizer:
         r = self._run(as_user(self.uid, self.gid, [KSCREEN_DOCTOR, *args]), self.env)
         if r.returncode != 0:
             raise VkmsRemoteError(f"kscreen-doctor {' '.join(args)} failed: {(r.stderr or r.stdout).strip()[:300]}")
-        return r.stdout
+        return r.stdout if args == ("-j",) else r.stdout + r.stderr
 
     def outputs(self) -> list[KScreenOutput]:
         return parse_kscreen(self.doctor("-j"))
@@ -663,14 +665,20 @@ class KScreenResizer:
                 self.original = outputs
             moves = shift_neighbours([o.rect() for o in outputs], index, round(width / target.scale),
                                      round(height / target.scale))
-            self.doctor(f"output.{self.output}.mode.{mode.id}",
-                        *(f"output.{outputs[i].name}.position.{x},{y}" for i, (x, y) in sorted(moves.items())))
-            now = next((o.mode() for o in self.outputs() if o.name == self.output), None)
+            said = self.doctor(f"output.{self.output}.mode.{mode.id}",
+                               *(f"output.{outputs[i].name}.position.{x},{y}" for i, (x, y) in sorted(moves.items())))
+            deadline = time.monotonic() + KSCREEN_SETTLE
+            while True:  # KWin applies the configuration after kscreen-doctor has sent it
+                now = next((o.mode() for o in self.outputs() if o.name == self.output), None)
+                if (now is not None and (now.width, now.height) == (width, height)) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
         except (VkmsRemoteError, OSError, subprocess.SubprocessError) as e:
             log.warning("resize of %s to %dx%d through KScreen failed: %s", self.output, width, height, e)
             return ResizeStatus.OUT_OF_RESOURCES
         if now is None or (now.width, now.height) != (width, height):
-            log.warning("resize of %s to %dx%d: KScreen reports %s afterwards", self.output, width, height, now)
+            log.warning("resize of %s to %dx%d: KScreen reports %s %g s afterwards (kscreen-doctor said: %s)",
+                        self.output, width, height, now, KSCREEN_SETTLE, said.strip()[-500:] or "nothing")
             return ResizeStatus.OUT_OF_RESOURCES
         log.info("resized %s to %dx%d through KScreen (kscreen-doctor)", self.output, width, height)
         return ResizeStatus.OK
