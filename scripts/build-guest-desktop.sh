@@ -27,10 +27,8 @@ packages=(
   fonts-dejavu-core foot
   # the tests' peers: vncdotool's dependencies (vncdotool itself from PyPI, below), wev for clicks
   python3-twisted python3-pil wev
-  # KScreen's kscreen-doctor (how vkmsremote resizes an output under KWin), Xwayland and X clients
-  # (xev, xwininfo) for the Xwayland test
-  # (kscreen-doctor needs Qt's Wayland platform plugin, as on every Plasma install)
-  libkscreen-bin qt6-wayland xwayland x11-utils
+  # Xwayland and X clients (xev, xwininfo) for the Xwayland test
+  xwayland x11-utils
 )
 base_tree=$("$top/scripts/build-guest.sh")
 base_hash=$(basename "$(dirname "$base_tree")")

@@ -1,9 +1,9 @@
-"""GNOME Shell (MutterResizer) and KWin (KScreenResizer) resize against recorded peers.
+"""GNOME Shell (MutterResizer) resize against a recorded D-Bus peer, and the layout arithmetic KWin's shares.
 
 The real ones are in tests/guest/test_desktops_guest.py (GNOME Shell 48 and KWin 6.3 in the booted guest,
-a VNC client's SetDesktopSize); here the busctl and kscreen-doctor calls are checked against answers in
-the form those tools print them: the mode chosen, the outputs right of XR-0 moved, the refusal of an
-unlisted size, the original layout put back by undo.
+a VNC client's SetDesktopSize); here the busctl calls are checked against GetCurrentState answers in busctl's
+JSON form: the mode chosen, the monitors right of XR-0 moved, the refusal of an unlisted size, the original
+layout put back by undo.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from typing import Any
 
 from vkmsremote.desktop.resize import (
     APPLY_SIGNATURE,
-    KScreenResizer,
     MutterResizer,
-    parse_kscreen,
     parse_mutter_state,
     relayout,
     shift_neighbours,
@@ -102,43 +100,3 @@ def test_shift_neighbours() -> None:
     rects = [(0, 0, 1024, 768), (1024, 0, 1024, 768), (0, 768, 800, 600)]
     assert shift_neighbours(rects, 0, 1280, 1024) == {1: (1280, 0), 2: (0, 1024)}
     assert shift_neighbours(rects, 1, 1920, 1080) == {}
-
-
-class FakeKScreen:
-    """kscreen-doctor: ``-j`` prints KScreen's config; ``output.N.mode.ID`` / ``output.N.position.X,Y`` set."""
-
-    SIZES = {"1": (1024, 768), "2": (1280, 720), "3": (1920, 1080)}
-
-    def __init__(self) -> None:
-        self.outputs = {"Virtual-1": {"pos": [0, 0], "mode": "1"}, "Virtual-2": {"pos": [1024, 0], "mode": "1"}}
-        self.calls: list[list[str]] = []
-
-    def __call__(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        args = argv[argv.index("kscreen-doctor") + 1:]
-        self.calls.append(args)
-        if args == ["-j"]:
-            outs = [{"id": i + 1, "name": name, "enabled": True, "connected": True, "scale": 1,
-                     "pos": {"x": o["pos"][0], "y": o["pos"][1]}, "currentModeId": o["mode"],
-                     "modes": [{"id": mid, "name": f"{w}x{h}@60", "refreshRate": 60.0,
-                                "size": {"width": w, "height": h}} for mid, (w, h) in self.SIZES.items()]}
-                    for i, (name, o) in enumerate(self.outputs.items())]
-            return subprocess.CompletedProcess(argv, 0, json.dumps({"outputs": outs}), "")
-        for a in args:
-            _, name, what, value = a.split(".", 3)
-            if what == "mode":
-                self.outputs[name]["mode"] = value
-            else:
-                self.outputs[name]["pos"] = [int(v) for v in value.split(",")]
-        return subprocess.CompletedProcess(argv, 0, "", "")
-
-
-def test_kscreen_resize_and_undo() -> None:
-    fake = FakeKScreen()
-    resizer = KScreenResizer({}, 1000, 1000, "Virtual-1", run=fake)
-    assert [o.name for o in parse_kscreen(fake(["kscreen-doctor", "-j"], {}).stdout)] == ["Virtual-1", "Virtual-2"]
-    assert resizer.resize(1280, 720) is ResizeStatus.OK
-    assert fake.calls[-2] == ["output.Virtual-1.mode.2", "output.Virtual-2.position.1280,0"]  # one call
-    assert fake.outputs == {"Virtual-1": {"pos": [0, 0], "mode": "2"}, "Virtual-2": {"pos": [1280, 0], "mode": "1"}}
-    assert resizer.resize(1366, 1024) is ResizeStatus.OUT_OF_RESOURCES
-    resizer.undo()
-    assert fake.outputs == {"Virtual-1": {"pos": [0, 0], "mode": "1"}, "Virtual-2": {"pos": [1024, 0], "mode": "1"}}

@@ -568,7 +568,7 @@ def xr0_mode(dev: Device) -> tuple[int, int] | None:
 
 def test_client_resizes_xr0_through_the_desktop(desktop: Desktop) -> None:
     """A client's SetDesktopSize goes to the desktop's own interface (GNOME Shell: Mutter's DisplayConfig
-    over D-Bus; KWin: kscreen-doctor), XR-0's CRTC takes the mode, XR-1 stays lit, the requester is told,
+    over D-Bus; KWin: its output management protocol), XR-0's CRTC takes the mode, XR-1 stays lit, the requester is told,
     vncdotool's frames are the new size and equal to the scanout; the server's exit puts the mode back."""
     import asyncio
 

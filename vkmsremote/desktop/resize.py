@@ -12,10 +12,10 @@ its own runtime interface, and the desktop grows or shrinks with the output:
   dialog, nothing written to monitors.xml), through ``busctl`` run as the compositor's user. Mutter sets
   only modes the connector lists (VKMS lists the DMT/CEA sizes up to its maximum); outputs right of or
   below XR-0 move by the change, so the layout stays adjacent as Mutter requires.
-- KWin (Plasma): KScreen's ``kscreen-doctor`` (libkscreen-bin, part of every Plasma install) run as the
-  compositor's user on its Wayland socket: ``-j`` for the outputs and their modes, then
-  ``output.NAME.mode.ID`` (and ``output.OTHER.position.X,Y`` for the outputs it moves) in one call.
-  Like Mutter, KWin sets the modes the connector lists.
+- KWin (Plasma): its output management protocol on its Wayland socket (``kde_output_device_v2`` for the
+  outputs and their modes, one ``kde_output_configuration_v2`` with XR-0's mode and the positions of the
+  outputs it moves; what KScreen and ``kscreen-doctor`` speak), vkmsremote.desktop.kde_output. Like Mutter,
+  KWin sets the modes the connector lists.
 - anything else (Weston, ...): no runtime interface vkmsremote knows; the request is refused
   ("prohibited") with the reason in the log.
 
@@ -551,136 +551,67 @@ class MutterResizer:
             log.warning("undoing the resize of %s: %s", self.output, e)
 
 
-# --- KWin: KScreen ---------------------------------------------------------------------------------------
-
-KSCREEN_DOCTOR = "kscreen-doctor"
-KSCREEN_SETTLE = 10.0
-"""Seconds KWin gets to apply a configuration kscreen-doctor sent before the resize counts as failed."""
+# --- KWin ----------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class KScreenMode:
-    id: str
-    width: int
-    height: int
-    refresh: float
+class KWinResizer:
+    """Resizes ``output`` through KWin's output management on its Wayland socket ``socket``
+    (vkmsremote.desktop.kde_output): the listed mode of that size nearest the current rate, and the outputs
+    beside it moved by the change, in one configuration."""
 
-
-@dataclass(frozen=True, slots=True)
-class KScreenOutput:
-    name: str
-    enabled: bool
-    x: int
-    y: int
-    scale: float
-    current: str
-    modes: tuple[KScreenMode, ...]
-
-    def mode(self) -> KScreenMode | None:
-        return next((m for m in self.modes if m.id == self.current), None)
-
-    def rect(self) -> tuple[int, int, int, int]:
-        m = self.mode()
-        w, h = (m.width, m.height) if m is not None else (0, 0)
-        return self.x, self.y, round(w / (self.scale or 1.0)), round(h / (self.scale or 1.0))
-
-
-def parse_kscreen(text: str) -> list[KScreenOutput]:
-    """``kscreen-doctor -j``: KScreen's serialized configuration (outputs with pos, scale, currentModeId,
-    modes with id, size and refreshRate)."""
-    try:
-        outputs = []
-        for o in json.loads(text)["outputs"]:
-            modes = tuple(KScreenMode(str(m["id"]), int(m["size"]["width"]), int(m["size"]["height"]),
-                                      float(m.get("refreshRate", 0.0))) for m in o.get("modes", []))
-            pos = o.get("pos") or {}
-            outputs.append(KScreenOutput(str(o["name"]), bool(o.get("enabled")), int(pos.get("x", 0)),
-                                         int(pos.get("y", 0)), float(o.get("scale", 1.0) or 1.0),
-                                         str(o.get("currentModeId", "")), modes))
-    except (ValueError, KeyError, TypeError) as e:
-        raise VkmsRemoteError(f"kscreen-doctor -j was not understood: {e}: {text[:300]!r}") from e
-    return outputs
-
-
-class KScreenResizer:
-    """Resizes ``output`` through ``kscreen-doctor`` on KWin's Wayland socket, run as ``uid``/``gid``."""
-
-    def __init__(self, env: dict[str, str], uid: int, gid: int, output: str, *, run: Run = _run) -> None:
-        self.env = env
-        self.uid, self.gid = uid, gid
+    def __init__(self, socket: str, output: str) -> None:
+        self.socket = socket
         self.output = output
-        self._run = run
-        self.original: list[KScreenOutput] | None = None
+        self.original: dict[str, tuple[int, int, int, int, int]] | None = None  # name -> w, h, mHz, x, y
 
     @classmethod
-    def of(cls, holder: DrmClient, output: str) -> KScreenResizer | str:
-        import shutil
-
+    def of(cls, holder: DrmClient, output: str) -> KWinResizer | str:
         from .wayland import wayland_socket_of
 
-        if shutil.which(KSCREEN_DOCTOR) is None:
-            return "kscreen-doctor is not installed (Debian: libkscreen-bin)"
-        try:
-            uid, gid, env = process_ids(holder.pid)
-        except OSError as e:
-            return f"{holder.describe()} could not be read ({e.strerror}): run vkmsremote as root"
         sock = wayland_socket_of(holder.pid)
         if sock is None:
             return f"the Wayland socket of {holder.describe()} was not found"
-        run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_RUNTIME_DIR": str(sock.parent),
-                   "WAYLAND_DISPLAY": sock.name, "QT_QPA_PLATFORM": "wayland", "KSCREEN_BACKEND": "KWayland",
-                   "KSCREEN_BACKEND_INPROCESS": "1", "HOME": env.get("HOME", "/"), "LC_ALL": "C.UTF-8"}
-        if env.get("DBUS_SESSION_BUS_ADDRESS"):
-            run_env["DBUS_SESSION_BUS_ADDRESS"] = env["DBUS_SESSION_BUS_ADDRESS"]
-        return cls(run_env, uid, gid, output)
-
-    def doctor(self, *args: str) -> str:
-        r = self._run(as_user(self.uid, self.gid, [KSCREEN_DOCTOR, *args]), self.env)
-        if r.returncode != 0:
-            raise VkmsRemoteError(f"kscreen-doctor {' '.join(args)} failed: {(r.stderr or r.stdout).strip()[:300]}")
-        return r.stdout if args == ("-j",) else r.stdout + r.stderr
-
-    def outputs(self) -> list[KScreenOutput]:
-        return parse_kscreen(self.doctor("-j"))
+        return cls(str(sock), output)
 
     def resize(self, width: int, height: int) -> ResizeStatus:
+        from .kde_output import KdeOutputs
+        from .wayland import WaylandError
+
         try:
-            outputs = [o for o in self.outputs() if o.enabled]
-            index = next((i for i, o in enumerate(outputs) if o.name == self.output), None)
-            current = outputs[index].mode() if index is not None else None
-            if index is None or current is None:
-                log.warning("resize to %dx%d prohibited: KWin has no enabled output %s", width, height, self.output)
-                return ResizeStatus.PROHIBITED
-            if (current.width, current.height) == (width, height):
-                return ResizeStatus.OK
-            target = outputs[index]
-            sized = [m for m in target.modes if (m.width, m.height) == (width, height)]
-            if not sized:
-                offered = sorted({f"{m.width}x{m.height}" for m in target.modes})
-                log.warning("resize of %s to %dx%d: KWin sets only the connector's own modes (%s)", self.output,
-                            width, height, ", ".join(offered))
-                return ResizeStatus.OUT_OF_RESOURCES
-            mode = min(sized, key=lambda m: abs(m.refresh - current.refresh))
-            if self.original is None:
-                self.original = outputs
-            moves = shift_neighbours([o.rect() for o in outputs], index, round(width / target.scale),
-                                     round(height / target.scale))
-            said = self.doctor(f"output.{self.output}.mode.{mode.id}",
-                               *(f"output.{outputs[i].name}.position.{x},{y}" for i, (x, y) in sorted(moves.items())))
-            deadline = time.monotonic() + KSCREEN_SETTLE
-            while True:  # KWin applies the configuration after kscreen-doctor has sent it
-                now = next((o.mode() for o in self.outputs() if o.name == self.output), None)
-                if (now is not None and (now.width, now.height) == (width, height)) or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-        except (VkmsRemoteError, OSError, subprocess.SubprocessError) as e:
-            log.warning("resize of %s to %dx%d through KScreen failed: %s", self.output, width, height, e)
+            with KdeOutputs(self.socket) as kwin:
+                outputs = [o for o in kwin.outputs.values() if o.enabled and o.mode() is not None]
+                target = next((o for o in outputs if o.name == self.output), None)
+                current = target.mode() if target is not None else None
+                if target is None or current is None:
+                    log.warning("resize to %dx%d prohibited: KWin has no enabled output %s", width, height,
+                                self.output)
+                    return ResizeStatus.PROHIBITED
+                if (current.width, current.height) == (width, height):
+                    return ResizeStatus.OK
+                sized = [m for m in target.modes.values() if (m.width, m.height) == (width, height)]
+                if not sized:
+                    offered = sorted({f"{m.width}x{m.height}" for m in target.modes.values()})
+                    log.warning("resize of %s to %dx%d: KWin sets only the connector's own modes (%s)", self.output,
+                                width, height, ", ".join(offered))
+                    return ResizeStatus.OUT_OF_RESOURCES
+                mode = min(sized, key=lambda m: abs(m.refresh_mhz - current.refresh_mhz))
+                if self.original is None:
+                    self.original = {o.name: (m.width, m.height, m.refresh_mhz, o.x, o.y) for o in outputs
+                                     if (m := o.mode()) is not None}
+                index = outputs.index(target)
+                moves = shift_neighbours([o.rect() for o in outputs], index, round(width / target.scale),
+                                         round(height / target.scale))
+                kwin.apply({target.id: mode.id}, {outputs[i].id: xy for i, xy in moves.items()})
+                now = target.mode()
+        except (WaylandError, OSError) as e:
+            log.warning("resize of %s to %dx%d through KWin's output management failed: %s", self.output, width,
+                        height, e)
             return ResizeStatus.OUT_OF_RESOURCES
         if now is None or (now.width, now.height) != (width, height):
-            log.warning("resize of %s to %dx%d: KScreen reports %s %g s afterwards (kscreen-doctor said: %s)",
-                        self.output, width, height, now, KSCREEN_SETTLE, said.strip()[-500:] or "nothing")
+            log.warning("resize of %s to %dx%d: KWin reports %s afterwards", self.output, width, height, now)
             return ResizeStatus.OUT_OF_RESOURCES
-        log.info("resized %s to %dx%d through KScreen (kscreen-doctor)", self.output, width, height)
+        log.info("resized %s to %dx%d@%.3f Hz through KWin's output management", self.output, width, height,
+                 now.refresh_mhz / 1000)
         return ResizeStatus.OK
 
     def light(self, mode: tuple[int, int, float | None] | None, timeout: float) -> str:
@@ -690,13 +621,25 @@ class KScreenResizer:
         return "KWin turns an unplugged output off itself"
 
     def undo(self) -> None:
+        from .kde_output import KdeOutputs
+        from .wayland import WaylandError
+
         if self.original is None:
             return
         original, self.original = self.original, None
         try:
-            self.doctor(*(a for o in original for a in (f"output.{o.name}.mode.{o.current}",
-                                                         f"output.{o.name}.position.{o.x},{o.y}")))
-        except (VkmsRemoteError, OSError, subprocess.SubprocessError) as e:
+            with KdeOutputs(self.socket) as kwin:
+                modes, positions = {}, {}
+                for name, (w, h, mhz, x, y) in original.items():
+                    out = kwin.named(name)
+                    if out is None:
+                        continue
+                    sized = [m for m in out.modes.values() if (m.width, m.height) == (w, h)]
+                    if sized:
+                        modes[out.id] = min(sized, key=lambda m, r=mhz: abs(m.refresh_mhz - r)).id  # type: ignore[misc]
+                    positions[out.id] = (x, y)
+                kwin.apply(modes, positions)
+        except (WaylandError, OSError) as e:
             log.warning("undoing the resize of %s: %s", self.output, e)
 
 
@@ -733,7 +676,7 @@ class DesktopResizer:
                 return f"sway's IPC socket was not found ({sock or 'no XDG_RUNTIME_DIR'})"
             adapter = SwayResizer(str(sock), self.output)
         elif kind in (Compositor.MUTTER, Compositor.KWIN):
-            found = (MutterResizer if kind is Compositor.MUTTER else KScreenResizer).of(holder, self.output)
+            found = (MutterResizer if kind is Compositor.MUTTER else KWinResizer).of(holder, self.output)
             if isinstance(found, str):
                 return found
             adapter = found
