@@ -547,7 +547,8 @@ def test_xwayland_client_on_xr0_gets_clicks_and_shows_in_frames(desktop: Desktop
             def shown() -> bool:  # xev's window is white
                 client.refreshScreen(incremental=False)
                 frame = np.asarray(client.screen.copy().convert("RGB"))
-                color, share = dominant_share(frame[top + 10:top + wh - 10, left + 10:left + ww - 10])
+                # the window's middle: clear of xev's inner window (top left) and of any decoration
+                color, share = dominant_share(frame[top + wh // 4:top + 3 * wh // 4, left + ww // 4:left + 3 * ww // 4])
                 desktop.figures["xev_window"] = [wx, wy, ww, wh, color, round(share, 3)]
                 return color == "#ffffff" and share > 0.8
 
