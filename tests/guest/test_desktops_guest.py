@@ -243,16 +243,13 @@ class Served:
     proc: subprocess.Popen[bytes]
 
 
-@pytest.fixture(scope="module")
-def served(desktop: Desktop) -> Iterator[Served]:
-    """``vkmsremote serve`` on XR-0 with uinput input and ``--pointer-output auto`` (the default)."""
-    dev = desktop.device
-    if not (crtc_lit(dev.card, dev.crtc0) and crtc_lit(dev.card, dev.crtc1)):
-        pytest.fail(f"XR-0 and XR-1 are not both lit by {desktop.spec.name} (test_xr0_lit_beside_xr1 says why)")
-    log = RESULTS / f"serve-{desktop.spec.name}.log"
+@contextlib.contextmanager
+def serving(dev: Device, log: Path, input_kind: str) -> Iterator[Served]:
+    """``vkmsremote serve`` on XR-0 (``--input input_kind``, ``--pointer-output auto``, the default), listening;
+    stopped (SIGTERM, so it undoes what it changed) afterwards."""
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "vkmsremote", "serve", "--source", "crtc", "--card", dev.card,
-                                 "--connector", dev.xr0, "--port", "0", "--input", "uinput"],
+                                 "--connector", dev.xr0, "--port", "0", "--input", input_kind],
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         def port() -> bool:
@@ -266,7 +263,17 @@ def served(desktop: Desktop) -> Iterator[Served]:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
+        proc.wait(120)
+
+
+@pytest.fixture(scope="module")
+def served(desktop: Desktop) -> Iterator[Served]:
+    """``vkmsremote serve`` on XR-0 with uinput input."""
+    dev = desktop.device
+    if not (crtc_lit(dev.card, dev.crtc0) and crtc_lit(dev.card, dev.crtc1)):
+        pytest.fail(f"XR-0 and XR-1 are not both lit by {desktop.spec.name} (test_xr0_lit_beside_xr1 says why)")
+    with serving(dev, RESULTS / f"serve-{desktop.spec.name}.log", "uinput") as served:
+        yield served
 
 
 SERVING = re.compile(r"serving .* port (\d+)")
@@ -580,61 +587,51 @@ def test_client_resizes_xr0_through_the_desktop(desktop: Desktop) -> None:
 
     dev = desktop.device
     log = RESULTS / f"serve-resize-{desktop.spec.name}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "vkmsremote", "serve", "--source", "crtc", "--card", dev.card,
-                                 "--connector", dev.xr0, "--port", "0", "--input", "none"],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     scan = Scanout(dev.card, dev.crtc0)
     t0 = time.monotonic()
     try:
-        wait_for(lambda: SERVING.search(log.read_text()) is not None or proc.poll() is not None,
-                 "vkmsremote serve to listen", 300)
-        m = SERVING.search(log.read_text())
-        assert m, log.read_text()
-        port = int(m.group(1))
+        with serving(dev, log, "none") as served:
+            port = served.port
 
-        async def layout(c: RawClient) -> tuple[int, int, int, int, list[Screen]]:
-            [(x, y, w, h, enc, data)] = (await c.read_update(600)).rects
-            assert enc == Encoding.EXTENDED_DESKTOP_SIZE
-            return x, y, w, h, screens_of(data)
+            async def layout(c: RawClient) -> tuple[int, int, int, int, list[Screen]]:
+                [(x, y, w, h, enc, data)] = (await c.read_update(600)).rects
+                assert enc == Encoding.EXTENDED_DESKTOP_SIZE
+                return x, y, w, h, screens_of(data)
 
-        async def main() -> tuple[int, int, int, int]:
-            c = RawClient()
-            await c.connect(port)
-            c.set_encodings(Encoding.RAW, Encoding.EXTENDED_DESKTOP_SIZE)
-            c.send(FramebufferUpdateRequest(False, 0, 0, c.width, c.height))
-            [screen] = (await layout(c))[4]
-            c.send(SetDesktopSize(*RESIZED, (Screen(screen.id, 0, 0, *RESIZED),)))
-            reply = (await layout(c))[:4]
-            await c.close()
-            return reply
+            async def main() -> tuple[int, int, int, int]:
+                c = RawClient()
+                await c.connect(port)
+                c.set_encodings(Encoding.RAW, Encoding.EXTENDED_DESKTOP_SIZE)
+                c.send(FramebufferUpdateRequest(False, 0, 0, c.width, c.height))
+                [screen] = (await layout(c))[4]
+                c.send(SetDesktopSize(*RESIZED, (Screen(screen.id, 0, 0, *RESIZED),)))
+                reply = (await layout(c))[:4]
+                await c.close()
+                return reply
 
-        reply = asyncio.run(main())
-        assert reply == (1, 0, *RESIZED), f"SetDesktopSize answered {reply}; serve said: {log.read_text()[-3000:]}"
-        desktop.figures["resize_s"] = round(time.monotonic() - t0, 1)
-        assert xr0_mode(dev) == RESIZED
-        assert crtc_lit(dev.card, dev.crtc1), "XR-1 went dark when XR-0 was resized"
+            reply = asyncio.run(main())
+            assert reply == (1, 0, *RESIZED), f"SetDesktopSize answered {reply}; serve said: {log.read_text()[-3000:]}"
+            desktop.figures["resize_s"] = round(time.monotonic() - t0, 1)
+            assert xr0_mode(dev) == RESIZED
+            assert crtc_lit(dev.card, dev.crtc1), "XR-1 went dark when XR-0 was resized"
 
-        from vncdotool import api as vnc_api
+            from vncdotool import api as vnc_api
 
-        client = vnc_api.connect(f"127.0.0.1::{port}", timeout=60)
-        try:
-            def equal() -> bool:
-                scan.buffers.clear()
-                scan.look()
-                client.refreshScreen(incremental=False)
-                frame = np.asarray(client.screen.copy().convert("RGB"))
-                scan.look()
-                return frame.shape[:2] == RESIZED[::-1] and scan.equal_to(frame)
+            client = vnc_api.connect(f"127.0.0.1::{port}", timeout=60)
+            try:
+                def equal() -> bool:
+                    scan.buffers.clear()
+                    scan.look()
+                    client.refreshScreen(incremental=False)
+                    frame = np.asarray(client.screen.copy().convert("RGB"))
+                    scan.look()
+                    return frame.shape[:2] == RESIZED[::-1] and scan.equal_to(frame)
 
-            wait_for(equal, f"a {RESIZED} VNC frame equal to XR-0's scanout", 180, desktop, interval=1)
-        finally:
-            with contextlib.suppress(Exception):
-                client.disconnect()
+                wait_for(equal, f"a {RESIZED} VNC frame equal to XR-0's scanout", 180, desktop, interval=1)
+            finally:
+                with contextlib.suppress(Exception):
+                    client.disconnect()
     finally:
         scan.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(120)
     wait_for(lambda: xr0_mode(dev) == SIZE, f"XR-0 back at {SIZE} after the server's exit", 300, desktop)
     assert crtc_lit(dev.card, dev.crtc1)
