@@ -143,7 +143,9 @@ class MultiScreenSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """A CRTC's picture (x, y, width, height) inside the framebuffer it scans out of (fb_width x fb_height)."""
+    """A CRTC's picture (x, y, width, height) inside the framebuffer it scans out of (fb_width x fb_height);
+    for a Wayland compositor (vkmsremote.desktop.wayland), its output's rectangle inside the layout's bounding
+    box. Either way: where the connector lies in what an absolute pointer spans."""
 
     x: int
     y: int

@@ -27,13 +27,13 @@ from vkmsremote.desktop.wayland import (
     MAX_MESSAGE,
     Args,
     LayoutWatcher,
-    Placement,
     Splitter,
     WaylandError,
     encode,
     placement_in,
     wayland_socket_of,
 )
+from vkmsremote.frame import Placement
 from vkmsremote.input.uinput import ABS_RANGE, UinputDevices
 from vkmsremote.service.serve import uinput_sink_factory
 
@@ -69,11 +69,11 @@ def test_split_across_reads_and_bad_input_refused() -> None:
 
 def test_placement_in_the_bounding_box() -> None:
     rects = {"Virtual-1": (0, 0, 1024, 768), "Virtual-2": (1024, 0, 1920, 1080)}
-    assert placement_in(rects, "Virtual-1") == Placement("Virtual-1", 0, 0, 1024, 768, 2944, 1080)
-    assert placement_in(rects, "Virtual-2") == Placement("Virtual-2", 1024, 0, 1920, 1080, 2944, 1080)
+    assert placement_in(rects, "Virtual-1") == Placement(0, 0, 1024, 768, 2944, 1080)
+    assert placement_in(rects, "Virtual-2") == Placement(1024, 0, 1920, 1080, 2944, 1080)
     # a layout that does not start at 0,0 (an output left of or above the primary)
     left = {"A": (-1280, 100, 1280, 720), "B": (0, 0, 1024, 768)}
-    assert placement_in(left, "B") == Placement("B", 1280, 0, 1024, 768, 2304, 820)
+    assert placement_in(left, "B") == Placement(1280, 0, 1024, 768, 2304, 820)
     assert placement_in(rects, "HDMI-A-1") is None
 
 
@@ -90,12 +90,12 @@ def test_layout_followed_as_outputs_move_and_appear() -> None:
         assert sock == sway.runtime / sway.display
         watcher = LayoutWatcher.open(sock)
         try:
-            assert watcher.placement("HEADLESS-1") == Placement("HEADLESS-1", 0, 0, 1024, 768, 2304, 768)
-            assert watcher.placement("HEADLESS-2") == Placement("HEADLESS-2", 1024, 0, 1280, 720, 2304, 768)
+            assert watcher.placement("HEADLESS-1") == Placement(0, 0, 1024, 768, 2304, 768)
+            assert watcher.placement("HEADLESS-2") == Placement(1024, 0, 1280, 720, 2304, 768)
             sway.msg("output HEADLESS-2 pos 0 768")
-            _wait(lambda: watcher.placement("HEADLESS-2") == Placement("HEADLESS-2", 0, 768, 1280, 720, 1280, 1488),
+            _wait(lambda: watcher.placement("HEADLESS-2") == Placement(0, 768, 1280, 720, 1280, 1488),
                   f"the move to 0,768 not followed: {watcher.layout.rects()}")
-            assert watcher.placement("HEADLESS-1") == Placement("HEADLESS-1", 0, 0, 1024, 768, 1280, 1488)
+            assert watcher.placement("HEADLESS-1") == Placement(0, 0, 1024, 768, 1280, 1488)
             sway.msg("create_output")  # a third output (a monitor plugged in): placed by sway, seen here
             _wait(lambda: "HEADLESS-3" in watcher.layout.rects(), f"HEADLESS-3 not seen: {watcher.layout.rects()}")
             assert watcher.error is None
@@ -109,14 +109,14 @@ def test_layout_followed_again_after_the_compositor_restarts() -> None:
     base = Path(f"/tmp/vkmsremote-sway-restart-{time.monotonic_ns()}")
     with headless_sway(TWO_OUTPUTS, outputs=2, base=base) as sway:
         watcher = LayoutWatcher.open(sway.runtime / sway.display)
-        assert watcher.placement("HEADLESS-2") == Placement("HEADLESS-2", 1024, 0, 1280, 720, 2304, 768)
+        assert watcher.placement("HEADLESS-2") == Placement(1024, 0, 1280, 720, 2304, 768)
     try:
         _wait(lambda: watcher.error is not None, "the lost connection not noticed")
-        assert watcher.placement("HEADLESS-2") == Placement("HEADLESS-2", 1024, 0, 1280, 720, 2304, 768)
+        assert watcher.placement("HEADLESS-2") == Placement(1024, 0, 1280, 720, 2304, 768)
         moved = "output HEADLESS-1 pos 0 0 mode --custom 1024x768\noutput HEADLESS-2 pos 0 768 mode --custom 1280x720\n"
         with headless_sway(moved, outputs=2, base=base) as again:
             assert again.display == sway.display
-            _wait(lambda: watcher.placement("HEADLESS-2") == Placement("HEADLESS-2", 0, 768, 1280, 720, 1280, 1488),
+            _wait(lambda: watcher.placement("HEADLESS-2") == Placement(0, 768, 1280, 720, 1280, 1488),
                   f"not followed after the restart: {watcher.error} {watcher.layout.rects()}", 15)
             assert watcher.error is None
     finally:
@@ -132,7 +132,7 @@ def test_binding_places_the_pointer_in_the_layout(command: str) -> None:
         assert "pointer placed on HEADLESS-2 in the layout of " + command in plan.describe()
         binding = apply_binding(plan)
         try:
-            assert binding.placement() == Placement("HEADLESS-2", 1024, 0, 1280, 720, 2304, 768)
+            assert binding.placement() == Placement(1024, 0, 1280, 720, 2304, 768)
             devices = UinputDevices.open("test", factory=RecordingDevice)
             sink = uinput_sink_factory(devices, None, binding)(1280, 720)
             pointer = devices.pointer.device

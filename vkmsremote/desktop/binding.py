@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vkmsremote.errors import UsageError, VkmsRemoteError
+from vkmsremote.frame import Placement
 
 from .clients import DrmClient, drm_master
 from .sway_ipc import IpcError, SwayIpc, socket_path_of
-from .wayland import LayoutWatcher, Placement, WaylandError, wayland_socket_of
+from .wayland import LayoutWatcher, WaylandError, wayland_socket_of
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +200,8 @@ class Binding:
         if placed != self._placed:
             self._placed = placed
             if self.say is not None:
-                self.say(f"pointer area: {placed.name} at {placed.x},{placed.y} {placed.width}x{placed.height} "
-                         f"in a {placed.layout_width}x{placed.layout_height} layout" if placed is not None else
+                self.say(f"pointer area: {self.plan.output} at {placed.x},{placed.y} {placed.width}x{placed.height} "
+                         f"in a {placed.fb_width}x{placed.fb_height} layout" if placed is not None else
                          f"pointer area: {self.plan.output} is not in the layout: the pointer spans the whole layout "
                          "until it is")
         return placed

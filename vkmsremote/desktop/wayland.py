@@ -33,6 +33,7 @@ from functools import partial
 from pathlib import Path
 
 from vkmsremote.errors import VkmsRemoteError
+from vkmsremote.frame import Placement
 
 from .clients import process_environ
 
@@ -299,20 +300,6 @@ class Output:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """Where output ``name`` lies in the layout an absolute pointer spans (the layout's bounding box,
-    moved so that it starts at 0,0)."""
-
-    name: str
-    x: int
-    y: int
-    width: int
-    height: int
-    layout_width: int
-    layout_height: int
-
-
 XDG_OUTPUT_MANAGER = "zxdg_output_manager_v1"
 
 
@@ -383,7 +370,8 @@ class OutputLayout:
 
 
 def placement_in(rects: dict[str, tuple[int, int, int, int]], name: str) -> Placement | None:
-    """``name``'s rectangle in the bounding box of ``rects`` (which starts at its top-left corner)."""
+    """``name``'s rectangle in the bounding box of ``rects`` (which starts at its top-left corner): the
+    area an absolute pointer spans on KWin and Mutter, as the X screen does on Xorg."""
     if name not in rects:
         return None
     x0 = min(x for x, _, _, _ in rects.values())
@@ -391,7 +379,7 @@ def placement_in(rects: dict[str, tuple[int, int, int, int]], name: str) -> Plac
     x1 = max(x + w for x, _, w, _ in rects.values())
     y1 = max(y + h for _, y, _, h in rects.values())
     x, y, w, h = rects[name]
-    return Placement(name, x - x0, y - y0, w, h, x1 - x0, y1 - y0)
+    return Placement(x - x0, y - y0, w, h, x1 - x0, y1 - y0)
 
 
 class LayoutWatcher:

@@ -23,10 +23,8 @@ if TYPE_CHECKING:
 
     from vkmsremote.capture.crtc import CrtcLocation, CrtcReader
     from vkmsremote.desktop.binding import Binding
-    from vkmsremote.desktop.wayland import Placement as LayoutPlacement
     from vkmsremote.frame import FrameSource
     from vkmsremote.input import UinputDevices
-    from vkmsremote.input.uinput import PointerArea
     from vkmsremote.rfb.auth import SecurityPolicy
     from vkmsremote.server.app import SinkFactory, VncServer
     from vkmsremote.server.input import InputSink
@@ -241,12 +239,9 @@ def uinput_sink_factory(devices: UinputDevices, source: object = None, binding: 
     from vkmsremote.input import UinputSink, area_of
     from vkmsremote.server.input import WakingSink
 
-    placement = getattr(source, "placement", None)
-    area: Callable[[], PointerArea | None] | None = None
-    if binding is not None and binding.layout is not None:
-        area = lambda: _layout_area(binding.placement())  # noqa: E731
-    elif callable(placement):
-        area = lambda: area_of(placement())  # noqa: E731
+    placement = binding.placement if binding is not None and binding.layout is not None else \
+        getattr(source, "placement", None)
+    area = (lambda: area_of(placement())) if callable(placement) else None
     wake = getattr(source, "wake", None)
 
     def factory(width: int, height: int) -> InputSink:
@@ -254,20 +249,6 @@ def uinput_sink_factory(devices: UinputDevices, source: object = None, binding: 
         return WakingSink(sink, wake) if callable(wake) else sink
 
     return factory
-
-
-def _layout_area(placed: LayoutPlacement | None) -> PointerArea | None:
-    """The PointerArea of an output's rectangle in a Wayland layout; None if unknown or nonsensical."""
-    from vkmsremote.errors import InputDeviceError
-    from vkmsremote.input.uinput import PointerArea
-
-    if placed is None:
-        return None
-    try:
-        return PointerArea(placed.x, placed.y, placed.width, placed.height, placed.layout_width,
-                           placed.layout_height)
-    except InputDeviceError:
-        return None
 
 
 def vnc_server(source: FrameSource, sink: InputSink | SinkFactory | None, policy: SecurityPolicy,
