@@ -29,6 +29,10 @@ class KdeMode:
     height: int = 0
     refresh_mhz: int = 0
 
+    @property
+    def refresh(self) -> float:
+        return self.refresh_mhz / 1000
+
 
 @dataclass
 class KdeOutput:

@@ -37,10 +37,10 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from vkmsremote.errors import VkmsRemoteError
 from vkmsremote.frame import ResizeStatus
@@ -354,6 +354,35 @@ class SwayResizer:
         self.original = None
 
 
+# --- the listed modes of GNOME Shell and KWin ------------------------------------------------------------
+
+
+class _Mode(Protocol):
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def refresh(self) -> float: ...
+
+
+ModeT = TypeVar("ModeT", bound=_Mode)
+
+
+def listed_mode(modes: Iterable[ModeT], width: int, height: int, refresh: float) -> ModeT | None:
+    """The mode of ``modes`` that is ``width`` x ``height`` at the rate nearest ``refresh``; None if no listed
+    mode has that size (GNOME Shell and KWin set only the connector's own modes)."""
+    sized = [m for m in modes if (m.width, m.height) == (width, height)]
+    return min(sized, key=lambda m: abs(m.refresh - refresh)) if sized else None
+
+
+def _unlisted(who: str, output: str, width: int, height: int, modes: Iterable[_Mode]) -> ResizeStatus:
+    offered = sorted({f"{m.width}x{m.height}" for m in modes})
+    log.warning("resize of %s to %dx%d: %s sets only the connector's own modes (%s)", output, width, height, who,
+                ", ".join(offered))
+    return ResizeStatus.OUT_OF_RESOURCES
+
+
 # --- GNOME Shell / Mutter ----------------------------------------------------------------------------------
 
 MUTTER_DEST = ("org.gnome.Mutter.DisplayConfig", "/org/gnome/Mutter/DisplayConfig", "org.gnome.Mutter.DisplayConfig")
@@ -458,11 +487,6 @@ def relayout(state: MutterState, connector: str, width: int, height: int) -> dic
     return shift_neighbours(rects, index, round(width / scale), round(height / scale))
 
 
-def process_ids(pid: int, *, proc: Path = Path("/proc")) -> tuple[int, int, dict[str, str]]:
-    """(real uid, real gid, environment) of process ``pid``."""
-    return (*process_owner(pid, proc=proc), process_environ(pid, proc=proc))
-
-
 class MutterResizer:
     """Resizes ``output`` through Mutter's DisplayConfig D-Bus interface on the session bus ``bus``,
     calling ``busctl`` as ``uid``/``gid`` (the session bus admits its own user only)."""
@@ -477,7 +501,7 @@ class MutterResizer:
     @classmethod
     def of(cls, holder: DrmClient, output: str) -> MutterResizer | str:
         try:
-            uid, gid, env = process_ids(holder.pid)
+            (uid, gid), env = process_owner(holder.pid), process_environ(holder.pid)
         except OSError as e:
             return f"{holder.describe()} could not be read ({e.strerror}): run vkmsremote as root"
         bus = env.get("DBUS_SESSION_BUS_ADDRESS") or (
@@ -510,13 +534,9 @@ class MutterResizer:
                 return ResizeStatus.PROHIBITED
             if (current.width, current.height) == (width, height):
                 return ResizeStatus.OK
-            sized = [m for m in state.modes[self.output] if (m.width, m.height) == (width, height)]
-            if not sized:
-                offered = sorted({f"{m.width}x{m.height}" for m in state.modes[self.output]})
-                log.warning("resize of %s to %dx%d: Mutter sets only the connector's own modes (%s)", self.output,
-                            width, height, ", ".join(offered))
-                return ResizeStatus.OUT_OF_RESOURCES
-            mode = min(sized, key=lambda m: abs(m.refresh - current.refresh))
+            mode = listed_mode(state.modes[self.output], width, height, current.refresh)
+            if mode is None:
+                return _unlisted("Mutter", self.output, width, height, state.modes[self.output])
             if self.original is None:
                 self.original = state
             self.apply(state, {self.output: mode.id}, relayout(state, self.output, width, height))
@@ -562,7 +582,7 @@ class KWinResizer:
     def __init__(self, socket: str, output: str) -> None:
         self.socket = socket
         self.output = output
-        self.original: dict[str, tuple[int, int, int, int, int]] | None = None  # name -> w, h, mHz, x, y
+        self.original: dict[str, tuple[int, int, float, int, int]] | None = None  # name -> w, h, Hz, x, y
 
     @classmethod
     def of(cls, holder: DrmClient, output: str) -> KWinResizer | str:
@@ -588,15 +608,11 @@ class KWinResizer:
                     return ResizeStatus.PROHIBITED
                 if (current.width, current.height) == (width, height):
                     return ResizeStatus.OK
-                sized = [m for m in target.modes.values() if (m.width, m.height) == (width, height)]
-                if not sized:
-                    offered = sorted({f"{m.width}x{m.height}" for m in target.modes.values()})
-                    log.warning("resize of %s to %dx%d: KWin sets only the connector's own modes (%s)", self.output,
-                                width, height, ", ".join(offered))
-                    return ResizeStatus.OUT_OF_RESOURCES
-                mode = min(sized, key=lambda m: abs(m.refresh_mhz - current.refresh_mhz))
+                mode = listed_mode(target.modes.values(), width, height, current.refresh)
+                if mode is None:
+                    return _unlisted("KWin", self.output, width, height, target.modes.values())
                 if self.original is None:
-                    self.original = {o.name: (m.width, m.height, m.refresh_mhz, o.x, o.y) for o in outputs
+                    self.original = {o.name: (m.width, m.height, m.refresh, o.x, o.y) for o in outputs
                                      if (m := o.mode()) is not None}
                 index = outputs.index(target)
                 moves = shift_neighbours([o.rect() for o in outputs], index, round(width / target.scale),
@@ -611,7 +627,7 @@ class KWinResizer:
             log.warning("resize of %s to %dx%d: KWin reports %s afterwards", self.output, width, height, now)
             return ResizeStatus.OUT_OF_RESOURCES
         log.info("resized %s to %dx%d@%.3f Hz through KWin's output management", self.output, width, height,
-                 now.refresh_mhz / 1000)
+                 now.refresh)
         return ResizeStatus.OK
 
     def light(self, mode: tuple[int, int, float | None] | None, timeout: float) -> str:
@@ -630,13 +646,12 @@ class KWinResizer:
         try:
             with KdeOutputs(self.socket) as kwin:
                 modes, positions = {}, {}
-                for name, (w, h, mhz, x, y) in original.items():
+                for name, (w, h, rate, x, y) in original.items():
                     out = kwin.named(name)
                     if out is None:
                         continue
-                    sized = [m for m in out.modes.values() if (m.width, m.height) == (w, h)]
-                    if sized:
-                        modes[out.id] = min(sized, key=lambda m, r=mhz: abs(m.refresh_mhz - r)).id  # type: ignore[misc]
+                    if (back := listed_mode(out.modes.values(), w, h, rate)) is not None:
+                        modes[out.id] = back.id
                     positions[out.id] = (x, y)
                 kwin.apply(modes, positions)
         except (WaylandError, OSError) as e:
