@@ -235,6 +235,18 @@ class Scanout:
     def close(self) -> None:
         self.card.close()
 
+    def wait_equal(self, client: Any, size: tuple[int, int], desktop: Desktop) -> None:
+        """Until a full frame vncdotool gets (``size``) is one of the framebuffers XR-0's CRTC showed around it."""
+        def equal() -> bool:
+            self.buffers.clear()
+            self.look()
+            client.refreshScreen(incremental=False)
+            frame = np.asarray(client.screen.copy().convert("RGB"))
+            self.look()
+            return frame.shape[:2] == size[::-1] and self.equal_to(frame)
+
+        wait_for(equal, f"a {size[0]}x{size[1]} VNC frame equal to XR-0's scanout", 180, desktop, interval=1)
+
 
 @dataclass
 class Served:
@@ -298,15 +310,7 @@ def test_vnc_frames_equal_xr0s_scanout(desktop: Desktop, served: Served) -> None
     t0 = time.monotonic()
     try:
         with viewer(served) as client:
-            def equal() -> bool:
-                scan.buffers.clear()
-                scan.look()
-                client.refreshScreen(incremental=False)
-                frame = np.asarray(client.screen.copy().convert("RGB"))
-                scan.look()
-                return frame.shape[:2] == SIZE[::-1] and scan.equal_to(frame)
-
-            wait_for(equal, "a VNC frame equal to XR-0's scanout", 180, desktop, interval=1)
+            scan.wait_equal(client, SIZE, desktop)
         desktop.figures["frame_equal_s"] = round(time.monotonic() - t0, 1)
     finally:
         scan.close()
@@ -615,22 +619,8 @@ def test_client_resizes_xr0_through_the_desktop(desktop: Desktop) -> None:
             assert xr0_mode(dev) == RESIZED
             assert crtc_lit(dev.card, dev.crtc1), "XR-1 went dark when XR-0 was resized"
 
-            from vncdotool import api as vnc_api
-
-            client = vnc_api.connect(f"127.0.0.1::{port}", timeout=60)
-            try:
-                def equal() -> bool:
-                    scan.buffers.clear()
-                    scan.look()
-                    client.refreshScreen(incremental=False)
-                    frame = np.asarray(client.screen.copy().convert("RGB"))
-                    scan.look()
-                    return frame.shape[:2] == RESIZED[::-1] and scan.equal_to(frame)
-
-                wait_for(equal, f"a {RESIZED} VNC frame equal to XR-0's scanout", 180, desktop, interval=1)
-            finally:
-                with contextlib.suppress(Exception):
-                    client.disconnect()
+            with viewer(served) as client:
+                scan.wait_equal(client, RESIZED, desktop)
     finally:
         scan.close()
     wait_for(lambda: xr0_mode(dev) == SIZE, f"XR-0 back at {SIZE} after the server's exit", 300, desktop)
