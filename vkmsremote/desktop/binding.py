@@ -34,13 +34,16 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vkmsremote.errors import UsageError, VkmsRemoteError
-from vkmsremote.frame import Placement
 
 from .clients import DrmClient, drm_master
 from .sway_ipc import IpcError, SwayIpc, socket_path_of
 from .wayland import LayoutWatcher, WaylandError, wayland_socket_of
+
+if TYPE_CHECKING:
+    from vkmsremote.frame import Placement
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vkmsremote.errors import VkmsRemoteError
-from vkmsremote.frame import Placement
 
 from .clients import process_environ
+
+if TYPE_CHECKING:
+    from vkmsremote.frame import Placement
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +375,9 @@ class OutputLayout:
 def placement_in(rects: dict[str, tuple[int, int, int, int]], name: str) -> Placement | None:
     """``name``'s rectangle in the bounding box of ``rects`` (which starts at its top-left corner): the
     area an absolute pointer spans on KWin and Mutter, as the X screen does on Xorg."""
+    # imported here, not at the top: frame brings numpy, and the CLI's parser imports this module
+    from vkmsremote.frame import Placement
+
     if name not in rects:
         return None
     x0 = min(x for x, _, _, _ in rects.values())
