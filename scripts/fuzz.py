@@ -538,7 +538,7 @@ def target_http(data: bytes) -> None:
         return  # websockets refuses the request (400/414/431, or drops it)
     if request is None:
         return
-    host = request.headers.get("Host")
+    host = http.single_header(request.headers, "Host")  # sent twice: HttpRequestError, the listener's 400
     if host is not None:
         server._host_name(host)
     try:

@@ -166,6 +166,9 @@ def test_npm_page_routes_and_refusals() -> None:
                 b"GET /vnc.html HTTP/1.1\r\nHost: localhost\r\n\r\n": b"404",
                 b"GET /novnc/nope.js HTTP/1.1\r\nHost: localhost\r\n\r\n": b"404",
                 b"GET / HTTP/1.1\r\nHost: evil.example:80\r\n\r\n": b"421",  # DNS rebinding
+                # Host twice (found by the fuzz campaign: it used to end in a 500 and a traceback)
+                b"GET / HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n": b"400",
+                b"GET /websockify HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n": b"400",
                 b"GET /websockify HTTP/1.1\r\nHost: localhost\r\n\r\n": b"426",
                 b"GET /%ff HTTP/1.1\r\nHost: localhost\r\n\r\n": b"400",
                 b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n": b"400",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import posixpath
 from http import HTTPStatus
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 from vkmsremote.errors import HttpRequestError
@@ -47,6 +48,19 @@ SECURITY_HEADERS = (
      "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"),
     ("Cache-Control", "no-cache"),
 )
+
+
+class _Headers(Protocol):
+    def get_all(self, key: str) -> list[str]: ...
+
+
+def single_header(headers: _Headers, name: str) -> str | None:
+    """The one value of header ``name``, None if absent; a request that sends it twice is refused with 400
+    (RFC 9110 5.3: Host, Origin, Upgrade are not lists; which copy a proxy saw cannot be known)."""
+    values = headers.get_all(name)
+    if len(values) > 1:
+        raise HttpRequestError(f"{len(values)} {name} headers", status=HTTPStatus.BAD_REQUEST)
+    return values[0] if values else None
 
 
 def request_path(target: str) -> str:

@@ -156,7 +156,7 @@ class WebServer:
     async def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         headers = request.headers
         if self._allowed_hosts is not None:
-            host = headers.get("Host")
+            host = http.single_header(headers, "Host")
             if host is None or _host_name(host) not in self._allowed_hosts:
                 raise HttpRequestError(f"Host {host!r} is not a name of this server",
                                        status=HTTPStatus.MISDIRECTED_REQUEST)
@@ -171,7 +171,7 @@ class WebServer:
         except ValueError as exc:
             raise HttpRequestError(str(exc), status=HTTPStatus.BAD_REQUEST) from exc
         if path == self.config.ws_path:
-            if "websocket" not in headers.get("Upgrade", "").lower():
+            if "websocket" not in (http.single_header(headers, "Upgrade") or "").lower():
                 raise HttpRequestError(f"{path} is the WebSocket endpoint; open / instead",
                                        status=HTTPStatus.UPGRADE_REQUIRED)
             self._check_origin(headers)
@@ -189,12 +189,12 @@ class WebServer:
         raise HttpRequestError(f"{path} not found", status=HTTPStatus.NOT_FOUND)
 
     def _check_origin(self, headers: Headers) -> None:
-        origin = headers.get("Origin")
+        origin = http.single_header(headers, "Origin")
         if origin is None:
             return  # not a browser: the Origin rule protects browsers' users only
         parts = urlsplit(origin)
         expected_scheme = "https" if self._tls else "http"
-        if parts.scheme != expected_scheme or parts.netloc.lower() != (headers.get("Host") or "").lower():
+        if parts.scheme != expected_scheme or parts.netloc.lower() != (http.single_header(headers, "Host") or "").lower():
             raise HttpRequestError(f"WebSocket from foreign origin {origin!r} refused", status=HTTPStatus.FORBIDDEN)
 
     async def _file(self, root: Path, path: str) -> Response:
